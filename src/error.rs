@@ -1,0 +1,188 @@
+//! Error types.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// What went wrong, in broad classes an application can act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The store could not be reached or answered with an error. Maps to
+    /// `503 Service Unavailable` (gRPC `UNAVAILABLE`).
+    Unavailable,
+    /// A value could not be serialized or deserialized.
+    Serialization,
+    /// Input from the application was refused (an oversized event, a
+    /// control character in an event name, …).
+    InvalidInput,
+    /// The thing asked for does not exist (or does not belong to the caller).
+    NotFound,
+    /// The operation is refused by policy (for example a session limit).
+    Refused,
+    /// The history writer has shut down.
+    Closed,
+    /// A deadline passed before the operation completed.
+    Timeout,
+    /// Stored data could not be decoded.
+    Corrupt,
+}
+
+impl ErrorKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Unavailable => "session store unavailable",
+            Self::Serialization => "serialization failed",
+            Self::InvalidInput => "invalid input",
+            Self::NotFound => "not found",
+            Self::Refused => "refused",
+            Self::Closed => "history writer closed",
+            Self::Timeout => "timed out",
+            Self::Corrupt => "stored data is corrupt",
+        }
+    }
+}
+
+/// The error type of sessions, stores and the history writer.
+///
+/// It is opaque: match on [`Error::kind`], and reach the underlying cause
+/// through [`std::error::Error::source`].
+pub struct Error {
+    kind: ErrorKind,
+    message: Option<Box<str>>,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    /// An error of the given kind with a message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: Some(message.into().into_boxed_str()),
+            source: None,
+        }
+    }
+
+    /// An error of the given kind caused by `source`.
+    pub fn with_source(kind: ErrorKind, source: impl Into<BoxError>) -> Self {
+        Self {
+            kind,
+            message: None,
+            source: Some(source.into()),
+        }
+    }
+
+    /// A store error: the store is unreachable or failed.
+    pub fn unavailable(source: impl Into<BoxError>) -> Self {
+        Self::with_source(ErrorKind::Unavailable, source)
+    }
+
+    /// Adds a message that explains the context of the source.
+    pub fn context(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into().into_boxed_str());
+        self
+    }
+
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The HTTP status this error maps to when answered to a client.
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self.kind {
+            ErrorKind::Unavailable | ErrorKind::Closed | ErrorKind::Timeout => {
+                S::SERVICE_UNAVAILABLE
+            }
+            ErrorKind::InvalidInput | ErrorKind::Serialization => S::BAD_REQUEST,
+            ErrorKind::NotFound => S::NOT_FOUND,
+            ErrorKind::Refused => S::CONFLICT,
+            ErrorKind::Corrupt => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The gRPC status code this error maps to (`14 UNAVAILABLE` for store
+    /// failures).
+    pub fn grpc_code(&self) -> u16 {
+        match self.kind {
+            ErrorKind::Unavailable | ErrorKind::Closed => 14,
+            ErrorKind::Timeout => 4,
+            ErrorKind::InvalidInput | ErrorKind::Serialization => 3,
+            ErrorKind::NotFound => 5,
+            ErrorKind::Refused => 9,
+            ErrorKind::Corrupt => 13,
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind);
+        if let Some(m) = &self.message {
+            d.field("message", m);
+        }
+        if let Some(s) = &self.source {
+            d.field("source", s);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind.as_str())?;
+        if let Some(m) = &self.message {
+            write!(f, ": {m}")?;
+        }
+        if let Some(s) = &self.source {
+            write!(f, ": {s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source.as_deref().map(|e| e as _)
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Self::with_source(ErrorKind::Serialization, e)
+    }
+}
+
+/// An invalid configuration, found when the layer or a store is built.
+///
+/// Its message names the setting and says why it was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    setting: &'static str,
+    reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(setting: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            setting,
+            reason: reason.into(),
+        }
+    }
+
+    /// The name of the setting that was refused (the builder method's name).
+    pub fn setting(&self) -> &'static str {
+        self.setting
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid `{}`: {}", self.setting, self.reason)
+    }
+}
+
+impl StdError for ConfigError {}

@@ -1,0 +1,158 @@
+//! axum extractors (feature `axum`).
+
+use axum::extract::MatchedPath;
+use axum_core::body::Body;
+use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum_core::response::{IntoResponse, Response};
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::request::Parts;
+use http::{HeaderValue, StatusCode};
+
+use crate::error::{Error, ErrorKind};
+use crate::transport::grpc_message;
+use crate::Session;
+
+/// Why the [`Session`] extractor refused.
+///
+/// - The layer is not installed: `500` with a message saying so.
+/// - The store could not be reached: `503` with `Retry-After` (for gRPC
+///   requests, `UNAVAILABLE`), never a silent logout.
+///
+/// Bodies are JSON: `{"error": "..."}`.
+#[derive(Debug)]
+pub struct SessionRejection {
+    error: Option<Error>,
+    grpc: bool,
+}
+
+impl SessionRejection {
+    /// The store error, when that was the cause.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+
+    /// The status this rejection answers with.
+    pub fn status(&self) -> StatusCode {
+        match &self.error {
+            None => StatusCode::INTERNAL_SERVER_ERROR,
+            Some(e) => e.status(),
+        }
+    }
+}
+
+impl std::fmt::Display for SessionRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.error {
+            None => f.write_str(
+                "no session in the request: is `SessionLayer` installed around this router?",
+            ),
+            Some(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for SessionRejection {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.as_ref().map(|e| e as _)
+    }
+}
+
+fn is_grpc(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Session {
+    type Rejection = SessionRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let grpc = is_grpc(parts);
+        let session = parts
+            .extensions
+            .get::<Session>()
+            .cloned()
+            .ok_or(SessionRejection { error: None, grpc })?;
+        if let Some(route) = parts.extensions.get::<MatchedPath>() {
+            session.set_route(route.as_str());
+        }
+        session.load().await.map_err(|e| SessionRejection {
+            error: Some(e),
+            grpc,
+        })?;
+        Ok(session)
+    }
+}
+
+/// `Option<Session>`: `Some` when the request has a live session, `None` for
+/// anonymous requests. Store failures still reject with 503.
+impl<S: Send + Sync> OptionalFromRequestParts<S> for Session {
+    type Rejection = SessionRejection;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        let grpc = is_grpc(parts);
+        let session = <Session as FromRequestParts<S>>::from_request_parts(parts, state).await?;
+        let exists = session.exists().await.map_err(|e| SessionRejection {
+            error: Some(e),
+            grpc,
+        })?;
+        Ok(exists.then_some(session))
+    }
+}
+
+impl IntoResponse for SessionRejection {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        match self.error {
+            Some(e) => respond(&e, self.grpc),
+            None => json_error(StatusCode::INTERNAL_SERVER_ERROR, &message),
+        }
+    }
+}
+
+/// Answers a session error: the error's status with `{"error": "..."}`.
+/// Store failures answer `503` with `Retry-After` and a message that does
+/// not reveal the store's internals.
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        respond(&self, false)
+    }
+}
+
+fn respond(e: &Error, grpc: bool) -> Response {
+    let public = match e.kind() {
+        ErrorKind::Unavailable | ErrorKind::Closed | ErrorKind::Timeout => {
+            "session store unavailable; try again shortly".to_owned()
+        }
+        ErrorKind::Corrupt => "session data could not be read".to_owned(),
+        _ => e.to_string(),
+    };
+    if grpc {
+        let mut res = Response::new(Body::empty());
+        let h = res.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(e.grpc_code()));
+        if let Ok(v) = HeaderValue::from_str(&grpc_message(&public)) {
+            h.insert("grpc-message", v);
+        }
+        return res;
+    }
+    let mut res = json_error(e.status(), &public);
+    if e.status() == StatusCode::SERVICE_UNAVAILABLE {
+        res.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    res
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut res = Response::new(Body::from(body));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}

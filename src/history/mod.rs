@@ -1,0 +1,111 @@
+//! Session history: signed, chained entries, written in the background.
+//!
+//! Every request that carries a session, every event a handler records with
+//! [`Session::record`](crate::Session::record), and every lifecycle change
+//! (started, rotated, privilege changed, ended) becomes an [`Entry`] in the
+//! session's chain. Entries are built on the request path without any I/O,
+//! then chained, signed and written by the [`HistoryWriter`] task.
+//!
+//! See [`entry`] for the format and [`verify`] for what verification
+//! reports.
+
+pub mod entry;
+mod chain;
+mod worker;
+mod writer;
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+pub use chain::{Break, BreakKind, Options, Verification, verify};
+pub use entry::{Body, DecodeError, Entry, EntryKind};
+pub use writer::{HistoryWriter, WriterConfig, WriterStats};
+
+use crate::{Error, SessionId};
+use entry::{TAG_LEN, parse};
+
+/// A page of a session's history, newest first, with the verification of
+/// the chain it was read from.
+#[derive(Clone, Debug)]
+pub struct HistoryPage {
+    /// The session.
+    pub session: SessionId,
+    /// The entries, newest first.
+    pub entries: Vec<Entry>,
+    /// The verification of the entries read.
+    pub verification: Verification,
+}
+
+impl HistoryPage {
+    /// The page as JSON: `{"session", "entries": [...], "chain": {"ok",
+    /// "error", "breaks"}}`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "session": self.session,
+            "entries": self.entries.iter().map(Entry::to_json).collect::<Vec<_>>(),
+            "chain": chain_json(&self.verification),
+        })
+    }
+}
+
+pub(crate) fn chain_json(v: &Verification) -> Value {
+    json!({
+        "ok": v.is_ok(),
+        "error": v.first_error(),
+        "breaks": v.breaks.iter().map(|b| json!({
+            "position": b.position,
+            "seq": b.seq,
+            "kind": b.kind.as_str(),
+            "text": b.to_string(),
+        })).collect::<Vec<_>>(),
+        "trimmed_before": v.trimmed_before,
+    })
+}
+
+/// Reads the newest `limit` entries of a session, including entries this
+/// process has queued but not yet written (read-your-own-writes).
+pub(crate) async fn read_page(
+    writer: &HistoryWriter,
+    session: SessionId,
+    limit: usize,
+) -> Result<HistoryPage, Error> {
+    let limit = limit.max(1);
+    // Ask the writer first: anything it no longer holds is in the store by
+    // the time the store is read.
+    let pending = writer.pending(session).await.unwrap_or_default();
+    let mut all: Vec<Bytes> = writer.store().read_newest(&session, limit).await?;
+    let read = all.len();
+    let stored_ids: HashSet<[u8; 16]> = all
+        .iter()
+        .filter_map(|b| parse(b).ok().map(|p| p.id))
+        .collect();
+    let (mut seq, mut prev) = all
+        .last()
+        .and_then(|b| parse(b).ok().map(|p| (p.seq, p.tag)))
+        .unwrap_or((0, [0; TAG_LEN]));
+    let key = writer.ring().current();
+    for draft in pending.iter().filter(|d| !stored_ids.contains(&d.id)) {
+        seq += 1;
+        let bytes = draft.sign(key, &session, seq, &prev);
+        prev = crate::store::tag_of(&bytes).unwrap_or([0; TAG_LEN]);
+        all.push(bytes);
+    }
+    let options = Options {
+        keep: writer.store().retention().keep,
+        window: read >= limit,
+    };
+    let verification = verify(writer.ring(), &session, &all, options);
+    let skip = all.len().saturating_sub(limit);
+    let entries = all[skip..]
+        .iter()
+        .rev()
+        .filter_map(|b| Entry::decode(b).ok())
+        .collect();
+    Ok(HistoryPage {
+        session,
+        entries,
+        verification,
+    })
+}

@@ -1,0 +1,353 @@
+//! The handle to the background history writer.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::entry::Draft;
+use super::worker::{Msg, Worker};
+use crate::error::{ConfigError, Error, ErrorKind};
+use crate::key::KeyRing;
+use crate::store::{DynHistoryStore, HistoryStore};
+use crate::SessionId;
+
+/// Settings of the history writer. Every default is a starting point
+/// measured on a 2-core machine with a local Redis; see each setter.
+///
+/// ```
+/// use session_trail::history::WriterConfig;
+/// use std::time::Duration;
+///
+/// let config = WriterConfig::default()
+///     .batch_entries(256)
+///     .flush_interval(Duration::from_millis(20));
+/// assert!(config.validate().is_ok());
+/// assert!(WriterConfig::default().batch_entries(0).validate().is_err());
+/// ```
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    pub(crate) queue_entries: usize,
+    pub(crate) queue_bytes: usize,
+    pub(crate) batch_entries: usize,
+    pub(crate) flush_interval: Duration,
+    pub(crate) attempt_timeout: Duration,
+    pub(crate) backoff_max: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            queue_entries: 65_536,
+            queue_bytes: 32 << 20,
+            batch_entries: 512,
+            flush_interval: Duration::from_millis(50),
+            attempt_timeout: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(2),
+        }
+    }
+}
+
+impl WriterConfig {
+    /// Most entries waiting (queued or being written) before new ones are
+    /// dropped and counted. Default 65,536: about a second of a busy
+    /// server's traffic, so a store hiccup of that length loses nothing.
+    pub fn queue_entries(mut self, n: usize) -> Self {
+        self.queue_entries = n;
+        self
+    }
+
+    /// Most bytes of entry bodies waiting. Default 32 MiB, which bounds the
+    /// writer's memory during an outage.
+    pub fn queue_bytes(mut self, n: usize) -> Self {
+        self.queue_bytes = n;
+        self
+    }
+
+    /// Most entries written in one store round trip. Default 512: large
+    /// enough that one round trip carries a burst, small enough that one
+    /// batch stays well under a millisecond of Redis time.
+    pub fn batch_entries(mut self, n: usize) -> Self {
+        self.batch_entries = n;
+        self
+    }
+
+    /// How long the first waiting entry may wait for a batch to fill.
+    /// Default 50 ms: history appears well within a second.
+    pub fn flush_interval(mut self, d: Duration) -> Self {
+        self.flush_interval = d;
+        self
+    }
+
+    /// How long one write attempt may take before it counts as failed and
+    /// is retried (with the same bytes). Default 2 s.
+    pub fn attempt_timeout(mut self, d: Duration) -> Self {
+        self.attempt_timeout = d;
+        self
+    }
+
+    /// The longest pause between retries (jittered exponential backoff from
+    /// 10 ms). Default 2 s.
+    pub fn backoff_max(mut self, d: Duration) -> Self {
+        self.backoff_max = d;
+        self
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    ///
+    /// Names the first setting that is zero.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let checks: [(&'static str, bool); 6] = [
+            ("queue_entries", self.queue_entries == 0),
+            ("queue_bytes", self.queue_bytes == 0),
+            ("batch_entries", self.batch_entries == 0),
+            ("flush_interval", self.flush_interval.is_zero()),
+            ("attempt_timeout", self.attempt_timeout.is_zero()),
+            ("backoff_max", self.backoff_max.is_zero()),
+        ];
+        for (name, bad) in checks {
+            if bad {
+                return Err(ConfigError::new(name, "must be greater than zero"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counters of the history writer, readable at any time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WriterStats {
+    /// Entries accepted into the queue.
+    pub enqueued: u64,
+    /// Entries acknowledged by the store (gap entries included).
+    pub written: u64,
+    /// Write attempts that failed and were retried.
+    pub retried: u64,
+    /// Appends that found another head and were re-chained.
+    pub conflicts: u64,
+    /// Entries dropped at enqueue because the queue was full or closed.
+    pub dropped: u64,
+    /// Entries accepted and not yet acknowledged.
+    pub queue_depth: u64,
+    /// Age of the oldest entry not yet acknowledged, in milliseconds.
+    pub oldest_pending_ms: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) enqueued: AtomicU64,
+    pub(crate) written: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) conflicts: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    /// Milliseconds since `epoch` of the oldest pending entry; `u64::MAX`: none.
+    pub(crate) oldest_pending: AtomicU64,
+}
+
+pub(crate) struct Shared {
+    pub(crate) counters: Counters,
+    pub(crate) queued_entries: AtomicUsize,
+    pub(crate) queued_bytes: AtomicUsize,
+    pub(crate) config: WriterConfig,
+    /// Entries dropped at enqueue, per session, for the gap entries.
+    pub(crate) drops: Mutex<HashMap<SessionId, u64>>,
+    pub(crate) epoch: Instant,
+    pub(crate) store: Arc<dyn DynHistoryStore>,
+    pub(crate) ring: KeyRing,
+}
+
+/// A handle to the background task that chains, signs and writes history
+/// entries. Cheap to clone.
+///
+/// The request path only enqueues (never awaits the store); the task
+/// batches entries, groups them by session, chains and signs them, and
+/// writes each batch with one compare-and-append call, retrying with
+/// backoff on failure. Entries are dropped only at enqueue when the queue is
+/// full, and each drop is counted and later recorded as a signed `gap`
+/// entry in the session's chain.
+#[derive(Clone)]
+pub struct HistoryWriter {
+    shared: Arc<Shared>,
+    // Held by handles only: when the last handle is dropped the task sees
+    // the channel close, writes what it holds, and stops.
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl fmt::Debug for HistoryWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HistoryWriter")
+            .field("config", &self.shared.config)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl HistoryWriter {
+    /// Starts a writer on the current Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// Fails when a setting is invalid, or when called outside a Tokio
+    /// runtime.
+    pub fn start<H: HistoryStore>(
+        store: H,
+        ring: KeyRing,
+        config: WriterConfig,
+    ) -> Result<Self, ConfigError> {
+        Self::start_dyn(Arc::new(store), ring, config)
+    }
+
+    pub(crate) fn start_dyn(
+        store: Arc<dyn DynHistoryStore>,
+        ring: KeyRing,
+        config: WriterConfig,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            ConfigError::new(
+                "history",
+                "the history writer runs on Tokio: build the layer inside a Tokio runtime",
+            )
+        })?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            counters: Counters {
+                oldest_pending: AtomicU64::new(u64::MAX),
+                ..Counters::default()
+            },
+            queued_entries: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            config,
+            drops: Mutex::default(),
+            epoch: Instant::now(),
+            store,
+            ring,
+        });
+        handle.spawn(Worker::new(Arc::clone(&shared), rx).run());
+        Ok(Self { shared, tx })
+    }
+
+    /// Enqueues a session's entries without waiting; `false` when they were
+    /// dropped (queue full or writer closed), which is counted and recorded.
+    pub(crate) fn enqueue(&self, session: SessionId, drafts: Vec<Draft>) -> bool {
+        let n = drafts.len();
+        if n == 0 {
+            return true;
+        }
+        let bytes: usize = drafts.iter().map(|d| d.body.len() + 64).sum();
+        let s = &self.shared;
+        let prev_n = s.queued_entries.fetch_add(n, Ordering::AcqRel);
+        let prev_b = s.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let accepted = prev_n + n <= s.config.queue_entries
+            && prev_b + bytes <= s.config.queue_bytes
+            && self
+                .tx
+                .send(Msg::Entries {
+                    session,
+                    drafts,
+                    at: Instant::now(),
+                })
+                .is_ok();
+        if accepted {
+            s.counters.enqueued.fetch_add(n as u64, Ordering::Relaxed);
+        } else {
+            s.queued_entries.fetch_sub(n, Ordering::AcqRel);
+            s.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            s.counters.dropped.fetch_add(n as u64, Ordering::Relaxed);
+            *s.drops
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(session)
+                .or_default() += n as u64;
+            tracing::warn!(%session, dropped = n, "history queue full; entries dropped (a gap entry will record it)");
+        }
+        accepted
+    }
+
+    /// Resolves when every entry enqueued before this call is acknowledged
+    /// by the store.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] when the writer has shut down.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self
+            .tx
+            .send(Msg::Flush(tx))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())
+    }
+
+    /// Writes everything queued and stops the writer, waiting at most
+    /// `deadline`. Entries enqueued afterwards are dropped and counted.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] when entries were still unwritten at the
+    /// deadline (they are counted in [`WriterStats::queue_depth`]);
+    /// [`ErrorKind::Closed`] when the writer had already stopped.
+    pub async fn shutdown(&self, deadline: Duration) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self
+            .tx
+            .send(Msg::Shutdown {
+                until: Instant::now() + deadline,
+                reply: tx,
+            })
+            .map_err(|_| closed())?;
+        match rx.await {
+            Ok(0) => Ok(()),
+            Ok(left) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("{left} history entries were not written before the shutdown deadline"),
+            )),
+            Err(_) => Err(closed()),
+        }
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> WriterStats {
+        let c = &self.shared.counters;
+        let oldest = c.oldest_pending.load(Ordering::Relaxed);
+        let oldest_pending_ms = if oldest == u64::MAX {
+            0
+        } else {
+            (self.shared.epoch.elapsed().as_millis() as u64).saturating_sub(oldest)
+        };
+        WriterStats {
+            enqueued: c.enqueued.load(Ordering::Relaxed),
+            written: c.written.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
+            conflicts: c.conflicts.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            queue_depth: self.shared.queued_entries.load(Ordering::Relaxed) as u64,
+            oldest_pending_ms,
+        }
+    }
+
+    /// Entries of `session` that this writer holds and the store may not
+    /// have yet (read-your-own-writes). `None` when the writer is gone.
+    pub(crate) async fn pending(&self, session: SessionId) -> Option<Vec<Draft>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Msg::Pending { session, reply: tx }).ok()?;
+        rx.await.ok()
+    }
+
+    pub(crate) fn ring(&self) -> &KeyRing {
+        &self.shared.ring
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn DynHistoryStore> {
+        &self.shared.store
+    }
+}
+
+fn closed() -> Error {
+    Error::new(ErrorKind::Closed, "the history writer has stopped")
+}

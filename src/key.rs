@@ -1,0 +1,260 @@
+//! Secrets: the master key, the keys derived from it, and the key ring.
+//!
+//! One master secret per key generation. Three purpose keys are derived from
+//! it with HKDF-SHA256 under distinct labels, so a key used for one purpose
+//! never signs anything of another:
+//!
+//! | derived key | signs |
+//! |---|---|
+//! | cookie key | the session credential carried by the client |
+//! | history key | history entries (the chain tags) |
+//! | pseudonym key | keyed pseudonyms of users in history entries |
+//!
+//! A [`KeyRing`] holds the current key (it signs) and any number of older
+//! ones (they still verify), so keys can be rotated without logging every
+//! user out or breaking verification of old history.
+
+use std::fmt;
+use std::sync::Arc;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::error::ConfigError;
+
+pub(crate) type HmacSha256 = Hmac<Sha256>;
+
+/// The smallest master secret accepted, in bytes.
+pub const MIN_KEY_LEN: usize = 32;
+
+const LABEL_COOKIE: &[u8] = b"session-trail v1 cookie key";
+const LABEL_HISTORY: &[u8] = b"session-trail v1 history key";
+const LABEL_PSEUDONYM: &[u8] = b"session-trail v1 pseudonym key";
+const LABEL_ID: &[u8] = b"session-trail v1 key id";
+
+/// A master secret of at least [`MIN_KEY_LEN`] bytes.
+///
+/// Its `Debug` output names only its public key id, never the secret.
+///
+/// ```
+/// use session_trail::Key;
+///
+/// let key = Key::try_from(&[7u8; 32][..]).unwrap();
+/// assert!(Key::try_from(&b"too short"[..]).is_err());
+/// assert!(!format!("{key:?}").contains("07"));
+/// ```
+#[derive(Clone)]
+pub struct Key {
+    inner: Arc<Derived>,
+}
+
+pub(crate) struct Derived {
+    pub(crate) id: u32,
+    pub(crate) cookie: HmacSha256,
+    pub(crate) history: HmacSha256,
+    pub(crate) pseudonym: HmacSha256,
+}
+
+impl Key {
+    /// Builds a key from a master secret.
+    ///
+    /// # Errors
+    ///
+    /// Fails when `secret` is shorter than [`MIN_KEY_LEN`] bytes.
+    pub fn from_bytes(secret: &[u8]) -> Result<Self, ConfigError> {
+        if secret.len() < MIN_KEY_LEN {
+            return Err(ConfigError::new(
+                "key",
+                format!(
+                    "the master secret is {} bytes; at least {MIN_KEY_LEN} are required",
+                    secret.len()
+                ),
+            ));
+        }
+        let hk = hkdf::Hkdf::<Sha256>::new(Some(b"session-trail"), secret);
+        let derive = |label: &[u8]| {
+            let mut out = [0u8; 32];
+            hk.expand(label, &mut out)
+                .expect("32 bytes is a valid HKDF-SHA256 output length");
+            out
+        };
+        let mut id_bytes = [0u8; 4];
+        hk.expand(LABEL_ID, &mut id_bytes)
+            .expect("4 bytes is a valid HKDF-SHA256 output length");
+        let mac = |k: [u8; 32]| {
+            <HmacSha256 as Mac>::new_from_slice(&k).expect("HMAC accepts keys of any length")
+        };
+        Ok(Self {
+            inner: Arc::new(Derived {
+                id: u32::from_be_bytes(id_bytes),
+                cookie: mac(derive(LABEL_COOKIE)),
+                history: mac(derive(LABEL_HISTORY)),
+                pseudonym: mac(derive(LABEL_PSEUDONYM)),
+            }),
+        })
+    }
+
+    /// Builds a key from a hexadecimal master secret (at least 64 hex digits).
+    ///
+    /// # Errors
+    ///
+    /// Fails when the text is not hexadecimal or decodes to fewer than
+    /// [`MIN_KEY_LEN`] bytes.
+    pub fn from_hex(hex: &str) -> Result<Self, ConfigError> {
+        let hex = hex.trim();
+        if hex.len() % 2 != 0 {
+            return Err(ConfigError::new("key", "hex secret has an odd number of digits"));
+        }
+        let mut bytes = Vec::with_capacity(hex.len() / 2);
+        for pair in hex.as_bytes().chunks(2) {
+            let s = std::str::from_utf8(pair).map_err(|_| ConfigError::new("key", "not hex"))?;
+            let b = u8::from_str_radix(s, 16)
+                .map_err(|_| ConfigError::new("key", "hex secret contains a non-hex digit"))?;
+            bytes.push(b);
+        }
+        Self::from_bytes(&bytes)
+    }
+
+    /// A fresh random key from the operating system's CSPRNG.
+    ///
+    /// Sessions signed with it do not survive a restart: use it in tests and
+    /// demos, and load a persistent secret in production.
+    pub fn generate() -> Self {
+        let mut secret = [0u8; 32];
+        crate::util::fill_random(&mut secret);
+        Self::from_bytes(&secret).expect("32 random bytes are a valid key")
+    }
+
+    /// The public identifier of this key, written into credentials and
+    /// history entries so the right key is picked to verify them.
+    ///
+    /// It is derived from the secret and reveals nothing about it.
+    pub fn id(&self) -> u32 {
+        self.inner.id
+    }
+
+    pub(crate) fn derived(&self) -> &Derived {
+        &self.inner
+    }
+}
+
+impl TryFrom<&[u8]> for Key {
+    type Error = ConfigError;
+
+    fn try_from(secret: &[u8]) -> Result<Self, Self::Error> {
+        Self::from_bytes(secret)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Key")
+            .field("id", &format_args!("{:08x}", self.inner.id))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The current key, which signs, and older keys, which still verify.
+///
+/// ```
+/// use session_trail::{Key, KeyRing};
+///
+/// let old = Key::generate();
+/// let new = Key::generate();
+/// let ring = KeyRing::new(new.clone()).with_previous(old.clone());
+/// assert_eq!(ring.current().id(), new.id());
+/// assert!(ring.get(old.id()).is_some());
+/// ```
+#[derive(Clone, Debug)]
+pub struct KeyRing {
+    keys: Vec<Key>,
+}
+
+impl KeyRing {
+    /// A ring with one key, which signs and verifies.
+    pub fn new(current: Key) -> Self {
+        Self {
+            keys: vec![current],
+        }
+    }
+
+    /// Adds an older key that still verifies but no longer signs.
+    pub fn with_previous(mut self, key: Key) -> Self {
+        if self.get(key.id()).is_none() {
+            self.keys.push(key);
+        }
+        self
+    }
+
+    /// The key that signs.
+    pub fn current(&self) -> &Key {
+        &self.keys[0]
+    }
+
+    /// The key with this id, if the ring holds it.
+    pub fn get(&self, id: u32) -> Option<&Key> {
+        self.keys.iter().find(|k| k.id() == id)
+    }
+
+    /// Every key of the ring, the current one first.
+    pub fn keys(&self) -> &[Key] {
+        &self.keys
+    }
+}
+
+impl From<Key> for KeyRing {
+    fn from(key: Key) -> Self {
+        Self::new(key)
+    }
+}
+
+/// A keyed pseudonym: the first 8 bytes of HMAC-SHA256 with the pseudonym key.
+pub(crate) fn pseudonym(key: &Key, domain: &[u8], value: &[u8]) -> [u8; 8] {
+    let mut mac = key.derived().pseudonym.clone();
+    mac.update(domain);
+    mac.update(&[0]);
+    mac.update(value);
+    let full = mac.finalize().into_bytes();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&full[..8]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_key_is_refused_with_a_message_naming_the_setting() {
+        let err = Key::from_bytes(&[1u8; 31]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("key"), "{msg}");
+        assert!(msg.contains("31"), "{msg}");
+    }
+
+    #[test]
+    fn derived_keys_differ_per_purpose_and_ids_are_stable() {
+        let a = Key::from_bytes(&[9u8; 32]).unwrap();
+        let b = Key::from_bytes(&[9u8; 32]).unwrap();
+        assert_eq!(a.id(), b.id());
+        let tag = |m: &HmacSha256| m.clone().finalize().into_bytes();
+        let d = a.derived();
+        assert_ne!(tag(&d.cookie), tag(&d.history));
+        assert_ne!(tag(&d.history), tag(&d.pseudonym));
+    }
+
+    #[test]
+    fn hex_keys_parse_and_bad_hex_is_refused() {
+        let hex = "00".repeat(32);
+        assert!(Key::from_hex(&hex).is_ok());
+        assert!(Key::from_hex("zz").is_err());
+        assert!(Key::from_hex(&"00".repeat(16)).is_err());
+    }
+
+    #[test]
+    fn debug_hides_the_secret() {
+        let k = Key::from_bytes(&[0xAB; 32]).unwrap();
+        let s = format!("{k:?}");
+        assert!(!s.to_lowercase().contains("abab"), "{s}");
+    }
+}

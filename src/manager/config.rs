@@ -1,0 +1,392 @@
+//! The layer's settings and their defaults, each with its reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cookie::SameSite;
+use http::HeaderName;
+
+use crate::error::ConfigError;
+use crate::history::{HistoryWriter, WriterConfig};
+use crate::key::KeyRing;
+use crate::store::{DynHistoryStore, DynSessionStore, HistoryStore, SessionStore};
+
+use super::layer::SessionLayer;
+use super::Shared;
+
+/// Where the credential travels.
+#[derive(Clone, Debug)]
+pub(crate) struct CookieConfig {
+    pub(crate) name: String,
+    pub(crate) http_only: bool,
+    pub(crate) secure: bool,
+    pub(crate) same_site: SameSite,
+    pub(crate) path: String,
+    pub(crate) domain: Option<String>,
+    pub(crate) max_age: Option<Duration>,
+}
+
+impl Default for CookieConfig {
+    fn default() -> Self {
+        Self {
+            name: "session".to_owned(),
+            // Scripts never need the credential; keeping it from them
+            // contains the damage of an XSS bug.
+            http_only: true,
+            // A bearer credential must not cross plain HTTP.
+            secure: true,
+            // Lax stops the credential riding along on cross-site POSTs
+            // (CSRF) but keeps top-level navigation logged in.
+            same_site: SameSite::Lax,
+            path: "/".to_owned(),
+            // No Domain: the cookie goes to this host only, not subdomains.
+            domain: None,
+            // A browser-session cookie; the server enforces expiry.
+            max_age: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) cookie: Option<CookieConfig>,
+    pub(crate) header: Option<HeaderName>,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) absolute_timeout: Duration,
+    pub(crate) idle_refresh: f64,
+    pub(crate) rotation_grace: Duration,
+    pub(crate) issue_on_first_visit: bool,
+    pub(crate) max_event_bytes: usize,
+    pub(crate) max_value_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            cookie: Some(CookieConfig::default()),
+            header: None,
+            // OWASP's range for low-risk applications is 15–30 minutes.
+            idle_timeout: Duration::from_secs(30 * 60),
+            // A stolen credential is useless after a working day at most.
+            absolute_timeout: Duration::from_secs(12 * 3600),
+            // Slide the idle deadline only after a tenth of the window has
+            // passed: at most one store write per session per 3 minutes
+            // with the defaults, at the cost of up to 10% of the window.
+            idle_refresh: 0.1,
+            // Long enough for requests already in flight at a login to
+            // finish, short enough to be of no use to anyone else.
+            rotation_grace: Duration::from_secs(10),
+            // Crawlers and one-off visitors do not fill the store.
+            issue_on_first_visit: false,
+            max_event_bytes: 4096,
+            max_value_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Builds a [`SessionLayer`]; from [`SessionLayer::builder`].
+///
+/// Every setter takes and returns the builder; [`build`](Self::build)
+/// checks the settings and names the first invalid one.
+///
+/// ```
+/// use std::time::Duration;
+/// use session_trail::{Key, SessionLayer, store::MemoryStore};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let layer = SessionLayer::builder(MemoryStore::new(), Key::generate())
+///     .cookie_name("__Host-session")
+///     .idle_timeout(Duration::from_secs(15 * 60))
+///     .header("x-session")
+///     .build()
+///     .unwrap();
+/// # let _ = layer;
+///
+/// let err = SessionLayer::builder(MemoryStore::new(), Key::generate())
+///     .idle_timeout(Duration::ZERO)
+///     .build()
+///     .unwrap_err();
+/// assert_eq!(err.setting(), "idle_timeout");
+/// # });
+/// ```
+#[must_use = "call .build() to get the layer"]
+pub struct SessionLayerBuilder {
+    store: Arc<dyn DynSessionStore>,
+    history: Option<Arc<dyn DynHistoryStore>>,
+    writer: WriterConfig,
+    ring: KeyRing,
+    config: Config,
+    header_error: Option<ConfigError>,
+}
+
+impl std::fmt::Debug for SessionLayerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionLayerBuilder")
+            .field("ring", &self.ring)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionLayerBuilder {
+    pub(crate) fn new<S: SessionStore>(store: S, keys: KeyRing) -> Self {
+        Self {
+            store: Arc::new(store),
+            history: None,
+            writer: WriterConfig::default(),
+            ring: keys,
+            config: Config::default(),
+            header_error: None,
+        }
+    }
+
+    pub(crate) fn new_with_history<S: SessionStore + HistoryStore + Clone>(
+        store: S,
+        keys: KeyRing,
+    ) -> Self {
+        let mut b = Self::new(store.clone(), keys);
+        b.history = Some(Arc::new(store));
+        b
+    }
+
+    /// Records history into `store` (by default: into the session store,
+    /// when it is also a history store, as [`MemoryStore`](crate::store::MemoryStore)
+    /// and the Redis store are).
+    pub fn history<H: HistoryStore>(mut self, store: H) -> Self {
+        self.history = Some(Arc::new(store));
+        self
+    }
+
+    /// Records no history at all.
+    pub fn without_history(mut self) -> Self {
+        self.history = None;
+        self
+    }
+
+    /// Settings of the history writer.
+    pub fn history_writer(mut self, config: WriterConfig) -> Self {
+        self.writer = config;
+        self
+    }
+
+    /// The cookie's name. Default `session`. A name starting with `__Host-`
+    /// requires `Secure`, `Path=/` and no `Domain`, checked by `build`.
+    pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
+        self.cookie().name = name.into();
+        self
+    }
+
+    /// `HttpOnly`. Default on.
+    pub fn cookie_http_only(mut self, on: bool) -> Self {
+        self.cookie().http_only = on;
+        self
+    }
+
+    /// `Secure`. Default on; turn off only for plain-HTTP development.
+    pub fn cookie_secure(mut self, on: bool) -> Self {
+        self.cookie().secure = on;
+        self
+    }
+
+    /// `SameSite`. Default `Lax`.
+    pub fn cookie_same_site(mut self, same_site: SameSite) -> Self {
+        self.cookie().same_site = same_site;
+        self
+    }
+
+    /// `Path`. Default `/`.
+    pub fn cookie_path(mut self, path: impl Into<String>) -> Self {
+        self.cookie().path = path.into();
+        self
+    }
+
+    /// `Domain`. Default none: the cookie goes to this host only.
+    pub fn cookie_domain(mut self, domain: impl Into<String>) -> Self {
+        self.cookie().domain = Some(domain.into());
+        self
+    }
+
+    /// `Max-Age`. Default none (a browser-session cookie; the server
+    /// enforces the idle and absolute timeouts either way).
+    pub fn cookie_max_age(mut self, max_age: Duration) -> Self {
+        self.cookie().max_age = Some(max_age);
+        self
+    }
+
+    /// Carries the credential in no cookie (header transport only).
+    pub fn without_cookie(mut self) -> Self {
+        self.config.cookie = None;
+        self
+    }
+
+    /// Also accepts the credential from, and returns it in, this header
+    /// (for API and gRPC clients). A response carries the header only when
+    /// the request did (its value may be empty for a first request) or when
+    /// there is no cookie transport, so browsers never see the credential in
+    /// a header their scripts could read.
+    pub fn header(mut self, name: impl AsRef<str>) -> Self {
+        match HeaderName::try_from(name.as_ref()) {
+            Ok(h) => self.config.header = Some(h),
+            Err(_) => {
+                self.header_error = Some(ConfigError::new(
+                    "header",
+                    format!("{:?} is not a valid header name", name.as_ref()),
+                ));
+            }
+        }
+        self
+    }
+
+    /// How long a session may go unused. Default 30 minutes.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.config.idle_timeout = d;
+        self
+    }
+
+    /// How long a session may live at all. Default 12 hours.
+    pub fn absolute_timeout(mut self, d: Duration) -> Self {
+        self.config.absolute_timeout = d;
+        self
+    }
+
+    /// The part of the idle window (0 < f ≤ 1) that must pass before a
+    /// request that reads a session slides its idle deadline with a store
+    /// write. Default 0.1.
+    pub fn idle_refresh_fraction(mut self, f: f64) -> Self {
+        self.config.idle_refresh = f;
+        self
+    }
+
+    /// How long after a rotation a request bearing the replaced token is
+    /// served as anonymous without being handed a new cookie. Default 10 s.
+    pub fn rotation_grace(mut self, d: Duration) -> Self {
+        self.config.rotation_grace = d;
+        self
+    }
+
+    /// Stores a session and sets the credential on a visitor's first
+    /// request, even when nothing is written to it. Default off.
+    pub fn issue_on_first_visit(mut self, on: bool) -> Self {
+        self.config.issue_on_first_visit = on;
+        self
+    }
+
+    /// The largest serialized attributes of one recorded event. Default
+    /// 4 KiB.
+    pub fn max_event_bytes(mut self, n: usize) -> Self {
+        self.config.max_event_bytes = n;
+        self
+    }
+
+    /// The largest serialized value of one data key. Default 64 KiB.
+    pub fn max_value_bytes(mut self, n: usize) -> Self {
+        self.config.max_value_bytes = n;
+        self
+    }
+
+    /// Adds an older key that still verifies credentials and history.
+    pub fn previous_key(mut self, key: crate::Key) -> Self {
+        self.ring = self.ring.with_previous(key);
+        self
+    }
+
+    fn cookie(&mut self) -> &mut CookieConfig {
+        self.config.cookie.get_or_insert_with(CookieConfig::default)
+    }
+
+    /// Checks the settings and builds the layer, starting the history
+    /// writer on the current Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first invalid setting: a zero timeout,
+    /// an idle timeout longer than the absolute one, a refresh fraction
+    /// outside (0, 1], an invalid header or cookie name, a `__Host-` cookie
+    /// without `Secure`, `Path=/` or with a `Domain`, no transport at all,
+    /// an invalid history writer setting, or (with history) no Tokio
+    /// runtime.
+    pub fn build(self) -> Result<SessionLayer, ConfigError> {
+        if let Some(e) = self.header_error {
+            return Err(e);
+        }
+        let c = &self.config;
+        if c.idle_timeout.is_zero() {
+            return Err(ConfigError::new("idle_timeout", "must be greater than zero"));
+        }
+        if c.absolute_timeout.is_zero() {
+            return Err(ConfigError::new("absolute_timeout", "must be greater than zero"));
+        }
+        if c.idle_timeout > c.absolute_timeout {
+            return Err(ConfigError::new(
+                "idle_timeout",
+                "must not be longer than absolute_timeout",
+            ));
+        }
+        if !(c.idle_refresh > 0.0 && c.idle_refresh <= 1.0) {
+            return Err(ConfigError::new("idle_refresh_fraction", "must be in (0, 1]"));
+        }
+        if c.max_event_bytes == 0 {
+            return Err(ConfigError::new("max_event_bytes", "must be greater than zero"));
+        }
+        if c.max_value_bytes == 0 {
+            return Err(ConfigError::new("max_value_bytes", "must be greater than zero"));
+        }
+        if c.cookie.is_none() && c.header.is_none() {
+            return Err(ConfigError::new(
+                "without_cookie",
+                "no transport left: set a header too",
+            ));
+        }
+        if let Some(ck) = &c.cookie {
+            check_cookie(ck)?;
+        }
+        let writer = match self.history {
+            Some(store) => Some(HistoryWriter::start_dyn(store, self.ring.clone(), self.writer)?),
+            None => None,
+        };
+        Ok(SessionLayer::from_shared(Shared::new(
+            self.store,
+            self.ring,
+            self.config,
+            writer,
+        )))
+    }
+}
+
+fn check_cookie(ck: &CookieConfig) -> Result<(), ConfigError> {
+    let valid_token = !ck.name.is_empty()
+        && ck
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+    if !valid_token {
+        return Err(ConfigError::new(
+            "cookie_name",
+            format!("{:?} is not a valid cookie name", ck.name),
+        ));
+    }
+    if ck.name.starts_with("__Host-") {
+        if !ck.secure {
+            return Err(ConfigError::new("cookie_secure", "a __Host- cookie must be Secure"));
+        }
+        if ck.path != "/" {
+            return Err(ConfigError::new("cookie_path", "a __Host- cookie must have Path=/"));
+        }
+        if ck.domain.is_some() {
+            return Err(ConfigError::new("cookie_domain", "a __Host- cookie must not have a Domain"));
+        }
+    }
+    if ck.name.starts_with("__Secure-") && !ck.secure {
+        return Err(ConfigError::new("cookie_secure", "a __Secure- cookie must be Secure"));
+    }
+    if ck.same_site == SameSite::None && !ck.secure {
+        return Err(ConfigError::new(
+            "cookie_same_site",
+            "browsers refuse SameSite=None without Secure",
+        ));
+    }
+    if ck.path.is_empty() || !ck.path.starts_with('/') || ck.path.contains(';') {
+        return Err(ConfigError::new("cookie_path", "must start with / and contain no ;"));
+    }
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! The tower layer, its service and its response future.
+
+mod config;
+mod future;
+mod layer;
+mod service;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+pub use config::SessionLayerBuilder;
+pub use future::ResponseFuture;
+pub use layer::SessionLayer;
+pub use service::SessionService;
+
+use crate::history::HistoryWriter;
+use crate::history::entry::Draft;
+use crate::key::KeyRing;
+use crate::store::DynSessionStore;
+use crate::SessionId;
+pub(crate) use config::Config;
+
+/// State shared by the layer, its services and every request's session.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn DynSessionStore>,
+    pub(crate) ring: KeyRing,
+    pub(crate) config: Config,
+    pub(crate) writer: Option<HistoryWriter>,
+    pub(crate) invalid_credentials: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        store: Arc<dyn DynSessionStore>,
+        ring: KeyRing,
+        config: Config,
+        writer: Option<HistoryWriter>,
+    ) -> Self {
+        Self {
+            store,
+            ring,
+            config,
+            writer,
+            invalid_credentials: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn enqueue(&self, session: SessionId, drafts: Vec<Draft>) {
+        if let Some(w) = &self.writer {
+            w.enqueue(session, drafts);
+        }
+    }
+
+    /// A keyed pseudonym of a user name, as hex.
+    pub(crate) fn user_pseudonym(&self, user: &str) -> String {
+        crate::util::hex(&self.user_pseudonym_bytes(user))
+    }
+
+    pub(crate) fn user_pseudonym_bytes(&self, user: &str) -> [u8; 8] {
+        crate::key::pseudonym(self.ring.current(), b"user", user.as_bytes())
+    }
+}

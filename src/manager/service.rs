@@ -1,0 +1,81 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::future::{Ctx, ResponseFuture};
+use super::Shared;
+use crate::session::{RequestMeta, Session};
+use crate::transport;
+
+/// The service made by [`SessionLayer`](super::SessionLayer).
+#[derive(Clone)]
+pub struct SessionService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> SessionService<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for SessionService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let shared = &self.shared;
+        let read = transport::read(shared, req.headers());
+        let meta = RequestMeta {
+            user_agent: read.user_agent,
+            network: None,
+        };
+        let session = Session::new(Arc::clone(shared), read.presented, meta);
+        req.extensions_mut().insert(session.clone());
+        let ctx = Ctx {
+            method: req.method().clone(),
+            path: shared
+                .writer
+                .is_some()
+                .then(|| req.uri().path().to_owned()),
+            grpc: read.grpc,
+            used_cookie: read.used_cookie,
+            used_header: read.used_header,
+            start: Instant::now(),
+            session,
+            shared: Arc::clone(shared),
+        };
+        // The inner service was made ready by `poll_ready`; call it here so
+        // the instance made ready is the one called.
+        ResponseFuture::new(self.inner.call(req), ctx)
+    }
+}

@@ -1,0 +1,667 @@
+//! The [`Session`] handle that handlers use.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+use crate::credential::{Credential, Token};
+use crate::error::{Error, ErrorKind};
+use crate::history::entry::{Draft, EntryKind};
+use crate::history::HistoryPage;
+use crate::manager::Shared;
+use crate::store::{Record, Rotation, Update, UpdateOutcome};
+use crate::util::now_ms;
+use crate::SessionId;
+
+/// A request's session.
+///
+/// The layer puts one into every request's extensions; with the `axum`
+/// feature it is also an extractor. Cloning is cheap and shares the state.
+///
+/// The record is loaded from the store on first use only (the axum
+/// extractor loads it when the handler asks for it), so a handler that never
+/// touches its session costs no store round trip. Changes are persisted by
+/// the layer when the response leaves, as per-key updates.
+///
+/// Privilege changes ([`set_user`](Self::set_user),
+/// [`set_privilege`](Self::set_privilege)) make the layer rotate the token on
+/// the way out, by itself: session fixation is impossible by construction.
+///
+/// ```
+/// # use session_trail::{Key, SessionLayer, Session, store::MemoryStore};
+/// # use tower::{Service, ServiceBuilder, ServiceExt};
+/// # use http::{Request, Response};
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let layer = SessionLayer::builder(MemoryStore::new(), Key::generate()).build().unwrap();
+/// let svc = ServiceBuilder::new().layer(layer).service_fn(|req: Request<String>| async move {
+///     let session = req.extensions().get::<Session>().unwrap().clone();
+///     let visits: u64 = session.get("visits").await?.unwrap_or(0);
+///     session.insert("visits", visits + 1).await?;
+///     Ok::<_, session_trail::Error>(Response::new(String::new()))
+/// });
+/// let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+/// assert!(res.headers().contains_key("set-cookie"));
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    presented: Option<Presented>,
+    loaded: OnceCell<()>,
+    state: Mutex<State>,
+    meta: RequestMeta,
+}
+
+/// A credential that verified, and under which key.
+pub(crate) struct Presented {
+    pub(crate) credential: Credential,
+    pub(crate) current_key: bool,
+}
+
+/// Facts about the request the layer passes on.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RequestMeta {
+    pub(crate) user_agent: Option<http::HeaderValue>,
+    pub(crate) network: Option<String>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+enum Origin {
+    /// No credential, or the session has not been loaded.
+    #[default]
+    None,
+    /// The credential names a live session.
+    Live,
+    /// The credential's token was replaced moments ago (rotation grace).
+    Replaced,
+    /// The credential names no live session.
+    Stale,
+}
+
+#[derive(Default)]
+struct State {
+    origin: Origin,
+    /// The session this request acts on (live or new).
+    sid: Option<SessionId>,
+    new: bool,
+    record: Option<Record>,
+    data: HashMap<String, Value>,
+    set: HashMap<String, Value>,
+    removed: HashSet<String>,
+    user: Option<String>,
+    privilege: Option<String>,
+    regenerate: bool,
+    destroy: bool,
+    /// The live session was destroyed and a new one started in the same
+    /// request (logout, then a write): the old one must still be deleted.
+    end_live: Option<SessionId>,
+    events: Vec<Draft>,
+    /// Entries for other sessions (an expired one found on load).
+    ended: Option<(SessionId, &'static str)>,
+    route: Option<String>,
+    committed: bool,
+}
+
+/// What the transport must do on the way out.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CredentialAction {
+    Keep,
+    Set(String),
+    Clear,
+}
+
+/// What the layer does once the inner service has answered.
+pub(crate) struct Outcome {
+    pub(crate) action: CredentialAction,
+    /// The session the request entry belongs to, with its entries.
+    pub(crate) entries: Option<(SessionId, Vec<Draft>)>,
+    pub(crate) user: Option<String>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.state();
+        f.debug_struct("Session")
+            .field("id", &st.sid)
+            .field("user", &st.user)
+            .field("privilege", &st.privilege)
+            .field("keys", &st.data.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(shared: Arc<Shared>, presented: Option<Presented>, meta: RequestMeta) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                shared,
+                presented,
+                loaded: OnceCell::new(),
+                state: Mutex::default(),
+                meta,
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loads the session from the store, once; later calls return at once.
+    ///
+    /// Every other method loads as needed, so calling this is only useful to
+    /// surface a store failure early (the axum extractor does).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unavailable`] when the store cannot answer.
+    pub async fn load(&self) -> Result<(), Error> {
+        self.inner
+            .loaded
+            .get_or_try_init(|| self.load_from_store())
+            .await
+            .map(|_| ())
+    }
+
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.inner.loaded.initialized()
+    }
+
+    async fn load_from_store(&self) -> Result<(), Error> {
+        let Some(presented) = &self.inner.presented else {
+            return Ok(());
+        };
+        let sid = presented.credential.sid;
+        let record = self
+            .inner
+            .shared
+            .store
+            .load(&sid)
+            .await
+            .map_err(|e| e.context("loading the session"))?;
+        let now = now_ms();
+        let hash = presented.credential.token.hash();
+        let Some(record) = record else {
+            self.state().origin = Origin::Stale;
+            return Ok(());
+        };
+        let expired = if record.absolute_deadline <= now {
+            Some("absolute_timeout")
+        } else if record.idle_deadline <= now {
+            Some("idle_timeout")
+        } else {
+            None
+        };
+        if let Some(reason) = expired {
+            {
+                let mut st = self.state();
+                st.origin = Origin::Stale;
+                st.ended = Some((sid, reason));
+            }
+            // Best effort: the store's TTL removes it anyway.
+            if let Err(e) = self.inner.shared.store.delete(&sid).await {
+                tracing::debug!(session = %sid, error = %e, "could not delete an expired session");
+            }
+            return Ok(());
+        }
+        let grace = self.inner.shared.config.rotation_grace.as_millis() as i64;
+        let mut st = self.state();
+        if record.token_hash.ct_eq(&hash) {
+            st.origin = Origin::Live;
+            st.sid = Some(sid);
+            st.data.clone_from(&record.data);
+            st.user.clone_from(&record.user);
+            st.privilege.clone_from(&record.privilege);
+            st.record = Some(record);
+        } else if record
+            .replaced
+            .is_some_and(|r| r.token_hash.ct_eq(&hash) && now.saturating_sub(r.at) <= grace)
+        {
+            st.origin = Origin::Replaced;
+        } else {
+            st.origin = Origin::Stale;
+        }
+        Ok(())
+    }
+
+    /// The session id, once there is a session (after loading, or after the
+    /// first write created one).
+    ///
+    /// # Errors
+    ///
+    /// When loading fails.
+    pub async fn id(&self) -> Result<Option<SessionId>, Error> {
+        self.load().await?;
+        Ok(self.state().sid)
+    }
+
+    /// Whether this request has a stored session (or created one).
+    ///
+    /// # Errors
+    ///
+    /// When loading fails.
+    pub async fn exists(&self) -> Result<bool, Error> {
+        self.load().await?;
+        let st = self.state();
+        Ok(st.sid.is_some() && !st.destroy)
+    }
+
+    /// A value by key.
+    ///
+    /// # Errors
+    ///
+    /// When loading fails, or the stored value does not deserialize as `T`
+    /// ([`ErrorKind::Serialization`]).
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        self.load().await?;
+        let st = self.state();
+        match st.data.get(key) {
+            Some(v) => Ok(Some(T::deserialize(v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a value (creating the session if there is none).
+    ///
+    /// # Errors
+    ///
+    /// When loading fails, the value does not serialize, or its JSON is
+    /// larger than the configured `max_value_bytes`.
+    pub async fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), Error> {
+        let value = serde_json::to_value(value)?;
+        let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(0);
+        if size > self.inner.shared.config.max_value_bytes {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "value for {key:?} is {size} bytes; max_value_bytes is {}",
+                    self.inner.shared.config.max_value_bytes
+                ),
+            ));
+        }
+        self.load().await?;
+        let mut st = self.state();
+        self.ensure_session(&mut st);
+        st.removed.remove(key);
+        st.data.insert(key.to_owned(), value.clone());
+        st.set.insert(key.to_owned(), value);
+        Ok(())
+    }
+
+    /// Removes a value; answers the old one.
+    ///
+    /// # Errors
+    ///
+    /// When loading fails.
+    pub async fn remove(&self, key: &str) -> Result<Option<Value>, Error> {
+        self.load().await?;
+        let mut st = self.state();
+        let old = st.data.remove(key);
+        st.set.remove(key);
+        if old.is_some() && !st.new {
+            st.removed.insert(key.to_owned());
+        }
+        Ok(old)
+    }
+
+    /// The logged-in user.
+    ///
+    /// # Errors
+    ///
+    /// When loading fails.
+    pub async fn user(&self) -> Result<Option<String>, Error> {
+        self.load().await?;
+        Ok(self.state().user.clone())
+    }
+
+    /// Logs a user in (`Some`) or out of the user while keeping the session
+    /// (`None`). A change rotates the token when the response leaves.
+    ///
+    /// # Errors
+    ///
+    /// When loading fails.
+    pub async fn set_user(&self, user: Option<String>) -> Result<(), Error> {
+        self.load().await?;
+        let mut st = self.state();
+        if st.user == user {
+            return Ok(());
+        }
+        if user.is_some() {
+            self.ensure_session(&mut st);
+        } else if st.sid.is_none() {
+            return Ok(());
+        }
+        st.user = user;
+        Ok(())
+    }
+
+    /// The privilege level or role.
+    ///
+    /// # Errors
+    ///
+    /// When loading fails.
+    pub async fn privilege(&self) -> Result<Option<String>, Error> {
+        self.load().await?;
+        Ok(self.state().privilege.clone())
+    }
+
+    /// Changes the privilege level or role. A change rotates the token when
+    /// the response leaves.
+    ///
+    /// # Errors
+    ///
+    /// When loading fails.
+    pub async fn set_privilege(&self, privilege: Option<String>) -> Result<(), Error> {
+        self.load().await?;
+        let mut st = self.state();
+        if st.privilege == privilege {
+            return Ok(());
+        }
+        if privilege.is_some() {
+            self.ensure_session(&mut st);
+        } else if st.sid.is_none() {
+            return Ok(());
+        }
+        st.privilege = privilege;
+        Ok(())
+    }
+
+    /// Rotates the token when the response leaves, keeping the session.
+    ///
+    /// # Errors
+    ///
+    /// When loading fails.
+    pub async fn regenerate(&self) -> Result<(), Error> {
+        self.load().await?;
+        let mut st = self.state();
+        if st.origin == Origin::Live {
+            st.regenerate = true;
+        }
+        Ok(())
+    }
+
+    /// Ends the session: the record is deleted and the credential cleared
+    /// when the response leaves.
+    ///
+    /// # Errors
+    ///
+    /// When loading fails.
+    pub async fn destroy(&self) -> Result<(), Error> {
+        self.load().await?;
+        let mut st = self.state();
+        st.destroy = true;
+        st.set.clear();
+        st.removed.clear();
+        st.data.clear();
+        Ok(())
+    }
+
+    /// Records a domain event in the session's history (creating the
+    /// session if there is none).
+    ///
+    /// `name` is 1–64 characters of letters, digits and `_ . : -`; `data`
+    /// serializes to at most `max_event_bytes` of JSON (4 KiB by default).
+    /// Nothing is truncated: anything larger is refused.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`] for a bad name or oversized data;
+    /// loading errors.
+    pub async fn record(&self, name: &str, data: impl Serialize) -> Result<(), Error> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+        if !valid {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "an event name is 1-64 characters of letters, digits and _ . : -",
+            ));
+        }
+        let data = serde_json::to_vec(&data)?;
+        let max = self.inner.shared.config.max_event_bytes;
+        if data.len() > max {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("event data is {} bytes; max_event_bytes is {max}", data.len()),
+            ));
+        }
+        self.load().await?;
+        let mut st = self.state();
+        self.ensure_session(&mut st);
+        st.events.push(Draft::event(name, &data));
+        Ok(())
+    }
+
+    /// The session's newest `limit` history entries (newest first), with the
+    /// chain's verification. Entries this process has queued but not yet
+    /// written are included, so a session reads its own writes.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotFound`] when the request has no session;
+    /// [`ErrorKind::InvalidInput`] when the layer records no history; store
+    /// errors.
+    pub async fn history(&self, limit: usize) -> Result<HistoryPage, Error> {
+        let Some(writer) = &self.inner.shared.writer else {
+            return Err(Error::new(ErrorKind::InvalidInput, "history is not enabled on this layer"));
+        };
+        let sid = self
+            .id()
+            .await?
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, "this request has no session"))?;
+        crate::history::read_page(writer, sid, limit).await
+    }
+
+    /// A coarse description of the client, from its User-Agent.
+    pub(crate) fn device(&self) -> Option<String> {
+        let ua = self.inner.meta.user_agent.as_ref()?.to_str().ok()?;
+        Some(crate::client::device_of(ua))
+    }
+
+    /// Remembers the matched route template for the request entry.
+    pub(crate) fn set_route(&self, route: &str) {
+        self.state().route = Some(route.to_owned());
+    }
+
+    pub(crate) fn route(&self) -> Option<String> {
+        self.state().route.clone()
+    }
+
+    fn ensure_session(&self, st: &mut State) {
+        if st.sid.is_some() && !st.destroy {
+            return;
+        }
+        if st.destroy && st.origin == Origin::Live {
+            st.end_live = st.sid;
+        }
+        st.sid = Some(SessionId::generate());
+        st.new = true;
+        st.destroy = false;
+        st.record = None;
+    }
+
+    /// The session id the request entry is recorded under, without loading:
+    /// the presented (verified) one.
+    pub(crate) fn presented_sid(&self) -> Option<SessionId> {
+        self.inner.presented.as_ref().map(|p| p.credential.sid)
+    }
+
+    /// Persists the request's changes and says what to do with the
+    /// credential. Called once, after the inner service answered.
+    pub(crate) async fn commit(&self) -> Result<Outcome, Error> {
+        let shared = &self.inner.shared;
+        let now = now_ms();
+        let config = &shared.config;
+        if !self.is_loaded() {
+            if config.issue_on_first_visit && self.inner.presented.is_none() {
+                // A first visit: issue an empty session.
+                self.load().await?;
+                let mut st = self.state();
+                self.ensure_session(&mut st);
+            } else {
+                return Ok(Outcome {
+                    action: CredentialAction::Keep,
+                    entries: self.presented_sid().map(|s| (s, Vec::new())),
+                    user: None,
+                });
+            }
+        }
+
+        let mut st = std::mem::take(&mut *self.state());
+        st.committed = true;
+        let mut drafts: Vec<Draft> = Vec::new();
+        let key = shared.ring.current();
+        if let Some((old, reason)) = st.ended {
+            shared.enqueue(old, vec![Draft::lifecycle(EntryKind::Ended, &json!({"reason": reason}))]);
+        }
+
+        if let Some(old) = st.end_live {
+            shared.store.delete(&old).await.map_err(|e| e.context("ending the session"))?;
+            shared.enqueue(old, vec![Draft::lifecycle(EntryKind::Ended, &json!({"reason": "logout"}))]);
+        }
+
+        let action;
+        let entry_sid;
+        if st.new && !st.destroy {
+            let sid = st.sid.expect("a new session has an id");
+            let token = Token::generate();
+            let record = Record {
+                id: sid,
+                token_hash: token.hash(),
+                replaced: None,
+                user: st.user.clone(),
+                privilege: st.privilege.clone(),
+                data: st.data.clone(),
+                created: now,
+                last_seen: now,
+                idle_deadline: now + config.idle_timeout.as_millis() as i64,
+                absolute_deadline: now + config.absolute_timeout.as_millis() as i64,
+                device: self.device(),
+                network: self.inner.meta.network.clone(),
+            };
+            shared.store.create(&record).await.map_err(|e| e.context("creating the session"))?;
+            drafts.push(Draft::lifecycle(
+                EntryKind::Started,
+                &json!({
+                    "device": record.device,
+                    "network": record.network,
+                    "user": st.user.as_deref().map(|u| shared.user_pseudonym(u)),
+                }),
+            ));
+            drafts.append(&mut st.events);
+            if st.user.is_some() || st.privilege.is_some() {
+                drafts.push(self.privilege_entry(None, None, &st));
+            }
+            action = CredentialAction::Set(Credential { sid, token }.encode(key));
+            entry_sid = Some(sid);
+        } else if st.origin == Origin::Live {
+            let sid = st.sid.expect("a live session has an id");
+            let record = st.record.take().expect("a live session has its record");
+            let presented = self.inner.presented.as_ref().expect("a live session was presented");
+            entry_sid = Some(sid);
+            if st.destroy {
+                shared.store.delete(&sid).await.map_err(|e| e.context("ending the session"))?;
+                drafts.append(&mut st.events);
+                drafts.push(Draft::lifecycle(EntryKind::Ended, &json!({"reason": "logout"})));
+                action = CredentialAction::Clear;
+            } else {
+                let privilege_changed = st.user != record.user || st.privilege != record.privilege;
+                let rotate = privilege_changed || st.regenerate;
+                let idle_ms = config.idle_timeout.as_millis() as i64;
+                let refresh_after = (idle_ms as f64 * config.idle_refresh) as i64;
+                let touch = now.saturating_sub(record.last_seen) >= refresh_after;
+                let mut update = Update {
+                    token_hash: record.token_hash,
+                    set: st.set.drain().collect(),
+                    remove: st.removed.drain().collect(),
+                    user: (st.user != record.user).then(|| st.user.clone()),
+                    privilege: (st.privilege != record.privilege).then(|| st.privilege.clone()),
+                    rotate: None,
+                    touch: touch.then_some((now, (now + idle_ms).min(record.absolute_deadline))),
+                };
+                let new_token = rotate.then(Token::generate);
+                if let Some(t) = &new_token {
+                    update.rotate = Some(Rotation {
+                        new_token_hash: t.hash(),
+                        at: now,
+                    });
+                }
+                let outcome = if update.is_empty() {
+                    UpdateOutcome::Applied
+                } else {
+                    shared
+                        .store
+                        .update(&sid, &update)
+                        .await
+                        .map_err(|e| e.context("saving the session"))?
+                };
+                drafts.append(&mut st.events);
+                match outcome {
+                    UpdateOutcome::Applied => {
+                        if privilege_changed {
+                            drafts.push(self.privilege_entry(record.user.as_deref(), record.privilege.as_deref(), &st));
+                        }
+                        if let Some(token) = new_token {
+                            let reason = if privilege_changed { "privilege_change" } else { "regenerate" };
+                            drafts.push(Draft::lifecycle(
+                                EntryKind::Rotated,
+                                &json!({
+                                    "reason": reason,
+                                    "from_privilege": record.privilege,
+                                    "to_privilege": st.privilege,
+                                }),
+                            ));
+                            action = CredentialAction::Set(Credential { sid, token }.encode(key));
+                        } else if !presented.current_key {
+                            // Re-sign with the current key: same token.
+                            action = CredentialAction::Set(presented.credential.encode(key));
+                        } else {
+                            action = CredentialAction::Keep;
+                        }
+                    }
+                    UpdateOutcome::Missing => {
+                        // Ended or rotated by a concurrent request: never
+                        // resurrect it.
+                        tracing::debug!(session = %sid, "session changed concurrently; update not applied");
+                        action = CredentialAction::Keep;
+                    }
+                }
+            }
+        } else {
+            // No live session and nothing written: a replaced token within
+            // its grace window, a stale credential, or an anonymous visit.
+            action = CredentialAction::Keep;
+            entry_sid = self.presented_sid();
+        }
+        let user = st.user.clone();
+        Ok(Outcome {
+            action,
+            entries: entry_sid.map(|s| (s, drafts)),
+            user,
+        })
+    }
+
+    fn privilege_entry(&self, old_user: Option<&str>, old_privilege: Option<&str>, st: &State) -> Draft {
+        let p = |u: Option<&str>| u.map(|u| self.inner.shared.user_pseudonym(u));
+        Draft::lifecycle(
+            EntryKind::PrivilegeChanged,
+            &json!({
+                "from_user": p(old_user),
+                "to_user": p(st.user.as_deref()),
+                "from_privilege": old_privilege,
+                "to_privilege": st.privilege,
+            }),
+        )
+    }
+}

@@ -1,0 +1,438 @@
+//! The in-memory store: the zero set-up default.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{
+    DEFAULT_HISTORY_KEEP, DEFAULT_HISTORY_TTL, Retention, Append, AppendOutcome, HistoryStore, Record, SessionStore, Update, UpdateOutcome, tag_of,
+};
+use crate::error::{ConfigError, Error, ErrorKind};
+use crate::util::now_ms;
+use crate::SessionId;
+
+/// How many expired items one operation evicts at most (the rest are
+/// evicted by later operations), so no single call pays for a backlog.
+const EVICT_PER_CALL: usize = 64;
+
+/// Sessions and history in the process's memory.
+///
+/// It has the semantics of the Redis store: conditional per-key updates,
+/// compare-and-append, keep-*N* and a sliding TTL for history, and eviction
+/// of expired sessions and histories (memory never grows without bound).
+/// Cloning is cheap and shares the data.
+///
+/// It can inject faults ([`MemoryStore::session_faults`],
+/// [`MemoryStore::history_faults`], [`MemoryStore::wipe`]) so that the
+/// layer's and the history writer's failure handling can be tested without
+/// Redis.
+///
+/// ```
+/// use session_trail::store::MemoryStore;
+/// use std::time::Duration;
+///
+/// let store = MemoryStore::new()
+///     .history_retention(500, Duration::from_secs(7 * 24 * 3600))
+///     .unwrap();
+/// assert!(MemoryStore::new().history_retention(0, Duration::from_secs(1)).is_err());
+/// # let _ = store;
+/// ```
+#[derive(Clone, Debug)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    sessions: Mutex<Sessions>,
+    history: Mutex<Histories>,
+    keep: usize,
+    ttl_ms: i64,
+    session_faults: Faults,
+    history_faults: Faults,
+}
+
+#[derive(Debug, Default)]
+struct Sessions {
+    map: HashMap<SessionId, Record>,
+    expiry: BTreeSet<(i64, SessionId)>,
+    users: HashMap<String, HashSet<SessionId>>,
+}
+
+#[derive(Debug, Default)]
+struct Histories {
+    map: HashMap<SessionId, History>,
+    expiry: BTreeSet<(i64, SessionId)>,
+}
+
+#[derive(Debug, Default)]
+struct History {
+    entries: VecDeque<Bytes>,
+    expires_at: i64,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store with the default history retention (1,000 entries per
+    /// session, 30 days after the last entry).
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                sessions: Mutex::default(),
+                history: Mutex::default(),
+                keep: DEFAULT_HISTORY_KEEP,
+                ttl_ms: DEFAULT_HISTORY_TTL.as_millis() as i64,
+                session_faults: Faults::default(),
+                history_faults: Faults::default(),
+            }),
+        }
+    }
+
+    /// Sets history retention: keep the newest `keep` entries of each
+    /// session, and drop a session's history `ttl` after its last entry.
+    ///
+    /// Call it before cloning the store.
+    ///
+    /// # Errors
+    ///
+    /// Fails when `keep` or `ttl` is zero.
+    pub fn history_retention(self, keep: usize, ttl: Duration) -> Result<Self, ConfigError> {
+        if keep == 0 {
+            return Err(ConfigError::new("history_retention", "keep must be at least 1"));
+        }
+        if ttl.is_zero() {
+            return Err(ConfigError::new("history_retention", "ttl must be greater than zero"));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                sessions: Mutex::default(),
+                history: Mutex::default(),
+                keep,
+                ttl_ms: ttl.as_millis().min(i64::MAX as u128) as i64,
+                session_faults: Faults::default(),
+                history_faults: Faults::default(),
+            }),
+        })
+    }
+
+    /// Faults injected into session operations.
+    pub fn session_faults(&self) -> &Faults {
+        &self.inner.session_faults
+    }
+
+    /// Faults injected into history operations.
+    pub fn history_faults(&self) -> &Faults {
+        &self.inner.history_faults
+    }
+
+    /// Deletes everything, as a Redis restart without persistence would.
+    pub fn wipe(&self) {
+        *lock(&self.inner.sessions) = Sessions::default();
+        *lock(&self.inner.history) = Histories::default();
+    }
+
+    /// How many sessions are stored (expired ones included until evicted).
+    pub fn session_count(&self) -> usize {
+        let mut s = lock(&self.inner.sessions);
+        s.evict(now_ms(), usize::MAX);
+        s.map.len()
+    }
+
+    /// How many sessions have history stored.
+    pub fn history_count(&self) -> usize {
+        let mut h = lock(&self.inner.history);
+        h.evict(now_ms(), usize::MAX);
+        h.map.len()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave these maps half-updated in
+    // a way that matters more than losing the store; keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Sessions {
+    fn evict(&mut self, now: i64, max: usize) {
+        for _ in 0..max {
+            let Some(&(at, id)) = self.expiry.first() else { break };
+            if at > now {
+                break;
+            }
+            self.expiry.pop_first();
+            if let Some(rec) = self.map.remove(&id) {
+                self.unindex(&rec);
+            }
+        }
+    }
+
+    fn unindex(&mut self, rec: &Record) {
+        if let Some(user) = &rec.user {
+            if let Some(set) = self.users.get_mut(user) {
+                set.remove(&rec.id);
+                if set.is_empty() {
+                    self.users.remove(user);
+                }
+            }
+        }
+    }
+
+    fn index(&mut self, rec: &Record) {
+        if let Some(user) = &rec.user {
+            self.users.entry(user.clone()).or_default().insert(rec.id);
+        }
+    }
+}
+
+impl Histories {
+    fn evict(&mut self, now: i64, max: usize) {
+        for _ in 0..max {
+            let Some(&(at, id)) = self.expiry.first() else { break };
+            if at > now {
+                break;
+            }
+            self.expiry.pop_first();
+            self.map.remove(&id);
+        }
+    }
+}
+
+impl SessionStore for MemoryStore {
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        self.inner.session_faults.before().await?;
+        let now = now_ms();
+        let mut s = lock(&self.inner.sessions);
+        s.evict(now, EVICT_PER_CALL);
+        Ok(s.map.get(id).filter(|r| r.expires_at() > now).cloned())
+    }
+
+    async fn create(&self, record: &Record) -> Result<(), Error> {
+        self.inner.session_faults.before().await?;
+        let mut s = lock(&self.inner.sessions);
+        s.evict(now_ms(), EVICT_PER_CALL);
+        if let Some(old) = s.map.remove(&record.id) {
+            s.expiry.remove(&(old.expires_at(), old.id));
+            s.unindex(&old);
+        }
+        s.expiry.insert((record.expires_at(), record.id));
+        s.index(record);
+        s.map.insert(record.id, record.clone());
+        drop(s);
+        self.inner.session_faults.after()
+    }
+
+    async fn update(&self, id: &SessionId, update: &Update) -> Result<UpdateOutcome, Error> {
+        self.inner.session_faults.before().await?;
+        let now = now_ms();
+        let mut s = lock(&self.inner.sessions);
+        s.evict(now, EVICT_PER_CALL);
+        let Some(mut rec) = s.map.remove(id) else {
+            return Ok(UpdateOutcome::Missing);
+        };
+        if rec.expires_at() <= now || !rec.token_hash.ct_eq(&update.token_hash) {
+            s.map.insert(*id, rec);
+            return Ok(UpdateOutcome::Missing);
+        }
+        s.expiry.remove(&(rec.expires_at(), rec.id));
+        s.unindex(&rec);
+        update.apply_to(&mut rec);
+        s.expiry.insert((rec.expires_at(), rec.id));
+        s.index(&rec);
+        s.map.insert(*id, rec);
+        drop(s);
+        self.inner.session_faults.after()?;
+        Ok(UpdateOutcome::Applied)
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<bool, Error> {
+        self.inner.session_faults.before().await?;
+        let mut s = lock(&self.inner.sessions);
+        let existed = match s.map.remove(id) {
+            Some(rec) => {
+                s.expiry.remove(&(rec.expires_at(), rec.id));
+                s.unindex(&rec);
+                true
+            }
+            None => false,
+        };
+        drop(s);
+        self.inner.session_faults.after()?;
+        Ok(existed)
+    }
+
+    async fn sessions_of_user(&self, user: &str) -> Result<Vec<Record>, Error> {
+        self.inner.session_faults.before().await?;
+        let now = now_ms();
+        let mut s = lock(&self.inner.sessions);
+        s.evict(now, EVICT_PER_CALL);
+        let Some(ids) = s.users.get(user) else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<Record> = ids
+            .iter()
+            .filter_map(|id| s.map.get(id))
+            .filter(|r| r.expires_at() > now)
+            .cloned()
+            .collect();
+        out.sort_by_key(|r| (r.created, r.id));
+        Ok(out)
+    }
+}
+
+impl HistoryStore for MemoryStore {
+    fn retention(&self) -> Retention {
+        Retention {
+            keep: self.inner.keep,
+            ttl: std::time::Duration::from_millis(self.inner.ttl_ms as u64),
+        }
+    }
+
+    async fn append(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, Error> {
+        self.inner.history_faults.before().await?;
+        let now = now_ms();
+        let mut h = lock(&self.inner.history);
+        h.evict(now, EVICT_PER_CALL);
+        let mut out = Vec::with_capacity(batch.len());
+        for append in batch {
+            let list = h.map.entry(append.session).or_default();
+            let head = list.entries.back().and_then(|e| tag_of(e));
+            if head == append.expected_head {
+                list.entries.extend(append.entries.iter().cloned());
+                while list.entries.len() > self.inner.keep {
+                    list.entries.pop_front();
+                }
+                let old = list.expires_at;
+                list.expires_at = now.saturating_add(self.inner.ttl_ms);
+                let new = list.expires_at;
+                h.expiry.remove(&(old, append.session));
+                h.expiry.insert((new, append.session));
+                out.push(AppendOutcome::Appended);
+            } else if head.is_some() && head == append.last_tag() {
+                out.push(AppendOutcome::AlreadyApplied);
+            } else {
+                let last = list.entries.back().cloned();
+                if list.entries.is_empty() {
+                    h.map.remove(&append.session);
+                }
+                out.push(AppendOutcome::Conflict { last });
+            }
+        }
+        drop(h);
+        self.inner.history_faults.after()?;
+        Ok(out)
+    }
+
+    async fn read_newest(&self, session: &SessionId, n: usize) -> Result<Vec<Bytes>, Error> {
+        self.inner.history_faults.before().await?;
+        let h = lock(&self.inner.history);
+        Ok(match h.map.get(session) {
+            Some(list) if list.expires_at > now_ms() => {
+                let skip = list.entries.len().saturating_sub(n);
+                list.entries.iter().skip(skip).cloned().collect()
+            }
+            _ => Vec::new(),
+        })
+    }
+
+    async fn read_all(&self, session: &SessionId) -> Result<Vec<Bytes>, Error> {
+        self.read_newest(session, usize::MAX).await
+    }
+
+    async fn delete(&self, session: &SessionId) -> Result<u64, Error> {
+        self.inner.history_faults.before().await?;
+        let mut h = lock(&self.inner.history);
+        let n = match h.map.remove(session) {
+            Some(list) => {
+                h.expiry.remove(&(list.expires_at, *session));
+                list.entries.len() as u64
+            }
+            None => 0,
+        };
+        Ok(n)
+    }
+}
+
+/// Faults to inject into a [`MemoryStore`]'s operations, and a count of
+/// the operations made.
+///
+/// ```
+/// use session_trail::store::MemoryStore;
+///
+/// let store = MemoryStore::new();
+/// store.session_faults().fail_next(2);
+/// store.session_faults().set_down(false);
+/// assert_eq!(store.session_faults().calls(), 0);
+/// ```
+#[derive(Debug, Default)]
+pub struct Faults {
+    calls: AtomicU64,
+    fail_next: AtomicU64,
+    down: AtomicBool,
+    delay_ms: AtomicU64,
+    lose_acks: AtomicU64,
+}
+
+impl Faults {
+    /// The next `n` operations fail before doing anything.
+    pub fn fail_next(&self, n: u64) {
+        self.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// While `down`, every operation fails (an outage).
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Every operation waits this long first (a slow store).
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The next `n` writes are applied but answer an error, as when the
+    /// connection drops before the acknowledgement arrives.
+    pub fn lose_next_acks(&self, n: u64) {
+        self.lose_acks.store(n, Ordering::SeqCst);
+    }
+
+    /// How many operations were attempted.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    async fn before(&self) -> Result<(), Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if self.down.load(Ordering::SeqCst) || take_one(&self.fail_next) {
+            return Err(Error::new(ErrorKind::Unavailable, "injected fault: store down"));
+        }
+        Ok(())
+    }
+
+    fn after(&self) -> Result<(), Error> {
+        if take_one(&self.lose_acks) {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "injected fault: acknowledgement lost",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn take_one(counter: &AtomicU64) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}

@@ -1,0 +1,465 @@
+//! Storage: the [`SessionStore`] and [`HistoryStore`] traits, and the stores
+//! this crate ships.
+//!
+//! Sessions and history are two traits so they can live in different places
+//! (sessions in Redis, history in a database, say). One type may implement
+//! both; [`MemoryStore`] does.
+//!
+//! # Contracts
+//!
+//! A session store keeps [`Record`]s by [`SessionId`]:
+//!
+//! - [`update`](SessionStore::update) applies an [`Update`] atomically, and
+//!   only when the record exists *and* its current token hash equals
+//!   [`Update::token_hash`]. It changes only the data keys listed, so two
+//!   concurrent requests that write different keys both survive, and a
+//!   destroyed session is never resurrected by a late write.
+//! - Records expire at [`Record::expires_at`] (the nearer of the idle and
+//!   absolute deadlines); a store evicts them then, so storage never grows
+//!   without bound.
+//! - A store keeps an index of sessions by user, maintained by `create`,
+//!   `update` (when the user changes) and `delete`.
+//!
+//! A history store keeps, per session, a list of opaque entries, oldest
+//! first. The *head* of a list is the last 16 bytes of its last entry (the
+//! entry's tag); the store never needs a key to find it.
+//! [`append`](HistoryStore::append) is a compare-and-append, per session:
+//!
+//! 1. if the head equals [`Append::expected_head`] (`None`: the list is
+//!    empty), push the entries, trim to the newest *N*, refresh the TTL, and
+//!    answer [`AppendOutcome::Appended`];
+//! 2. otherwise, if the head equals the tag of the batch's last entry, the
+//!    batch was applied before (a retry after a lost acknowledgement): answer
+//!    [`AppendOutcome::AlreadyApplied`] and push nothing;
+//! 3. otherwise answer [`AppendOutcome::Conflict`] with the last entry, so
+//!    the writer can chain onto it and retry.
+//!
+//! # Implementing a store
+//!
+//! A complete (if unindexed and never-expiring) session store over a
+//! `HashMap`:
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use std::sync::Mutex;
+//! use session_trail::store::{Record, SessionStore, Update, UpdateOutcome};
+//! use session_trail::{Error, SessionId};
+//!
+//! #[derive(Default)]
+//! struct MapStore(Mutex<HashMap<SessionId, Record>>);
+//!
+//! impl SessionStore for MapStore {
+//!     async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+//!         Ok(self.0.lock().unwrap().get(id).cloned())
+//!     }
+//!
+//!     async fn create(&self, record: &Record) -> Result<(), Error> {
+//!         self.0.lock().unwrap().insert(record.id, record.clone());
+//!         Ok(())
+//!     }
+//!
+//!     async fn update(&self, id: &SessionId, update: &Update) -> Result<UpdateOutcome, Error> {
+//!         let mut map = self.0.lock().unwrap();
+//!         match map.get_mut(id) {
+//!             Some(record) if record.token_hash.ct_eq(&update.token_hash) => {
+//!                 update.apply_to(record);
+//!                 Ok(UpdateOutcome::Applied)
+//!             }
+//!             _ => Ok(UpdateOutcome::Missing),
+//!         }
+//!     }
+//!
+//!     async fn delete(&self, id: &SessionId) -> Result<bool, Error> {
+//!         Ok(self.0.lock().unwrap().remove(id).is_some())
+//!     }
+//!
+//!     async fn sessions_of_user(&self, user: &str) -> Result<Vec<Record>, Error> {
+//!         let map = self.0.lock().unwrap();
+//!         Ok(map.values().filter(|r| r.user.as_deref() == Some(user)).cloned().collect())
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use session_trail::{Key, SessionLayer};
+//! let layer = SessionLayer::builder(MapStore::default(), Key::generate()).build().unwrap();
+//! # let _ = layer;
+//! # });
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+pub use crate::credential::TokenHash;
+use crate::{Error, SessionId};
+
+#[cfg(feature = "memory-store")]
+mod memory;
+#[cfg(feature = "memory-store")]
+pub use memory::{Faults, MemoryStore};
+
+/// The default number of history entries kept per session.
+pub const DEFAULT_HISTORY_KEEP: usize = 1_000;
+/// The default sliding lifetime of a session's history after its last entry
+/// (30 days).
+pub const DEFAULT_HISTORY_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// How long a history store keeps entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// The newest this many entries of each session are kept.
+    pub keep: usize,
+    /// A session's history is dropped this long after its last entry.
+    pub ttl: std::time::Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            keep: DEFAULT_HISTORY_KEEP,
+            ttl: DEFAULT_HISTORY_TTL,
+        }
+    }
+}
+
+/// A session as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// The public session id.
+    pub id: SessionId,
+    /// SHA-256 of the current token.
+    pub token_hash: TokenHash,
+    /// The token this one replaced, kept for the rotation grace window.
+    pub replaced: Option<Replaced>,
+    /// The logged-in user, if any.
+    pub user: Option<String>,
+    /// The privilege level or role, if any.
+    pub privilege: Option<String>,
+    /// Application data.
+    pub data: HashMap<String, Value>,
+    /// Creation time, Unix milliseconds.
+    pub created: i64,
+    /// Last recorded activity, Unix milliseconds (updated when the idle
+    /// deadline slides, so it is as coarse as the slide threshold).
+    pub last_seen: i64,
+    /// The idle deadline, Unix milliseconds.
+    pub idle_deadline: i64,
+    /// The absolute deadline, Unix milliseconds.
+    pub absolute_deadline: i64,
+    /// A coarse description of the client the session started with (the
+    /// User-Agent family), for device lists and anomaly signals.
+    pub device: Option<String>,
+    /// A keyed pseudonym of the client network the session started from.
+    pub network: Option<String>,
+}
+
+impl Record {
+    /// When the store may evict the record: the nearer deadline.
+    pub fn expires_at(&self) -> i64 {
+        self.idle_deadline.min(self.absolute_deadline)
+    }
+}
+
+/// A token that was replaced by rotation, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replaced {
+    /// SHA-256 of the replaced token.
+    pub token_hash: TokenHash,
+    /// When it was replaced, Unix milliseconds.
+    pub at: i64,
+}
+
+/// A token rotation inside an [`Update`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    /// SHA-256 of the new token.
+    pub new_token_hash: TokenHash,
+    /// When the rotation happened, Unix milliseconds.
+    pub at: i64,
+}
+
+/// The changes one request made to a session, applied atomically.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Update {
+    /// The update applies only if the record's current token hash is this.
+    pub token_hash: TokenHash,
+    /// Data keys written.
+    pub set: Vec<(String, Value)>,
+    /// Data keys removed.
+    pub remove: Vec<String>,
+    /// `Some` when the user changed.
+    pub user: Option<Option<String>>,
+    /// `Some` when the privilege changed.
+    pub privilege: Option<Option<String>>,
+    /// `Some` when the token rotates: the current hash moves to
+    /// [`Record::replaced`] and the new one becomes current.
+    pub rotate: Option<Rotation>,
+    /// `Some((last_seen, idle_deadline))` when the idle deadline slides.
+    pub touch: Option<(i64, i64)>,
+}
+
+impl Default for TokenHash {
+    fn default() -> Self {
+        TokenHash::from_bytes([0; 32])
+    }
+}
+
+impl Update {
+    /// Whether the update changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+            && self.remove.is_empty()
+            && self.user.is_none()
+            && self.privilege.is_none()
+            && self.rotate.is_none()
+            && self.touch.is_none()
+    }
+
+    /// Applies the update to a record (the token condition is the caller's
+    /// to check). Stores that keep whole records can use this.
+    pub fn apply_to(&self, record: &mut Record) {
+        for (k, v) in &self.set {
+            record.data.insert(k.clone(), v.clone());
+        }
+        for k in &self.remove {
+            record.data.remove(k);
+        }
+        if let Some(user) = &self.user {
+            record.user.clone_from(user);
+        }
+        if let Some(privilege) = &self.privilege {
+            record.privilege.clone_from(privilege);
+        }
+        if let Some(rotate) = &self.rotate {
+            record.replaced = Some(Replaced {
+                token_hash: record.token_hash,
+                at: rotate.at,
+            });
+            record.token_hash = rotate.new_token_hash;
+        }
+        if let Some((last_seen, idle_deadline)) = self.touch {
+            record.last_seen = last_seen;
+            record.idle_deadline = idle_deadline;
+        }
+    }
+}
+
+/// What [`SessionStore::update`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    /// The update was applied.
+    Applied,
+    /// The record no longer exists, or its token changed: nothing was written.
+    Missing,
+}
+
+/// Where sessions are kept.
+///
+/// See the [module documentation](self) for the contract and a complete
+/// example implementation.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Loads a record.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when the
+    /// store cannot answer.
+    fn load(&self, id: &SessionId) -> impl Future<Output = Result<Option<Record>, Error>> + Send;
+
+    /// Stores a new record (and indexes its user, if any).
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer.
+    fn create(&self, record: &Record) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Applies `update` if the record exists and its token hash matches.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer.
+    fn update(
+        &self,
+        id: &SessionId,
+        update: &Update,
+    ) -> impl Future<Output = Result<UpdateOutcome, Error>> + Send;
+
+    /// Deletes a record; `true` if it existed.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer.
+    fn delete(&self, id: &SessionId) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// The live sessions of a user.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer.
+    fn sessions_of_user(&self, user: &str)
+    -> impl Future<Output = Result<Vec<Record>, Error>> + Send;
+}
+
+/// One session's part of a [`HistoryStore::append`] call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Append {
+    /// The session.
+    pub session: SessionId,
+    /// The head the entries were chained to; `None` for an empty list.
+    pub expected_head: Option<[u8; 16]>,
+    /// Encoded entries, oldest first; never empty.
+    pub entries: Vec<Bytes>,
+}
+
+impl Append {
+    /// The tag of the last entry: the head once this append is applied.
+    pub fn last_tag(&self) -> Option<[u8; 16]> {
+        self.entries.last().and_then(|e| tag_of(e))
+    }
+}
+
+/// The tag (the last 16 bytes) of an encoded entry.
+pub fn tag_of(entry: &[u8]) -> Option<[u8; 16]> {
+    let start = entry.len().checked_sub(16)?;
+    entry[start..].try_into().ok()
+}
+
+/// What [`HistoryStore::append`] did for one session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// The entries were appended.
+    Appended,
+    /// The head already was the batch's last tag: applied before, not
+    /// appended again.
+    AlreadyApplied,
+    /// The head was something else; here is the last stored entry (`None`:
+    /// the list is empty).
+    Conflict {
+        /// The last stored entry.
+        last: Option<Bytes>,
+    },
+}
+
+/// Where session history is kept. See the [module documentation](self) for
+/// the compare-and-append contract.
+pub trait HistoryStore: Send + Sync + 'static {
+    /// The retention this store enforces (the verifier needs `keep` to tell
+    /// trimmed history from deleted history).
+    fn retention(&self) -> Retention;
+
+    /// Compare-and-append for many sessions at once, in one round trip where
+    /// the backend allows. The outcomes are in the order of `batch`.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer; then the writer cannot know which
+    /// appends were applied, and retries them all (the compare-and-append
+    /// makes that safe).
+    fn append(
+        &self,
+        batch: &[Append],
+    ) -> impl Future<Output = Result<Vec<AppendOutcome>, Error>> + Send;
+
+    /// The newest `n` entries of a session, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer.
+    fn read_newest(
+        &self,
+        session: &SessionId,
+        n: usize,
+    ) -> impl Future<Output = Result<Vec<Bytes>, Error>> + Send;
+
+    /// Every stored entry of a session, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer.
+    fn read_all(
+        &self,
+        session: &SessionId,
+    ) -> impl Future<Output = Result<Vec<Bytes>, Error>> + Send;
+
+    /// Deletes a session's history; answers how many entries were removed.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer.
+    fn delete(&self, session: &SessionId) -> impl Future<Output = Result<u64, Error>> + Send;
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Object-safe form of [`SessionStore`], used inside the layer.
+pub(crate) trait DynSessionStore: Send + Sync + 'static {
+    fn load<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<Option<Record>, Error>>;
+    fn create<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<(), Error>>;
+    fn update<'a>(
+        &'a self,
+        id: &'a SessionId,
+        update: &'a Update,
+    ) -> BoxFuture<'a, Result<UpdateOutcome, Error>>;
+    fn delete<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<bool, Error>>;
+    fn sessions_of_user<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<Record>, Error>>;
+}
+
+impl<T: SessionStore> DynSessionStore for T {
+    fn load<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<Option<Record>, Error>> {
+        Box::pin(SessionStore::load(self, id))
+    }
+    fn create<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(SessionStore::create(self, record))
+    }
+    fn update<'a>(
+        &'a self,
+        id: &'a SessionId,
+        update: &'a Update,
+    ) -> BoxFuture<'a, Result<UpdateOutcome, Error>> {
+        Box::pin(SessionStore::update(self, id, update))
+    }
+    fn delete<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(SessionStore::delete(self, id))
+    }
+    fn sessions_of_user<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<Record>, Error>> {
+        Box::pin(SessionStore::sessions_of_user(self, user))
+    }
+}
+
+/// Object-safe form of [`HistoryStore`], used by the writer.
+pub(crate) trait DynHistoryStore: Send + Sync + 'static {
+    fn retention(&self) -> Retention;
+    fn append<'a>(&'a self, batch: &'a [Append]) -> BoxFuture<'a, Result<Vec<AppendOutcome>, Error>>;
+    fn read_newest<'a>(
+        &'a self,
+        session: &'a SessionId,
+        n: usize,
+    ) -> BoxFuture<'a, Result<Vec<Bytes>, Error>>;
+    fn read_all<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, Result<Vec<Bytes>, Error>>;
+    fn delete<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, Result<u64, Error>>;
+}
+
+impl<T: HistoryStore> DynHistoryStore for T {
+    fn retention(&self) -> Retention {
+        HistoryStore::retention(self)
+    }
+    fn append<'a>(&'a self, batch: &'a [Append]) -> BoxFuture<'a, Result<Vec<AppendOutcome>, Error>> {
+        Box::pin(HistoryStore::append(self, batch))
+    }
+    fn read_newest<'a>(
+        &'a self,
+        session: &'a SessionId,
+        n: usize,
+    ) -> BoxFuture<'a, Result<Vec<Bytes>, Error>> {
+        Box::pin(HistoryStore::read_newest(self, session, n))
+    }
+    fn read_all<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, Result<Vec<Bytes>, Error>> {
+        Box::pin(HistoryStore::read_all(self, session))
+    }
+    fn delete<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(HistoryStore::delete(self, session))
+    }
+}

@@ -1,0 +1,170 @@
+//! Where the credential travels: the cookie and the header.
+
+use std::sync::atomic::Ordering;
+
+use cookie::Cookie;
+use http::header::{CONTENT_TYPE, COOKIE, SET_COOKIE, USER_AGENT};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+
+use crate::credential::Credential;
+use crate::error::Error;
+use crate::manager::Shared;
+use crate::session::{CredentialAction, Presented};
+
+pub(crate) struct Read {
+    pub(crate) presented: Option<Presented>,
+    pub(crate) used_cookie: bool,
+    pub(crate) used_header: bool,
+    pub(crate) grpc: bool,
+    pub(crate) user_agent: Option<HeaderValue>,
+}
+
+/// Reads and verifies the credential. Anything that does not verify is
+/// treated as absent (and counted); nothing here can fail or panic.
+pub(crate) fn read(shared: &Shared, headers: &HeaderMap) -> Read {
+    let mut presented = None;
+    let mut used_header = false;
+    let mut used_cookie = false;
+    let mut seen_invalid = false;
+    let ring = &shared.ring;
+    let try_value = |v: &[u8], presented: &mut Option<Presented>, seen_invalid: &mut bool| {
+        if presented.is_some() {
+            return;
+        }
+        match Credential::verify_with_key_id(v, ring) {
+            Some((credential, kid)) => {
+                *presented = Some(Presented {
+                    credential,
+                    current_key: kid == ring.current().id(),
+                });
+            }
+            None if !v.is_empty() => *seen_invalid = true,
+            None => {}
+        }
+    };
+    if let Some(name) = &shared.config.header {
+        if let Some(v) = headers.get(name) {
+            used_header = true;
+            try_value(v.as_bytes(), &mut presented, &mut seen_invalid);
+        }
+    }
+    if let Some(ck) = &shared.config.cookie {
+        for header in headers.get_all(COOKIE) {
+            let Ok(text) = header.to_str() else {
+                seen_invalid = true;
+                continue;
+            };
+            for c in Cookie::split_parse(text).flatten() {
+                if c.name() == ck.name {
+                    used_cookie = true;
+                    try_value(c.value().as_bytes(), &mut presented, &mut seen_invalid);
+                }
+            }
+        }
+    }
+    if presented.is_none() && seen_invalid {
+        shared.invalid_credentials.fetch_add(1, Ordering::Relaxed);
+    }
+    let grpc = headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let user_agent = headers.get(USER_AGENT).cloned();
+    Read {
+        presented,
+        used_cookie,
+        used_header,
+        grpc,
+        user_agent,
+    }
+}
+
+/// Sets or clears the credential on the response, on the transports the
+/// request used (a first request: the cookie when there is one).
+pub(crate) fn write<B>(
+    shared: &Shared,
+    res: &mut Response<B>,
+    action: &CredentialAction,
+    used_cookie: bool,
+    used_header: bool,
+) {
+    let value = match action {
+        CredentialAction::Keep => return,
+        CredentialAction::Set(v) => Some(v.as_str()),
+        CredentialAction::Clear => None,
+    };
+    let header_out = shared
+        .config
+        .header
+        .as_ref()
+        .filter(|_| used_header || shared.config.cookie.is_none());
+    let cookie_out = shared
+        .config
+        .cookie
+        .as_ref()
+        .filter(|_| used_cookie || header_out.is_none());
+    if let Some(name) = header_out {
+        if let Ok(v) = HeaderValue::from_str(value.unwrap_or("")) {
+            res.headers_mut().insert(name.clone(), v);
+        }
+    }
+    if let Some(ck) = cookie_out {
+        let mut c = Cookie::build((ck.name.clone(), value.unwrap_or("").to_owned()))
+            .http_only(ck.http_only)
+            .secure(ck.secure)
+            .same_site(ck.same_site)
+            .path(ck.path.clone());
+        if let Some(d) = &ck.domain {
+            c = c.domain(d.clone());
+        }
+        match value {
+            None => {
+                c = c
+                    .max_age(cookie::time::Duration::ZERO)
+                    .expires(cookie::time::OffsetDateTime::UNIX_EPOCH);
+            }
+            Some(_) => {
+                if let Some(age) = ck.max_age {
+                    c = c.max_age(cookie::time::Duration::seconds(age.as_secs() as i64));
+                }
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&c.build().to_string()) {
+            res.headers_mut().append(SET_COOKIE, v);
+        }
+    }
+}
+
+/// The layer's own answer when the session cannot be saved: 503 with
+/// `Retry-After`, or for gRPC requests a trailers-only response with the
+/// error's gRPC status.
+pub(crate) fn error_response<B: Default>(err: &Error, grpc: bool) -> Response<B> {
+    let mut res = Response::new(B::default());
+    if grpc {
+        let h = res.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(err.grpc_code()));
+        if let Ok(v) = HeaderValue::from_str(&grpc_message(&err.to_string())) {
+            h.insert("grpc-message", v);
+        }
+    } else {
+        *res.status_mut() = err.status();
+        if err.status() == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+    }
+    res
+}
+
+/// Percent-encodes a gRPC message as the protocol asks.
+pub(crate) fn grpc_message(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for b in msg.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
