@@ -417,17 +417,7 @@ impl Session {
     /// [`ErrorKind::InvalidInput`] for a bad name or oversized data;
     /// loading errors.
     pub async fn record(&self, name: &str, data: impl Serialize) -> Result<(), Error> {
-        let valid = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
-        if !valid {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "an event name is 1-64 characters of letters, digits and _ . : -",
-            ));
-        }
+        crate::history::entry::check_event_name(name)?;
         let data = serde_json::to_vec(&data)?;
         let max = self.inner.shared.config.max_event_bytes;
         if data.len() > max {
@@ -439,7 +429,7 @@ impl Session {
         self.load().await?;
         let mut st = self.state();
         self.ensure_session(&mut st);
-        st.events.push(Draft::event(name, &data));
+        st.events.push(Draft::event_raw(name, &data));
         Ok(())
     }
 

@@ -112,9 +112,26 @@ impl fmt::Display for EntryKind {
 
 /// An entry not yet chained: everything but `seq`, `prev`, key id and tag.
 ///
-/// Built on the request path (cheap: no MAC), signed by the writer.
+/// The layer builds drafts on the request path (cheap: no MAC) and the
+/// [`HistoryWriter`](super::HistoryWriter) chains and signs them. Build your
+/// own to record entries outside a request (a background job) with
+/// [`HistoryWriter::enqueue`](super::HistoryWriter::enqueue), or to sign a
+/// chain in tests with [`Draft::sign`].
+///
+/// ```
+/// use session_trail::history::{Draft, Entry, EntryKind};
+/// use session_trail::{Key, SessionId};
+///
+/// let key = Key::generate();
+/// let sid = SessionId::generate();
+/// let draft = Draft::event("add_to_cart", &serde_json::json!({"item": "book"})).unwrap();
+/// let bytes = draft.sign(&key, &sid, 1, &[0; 16]);
+/// let entry = Entry::decode(&bytes).unwrap();
+/// assert_eq!(entry.kind, EntryKind::Event);
+/// assert_eq!(entry.seq, 1);
+/// ```
 #[derive(Clone, Debug)]
-pub(crate) struct Draft {
+pub struct Draft {
     pub(crate) kind: EntryKind,
     pub(crate) ts: i64,
     pub(crate) id: [u8; 16],
@@ -133,8 +150,14 @@ impl Draft {
         }
     }
 
-    /// A request entry.
-    pub(crate) fn request(
+    /// The kind of entry this becomes.
+    pub fn kind(&self) -> EntryKind {
+        self.kind
+    }
+
+    /// A request entry: method, route (template, or path without query
+    /// string), status, latency, and the user's keyed pseudonym.
+    pub fn request(
         method: &str,
         route: &str,
         status: u16,
@@ -156,22 +179,37 @@ impl Draft {
         Self::new(EntryKind::Request, b.freeze())
     }
 
-    /// An event entry. `data` is already validated and serialized.
-    pub(crate) fn event(name: &str, data: &[u8]) -> Self {
+    /// An event entry.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the
+    /// name is not 1–64 characters of letters, digits and `_ . : -`.
+    pub fn event(name: &str, data: &Value) -> Result<Self, crate::Error> {
+        check_event_name(name)?;
+        let data = serde_json::to_vec(data)?;
+        Ok(Self::event_raw(name, &data))
+    }
+
+    /// An event entry from a checked name and serialized data.
+    pub(crate) fn event_raw(name: &str, data: &[u8]) -> Self {
         let mut b = BytesMut::with_capacity(4 + name.len() + data.len());
         put_str(&mut b, name);
         b.put_slice(data);
         Self::new(EntryKind::Event, b.freeze())
     }
 
-    /// A lifecycle, gap or suspicious entry with a JSON body.
-    pub(crate) fn lifecycle(kind: EntryKind, body: &Value) -> Self {
+    /// A lifecycle, gap or suspicious entry with a JSON body. (For
+    /// [`EntryKind::Request`] and [`EntryKind::Event`] use their own
+    /// constructors: a JSON body would not decode as those kinds.)
+    pub fn lifecycle(kind: EntryKind, body: &Value) -> Self {
         let bytes = serde_json::to_vec(body).unwrap_or_default();
         Self::new(kind, Bytes::from(bytes))
     }
 
-    /// Encodes and signs the draft as entry `seq` after `prev`.
-    pub(crate) fn sign(&self, key: &Key, session: &SessionId, seq: u64, prev: &[u8; TAG_LEN]) -> Bytes {
+    /// Encodes the draft as entry `seq` chained after the entry whose tag is
+    /// `prev` (zeros for `seq` 1), and signs it with `key`'s history key.
+    pub fn sign(&self, key: &Key, session: &SessionId, seq: u64, prev: &[u8; TAG_LEN]) -> Bytes {
         let mut b = BytesMut::with_capacity(64 + self.body.len());
         b.put_u8(VERSION);
         b.put_u32(key.id());
@@ -184,6 +222,22 @@ impl Draft {
         let tag = compute_tag(key, session, &b);
         b.put_slice(&tag);
         b.freeze()
+    }
+}
+
+pub(crate) fn check_event_name(name: &str) -> Result<(), crate::Error> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(crate::Error::new(
+            crate::ErrorKind::InvalidInput,
+            "an event name is 1-64 characters of letters, digits and _ . : -",
+        ))
     }
 }
 
@@ -478,7 +532,7 @@ mod tests {
     fn event_and_lifecycle_round_trip() {
         let key = Key::generate();
         let sid = SessionId::generate();
-        let e = Entry::decode(&Draft::event("add_to_cart", br#"{"item":"book"}"#).sign(&key, &sid, 1, &[0; 16])).unwrap();
+        let e = Entry::decode(&Draft::event_raw("add_to_cart", br#"{"item":"book"}"#).sign(&key, &sid, 1, &[0; 16])).unwrap();
         assert_eq!(e.to_json()["event"], "add_to_cart");
         assert_eq!(e.to_json()["data"]["item"], "book");
         let l = Draft::lifecycle(EntryKind::Ended, &json!({"reason": "logout"}));

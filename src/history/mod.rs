@@ -20,7 +20,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 pub use chain::{Break, BreakKind, Options, Verification, verify};
-pub use entry::{Body, DecodeError, Entry, EntryKind};
+pub use entry::{Body, DecodeError, Draft, Entry, EntryKind};
 pub use writer::{HistoryWriter, WriterConfig, WriterStats};
 
 use crate::{Error, SessionId};

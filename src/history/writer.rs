@@ -232,9 +232,12 @@ impl HistoryWriter {
         Ok(Self { shared, tx })
     }
 
-    /// Enqueues a session's entries without waiting; `false` when they were
-    /// dropped (queue full or writer closed), which is counted and recorded.
-    pub(crate) fn enqueue(&self, session: SessionId, drafts: Vec<Draft>) -> bool {
+    /// Enqueues a session's entries without waiting (no `await`, no store
+    /// access): the request path's only contact with history. Answers
+    /// `false` when they were dropped because the queue was full or the
+    /// writer had stopped; drops are counted and recorded later as a signed
+    /// `gap` entry in the session's chain.
+    pub fn enqueue(&self, session: SessionId, drafts: Vec<Draft>) -> bool {
         let n = drafts.len();
         if n == 0 {
             return true;
