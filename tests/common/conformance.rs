@@ -1,0 +1,308 @@
+//! The store conformance suite: the same contract checked on every store.
+//!
+//! Use it with [`store_conformance!`](crate::store_conformance), giving an
+//! async factory `|keep: usize| async { store }` that returns a fresh,
+//! empty store keeping `keep` history entries per session.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde_json::json;
+use session_trail::history::{Draft, EntryKind, Options, verify};
+use session_trail::store::{
+    Append, AppendOutcome, HistoryStore, Record, Rotation, SessionStore, TokenHash, Update,
+    UpdateOutcome, tag_of,
+};
+use session_trail::{Key, KeyRing, SessionId};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+pub fn record(user: Option<&str>) -> Record {
+    let now = now_ms();
+    Record {
+        id: SessionId::generate(),
+        token_hash: TokenHash::from_bytes([1; 32]),
+        replaced: None,
+        user: user.map(str::to_owned),
+        privilege: None,
+        data: HashMap::from([("a".to_owned(), json!(1)), ("b".to_owned(), json!("two"))]),
+        created: now,
+        last_seen: now,
+        idle_deadline: now + 60_000,
+        absolute_deadline: now + 3_600_000,
+        device: Some("Firefox on Linux".into()),
+        network: None,
+    }
+}
+
+pub async fn create_then_load_round_trips<S: SessionStore>(store: S) {
+    let r = record(Some("alice"));
+    store.create(&r).await.unwrap();
+    let back = store.load(&r.id).await.unwrap().expect("stored record loads");
+    assert_eq!(back, r);
+    assert!(store.load(&SessionId::generate()).await.unwrap().is_none());
+}
+
+pub async fn update_requires_the_current_token<S: SessionStore>(store: S) {
+    let r = record(None);
+    store.create(&r).await.unwrap();
+    let wrong = Update {
+        token_hash: TokenHash::from_bytes([9; 32]),
+        set: vec![("a".into(), json!(100))],
+        ..Update::default()
+    };
+    assert_eq!(store.update(&r.id, &wrong).await.unwrap(), UpdateOutcome::Missing);
+    assert_eq!(store.load(&r.id).await.unwrap().unwrap().data["a"], json!(1));
+}
+
+pub async fn concurrent_updates_to_different_keys_both_survive<S: SessionStore>(store: S) {
+    let r = record(None);
+    store.create(&r).await.unwrap();
+    let u1 = Update {
+        token_hash: r.token_hash,
+        set: vec![("a".into(), json!(10))],
+        ..Update::default()
+    };
+    let u2 = Update {
+        token_hash: r.token_hash,
+        set: vec![("c".into(), json!([1, 2]))],
+        remove: vec!["b".into()],
+        ..Update::default()
+    };
+    let (x, y) = tokio::join!(store.update(&r.id, &u1), store.update(&r.id, &u2));
+    assert_eq!(x.unwrap(), UpdateOutcome::Applied);
+    assert_eq!(y.unwrap(), UpdateOutcome::Applied);
+    let back = store.load(&r.id).await.unwrap().unwrap();
+    assert_eq!(back.data["a"], json!(10));
+    assert_eq!(back.data["c"], json!([1, 2]));
+    assert!(!back.data.contains_key("b"));
+}
+
+pub async fn update_after_delete_does_not_resurrect<S: SessionStore>(store: S) {
+    let r = record(Some("bob"));
+    store.create(&r).await.unwrap();
+    assert!(store.delete(&r.id).await.unwrap());
+    assert!(!store.delete(&r.id).await.unwrap());
+    let u = Update {
+        token_hash: r.token_hash,
+        set: vec![("a".into(), json!(2))],
+        touch: Some((now_ms(), now_ms() + 60_000)),
+        ..Update::default()
+    };
+    assert_eq!(store.update(&r.id, &u).await.unwrap(), UpdateOutcome::Missing);
+    assert!(store.load(&r.id).await.unwrap().is_none());
+    assert!(store.sessions_of_user("bob").await.unwrap().is_empty());
+}
+
+pub async fn rotation_replaces_the_token_and_keeps_the_old_hash<S: SessionStore>(store: S) {
+    let r = record(None);
+    store.create(&r).await.unwrap();
+    let new = TokenHash::from_bytes([2; 32]);
+    let at = now_ms();
+    let u = Update {
+        token_hash: r.token_hash,
+        user: Some(Some("carol".into())),
+        privilege: Some(Some("admin".into())),
+        rotate: Some(Rotation { new_token_hash: new, at }),
+        ..Update::default()
+    };
+    assert_eq!(store.update(&r.id, &u).await.unwrap(), UpdateOutcome::Applied);
+    let back = store.load(&r.id).await.unwrap().unwrap();
+    assert_eq!(back.token_hash, new);
+    let replaced = back.replaced.expect("old hash kept");
+    assert_eq!(replaced.token_hash, r.token_hash);
+    assert_eq!(replaced.at, at);
+    assert_eq!(back.user.as_deref(), Some("carol"));
+    assert_eq!(back.privilege.as_deref(), Some("admin"));
+    // The old token no longer updates.
+    let stale = Update { token_hash: r.token_hash, set: vec![("x".into(), json!(1))], ..Update::default() };
+    assert_eq!(store.update(&r.id, &stale).await.unwrap(), UpdateOutcome::Missing);
+}
+
+pub async fn touch_moves_the_idle_deadline<S: SessionStore>(store: S) {
+    let r = record(None);
+    store.create(&r).await.unwrap();
+    let later = now_ms() + 120_000;
+    let u = Update { token_hash: r.token_hash, touch: Some((now_ms(), later)), ..Update::default() };
+    assert_eq!(store.update(&r.id, &u).await.unwrap(), UpdateOutcome::Applied);
+    assert_eq!(store.load(&r.id).await.unwrap().unwrap().idle_deadline, later);
+}
+
+pub async fn expired_records_are_gone<S: SessionStore>(store: S) {
+    let mut r = record(Some("dave"));
+    let now = now_ms();
+    r.idle_deadline = now + 300;
+    store.create(&r).await.unwrap();
+    assert!(store.load(&r.id).await.unwrap().is_some());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if store.load(&r.id).await.unwrap().is_none() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "expired record still loads");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(store.sessions_of_user("dave").await.unwrap().is_empty());
+}
+
+pub async fn user_index_follows_create_update_delete<S: SessionStore>(store: S) {
+    let user = format!("erin-{}", SessionId::generate());
+    let a = record(Some(&user));
+    let b = record(None);
+    store.create(&a).await.unwrap();
+    store.create(&b).await.unwrap();
+    let ids = |v: Vec<Record>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.sessions_of_user(&user).await.unwrap()), vec![a.id]);
+    let login = Update { token_hash: b.token_hash, user: Some(Some(user.clone())), ..Update::default() };
+    store.update(&b.id, &login).await.unwrap();
+    let mut both = ids(store.sessions_of_user(&user).await.unwrap());
+    both.sort();
+    let mut want = vec![a.id, b.id];
+    want.sort();
+    assert_eq!(both, want);
+    let logout = Update { token_hash: a.token_hash, user: Some(None), ..Update::default() };
+    store.update(&a.id, &logout).await.unwrap();
+    store.delete(&b.id).await.unwrap();
+    assert!(store.sessions_of_user(&user).await.unwrap().is_empty());
+}
+
+fn chain(key: &Key, sid: &SessionId, from_seq: u64, prev: [u8; 16], n: usize) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut prev = prev;
+    for i in 0..n {
+        let d = if i % 2 == 0 {
+            Draft::request("GET", "/x", 200, 10, None)
+        } else {
+            Draft::lifecycle(EntryKind::Started, &json!({"i": i}))
+        };
+        let b = d.sign(key, sid, from_seq + i as u64, &prev);
+        prev = tag_of(&b).unwrap();
+        out.push(b);
+    }
+    out
+}
+
+pub async fn compare_and_append_contract<S: HistoryStore>(store: S) {
+    let key = Key::generate();
+    let sid = SessionId::generate();
+    let first = chain(&key, &sid, 1, [0; 16], 3);
+    let a1 = Append { session: sid, expected_head: None, entries: first.clone() };
+    assert_eq!(store.append(std::slice::from_ref(&a1)).await.unwrap(), vec![AppendOutcome::Appended]);
+    // The same batch again (a retry after a lost ack): applied once only.
+    assert_eq!(store.append(std::slice::from_ref(&a1)).await.unwrap(), vec![AppendOutcome::AlreadyApplied]);
+    // A batch chained to a stale head conflicts and returns the last entry.
+    let stale = Append { session: sid, expected_head: None, entries: chain(&key, &sid, 1, [0; 16], 1) };
+    assert_eq!(
+        store.append(&[stale]).await.unwrap(),
+        vec![AppendOutcome::Conflict { last: Some(first[2].clone()) }]
+    );
+    let next = chain(&key, &sid, 4, tag_of(&first[2]).unwrap(), 2);
+    let a2 = Append { session: sid, expected_head: tag_of(&first[2]), entries: next.clone() };
+    assert_eq!(store.append(&[a2]).await.unwrap(), vec![AppendOutcome::Appended]);
+    let all = store.read_all(&sid).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[..3], first[..]);
+    assert_eq!(all[3..], next[..]);
+    assert!(verify(&KeyRing::new(key), &sid, &all, Options::default()).is_ok());
+    assert_eq!(store.read_newest(&sid, 2).await.unwrap(), next);
+    // An empty list conflicts with a non-empty expectation.
+    let other = SessionId::generate();
+    let orphan = Append { session: other, expected_head: Some([7; 16]), entries: chain(&Key::generate(), &other, 2, [7; 16], 1) };
+    assert_eq!(store.append(&[orphan]).await.unwrap(), vec![AppendOutcome::Conflict { last: None }]);
+    assert!(store.read_all(&other).await.unwrap().is_empty());
+}
+
+pub async fn one_call_appends_many_sessions_in_order<S: HistoryStore>(store: S) {
+    let key = Key::generate();
+    let sids: Vec<SessionId> = (0..20).map(|_| SessionId::generate()).collect();
+    let batch: Vec<Append> = sids
+        .iter()
+        .map(|s| Append { session: *s, expected_head: None, entries: chain(&key, s, 1, [0; 16], 2) })
+        .collect();
+    let mut bad = batch.clone();
+    bad[7].expected_head = Some([3; 16]);
+    let out = store.append(&bad).await.unwrap();
+    assert_eq!(out.len(), 20);
+    for (i, o) in out.iter().enumerate() {
+        if i == 7 {
+            assert_eq!(*o, AppendOutcome::Conflict { last: None });
+        } else {
+            assert_eq!(*o, AppendOutcome::Appended);
+        }
+    }
+    for (i, s) in sids.iter().enumerate() {
+        assert_eq!(store.read_all(s).await.unwrap().len(), if i == 7 { 0 } else { 2 });
+    }
+}
+
+/// Needs a store built with keep = 5.
+pub async fn keep_n_trims_the_oldest_and_verifies_as_trimmed<S: HistoryStore>(store: S) {
+    assert_eq!(store.retention().keep, 5);
+    let key = Key::generate();
+    let sid = SessionId::generate();
+    let entries = chain(&key, &sid, 1, [0; 16], 8);
+    let mut head = None;
+    for e in &entries {
+        let a = Append { session: sid, expected_head: head, entries: vec![e.clone()] };
+        assert_eq!(store.append(&[a]).await.unwrap(), vec![AppendOutcome::Appended]);
+        head = tag_of(e);
+    }
+    let all = store.read_all(&sid).await.unwrap();
+    assert_eq!(all, entries[3..]);
+    let v = verify(&KeyRing::new(key), &sid, &all, Options { keep: 5, window: false });
+    assert!(v.is_ok(), "{:?}", v.breaks);
+    assert_eq!(v.trimmed_before, Some(4));
+}
+
+pub async fn history_delete_removes_a_session_only<S: HistoryStore>(store: S) {
+    let key = Key::generate();
+    let (s1, s2) = (SessionId::generate(), SessionId::generate());
+    for s in [s1, s2] {
+        let a = Append { session: s, expected_head: None, entries: chain(&key, &s, 1, [0; 16], 3) };
+        store.append(&[a]).await.unwrap();
+    }
+    assert_eq!(store.delete(&s1).await.unwrap(), 3);
+    assert_eq!(store.delete(&s1).await.unwrap(), 0);
+    assert!(store.read_all(&s1).await.unwrap().is_empty());
+    assert_eq!(store.read_all(&s2).await.unwrap().len(), 3);
+}
+
+/// Generates one `#[tokio::test]` per contract point for a store factory
+/// `|keep: usize| async { store }`.
+#[macro_export]
+macro_rules! store_conformance {
+    ($factory:expr) => {
+        $crate::store_conformance!(@tests $factory;
+            create_then_load_round_trips,
+            update_requires_the_current_token,
+            concurrent_updates_to_different_keys_both_survive,
+            update_after_delete_does_not_resurrect,
+            rotation_replaces_the_token_and_keeps_the_old_hash,
+            touch_moves_the_idle_deadline,
+            expired_records_are_gone,
+            user_index_follows_create_update_delete,
+            compare_and_append_contract,
+            one_call_appends_many_sessions_in_order,
+            history_delete_removes_a_session_only,
+        );
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn keep_n_trims_the_oldest_and_verifies_as_trimmed() {
+            let store = ($factory)(5).await;
+            $crate::common::conformance::keep_n_trims_the_oldest_and_verifies_as_trimmed(store).await;
+        }
+    };
+    (@tests $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let store = ($factory)(1000).await;
+                $crate::common::conformance::$name(store).await;
+            }
+        )*
+    };
+}
