@@ -402,6 +402,9 @@ impl Session {
         st.set.clear();
         st.removed.clear();
         st.data.clear();
+        // A write later in this request starts a new, anonymous session.
+        st.user = None;
+        st.privilege = None;
         Ok(())
     }
 
@@ -555,6 +558,14 @@ impl Session {
             }
             action = CredentialAction::Set(Credential { sid, token }.encode(key));
             entry_sid = Some(sid);
+        } else if st.new {
+            // Created and destroyed again within this request.
+            action = if st.end_live.is_some() {
+                CredentialAction::Clear
+            } else {
+                CredentialAction::Keep
+            };
+            entry_sid = self.presented_sid();
         } else if st.origin == Origin::Live {
             let sid = st.sid.expect("a live session has an id");
             let record = st.record.take().expect("a live session has its record");
