@@ -467,6 +467,8 @@ impl Session {
         self.state().route = Some(route.to_owned());
     }
 
+    /// The matched route template, if an extractor saw one. Read it before
+    /// [`Session::commit`], which consumes the request's state.
     pub(crate) fn route(&self) -> Option<String> {
         self.state().route.clone()
     }

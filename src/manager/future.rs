@@ -86,7 +86,9 @@ where
                         // Fast path: nothing was touched; record the request
                         // if it carried a session.
                         if let Some(sid) = ctx.session.presented_sid() {
-                            let draft = request_draft(&ctx, res.status().as_u16(), None);
+                            let route = ctx.session.route();
+                            let draft =
+                                request_draft(&ctx, route.as_deref(), res.status().as_u16(), None);
                             ctx.shared.enqueue(sid, vec![draft]);
                         }
                         return Poll::Ready(Ok(res));
@@ -103,14 +105,15 @@ where
     }
 }
 
-fn request_draft(ctx: &Ctx, status: u16, user: Option<[u8; 8]>) -> Draft {
-    let route = ctx.session.route();
-    let path = route.as_deref().or(ctx.path.as_deref()).unwrap_or("");
+fn request_draft(ctx: &Ctx, route: Option<&str>, status: u16, user: Option<[u8; 8]>) -> Draft {
+    let path = route.or(ctx.path.as_deref()).unwrap_or("");
     let latency = ctx.start.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
     Draft::request(ctx.method.as_str(), path, status, latency, user)
 }
 
 async fn finish<B: Default>(ctx: Ctx, mut res: Response<B>) -> Response<B> {
+    let route = ctx.session.route();
+    let route = route.as_deref();
     match ctx.session.commit().await {
         Ok(outcome) => {
             transport::write(&ctx.shared, &mut res, &outcome.action, ctx.used_cookie, ctx.used_header);
@@ -121,7 +124,7 @@ async fn finish<B: Default>(ctx: Ctx, mut res: Response<B>) -> Response<B> {
                         .as_deref()
                         .filter(|_| outcome.action != CredentialAction::Clear)
                         .map(|u| ctx.shared.user_pseudonym_bytes(u));
-                    drafts.push(request_draft(&ctx, res.status().as_u16(), user));
+                    drafts.push(request_draft(&ctx, route, res.status().as_u16(), user));
                     ctx.shared.enqueue(sid, drafts);
                 }
             }
@@ -131,7 +134,7 @@ async fn finish<B: Default>(ctx: Ctx, mut res: Response<B>) -> Response<B> {
             tracing::warn!(error = %e, "session could not be saved; answering 503");
             let res: Response<B> = transport::error_response(&e, ctx.grpc);
             if let Some(sid) = ctx.session.presented_sid() {
-                let draft = request_draft(&ctx, res.status().as_u16(), None);
+                let draft = request_draft(&ctx, route, res.status().as_u16(), None);
                 ctx.shared.enqueue(sid, vec![draft]);
             }
             res
