@@ -1,5 +1,128 @@
 //! Tower session middleware with signed credentials, automatic token
 //! rotation, and a tamper-evident session history.
+//!
+//! [`SessionLayer`] wraps any tower service over `http` requests (an axum
+//! `Router`, a tonic server). Every request gets a [`Session`]: a lazily
+//! loaded handle to server-side data, the logged-in user and a privilege
+//! level. The client carries a signed credential in a cookie (secure
+//! defaults) or a header (API and gRPC clients). The layer rotates the token
+//! by itself whenever the user or the privilege changes, and records every
+//! request, every event a handler records, and every lifecycle change as an
+//! HMAC-signed, chained [`history`] entry, written in the background
+//! so the request path never waits for it.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{Router, routing::{get, post}};
+//! use session_trail::{Key, Session, SessionLayer, store::MemoryStore};
+//!
+//! async fn visit(session: Session) -> Result<String, session_trail::Error> {
+//!     let n: u64 = session.get("visits").await?.unwrap_or(0) + 1;
+//!     session.insert("visits", n).await?;
+//!     Ok(format!("visit {n}"))
+//! }
+//!
+//! async fn login(session: Session) -> Result<&'static str, session_trail::Error> {
+//!     // The layer rotates the token on the way out: no session fixation.
+//!     session.set_user(Some("alice".into())).await?;
+//!     session.record("login", serde_json::json!({"method": "password"})).await?;
+//!     Ok("welcome")
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let layer = SessionLayer::builder(MemoryStore::new(), Key::generate()).build()?;
+//! let app: Router = Router::new()
+//!     .route("/", get(visit))
+//!     .route("/login", post(login))
+//!     .layer(layer);
+//! # let _ = app; Ok(()) }
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run()).unwrap();
+//! ```
+//!
+//! In production, load the master key from a secret store
+//! ([`Key::from_hex`], at least 32 bytes), use the Redis store (feature
+//! `redis`), and call [`HistoryWriter::shutdown`](history::HistoryWriter::shutdown)
+//! on graceful shutdown so no history is lost.
+//!
+//! # Features
+//!
+//! | feature | default | what |
+//! |---|---|---|
+//! | `axum` | yes | `Session` and `Option<Session>` extractors; `IntoResponse` for [`Error`] |
+//! | `memory-store` | yes | [`store::MemoryStore`]: sessions and history in memory |
+//! | `redis` | no | `store::RedisStore`: Redis and Redis Cluster; re-exports the `redis` crate |
+//! | `tonic` | no | `From<Error> for tonic::Status` |
+//!
+//! # Security model
+//!
+//! - **Two identities.** A session has a public id (128 random bits: store
+//!   keys, history, logs) and a secret token (256 bits from the OS CSPRNG).
+//!   The client carries both with an HMAC-SHA256 MAC. The MAC is checked in
+//!   constant time *before* any store access, so forged, truncated, oversized
+//!   or non-UTF-8 values are anonymous requests that never reach the store.
+//! - **No live credentials at rest.** Stores keep SHA-256 of the token, never
+//!   the token; history and logs name the public id only.
+//! - **Keys.** One master secret per [`Key`]; HKDF-SHA256 derives separate
+//!   cookie, history and pseudonym keys, so the credential key never signs
+//!   history. A [`KeyRing`] lets the newest key sign while older ones verify.
+//! - **Fixation is impossible by construction.** When a request changes the
+//!   user or the privilege, the layer issues a new token (same public id)
+//!   and the old one stops working at once. A request already in flight with
+//!   the replaced token (within [`rotation_grace`](SessionLayerBuilder::rotation_grace))
+//!   is served as anonymous and gets no cookie, so it neither sees the new
+//!   session nor logs the browser out.
+//! - **Cookie defaults.** `HttpOnly`, `Secure`, `SameSite=Lax`, `Path=/`, no
+//!   `Domain`; `__Host-` names are checked at build time. The credential is
+//!   sent only when its value changes.
+//! - **History is evidence.** Entries are MAC'd (history key) over their exact
+//!   stored bytes and chained by `seq` and `prev`; [`history::verify`] reports
+//!   every modification, deletion, insertion and reordering, with its
+//!   position. Users appear as keyed pseudonyms; tokens, cookies,
+//!   authorization headers, query strings and bodies never enter history.
+//! - **Failures are loud.** A store outage makes session reads answer `503`
+//!   (gRPC `UNAVAILABLE`), never a silent logout; lost history is recorded as
+//!   a signed `gap` entry.
+//!
+//! # Life cycle
+//!
+//! 1. The credential is read from the cookie and/or header and verified.
+//! 2. The handler gets a lazy [`Session`]; the record is loaded on first use
+//!    (the axum extractor loads it). Expired sessions are ended then.
+//! 3. On the way out the layer persists the changed keys only (so concurrent
+//!    requests writing different keys both survive), rotates the token if
+//!    the privilege changed, deletes the record on
+//!    [`destroy`](Session::destroy), slides the idle deadline when part of
+//!    the window has passed (reads count as activity), and sets or clears
+//!    the credential when it changed.
+//! 4. It enqueues the request's history entries (lifecycle, events, the
+//!    request) without waiting; the writer chains, signs and stores them.
+//!
+//! Anonymous visitors get no stored session and no cookie until something
+//! is written, unless [`issue_on_first_visit`](SessionLayerBuilder::issue_on_first_visit).
+//!
+//! # Where the layer goes
+//!
+//! Put it *inside* layers that answer on their own without needing a session
+//! (CORS preflight, compression, timeouts, request ids, tracing) and
+//! *outside* anything that reads the session (authentication, CSRF checks,
+//! your routes). With axum, `Router::layer` wraps the routes added before
+//! it. Route templates (`/users/{id}`) are recorded when the handler
+//! extracts the session; otherwise the path without query string is.
+//!
+//! ```text
+//! TraceLayer → TimeoutLayer → CorsLayer → SessionLayer → auth → routes
+//! ```
+//!
+//! # Limits
+//!
+//! - A request whose handler never touches its session makes no store
+//!   call, so it cannot slide the idle deadline.
+//! - A chain alone cannot show that its newest entries were cut off; every
+//!   other change is reported.
+//! - Writes racing a rotation of the same session (a request that loaded the
+//!   session before another request rotated it) are refused by the store's
+//!   token check rather than applied to the rotated session.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;
@@ -24,6 +147,11 @@ pub use extract::SessionRejection;
 pub use key::{Key, KeyRing, MIN_KEY_LEN};
 pub use manager::{ResponseFuture, SessionLayer, SessionLayerBuilder, SessionService};
 pub use session::Session;
+
+/// The `redis` crate the Redis store is built on, re-exported so that an
+/// application uses the matching version (and can enable its TLS features).
+#[cfg(feature = "redis")]
+pub use redis;
 
 #[cfg(feature = "tonic")]
 impl From<Error> for tonic::Status {

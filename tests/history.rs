@@ -52,7 +52,15 @@ fn kinds(entries: &[Entry]) -> Vec<String> {
 }
 
 fn assert_chain_ok(store: &MemoryStore, sid: &SessionId, entries: &[Bytes]) {
-    let v = verify(&KeyRing::new(key()), sid, entries, Options { keep: store.retention().keep, window: false });
+    let v = verify(
+        &KeyRing::new(key()),
+        sid,
+        entries,
+        Options {
+            keep: store.retention().keep,
+            window: false,
+        },
+    );
     assert!(v.is_ok(), "chain breaks: {:?}", v.breaks);
     let seqs: Vec<u64> = decode(entries).iter().map(|e| e.seq).collect();
     let want: Vec<u64> = (1..=entries.len() as u64).collect();
@@ -60,7 +68,11 @@ fn assert_chain_ok(store: &MemoryStore, sid: &SessionId, entries: &[Bytes]) {
 }
 
 async fn sid_of(c: &mut Client) -> SessionId {
-    c.json("GET", "/me").await["session"].as_str().unwrap().parse().unwrap()
+    c.json("GET", "/me").await["session"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,14 +87,23 @@ async fn every_request_produces_exactly_one_request_entry() {
     let sid = sid_of(&mut c).await; // 4
     writer.flush().await.unwrap();
     let entries = decode(&stored(&store, &sid).await);
-    let requests: Vec<&Entry> = entries.iter().filter(|e| e.kind == EntryKind::Request).collect();
+    let requests: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Request)
+        .collect();
     assert_eq!(requests.len(), 4, "{:?}", kinds(&entries));
-    let paths: Vec<String> = requests.iter().map(|e| e.to_json()["path"].as_str().unwrap().to_owned()).collect();
+    let paths: Vec<String> = requests
+        .iter()
+        .map(|e| e.to_json()["path"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(paths, ["/visits", "/ping", "/visits", "/me"]);
     for e in &entries {
         let text = e.to_json().to_string();
         assert!(!text.contains("secret"), "query string leaked: {text}");
-        assert!(!text.contains(c.cookie.as_deref().unwrap()), "credential leaked");
+        assert!(
+            !text.contains(c.cookie.as_deref().unwrap()),
+            "credential leaked"
+        );
     }
     // An anonymous request without a session records nothing.
     let before = writer.stats().enqueued;
@@ -96,7 +117,8 @@ async fn events_and_lifecycle_entries_appear_in_order_with_contiguous_seq() {
     let layer = layer_with(&store, fast());
     let writer = layer.history_writer().unwrap().clone();
     let mut c = Client::new(router(layer));
-    c.send_body("POST", "/event/add_to_cart", Some(json!({"item": "book"}))).await;
+    c.send_body("POST", "/event/add_to_cart", Some(json!({"item": "book"})))
+        .await;
     let sid = sid_of(&mut c).await;
     c.send("POST", "/login/alice").await;
     c.send("POST", "/elevate").await;
@@ -108,11 +130,18 @@ async fn events_and_lifecycle_entries_appear_in_order_with_contiguous_seq() {
     assert_eq!(
         kinds(&entries),
         [
-            "started", "event:add_to_cart", "request", // POST /event
-            "request",                                   // GET /me
-            "privilege_changed", "rotated", "request",  // login
-            "privilege_changed", "rotated", "request",  // elevate
-            "ended", "request",                          // logout
+            "started",
+            "event:add_to_cart",
+            "request", // POST /event
+            "request", // GET /me
+            "privilege_changed",
+            "rotated",
+            "request", // login
+            "privilege_changed",
+            "rotated",
+            "request", // elevate
+            "ended",
+            "request", // logout
         ]
     );
     let j: Vec<Value> = entries.iter().map(Entry::to_json).collect();
@@ -124,7 +153,10 @@ async fn events_and_lifecycle_entries_appear_in_order_with_contiguous_seq() {
     assert_eq!(j[10]["reason"], "logout");
     let all = serde_json::to_string(&j).unwrap();
     assert!(!all.contains("alice"), "raw user name in history: {all}");
-    assert_eq!(j[6]["path"], "/login/{user}", "route template from MatchedPath");
+    assert_eq!(
+        j[6]["path"], "/login/{user}",
+        "route template from MatchedPath"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,16 +183,27 @@ async fn a_session_reads_its_own_writes_before_they_are_stored() {
     // A flush interval far longer than the test: entries stay queued.
     let config = WriterConfig::default().flush_interval(Duration::from_secs(3600));
     let mut c = Client::new(router(layer_with(&store, config)));
-    c.send_body("POST", "/event/add_to_cart", Some(json!({"item": "pen"}))).await;
+    c.send_body("POST", "/event/add_to_cart", Some(json!({"item": "pen"})))
+        .await;
     let sid = sid_of(&mut c).await;
     assert!(stored(&store, &sid).await.is_empty(), "nothing written yet");
     let page = c.json("GET", "/history").await;
-    let events: Vec<&Value> = page["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "event").collect();
+    let events: Vec<&Value> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "event")
+        .collect();
     assert_eq!(events.len(), 1, "{page}");
     assert_eq!(events[0]["event"], "add_to_cart");
     assert_eq!(page["chain"]["ok"], true, "{page}");
     // Newest first.
-    let seqs: Vec<u64> = page["entries"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
     assert!(seqs.windows(2).all(|w| w[0] > w[1]), "{seqs:?}");
 }
 
@@ -194,7 +237,10 @@ async fn a_lost_ack_is_retried_without_a_duplicate() {
     let sid = SessionId::generate();
     store.history_faults().lose_next_acks(3);
     for i in 0..10 {
-        writer.enqueue(sid, vec![Draft::request("GET", &format!("/{i}"), 200, 1, None)]);
+        writer.enqueue(
+            sid,
+            vec![Draft::request("GET", &format!("/{i}"), 200, 1, None)],
+        );
         if i % 3 == 0 {
             writer.flush().await.unwrap();
         }
@@ -220,7 +266,16 @@ async fn two_writers_appending_to_the_same_sessions_end_with_valid_chains() {
         tasks.push(tokio::spawn(async move {
             for round in 0..50 {
                 for s in &sids {
-                    w.enqueue(*s, vec![Draft::request("GET", &format!("/w{n}/{round}"), 200, 1, None)]);
+                    w.enqueue(
+                        *s,
+                        vec![Draft::request(
+                            "GET",
+                            &format!("/w{n}/{round}"),
+                            200,
+                            1,
+                            None,
+                        )],
+                    );
                 }
                 if round % 7 == 0 {
                     tokio::task::yield_now().await;
@@ -238,7 +293,10 @@ async fn two_writers_appending_to_the_same_sessions_end_with_valid_chains() {
         assert_eq!(raw.len(), 100, "nothing lost");
         assert_chain_ok(&store, s, &raw);
     }
-    assert!(w1.stats().conflicts + w2.stats().conflicts > 0, "the writers did contend");
+    assert!(
+        w1.stats().conflicts + w2.stats().conflicts > 0,
+        "the writers did contend"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +308,10 @@ async fn overflow_counts_drops_and_records_a_gap_entry() {
     store.history_faults().set_down(true);
     let mut accepted = 0;
     for i in 0..25 {
-        if writer.enqueue(sid, vec![Draft::request("GET", &format!("/{i}"), 200, 1, None)]) {
+        if writer.enqueue(
+            sid,
+            vec![Draft::request("GET", &format!("/{i}"), 200, 1, None)],
+        ) {
             accepted += 1;
         }
     }
@@ -279,7 +340,13 @@ async fn overflow_counts_drops_and_records_a_gap_entry() {
     .await;
     assert_chain_ok(&store, &sid, &raw);
     let entries = decode(&raw);
-    assert_eq!(entries.iter().filter(|e| e.kind == EntryKind::Request).count(), 10);
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Request)
+            .count(),
+        10
+    );
     for gap in entries.iter().filter(|e| e.kind == EntryKind::Gap) {
         assert_eq!(gap.to_json()["reason"], "queue_full");
     }
@@ -291,7 +358,10 @@ async fn a_wiped_store_is_detected_and_recorded_as_a_gap() {
     let writer = HistoryWriter::start(store.clone(), KeyRing::new(key()), fast()).unwrap();
     let sid = SessionId::generate();
     for i in 0..5 {
-        writer.enqueue(sid, vec![Draft::request("GET", &format!("/{i}"), 200, 1, None)]);
+        writer.enqueue(
+            sid,
+            vec![Draft::request("GET", &format!("/{i}"), 200, 1, None)],
+        );
     }
     writer.flush().await.unwrap();
     store.wipe();
@@ -315,7 +385,10 @@ async fn shutdown_drains_everything_queued() {
     let sids: Vec<SessionId> = (0..50).map(|_| SessionId::generate()).collect();
     for s in &sids {
         for i in 0..20 {
-            assert!(writer.enqueue(*s, vec![Draft::request("GET", &format!("/{i}"), 200, 1, None)]));
+            assert!(writer.enqueue(
+                *s,
+                vec![Draft::request("GET", &format!("/{i}"), 200, 1, None)]
+            ));
         }
     }
     writer.shutdown(Duration::from_secs(20)).await.unwrap();
@@ -335,8 +408,14 @@ async fn shutdown_reports_what_it_could_not_write_by_the_deadline() {
     let store = MemoryStore::new();
     let writer = HistoryWriter::start(store.clone(), KeyRing::new(key()), fast()).unwrap();
     store.history_faults().set_down(true);
-    writer.enqueue(SessionId::generate(), vec![Draft::request("GET", "/", 200, 1, None)]);
-    let err = writer.shutdown(Duration::from_millis(200)).await.unwrap_err();
+    writer.enqueue(
+        SessionId::generate(),
+        vec![Draft::request("GET", "/", 200, 1, None)],
+    );
+    let err = writer
+        .shutdown(Duration::from_millis(200))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), session_trail::ErrorKind::Timeout);
     assert!(err.to_string().contains('1'), "{err}");
 }
@@ -345,13 +424,18 @@ async fn shutdown_reports_what_it_could_not_write_by_the_deadline() {
 async fn bad_events_are_refused_not_truncated() {
     let store = MemoryStore::new();
     let mut c = Client::new(router(layer_with(&store, fast())));
-    let res = c.send_body("POST", "/event/bad%0Aname", Some(json!({}))).await;
+    let res = c
+        .send_body("POST", "/event/bad%0Aname", Some(json!({})))
+        .await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     let big = json!({"blob": "x".repeat(5000)});
     let res = c.send_body("POST", "/event/too_big", Some(big)).await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     let body = common::app::body_json(res).await;
-    assert!(body["error"].as_str().unwrap().contains("max_event_bytes"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("max_event_bytes"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,21 +457,35 @@ async fn counters_are_readable() {
 
 #[test]
 fn tampering_with_stored_history_is_reported() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let store = MemoryStore::new();
         let writer = HistoryWriter::start(store.clone(), KeyRing::new(key()), fast()).unwrap();
         let sid = SessionId::generate();
         for i in 0..6 {
-            writer.enqueue(sid, vec![Draft::request("GET", &format!("/{i}"), 200, 1, None)]);
+            writer.enqueue(
+                sid,
+                vec![Draft::request("GET", &format!("/{i}"), 200, 1, None)],
+            );
         }
         writer.flush().await.unwrap();
-        let mut raw: Vec<Vec<u8>> = stored(&store, &sid).await.iter().map(|b| b.to_vec()).collect();
+        let mut raw: Vec<Vec<u8>> = stored(&store, &sid)
+            .await
+            .iter()
+            .map(|b| b.to_vec())
+            .collect();
         raw[2][20] ^= 1; // modify
         raw.remove(4); // delete
         let v = verify(&KeyRing::new(key()), &sid, &raw, Options::default());
-        let found: Vec<(usize, &str)> = v.breaks.iter().map(|b| (b.position, b.kind.as_str())).collect();
+        let found: Vec<(usize, &str)> = v
+            .breaks
+            .iter()
+            .map(|b| (b.position, b.kind.as_str()))
+            .collect();
         assert_eq!(found, [(2, "bad_tag"), (4, "missing")]);
     });
 }
-

@@ -99,7 +99,11 @@ async fn forged_mac_is_anonymous_without_store_call() {
     let before = store.session_faults().calls();
     let me = c.json("GET", "/me").await;
     assert_eq!(me["anonymous"], true);
-    assert_eq!(store.session_faults().calls(), before, "a forged credential reached the store");
+    assert_eq!(
+        store.session_faults().calls(),
+        before,
+        "a forged credential reached the store"
+    );
     assert_eq!(l.invalid_credentials(), 1);
 }
 
@@ -224,10 +228,12 @@ async fn logout_then_write_in_one_request_ends_the_old_session() {
     let app = axum::Router::new()
         .route(
             "/login/{user}",
-            post(|s: session_trail::Session, Path(user): Path<String>| async move {
-                s.set_user(Some(user)).await?;
-                Ok::<_, session_trail::Error>(())
-            }),
+            post(
+                |s: session_trail::Session, Path(user): Path<String>| async move {
+                    s.set_user(Some(user)).await?;
+                    Ok::<_, session_trail::Error>(())
+                },
+            ),
         )
         .route(
             "/logout-flash",
@@ -245,7 +251,11 @@ async fn logout_then_write_in_one_request_ends_the_old_session() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_ne!(c.cookie, before, "a new session gets a new credential");
     assert!(store.sessions_of_user("alice").await.unwrap().is_empty());
-    assert_eq!(store.session_count(), 1, "only the new, anonymous session remains");
+    assert_eq!(
+        store.session_count(),
+        1,
+        "only the new, anonymous session remains"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,13 +263,28 @@ async fn concurrent_writes_to_different_keys_both_survive() {
     let store = MemoryStore::new();
     let mut c = client(&store);
     c.send("GET", "/visits").await;
-    let mut a = Client { app: c.app.clone(), cookie: c.cookie.clone(), cookie_name: "session".into() };
-    let mut b = Client { app: c.app.clone(), cookie: c.cookie.clone(), cookie_name: "session".into() };
+    let mut a = Client {
+        app: c.app.clone(),
+        cookie: c.cookie.clone(),
+        cookie_name: "session".into(),
+    };
+    let mut b = Client {
+        app: c.app.clone(),
+        cookie: c.cookie.clone(),
+        cookie_name: "session".into(),
+    };
     // Both load the same record, then write different keys.
-    let (ra, rb) = tokio::join!(a.send("POST", "/slow-set/color/red"), b.send("POST", "/slow-set/size/xl"));
+    let (ra, rb) = tokio::join!(
+        a.send("POST", "/slow-set/color/red"),
+        b.send("POST", "/slow-set/size/xl")
+    );
     assert_eq!(ra.status(), StatusCode::OK);
     assert_eq!(rb.status(), StatusCode::OK);
-    let id = c.json("GET", "/me").await["session"].as_str().unwrap().parse().unwrap();
+    let id = c.json("GET", "/me").await["session"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let rec = store.load(&id).await.unwrap().unwrap();
     assert_eq!(rec.data["color"], "red");
     assert_eq!(rec.data["size"], "xl");
@@ -271,12 +296,21 @@ async fn destroyed_session_is_not_resurrected_by_a_late_write() {
     let store = MemoryStore::new();
     let mut c = client(&store);
     c.send("POST", "/login/alice").await;
-    let mut slow = Client { app: c.app.clone(), cookie: c.cookie.clone(), cookie_name: "session".into() };
-    let slow_write = tokio::spawn(async move { slow.send("POST", "/slow-set/late/write").await.status() });
+    let mut slow = Client {
+        app: c.app.clone(),
+        cookie: c.cookie.clone(),
+        cookie_name: "session".into(),
+    };
+    let slow_write =
+        tokio::spawn(async move { slow.send("POST", "/slow-set/late/write").await.status() });
     tokio::time::sleep(Duration::from_millis(30)).await;
     c.send("POST", "/logout").await;
     assert_eq!(slow_write.await.unwrap(), StatusCode::OK);
-    assert_eq!(store.session_count(), 0, "a late write resurrected a destroyed session");
+    assert_eq!(
+        store.session_count(),
+        0,
+        "a late write resurrected a destroyed session"
+    );
 }
 
 #[tokio::test]
@@ -305,7 +339,11 @@ async fn reads_slide_the_idle_deadline() {
         .unwrap();
     let mut c = Client::new(router(l));
     c.send("POST", "/login/alice").await;
-    let id = c.json("GET", "/me").await["session"].as_str().unwrap().parse().unwrap();
+    let id = c.json("GET", "/me").await["session"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let first = store.load(&id).await.unwrap().unwrap().idle_deadline;
     // Read-only requests past the refresh point keep the session alive well
     // beyond the first idle deadline.
@@ -315,7 +353,10 @@ async fn reads_slide_the_idle_deadline() {
         assert_eq!(c.json("GET", "/me").await["user"], "alice");
     }
     let later = store.load(&id).await.unwrap().unwrap().idle_deadline;
-    assert!(later > first + 400, "idle deadline did not slide: {first} -> {later}");
+    assert!(
+        later > first + 400,
+        "idle deadline did not slide: {first} -> {later}"
+    );
 }
 
 #[tokio::test]
@@ -349,7 +390,10 @@ async fn absolute_timeout_ends_an_active_session() {
         if me["anonymous"] == true {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(3), "session outlived its absolute timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "session outlived its absolute timeout"
+        );
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     assert!(started.elapsed() >= Duration::from_millis(250));
@@ -373,13 +417,19 @@ async fn header_transport_serves_cookieless_clients() {
         }
     };
     let res = send(None, "/login/carol").await;
-    assert!(set_cookies(&res).is_empty(), "a header client gets no cookie");
+    assert!(
+        set_cookies(&res).is_empty(),
+        "a header client gets no cookie"
+    );
     let token = res.headers()["x-session"].to_str().unwrap().to_owned();
     assert_eq!(token.len(), 114);
     let res = send(Some(token.clone()), "/elevate").await;
     let rotated = res.headers()["x-session"].to_str().unwrap().to_owned();
     assert_ne!(rotated, token);
-    let req = Request::get("/me").header("x-session", &rotated).body(Body::empty()).unwrap();
+    let req = Request::get("/me")
+        .header("x-session", &rotated)
+        .body(Body::empty())
+        .unwrap();
     let me = body_json(app.clone().oneshot(req).await.unwrap()).await;
     assert_eq!(me["user"], "carol");
     assert_eq!(me["privilege"], "admin");
@@ -418,7 +468,10 @@ async fn store_outage_is_503_only_where_the_session_is_read() {
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.headers()["retry-after"], "1");
     let body = body_json(res).await;
-    assert!(body["error"].as_str().unwrap().contains("unavailable"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("unavailable"),
+        "{body}"
+    );
     // gRPC callers get a gRPC status.
     let req = Request::post("/me")
         .header("content-type", "application/grpc")
@@ -427,7 +480,10 @@ async fn store_outage_is_503_only_where_the_session_is_read() {
         .unwrap();
     let app = c.app.clone();
     let res = axum::Router::new()
-        .route("/me", axum::routing::post(|_s: session_trail::Session| async { "" }))
+        .route(
+            "/me",
+            axum::routing::post(|_s: session_trail::Session| async { "" }),
+        )
         .layer(layer(&store))
         .oneshot(req)
         .await
@@ -456,11 +512,18 @@ async fn old_keys_still_verify_and_credentials_are_re_signed() {
     let store = MemoryStore::new();
     let old = Key::from_bytes(&[1; 32]).unwrap();
     let new = Key::from_bytes(&[2; 32]).unwrap();
-    let l_old = SessionLayer::builder(store.clone(), old.clone()).without_history().build().unwrap();
+    let l_old = SessionLayer::builder(store.clone(), old.clone())
+        .without_history()
+        .build()
+        .unwrap();
     let mut c = Client::new(router(l_old));
     c.send("POST", "/login/alice").await;
     let signed_old = c.cookie.clone().unwrap();
-    let l_new = SessionLayer::builder(store.clone(), new).previous_key(old).without_history().build().unwrap();
+    let l_new = SessionLayer::builder(store.clone(), new)
+        .previous_key(old)
+        .without_history()
+        .build()
+        .unwrap();
     c.app = router(l_new);
     let res = c.send("GET", "/me").await;
     let resigned = session_cookie(&res, "session").expect("re-signed with the current key");
@@ -471,11 +534,20 @@ async fn old_keys_still_verify_and_credentials_are_re_signed() {
 
 #[tokio::test]
 async fn missing_layer_rejection_names_the_fix() {
-    let app = axum::Router::new().route("/", axum::routing::get(|_s: session_trail::Session| async { "" }));
-    let res = app.oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(|_s: session_trail::Session| async { "" }),
+    );
+    let res = app
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let body = body_json(res).await;
-    assert!(body["error"].as_str().unwrap().contains("SessionLayer"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("SessionLayer"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -483,16 +555,43 @@ async fn invalid_configuration_fails_at_build_naming_the_setting() {
     let b = || SessionLayer::builder(MemoryStore::new(), Key::generate()).without_history();
     let cases = [
         (b().idle_timeout(Duration::ZERO).build(), "idle_timeout"),
-        (b().absolute_timeout(Duration::ZERO).build(), "absolute_timeout"),
-        (b().idle_timeout(Duration::from_secs(10)).absolute_timeout(Duration::from_secs(5)).build(), "idle_timeout"),
-        (b().idle_refresh_fraction(0.0).build(), "idle_refresh_fraction"),
-        (b().cookie_name("__Host-s").cookie_secure(false).build(), "cookie_secure"),
-        (b().cookie_name("__Host-s").cookie_path("/app").build(), "cookie_path"),
-        (b().cookie_name("__Host-s").cookie_domain("example.com").build(), "cookie_domain"),
+        (
+            b().absolute_timeout(Duration::ZERO).build(),
+            "absolute_timeout",
+        ),
+        (
+            b().idle_timeout(Duration::from_secs(10))
+                .absolute_timeout(Duration::from_secs(5))
+                .build(),
+            "idle_timeout",
+        ),
+        (
+            b().idle_refresh_fraction(0.0).build(),
+            "idle_refresh_fraction",
+        ),
+        (
+            b().cookie_name("__Host-s").cookie_secure(false).build(),
+            "cookie_secure",
+        ),
+        (
+            b().cookie_name("__Host-s").cookie_path("/app").build(),
+            "cookie_path",
+        ),
+        (
+            b().cookie_name("__Host-s")
+                .cookie_domain("example.com")
+                .build(),
+            "cookie_domain",
+        ),
         (b().cookie_name("bad name").build(), "cookie_name"),
         (b().header("bad header\n").build(), "header"),
         (b().without_cookie().build(), "without_cookie"),
-        (b().cookie_same_site(session_trail::SameSite::None).cookie_secure(false).build(), "cookie_same_site"),
+        (
+            b().cookie_same_site(session_trail::SameSite::None)
+                .cookie_secure(false)
+                .build(),
+            "cookie_same_site",
+        ),
     ];
     for (result, setting) in cases {
         let err = result.unwrap_err();
@@ -507,7 +606,10 @@ async fn invalid_configuration_fails_at_build_naming_the_setting() {
 async fn debug_output_reveals_no_secret() {
     let store = MemoryStore::new();
     let key = Key::from_bytes(&[0xAB; 32]).unwrap();
-    let l = SessionLayer::builder(store.clone(), key).without_history().build().unwrap();
+    let l = SessionLayer::builder(store.clone(), key)
+        .without_history()
+        .build()
+        .unwrap();
     let mut c = Client::new(router(l.clone()));
     c.send("GET", "/visits").await;
     let token = c.cookie.clone().unwrap();

@@ -81,7 +81,7 @@
 //!
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! use session_trail::{Key, SessionLayer};
-//! let layer = SessionLayer::builder(MapStore::default(), Key::generate()).build().unwrap();
+//! let layer = SessionLayer::with_session_store(MapStore::default(), Key::generate()).build().unwrap();
 //! # let _ = layer;
 //! # });
 //! ```
@@ -100,6 +100,13 @@ use crate::{Error, SessionId};
 mod memory;
 #[cfg(feature = "memory-store")]
 pub use memory::{Faults, MemoryStore};
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+pub use self::redis::{
+    DEFAULT_CONNECTION_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_RESPONSE_TIMEOUT, RedisStore,
+    RedisStoreBuilder,
+};
 
 /// The default number of history entries kept per session.
 pub const DEFAULT_HISTORY_KEEP: usize = 1_000;
@@ -299,8 +306,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// # Errors
     ///
     /// When the store cannot answer.
-    fn sessions_of_user(&self, user: &str)
-    -> impl Future<Output = Result<Vec<Record>, Error>> + Send;
+    fn sessions_of_user(
+        &self,
+        user: &str,
+    ) -> impl Future<Output = Result<Vec<Record>, Error>> + Send;
 }
 
 /// One session's part of a [`HistoryStore::append`] call.
@@ -395,6 +404,7 @@ pub trait HistoryStore: Send + Sync + 'static {
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Object-safe form of [`SessionStore`], used inside the layer.
+#[allow(dead_code)]
 pub(crate) trait DynSessionStore: Send + Sync + 'static {
     fn load<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<Option<Record>, Error>>;
     fn create<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<(), Error>>;
@@ -430,9 +440,13 @@ impl<T: SessionStore> DynSessionStore for T {
 }
 
 /// Object-safe form of [`HistoryStore`], used by the writer.
+#[allow(dead_code)]
 pub(crate) trait DynHistoryStore: Send + Sync + 'static {
     fn retention(&self) -> Retention;
-    fn append<'a>(&'a self, batch: &'a [Append]) -> BoxFuture<'a, Result<Vec<AppendOutcome>, Error>>;
+    fn append<'a>(
+        &'a self,
+        batch: &'a [Append],
+    ) -> BoxFuture<'a, Result<Vec<AppendOutcome>, Error>>;
     fn read_newest<'a>(
         &'a self,
         session: &'a SessionId,
@@ -446,7 +460,10 @@ impl<T: HistoryStore> DynHistoryStore for T {
     fn retention(&self) -> Retention {
         HistoryStore::retention(self)
     }
-    fn append<'a>(&'a self, batch: &'a [Append]) -> BoxFuture<'a, Result<Vec<AppendOutcome>, Error>> {
+    fn append<'a>(
+        &'a self,
+        batch: &'a [Append],
+    ) -> BoxFuture<'a, Result<Vec<AppendOutcome>, Error>> {
         Box::pin(HistoryStore::append(self, batch))
     }
     fn read_newest<'a>(

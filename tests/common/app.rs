@@ -68,25 +68,31 @@ pub fn router(layer: SessionLayer) -> Router {
         )
         .route(
             "/set/{key}/{value}",
-            post(|session: Session, Path((k, v)): Path<(String, String)>| async move {
-                session.insert(&k, v).await?;
-                Ok::<_, session_trail::Error>(StatusCode::OK)
-            }),
+            post(
+                |session: Session, Path((k, v)): Path<(String, String)>| async move {
+                    session.insert(&k, v).await?;
+                    Ok::<_, session_trail::Error>(StatusCode::OK)
+                },
+            ),
         )
         .route(
             "/slow-set/{key}/{value}",
-            post(|session: Session, Path((k, v)): Path<(String, String)>| async move {
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                session.insert(&k, v).await?;
-                Ok::<_, session_trail::Error>(StatusCode::OK)
-            }),
+            post(
+                |session: Session, Path((k, v)): Path<(String, String)>| async move {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    session.insert(&k, v).await?;
+                    Ok::<_, session_trail::Error>(StatusCode::OK)
+                },
+            ),
         )
         .route(
             "/event/{name}",
-            post(|session: Session, Path(name): Path<String>, Json(data): Json<Value>| async move {
-                session.record(&name, data).await?;
-                Ok::<_, session_trail::Error>(StatusCode::OK)
-            }),
+            post(
+                |session: Session, Path(name): Path<String>, Json(data): Json<Value>| async move {
+                    session.record(&name, data).await?;
+                    Ok::<_, session_trail::Error>(StatusCode::OK)
+                },
+            ),
         )
         .route(
             "/history",
@@ -106,20 +112,31 @@ pub struct Client {
 
 impl Client {
     pub fn new(app: Router) -> Self {
-        Self { app, cookie: None, cookie_name: "session".into() }
+        Self {
+            app,
+            cookie: None,
+            cookie_name: "session".into(),
+        }
     }
 
     pub async fn send(&mut self, method: &str, uri: &str) -> Response<Body> {
         self.send_body(method, uri, None).await
     }
 
-    pub async fn send_body(&mut self, method: &str, uri: &str, body: Option<Value>) -> Response<Body> {
+    pub async fn send_body(
+        &mut self,
+        method: &str,
+        uri: &str,
+        body: Option<Value>,
+    ) -> Response<Body> {
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(c) = &self.cookie {
             req = req.header("cookie", format!("{}={c}", self.cookie_name));
         }
         let req = match body {
-            Some(v) => req.header("content-type", "application/json").body(Body::from(v.to_string())),
+            Some(v) => req
+                .header("content-type", "application/json")
+                .body(Body::from(v.to_string())),
             None => req.body(Body::empty()),
         }
         .unwrap();
@@ -132,7 +149,11 @@ impl Client {
 
     pub async fn json(&mut self, method: &str, uri: &str) -> Value {
         let res = self.send(method, uri).await;
-        assert!(res.status().is_success(), "{method} {uri}: {}", res.status());
+        assert!(
+            res.status().is_success(),
+            "{method} {uri}: {}",
+            res.status()
+        );
         body_json(res).await
     }
 }
@@ -164,7 +185,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -43,7 +43,11 @@ pub fn record(user: Option<&str>) -> Record {
 pub async fn create_then_load_round_trips<S: SessionStore>(store: S) {
     let r = record(Some("alice"));
     store.create(&r).await.unwrap();
-    let back = store.load(&r.id).await.unwrap().expect("stored record loads");
+    let back = store
+        .load(&r.id)
+        .await
+        .unwrap()
+        .expect("stored record loads");
     assert_eq!(back, r);
     assert!(store.load(&SessionId::generate()).await.unwrap().is_none());
 }
@@ -56,8 +60,14 @@ pub async fn update_requires_the_current_token<S: SessionStore>(store: S) {
         set: vec![("a".into(), json!(100))],
         ..Update::default()
     };
-    assert_eq!(store.update(&r.id, &wrong).await.unwrap(), UpdateOutcome::Missing);
-    assert_eq!(store.load(&r.id).await.unwrap().unwrap().data["a"], json!(1));
+    assert_eq!(
+        store.update(&r.id, &wrong).await.unwrap(),
+        UpdateOutcome::Missing
+    );
+    assert_eq!(
+        store.load(&r.id).await.unwrap().unwrap().data["a"],
+        json!(1)
+    );
 }
 
 pub async fn concurrent_updates_to_different_keys_both_survive<S: SessionStore>(store: S) {
@@ -94,7 +104,10 @@ pub async fn update_after_delete_does_not_resurrect<S: SessionStore>(store: S) {
         touch: Some((now_ms(), now_ms() + 60_000)),
         ..Update::default()
     };
-    assert_eq!(store.update(&r.id, &u).await.unwrap(), UpdateOutcome::Missing);
+    assert_eq!(
+        store.update(&r.id, &u).await.unwrap(),
+        UpdateOutcome::Missing
+    );
     assert!(store.load(&r.id).await.unwrap().is_none());
     assert!(store.sessions_of_user("bob").await.unwrap().is_empty());
 }
@@ -108,10 +121,16 @@ pub async fn rotation_replaces_the_token_and_keeps_the_old_hash<S: SessionStore>
         token_hash: r.token_hash,
         user: Some(Some("carol".into())),
         privilege: Some(Some("admin".into())),
-        rotate: Some(Rotation { new_token_hash: new, at }),
+        rotate: Some(Rotation {
+            new_token_hash: new,
+            at,
+        }),
         ..Update::default()
     };
-    assert_eq!(store.update(&r.id, &u).await.unwrap(), UpdateOutcome::Applied);
+    assert_eq!(
+        store.update(&r.id, &u).await.unwrap(),
+        UpdateOutcome::Applied
+    );
     let back = store.load(&r.id).await.unwrap().unwrap();
     assert_eq!(back.token_hash, new);
     let replaced = back.replaced.expect("old hash kept");
@@ -120,17 +139,34 @@ pub async fn rotation_replaces_the_token_and_keeps_the_old_hash<S: SessionStore>
     assert_eq!(back.user.as_deref(), Some("carol"));
     assert_eq!(back.privilege.as_deref(), Some("admin"));
     // The old token no longer updates.
-    let stale = Update { token_hash: r.token_hash, set: vec![("x".into(), json!(1))], ..Update::default() };
-    assert_eq!(store.update(&r.id, &stale).await.unwrap(), UpdateOutcome::Missing);
+    let stale = Update {
+        token_hash: r.token_hash,
+        set: vec![("x".into(), json!(1))],
+        ..Update::default()
+    };
+    assert_eq!(
+        store.update(&r.id, &stale).await.unwrap(),
+        UpdateOutcome::Missing
+    );
 }
 
 pub async fn touch_moves_the_idle_deadline<S: SessionStore>(store: S) {
     let r = record(None);
     store.create(&r).await.unwrap();
     let later = now_ms() + 120_000;
-    let u = Update { token_hash: r.token_hash, touch: Some((now_ms(), later)), ..Update::default() };
-    assert_eq!(store.update(&r.id, &u).await.unwrap(), UpdateOutcome::Applied);
-    assert_eq!(store.load(&r.id).await.unwrap().unwrap().idle_deadline, later);
+    let u = Update {
+        token_hash: r.token_hash,
+        touch: Some((now_ms(), later)),
+        ..Update::default()
+    };
+    assert_eq!(
+        store.update(&r.id, &u).await.unwrap(),
+        UpdateOutcome::Applied
+    );
+    assert_eq!(
+        store.load(&r.id).await.unwrap().unwrap().idle_deadline,
+        later
+    );
 }
 
 pub async fn expired_records_are_gone<S: SessionStore>(store: S) {
@@ -144,7 +180,10 @@ pub async fn expired_records_are_gone<S: SessionStore>(store: S) {
         if store.load(&r.id).await.unwrap().is_none() {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "expired record still loads");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expired record still loads"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(store.sessions_of_user("dave").await.unwrap().is_empty());
@@ -157,15 +196,26 @@ pub async fn user_index_follows_create_update_delete<S: SessionStore>(store: S) 
     store.create(&a).await.unwrap();
     store.create(&b).await.unwrap();
     let ids = |v: Vec<Record>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
-    assert_eq!(ids(store.sessions_of_user(&user).await.unwrap()), vec![a.id]);
-    let login = Update { token_hash: b.token_hash, user: Some(Some(user.clone())), ..Update::default() };
+    assert_eq!(
+        ids(store.sessions_of_user(&user).await.unwrap()),
+        vec![a.id]
+    );
+    let login = Update {
+        token_hash: b.token_hash,
+        user: Some(Some(user.clone())),
+        ..Update::default()
+    };
     store.update(&b.id, &login).await.unwrap();
     let mut both = ids(store.sessions_of_user(&user).await.unwrap());
     both.sort();
     let mut want = vec![a.id, b.id];
     want.sort();
     assert_eq!(both, want);
-    let logout = Update { token_hash: a.token_hash, user: Some(None), ..Update::default() };
+    let logout = Update {
+        token_hash: a.token_hash,
+        user: Some(None),
+        ..Update::default()
+    };
     store.update(&a.id, &logout).await.unwrap();
     store.delete(&b.id).await.unwrap();
     assert!(store.sessions_of_user(&user).await.unwrap().is_empty());
@@ -191,19 +241,42 @@ pub async fn compare_and_append_contract<S: HistoryStore>(store: S) {
     let key = Key::generate();
     let sid = SessionId::generate();
     let first = chain(&key, &sid, 1, [0; 16], 3);
-    let a1 = Append { session: sid, expected_head: None, entries: first.clone() };
-    assert_eq!(store.append(std::slice::from_ref(&a1)).await.unwrap(), vec![AppendOutcome::Appended]);
+    let a1 = Append {
+        session: sid,
+        expected_head: None,
+        entries: first.clone(),
+    };
+    assert_eq!(
+        store.append(std::slice::from_ref(&a1)).await.unwrap(),
+        vec![AppendOutcome::Appended]
+    );
     // The same batch again (a retry after a lost ack): applied once only.
-    assert_eq!(store.append(std::slice::from_ref(&a1)).await.unwrap(), vec![AppendOutcome::AlreadyApplied]);
+    assert_eq!(
+        store.append(std::slice::from_ref(&a1)).await.unwrap(),
+        vec![AppendOutcome::AlreadyApplied]
+    );
     // A batch chained to a stale head conflicts and returns the last entry.
-    let stale = Append { session: sid, expected_head: None, entries: chain(&key, &sid, 1, [0; 16], 1) };
+    let stale = Append {
+        session: sid,
+        expected_head: None,
+        entries: chain(&key, &sid, 1, [0; 16], 1),
+    };
     assert_eq!(
         store.append(&[stale]).await.unwrap(),
-        vec![AppendOutcome::Conflict { last: Some(first[2].clone()) }]
+        vec![AppendOutcome::Conflict {
+            last: Some(first[2].clone())
+        }]
     );
     let next = chain(&key, &sid, 4, tag_of(&first[2]).unwrap(), 2);
-    let a2 = Append { session: sid, expected_head: tag_of(&first[2]), entries: next.clone() };
-    assert_eq!(store.append(&[a2]).await.unwrap(), vec![AppendOutcome::Appended]);
+    let a2 = Append {
+        session: sid,
+        expected_head: tag_of(&first[2]),
+        entries: next.clone(),
+    };
+    assert_eq!(
+        store.append(&[a2]).await.unwrap(),
+        vec![AppendOutcome::Appended]
+    );
     let all = store.read_all(&sid).await.unwrap();
     assert_eq!(all.len(), 5);
     assert_eq!(all[..3], first[..]);
@@ -212,8 +285,15 @@ pub async fn compare_and_append_contract<S: HistoryStore>(store: S) {
     assert_eq!(store.read_newest(&sid, 2).await.unwrap(), next);
     // An empty list conflicts with a non-empty expectation.
     let other = SessionId::generate();
-    let orphan = Append { session: other, expected_head: Some([7; 16]), entries: chain(&Key::generate(), &other, 2, [7; 16], 1) };
-    assert_eq!(store.append(&[orphan]).await.unwrap(), vec![AppendOutcome::Conflict { last: None }]);
+    let orphan = Append {
+        session: other,
+        expected_head: Some([7; 16]),
+        entries: chain(&Key::generate(), &other, 2, [7; 16], 1),
+    };
+    assert_eq!(
+        store.append(&[orphan]).await.unwrap(),
+        vec![AppendOutcome::Conflict { last: None }]
+    );
     assert!(store.read_all(&other).await.unwrap().is_empty());
 }
 
@@ -222,7 +302,11 @@ pub async fn one_call_appends_many_sessions_in_order<S: HistoryStore>(store: S) 
     let sids: Vec<SessionId> = (0..20).map(|_| SessionId::generate()).collect();
     let batch: Vec<Append> = sids
         .iter()
-        .map(|s| Append { session: *s, expected_head: None, entries: chain(&key, s, 1, [0; 16], 2) })
+        .map(|s| Append {
+            session: *s,
+            expected_head: None,
+            entries: chain(&key, s, 1, [0; 16], 2),
+        })
         .collect();
     let mut bad = batch.clone();
     bad[7].expected_head = Some([3; 16]);
@@ -236,7 +320,10 @@ pub async fn one_call_appends_many_sessions_in_order<S: HistoryStore>(store: S) 
         }
     }
     for (i, s) in sids.iter().enumerate() {
-        assert_eq!(store.read_all(s).await.unwrap().len(), if i == 7 { 0 } else { 2 });
+        assert_eq!(
+            store.read_all(s).await.unwrap().len(),
+            if i == 7 { 0 } else { 2 }
+        );
     }
 }
 
@@ -248,13 +335,28 @@ pub async fn keep_n_trims_the_oldest_and_verifies_as_trimmed<S: HistoryStore>(st
     let entries = chain(&key, &sid, 1, [0; 16], 8);
     let mut head = None;
     for e in &entries {
-        let a = Append { session: sid, expected_head: head, entries: vec![e.clone()] };
-        assert_eq!(store.append(&[a]).await.unwrap(), vec![AppendOutcome::Appended]);
+        let a = Append {
+            session: sid,
+            expected_head: head,
+            entries: vec![e.clone()],
+        };
+        assert_eq!(
+            store.append(&[a]).await.unwrap(),
+            vec![AppendOutcome::Appended]
+        );
         head = tag_of(e);
     }
     let all = store.read_all(&sid).await.unwrap();
     assert_eq!(all, entries[3..]);
-    let v = verify(&KeyRing::new(key), &sid, &all, Options { keep: 5, window: false });
+    let v = verify(
+        &KeyRing::new(key),
+        &sid,
+        &all,
+        Options {
+            keep: 5,
+            window: false,
+        },
+    );
     assert!(v.is_ok(), "{:?}", v.breaks);
     assert_eq!(v.trimmed_before, Some(4));
 }
@@ -263,7 +365,11 @@ pub async fn history_delete_removes_a_session_only<S: HistoryStore>(store: S) {
     let key = Key::generate();
     let (s1, s2) = (SessionId::generate(), SessionId::generate());
     for s in [s1, s2] {
-        let a = Append { session: s, expected_head: None, entries: chain(&key, &s, 1, [0; 16], 3) };
+        let a = Append {
+            session: s,
+            expected_head: None,
+            entries: chain(&key, &s, 1, [0; 16], 3),
+        };
         store.append(&[a]).await.unwrap();
     }
     assert_eq!(store.delete(&s1).await.unwrap(), 3);
