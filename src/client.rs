@@ -22,7 +22,11 @@ pub(crate) fn device_of(ua: &str) -> String {
         return "gRPC client".to_owned();
     } else if let Some(first) = ua.split(['/', ' ']).next().filter(|s| !s.is_empty()) {
         // Programmatic clients: the product token only, bounded.
-        return first.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(24).collect();
+        return first
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .take(24)
+            .collect();
     } else {
         return "unknown".to_owned();
     };
@@ -55,7 +59,9 @@ mod tests {
             "Firefox on Linux"
         );
         assert_eq!(
-            device_of("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"),
+            device_of(
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+            ),
             "Chrome on Windows"
         );
         assert_eq!(device_of("curl/8.5.0"), "curl");

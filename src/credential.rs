@@ -261,7 +261,10 @@ mod tests {
         for i in 0..raw.len() * 8 {
             raw[i / 8] ^= 1 << (i % 8);
             let forged = URL_SAFE_NO_PAD.encode(&raw);
-            assert!(Credential::verify(forged.as_bytes(), &ring).is_none(), "bit {i}");
+            assert!(
+                Credential::verify(forged.as_bytes(), &ring).is_none(),
+                "bit {i}"
+            );
             raw[i / 8] ^= 1 << (i % 8);
         }
     }

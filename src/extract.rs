@@ -8,9 +8,9 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::request::Parts;
 use http::{HeaderValue, StatusCode};
 
+use crate::Session;
 use crate::error::{Error, ErrorKind};
 use crate::transport::grpc_message;
-use crate::Session;
 
 /// Why the [`Session`] extractor refused.
 ///
@@ -143,7 +143,8 @@ fn respond(e: &Error, grpc: bool) -> Response {
     }
     let mut res = json_error(e.status(), &public);
     if e.status() == StatusCode::SERVICE_UNAVAILABLE {
-        res.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        res.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     res
 }

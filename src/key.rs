@@ -103,7 +103,10 @@ impl Key {
     pub fn from_hex(hex: &str) -> Result<Self, ConfigError> {
         let hex = hex.trim();
         if hex.len() % 2 != 0 {
-            return Err(ConfigError::new("key", "hex secret has an odd number of digits"));
+            return Err(ConfigError::new(
+                "key",
+                "hex secret has an odd number of digits",
+            ));
         }
         let mut bytes = Vec::with_capacity(hex.len() / 2);
         for pair in hex.as_bytes().chunks(2) {

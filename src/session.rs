@@ -9,14 +9,14 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
+use crate::SessionId;
 use crate::credential::{Credential, Token};
 use crate::error::{Error, ErrorKind};
-use crate::history::entry::{Draft, EntryKind};
 use crate::history::HistoryPage;
+use crate::history::entry::{Draft, EntryKind};
 use crate::manager::Shared;
 use crate::store::{Record, Rotation, Update, UpdateOutcome};
 use crate::util::now_ms;
-use crate::SessionId;
 
 /// A request's session.
 ///
@@ -140,7 +140,11 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
-    pub(crate) fn new(shared: Arc<Shared>, presented: Option<Presented>, meta: RequestMeta) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        presented: Option<Presented>,
+        meta: RequestMeta,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 shared,
@@ -426,7 +430,10 @@ impl Session {
         if data.len() > max {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
-                format!("event data is {} bytes; max_event_bytes is {max}", data.len()),
+                format!(
+                    "event data is {} bytes; max_event_bytes is {max}",
+                    data.len()
+                ),
             ));
         }
         self.load().await?;
@@ -447,7 +454,10 @@ impl Session {
     /// errors.
     pub async fn history(&self, limit: usize) -> Result<HistoryPage, Error> {
         let Some(writer) = &self.inner.shared.writer else {
-            return Err(Error::new(ErrorKind::InvalidInput, "history is not enabled on this layer"));
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "history is not enabled on this layer",
+            ));
         };
         let sid = self
             .id()
@@ -518,12 +528,28 @@ impl Session {
         let mut drafts: Vec<Draft> = Vec::new();
         let key = shared.ring.current();
         if let Some((old, reason)) = st.ended {
-            shared.enqueue(old, vec![Draft::lifecycle(EntryKind::Ended, &json!({"reason": reason}))]);
+            shared.enqueue(
+                old,
+                vec![Draft::lifecycle(
+                    EntryKind::Ended,
+                    &json!({"reason": reason}),
+                )],
+            );
         }
 
         if let Some(old) = st.end_live {
-            shared.store.delete(&old).await.map_err(|e| e.context("ending the session"))?;
-            shared.enqueue(old, vec![Draft::lifecycle(EntryKind::Ended, &json!({"reason": "logout"}))]);
+            shared
+                .store
+                .delete(&old)
+                .await
+                .map_err(|e| e.context("ending the session"))?;
+            shared.enqueue(
+                old,
+                vec![Draft::lifecycle(
+                    EntryKind::Ended,
+                    &json!({"reason": "logout"}),
+                )],
+            );
         }
 
         let action;
@@ -545,7 +571,11 @@ impl Session {
                 device: self.device(),
                 network: self.inner.meta.network.clone(),
             };
-            shared.store.create(&record).await.map_err(|e| e.context("creating the session"))?;
+            shared
+                .store
+                .create(&record)
+                .await
+                .map_err(|e| e.context("creating the session"))?;
             drafts.push(Draft::lifecycle(
                 EntryKind::Started,
                 &json!({
@@ -571,12 +601,23 @@ impl Session {
         } else if st.origin == Origin::Live {
             let sid = st.sid.expect("a live session has an id");
             let record = st.record.take().expect("a live session has its record");
-            let presented = self.inner.presented.as_ref().expect("a live session was presented");
+            let presented = self
+                .inner
+                .presented
+                .as_ref()
+                .expect("a live session was presented");
             entry_sid = Some(sid);
             if st.destroy {
-                shared.store.delete(&sid).await.map_err(|e| e.context("ending the session"))?;
+                shared
+                    .store
+                    .delete(&sid)
+                    .await
+                    .map_err(|e| e.context("ending the session"))?;
                 drafts.append(&mut st.events);
-                drafts.push(Draft::lifecycle(EntryKind::Ended, &json!({"reason": "logout"})));
+                drafts.push(Draft::lifecycle(
+                    EntryKind::Ended,
+                    &json!({"reason": "logout"}),
+                ));
                 action = CredentialAction::Clear;
             } else {
                 let privilege_changed = st.user != record.user || st.privilege != record.privilege;
@@ -613,10 +654,18 @@ impl Session {
                 match outcome {
                     UpdateOutcome::Applied => {
                         if privilege_changed {
-                            drafts.push(self.privilege_entry(record.user.as_deref(), record.privilege.as_deref(), &st));
+                            drafts.push(self.privilege_entry(
+                                record.user.as_deref(),
+                                record.privilege.as_deref(),
+                                &st,
+                            ));
                         }
                         if let Some(token) = new_token {
-                            let reason = if privilege_changed { "privilege_change" } else { "regenerate" };
+                            let reason = if privilege_changed {
+                                "privilege_change"
+                            } else {
+                                "regenerate"
+                            };
                             drafts.push(Draft::lifecycle(
                                 EntryKind::Rotated,
                                 &json!({
@@ -655,7 +704,12 @@ impl Session {
         })
     }
 
-    fn privilege_entry(&self, old_user: Option<&str>, old_privilege: Option<&str>, st: &State) -> Draft {
+    fn privilege_entry(
+        &self,
+        old_user: Option<&str>,
+        old_privilege: Option<&str>,
+        st: &State,
+    ) -> Draft {
         let p = |u: Option<&str>| u.map(|u| self.inner.shared.user_pseudonym(u));
         Draft::lifecycle(
             EntryKind::PrivilegeChanged,

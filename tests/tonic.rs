@@ -57,7 +57,11 @@ impl UnaryService<Text> for Method {
                 _ => {
                     let user = s.user().await?.unwrap_or_default();
                     let page = s.history(100).await?;
-                    let events = page.entries.iter().filter(|e| e.to_json()["event"] == arg).count();
+                    let events = page
+                        .entries
+                        .iter()
+                        .filter(|e| e.to_json()["event"] == arg)
+                        .count();
                     format!("{user} {events} {}", page.verification.is_ok())
                 }
             };
@@ -89,7 +93,9 @@ impl tower::Service<http::Request<Body>> for Demo {
                 "/demo.Demo/Record" => Method("Record"),
                 _ => Method("Whoami"),
             };
-            Ok(Grpc::new(ProstCodec::<Text, Text>::default()).unary(method, req).await)
+            Ok(Grpc::new(ProstCodec::<Text, Text>::default())
+                .unary(method, req)
+                .await)
         })
     }
 }
@@ -100,11 +106,17 @@ async fn call(
     text: &str,
     token: &mut Option<String>,
 ) -> Result<String, Status> {
-    client.ready().await.map_err(|e| Status::unknown(e.to_string()))?;
+    client
+        .ready()
+        .await
+        .map_err(|e| Status::unknown(e.to_string()))?;
     let mut req = Request::new(Text { text: text.into() });
-    req.metadata_mut().insert("x-session", token.as_deref().unwrap_or("").parse().unwrap());
+    req.metadata_mut()
+        .insert("x-session", token.as_deref().unwrap_or("").parse().unwrap());
     let path = PathAndQuery::from_static(method);
-    let res = client.unary(req, path, ProstCodec::<Text, Text>::default()).await?;
+    let res = client
+        .unary(req, path, ProstCodec::<Text, Text>::default())
+        .await?;
     if let Some(v) = res.metadata().get("x-session") {
         *token = Some(v.to_str().unwrap().to_owned());
     }
@@ -136,18 +148,43 @@ async fn a_tonic_server_behind_the_layer_logs_in_records_and_reads_history() {
     let mut client = tonic::client::Grpc::new(channel);
     let mut token = None;
 
-    assert_eq!(call(&mut client, "/demo.Demo/Login", "dana", &mut token).await.unwrap(), "ok");
-    let first = token.clone().expect("the login answer carries the credential");
-    assert_eq!(call(&mut client, "/demo.Demo/Record", "checkout", &mut token).await.unwrap(), "recorded");
-    assert_eq!(token.as_deref(), Some(first.as_str()), "no rotation without a privilege change");
-    let who = call(&mut client, "/demo.Demo/Whoami", "checkout", &mut token).await.unwrap();
+    assert_eq!(
+        call(&mut client, "/demo.Demo/Login", "dana", &mut token)
+            .await
+            .unwrap(),
+        "ok"
+    );
+    let first = token
+        .clone()
+        .expect("the login answer carries the credential");
+    assert_eq!(
+        call(&mut client, "/demo.Demo/Record", "checkout", &mut token)
+            .await
+            .unwrap(),
+        "recorded"
+    );
+    assert_eq!(
+        token.as_deref(),
+        Some(first.as_str()),
+        "no rotation without a privilege change"
+    );
+    let who = call(&mut client, "/demo.Demo/Whoami", "checkout", &mut token)
+        .await
+        .unwrap();
     assert_eq!(who, "dana 1 true");
 
     // A store outage is a gRPC UNAVAILABLE, not an HTTP error.
     store.session_faults().set_down(true);
-    let err = call(&mut client, "/demo.Demo/Whoami", "checkout", &mut token).await.unwrap_err();
+    let err = call(&mut client, "/demo.Demo/Whoami", "checkout", &mut token)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
     store.session_faults().set_down(false);
-    assert!(call(&mut client, "/demo.Demo/Whoami", "x", &mut token).await.unwrap().starts_with("dana"));
+    assert!(
+        call(&mut client, "/demo.Demo/Whoami", "x", &mut token)
+            .await
+            .unwrap()
+            .starts_with("dana")
+    );
     server.abort();
 }

@@ -25,9 +25,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hmac::Mac;
 use serde_json::{Map, Value, json};
 
+use crate::SessionId;
 use crate::key::Key;
 use crate::util::{self, hex};
-use crate::SessionId;
 
 pub(crate) const VERSION: u8 = 1;
 const DOMAIN: &[u8] = b"session-trail/history/v1";
@@ -532,7 +532,10 @@ mod tests {
     fn event_and_lifecycle_round_trip() {
         let key = Key::generate();
         let sid = SessionId::generate();
-        let e = Entry::decode(&Draft::event_raw("add_to_cart", br#"{"item":"book"}"#).sign(&key, &sid, 1, &[0; 16])).unwrap();
+        let e = Entry::decode(
+            &Draft::event_raw("add_to_cart", br#"{"item":"book"}"#).sign(&key, &sid, 1, &[0; 16]),
+        )
+        .unwrap();
         assert_eq!(e.to_json()["event"], "add_to_cart");
         assert_eq!(e.to_json()["data"]["item"], "book");
         let l = Draft::lifecycle(EntryKind::Ended, &json!({"reason": "logout"}));

@@ -9,8 +9,8 @@
 //! See [`entry`] for the format and [`verify`] for what verification
 //! reports.
 
-pub mod entry;
 mod chain;
+pub mod entry;
 mod worker;
 mod writer;
 

@@ -10,8 +10,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::entry::{Draft, EntryKind, TAG_LEN, parse};
 use super::writer::Shared;
-use crate::store::{Append, AppendOutcome, tag_of};
 use crate::SessionId;
+use crate::store::{Append, AppendOutcome, tag_of};
 
 pub(crate) enum Msg {
     Entries {
@@ -194,10 +194,13 @@ impl Worker {
                     let ordinal = self.next_ordinal;
                     self.next_ordinal += 1;
                     self.outstanding.insert(ordinal, at);
-                    self.push(session, Item {
-                        draft,
-                        ordinal: Some(ordinal),
-                    });
+                    self.push(
+                        session,
+                        Item {
+                            draft,
+                            ordinal: Some(ordinal),
+                        },
+                    );
                 }
             }
             Msg::Flush(reply) => {
@@ -246,10 +249,13 @@ impl Worker {
                 EntryKind::Gap,
                 &json!({"reason": "queue_full", "dropped": dropped}),
             );
-            self.push(session, Item {
-                draft,
-                ordinal: None,
-            });
+            self.push(
+                session,
+                Item {
+                    draft,
+                    ordinal: None,
+                },
+            );
         }
     }
 
@@ -261,8 +267,12 @@ impl Worker {
         let mut parts = Vec::new();
         let mut skipped = Vec::new();
         while taken < limit {
-            let Some(session) = self.order.pop_front() else { break };
-            let Some(s) = self.sessions.get_mut(&session) else { continue };
+            let Some(session) = self.order.pop_front() else {
+                break;
+            };
+            let Some(s) = self.sessions.get_mut(&session) else {
+                continue;
+            };
             if s.in_flight {
                 skipped.push(session);
                 continue;
@@ -282,7 +292,9 @@ impl Worker {
             let mut prev = base_tag;
             let mut entries = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                let bytes = item.draft.sign(&key, &session, base_seq + 1 + i as u64, &prev);
+                let bytes = item
+                    .draft
+                    .sign(&key, &session, base_seq + 1 + i as u64, &prev);
                 prev = tag_of(&bytes).unwrap_or([0; TAG_LEN]);
                 entries.push(bytes);
             }
@@ -346,10 +358,14 @@ impl Worker {
     }
 
     fn complete(&mut self, outcomes: Vec<AppendOutcome>) {
-        let Some(f) = self.in_flight.take() else { return };
+        let Some(f) = self.in_flight.take() else {
+            return;
+        };
         let mut requeue: Vec<SessionId> = Vec::new();
         for ((part, append), outcome) in f.parts.into_iter().zip(f.appends).zip(outcomes) {
-            let Some(s) = self.sessions.get_mut(&part.session) else { continue };
+            let Some(s) = self.sessions.get_mut(&part.session) else {
+                continue;
+            };
             s.in_flight = false;
             match outcome {
                 AppendOutcome::Appended | AppendOutcome::AlreadyApplied => {
@@ -366,7 +382,9 @@ impl Worker {
                             bytes += item.draft.body.len() + 64;
                         }
                     }
-                    self.shared.queued_entries.fetch_sub(released, Ordering::AcqRel);
+                    self.shared
+                        .queued_entries
+                        .fetch_sub(released, Ordering::AcqRel);
                     self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                     self.shared
                         .counters
@@ -374,7 +392,10 @@ impl Worker {
                         .fetch_add(part.items.len() as u64, Ordering::Relaxed);
                 }
                 AppendOutcome::Conflict { last } => {
-                    self.shared.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .counters
+                        .conflicts
+                        .fetch_add(1, Ordering::Relaxed);
                     let store_head = last.as_deref().map(|bytes| {
                         let seq = parse(bytes).map(|p| p.seq).unwrap_or(0);
                         (seq, tag_of(bytes).unwrap_or([0; TAG_LEN]))
@@ -396,10 +417,13 @@ impl Worker {
                                 "lost_through_seq": s.acked_seq,
                             }),
                         );
-                        items.insert(0, Item {
-                            draft: gap,
-                            ordinal: None,
-                        });
+                        items.insert(
+                            0,
+                            Item {
+                                draft: gap,
+                                ordinal: None,
+                            },
+                        );
                     }
                     s.acked_seq = 0;
                     s.head = store_head;
@@ -444,12 +468,13 @@ impl Worker {
     }
 
     fn publish_oldest(&self) {
-        let v = self
-            .outstanding
-            .values()
-            .next()
-            .map_or(u64::MAX, |t| t.saturating_duration_since(self.shared.epoch).as_millis() as u64);
-        self.shared.counters.oldest_pending.store(v, Ordering::Relaxed);
+        let v = self.outstanding.values().next().map_or(u64::MAX, |t| {
+            t.saturating_duration_since(self.shared.epoch).as_millis() as u64
+        });
+        self.shared
+            .counters
+            .oldest_pending
+            .store(v, Ordering::Relaxed);
     }
 }
 

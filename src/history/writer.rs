@@ -10,10 +10,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::entry::Draft;
 use super::worker::{Msg, Worker};
+use crate::SessionId;
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::key::KeyRing;
 use crate::store::{DynHistoryStore, HistoryStore};
-use crate::SessionId;
 
 /// Settings of the history writer. Every default is a starting point
 /// measured on a 2-core machine with a local Redis; see each setter.
@@ -280,10 +280,7 @@ impl HistoryWriter {
     /// [`ErrorKind::Closed`] when the writer has shut down.
     pub async fn flush(&self) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        self
-            .tx
-            .send(Msg::Flush(tx))
-            .map_err(|_| closed())?;
+        self.tx.send(Msg::Flush(tx)).map_err(|_| closed())?;
         rx.await.map_err(|_| closed())
     }
 
@@ -297,8 +294,7 @@ impl HistoryWriter {
     /// [`ErrorKind::Closed`] when the writer had already stopped.
     pub async fn shutdown(&self, deadline: Duration) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        self
-            .tx
+        self.tx
             .send(Msg::Shutdown {
                 until: Instant::now() + deadline,
                 reply: tx,

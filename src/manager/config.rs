@@ -11,8 +11,8 @@ use crate::history::{HistoryWriter, WriterConfig};
 use crate::key::KeyRing;
 use crate::store::{DynHistoryStore, DynSessionStore, HistoryStore, SessionStore};
 
-use super::layer::SessionLayer;
 use super::Shared;
+use super::layer::SessionLayer;
 
 /// Where the credential travels.
 #[derive(Clone, Debug)]
@@ -311,10 +311,16 @@ impl SessionLayerBuilder {
         }
         let c = &self.config;
         if c.idle_timeout.is_zero() {
-            return Err(ConfigError::new("idle_timeout", "must be greater than zero"));
+            return Err(ConfigError::new(
+                "idle_timeout",
+                "must be greater than zero",
+            ));
         }
         if c.absolute_timeout.is_zero() {
-            return Err(ConfigError::new("absolute_timeout", "must be greater than zero"));
+            return Err(ConfigError::new(
+                "absolute_timeout",
+                "must be greater than zero",
+            ));
         }
         if c.idle_timeout > c.absolute_timeout {
             return Err(ConfigError::new(
@@ -323,13 +329,22 @@ impl SessionLayerBuilder {
             ));
         }
         if !(c.idle_refresh > 0.0 && c.idle_refresh <= 1.0) {
-            return Err(ConfigError::new("idle_refresh_fraction", "must be in (0, 1]"));
+            return Err(ConfigError::new(
+                "idle_refresh_fraction",
+                "must be in (0, 1]",
+            ));
         }
         if c.max_event_bytes == 0 {
-            return Err(ConfigError::new("max_event_bytes", "must be greater than zero"));
+            return Err(ConfigError::new(
+                "max_event_bytes",
+                "must be greater than zero",
+            ));
         }
         if c.max_value_bytes == 0 {
-            return Err(ConfigError::new("max_value_bytes", "must be greater than zero"));
+            return Err(ConfigError::new(
+                "max_value_bytes",
+                "must be greater than zero",
+            ));
         }
         if c.cookie.is_none() && c.header.is_none() {
             return Err(ConfigError::new(
@@ -341,7 +356,11 @@ impl SessionLayerBuilder {
             check_cookie(ck)?;
         }
         let writer = match self.history {
-            Some(store) => Some(HistoryWriter::start_dyn(store, self.ring.clone(), self.writer)?),
+            Some(store) => Some(HistoryWriter::start_dyn(
+                store,
+                self.ring.clone(),
+                self.writer,
+            )?),
             None => None,
         };
         Ok(SessionLayer::from_shared(Shared::new(
@@ -367,17 +386,29 @@ fn check_cookie(ck: &CookieConfig) -> Result<(), ConfigError> {
     }
     if ck.name.starts_with("__Host-") {
         if !ck.secure {
-            return Err(ConfigError::new("cookie_secure", "a __Host- cookie must be Secure"));
+            return Err(ConfigError::new(
+                "cookie_secure",
+                "a __Host- cookie must be Secure",
+            ));
         }
         if ck.path != "/" {
-            return Err(ConfigError::new("cookie_path", "a __Host- cookie must have Path=/"));
+            return Err(ConfigError::new(
+                "cookie_path",
+                "a __Host- cookie must have Path=/",
+            ));
         }
         if ck.domain.is_some() {
-            return Err(ConfigError::new("cookie_domain", "a __Host- cookie must not have a Domain"));
+            return Err(ConfigError::new(
+                "cookie_domain",
+                "a __Host- cookie must not have a Domain",
+            ));
         }
     }
     if ck.name.starts_with("__Secure-") && !ck.secure {
-        return Err(ConfigError::new("cookie_secure", "a __Secure- cookie must be Secure"));
+        return Err(ConfigError::new(
+            "cookie_secure",
+            "a __Secure- cookie must be Secure",
+        ));
     }
     if ck.same_site == SameSite::None && !ck.secure {
         return Err(ConfigError::new(
@@ -386,7 +417,10 @@ fn check_cookie(ck: &CookieConfig) -> Result<(), ConfigError> {
         ));
     }
     if ck.path.is_empty() || !ck.path.starts_with('/') || ck.path.contains(';') {
-        return Err(ConfigError::new("cookie_path", "must start with / and contain no ;"));
+        return Err(ConfigError::new(
+            "cookie_path",
+            "must start with / and contain no ;",
+        ));
     }
     Ok(())
 }

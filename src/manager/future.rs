@@ -116,7 +116,13 @@ async fn finish<B: Default>(ctx: Ctx, mut res: Response<B>) -> Response<B> {
     let route = route.as_deref();
     match ctx.session.commit().await {
         Ok(outcome) => {
-            transport::write(&ctx.shared, &mut res, &outcome.action, ctx.used_cookie, ctx.used_header);
+            transport::write(
+                &ctx.shared,
+                &mut res,
+                &outcome.action,
+                ctx.used_cookie,
+                ctx.used_header,
+            );
             if let Some((sid, mut drafts)) = outcome.entries {
                 if ctx.shared.writer.is_some() {
                     let user = outcome

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use tower_layer::Layer;
 
-use super::{Shared, SessionLayerBuilder, SessionService};
+use super::{SessionLayerBuilder, SessionService, Shared};
 use crate::history::HistoryWriter;
 use crate::key::KeyRing;
 use crate::store::{HistoryStore, SessionStore};
@@ -50,7 +50,10 @@ impl SessionLayer {
 
     /// A builder over a store that keeps sessions only. No history is
     /// recorded unless [`SessionLayerBuilder::history`] names a store for it.
-    pub fn with_session_store<S: SessionStore>(store: S, keys: impl Into<KeyRing>) -> SessionLayerBuilder {
+    pub fn with_session_store<S: SessionStore>(
+        store: S,
+        keys: impl Into<KeyRing>,
+    ) -> SessionLayerBuilder {
         SessionLayerBuilder::new(store, keys.into())
     }
 

@@ -13,11 +13,11 @@ pub use future::ResponseFuture;
 pub use layer::SessionLayer;
 pub use service::SessionService;
 
+use crate::SessionId;
 use crate::history::HistoryWriter;
 use crate::history::entry::Draft;
 use crate::key::KeyRing;
 use crate::store::DynSessionStore;
-use crate::SessionId;
 pub(crate) use config::Config;
 
 /// State shared by the layer, its services and every request's session.

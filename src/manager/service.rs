@@ -6,8 +6,8 @@ use std::time::Instant;
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::future::{Ctx, ResponseFuture};
 use super::Shared;
+use super::future::{Ctx, ResponseFuture};
 use crate::session::{RequestMeta, Session};
 use crate::transport;
 
@@ -63,10 +63,7 @@ where
         req.extensions_mut().insert(session.clone());
         let ctx = Ctx {
             method: req.method().clone(),
-            path: shared
-                .writer
-                .is_some()
-                .then(|| req.uri().path().to_owned()),
+            path: shared.writer.is_some().then(|| req.uri().path().to_owned()),
             grpc: read.grpc,
             used_cookie: read.used_cookie,
             used_header: read.used_header,

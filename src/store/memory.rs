@@ -8,11 +8,12 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    DEFAULT_HISTORY_KEEP, DEFAULT_HISTORY_TTL, Retention, Append, AppendOutcome, HistoryStore, Record, SessionStore, Update, UpdateOutcome, tag_of,
+    Append, AppendOutcome, DEFAULT_HISTORY_KEEP, DEFAULT_HISTORY_TTL, HistoryStore, Record,
+    Retention, SessionStore, Update, UpdateOutcome, tag_of,
 };
+use crate::SessionId;
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::util::now_ms;
-use crate::SessionId;
 
 /// How many expired items one operation evicts at most (the rest are
 /// evicted by later operations), so no single call pays for a backlog.
@@ -106,10 +107,16 @@ impl MemoryStore {
     /// Fails when `keep` or `ttl` is zero.
     pub fn history_retention(self, keep: usize, ttl: Duration) -> Result<Self, ConfigError> {
         if keep == 0 {
-            return Err(ConfigError::new("history_retention", "keep must be at least 1"));
+            return Err(ConfigError::new(
+                "history_retention",
+                "keep must be at least 1",
+            ));
         }
         if ttl.is_zero() {
-            return Err(ConfigError::new("history_retention", "ttl must be greater than zero"));
+            return Err(ConfigError::new(
+                "history_retention",
+                "ttl must be greater than zero",
+            ));
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -163,7 +170,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Sessions {
     fn evict(&mut self, now: i64, max: usize) {
         for _ in 0..max {
-            let Some(&(at, id)) = self.expiry.first() else { break };
+            let Some(&(at, id)) = self.expiry.first() else {
+                break;
+            };
             if at > now {
                 break;
             }
@@ -195,7 +204,9 @@ impl Sessions {
 impl Histories {
     fn evict(&mut self, now: i64, max: usize) {
         for _ in 0..max {
-            let Some(&(at, id)) = self.expiry.first() else { break };
+            let Some(&(at, id)) = self.expiry.first() else {
+                break;
+            };
             if at > now {
                 break;
             }
@@ -415,7 +426,10 @@ impl Faults {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         if self.down.load(Ordering::SeqCst) || take_one(&self.fail_next) {
-            return Err(Error::new(ErrorKind::Unavailable, "injected fault: store down"));
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "injected fault: store down",
+            ));
         }
         Ok(())
     }
