@@ -19,6 +19,8 @@ pub enum ErrorKind {
     InvalidInput,
     /// The thing asked for does not exist (or does not belong to the caller).
     NotFound,
+    /// The operation needs a logged-in user and there is none. Maps to `401`.
+    Unauthenticated,
     /// The operation is refused by policy (for example a session limit).
     Refused,
     /// The history writer has shut down.
@@ -36,6 +38,7 @@ impl ErrorKind {
             Self::Serialization => "serialization failed",
             Self::InvalidInput => "invalid input",
             Self::NotFound => "not found",
+            Self::Unauthenticated => "no user is logged in",
             Self::Refused => "refused",
             Self::Closed => "history writer closed",
             Self::Timeout => "timed out",
@@ -98,6 +101,7 @@ impl Error {
             }
             ErrorKind::InvalidInput | ErrorKind::Serialization => S::BAD_REQUEST,
             ErrorKind::NotFound => S::NOT_FOUND,
+            ErrorKind::Unauthenticated => S::UNAUTHORIZED,
             ErrorKind::Refused => S::CONFLICT,
             ErrorKind::Corrupt => S::INTERNAL_SERVER_ERROR,
         }
@@ -111,6 +115,7 @@ impl Error {
             ErrorKind::Timeout => 4,
             ErrorKind::InvalidInput | ErrorKind::Serialization => 3,
             ErrorKind::NotFound => 5,
+            ErrorKind::Unauthenticated => 16,
             ErrorKind::Refused => 9,
             ErrorKind::Corrupt => 13,
         }

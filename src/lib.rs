@@ -126,6 +126,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;
+mod controls;
 mod credential;
 mod error;
 mod key;
@@ -145,8 +146,9 @@ pub use error::{ConfigError, Error, ErrorKind};
 #[cfg(feature = "axum")]
 pub use extract::SessionRejection;
 pub use key::{Key, KeyRing, MIN_KEY_LEN};
-pub use manager::{ResponseFuture, SessionLayer, SessionLayerBuilder, SessionService};
-pub use session::Session;
+pub use controls::{ErasureReceipt, HistoryExport, SessionInfo};
+pub use manager::{ClientAddress, ResponseFuture, SessionLayer, SessionLayerBuilder, SessionService};
+pub use session::{Session, SessionLimit, Signal, SuspicionResponse};
 
 /// The `redis` crate the Redis store is built on, re-exported so that an
 /// application uses the matching version (and can enable its TLS features).

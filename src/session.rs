@@ -71,7 +71,7 @@ pub(crate) struct Presented {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RequestMeta {
     pub(crate) user_agent: Option<http::HeaderValue>,
-    pub(crate) network: Option<String>,
+    pub(crate) client_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
@@ -109,6 +109,69 @@ struct State {
     ended: Option<(SessionId, &'static str)>,
     route: Option<String>,
     committed: bool,
+    /// Other sessions of the user to end when this one commits (limit).
+    evict: Vec<SessionId>,
+    /// Suspicious-use entries for the presented session.
+    signals: Vec<Draft>,
+    /// New device / network baseline after a recorded change.
+    rebaseline: Option<(Option<String>, Option<String>)>,
+    /// The request erased its user's history: record nothing for it.
+    suppress_history: bool,
+    record_user_changed: bool,
+}
+
+/// How the layer answers a suspicious use of a session; see
+/// [`SessionLayerBuilder::on_suspicious`](crate::SessionLayerBuilder::on_suspicious).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SuspicionResponse {
+    /// Record a signed `suspicious` entry and go on (the default). The new
+    /// client becomes the baseline, so one change is recorded once.
+    Record,
+    /// Record, and rotate the session's token on the way out.
+    Rotate,
+    /// Record, and end the session: the request is served as anonymous.
+    End,
+}
+
+/// What to do when a user's session limit is reached at login; see
+/// [`SessionLayerBuilder::max_sessions_per_user`](crate::SessionLayerBuilder::max_sessions_per_user).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionLimit {
+    /// Refuse the login: [`Session::set_user`] fails with
+    /// [`ErrorKind::Refused`].
+    RefuseNew,
+    /// End the user's oldest sessions (each gets an `ended` entry with reason
+    /// `session_limit`).
+    EndOldest,
+}
+
+/// A suspicious use of a session, as given to the
+/// [`on_suspicious`](crate::SessionLayerBuilder::on_suspicious) hook.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Signal {
+    /// `device_changed`, `network_changed`, `replaced_token_reused` or
+    /// `ended_session_used`.
+    pub kind: &'static str,
+    /// Details (pseudonyms and coarse descriptions only).
+    pub detail: Value,
+}
+
+impl Signal {
+    fn new(kind: &'static str, detail: Value) -> Self {
+        Self { kind, detail }
+    }
+
+    fn draft(&self, response: SuspicionResponse) -> Draft {
+        let action = match response {
+            SuspicionResponse::Record => "recorded",
+            SuspicionResponse::Rotate => "rotated",
+            SuspicionResponse::End => "ended",
+        };
+        Draft::lifecycle(
+            EntryKind::Suspicious,
+            &json!({"signal": self.kind, "detail": self.detail, "action": action}),
+        )
+    }
 }
 
 /// What the transport must do on the way out.
@@ -196,6 +259,7 @@ impl Session {
         let hash = presented.credential.token.hash();
         let Some(record) = record else {
             self.state().origin = Origin::Stale;
+            self.check_ended_use(sid).await;
             return Ok(());
         };
         let expired = if record.absolute_deadline <= now {
@@ -218,23 +282,102 @@ impl Session {
             return Ok(());
         }
         let grace = self.inner.shared.config.rotation_grace.as_millis() as i64;
-        let mut st = self.state();
         if record.token_hash.ct_eq(&hash) {
+            let device = self.device();
+            let network = self.network();
+            let mut signals = Vec::new();
+            if record.device.is_some() && device.is_some() && record.device != device {
+                signals.push(Signal::new(
+                    "device_changed",
+                    json!({"from": record.device, "to": device}),
+                ));
+            }
+            if record.network.is_some() && network.is_some() && record.network != network {
+                signals.push(Signal::new(
+                    "network_changed",
+                    json!({"from": record.network, "to": network}),
+                ));
+            }
+            let mut response = SuspicionResponse::Record;
+            for signal in &signals {
+                response = response.max(self.inner.shared.config.on_suspicious.respond(&sid, signal));
+            }
+            if response == SuspicionResponse::End {
+                self.inner.shared.store.delete(&sid).await?;
+            }
+            let mut st = self.state();
+            for signal in &signals {
+                st.signals.push(signal.draft(response));
+            }
+            if response == SuspicionResponse::End {
+                st.origin = Origin::Stale;
+                st.ended = Some((sid, "suspicious"));
+                return Ok(());
+            }
+            if !signals.is_empty() {
+                st.rebaseline = Some((device, network));
+            }
+            st.regenerate = response == SuspicionResponse::Rotate;
             st.origin = Origin::Live;
             st.sid = Some(sid);
             st.data.clone_from(&record.data);
             st.user.clone_from(&record.user);
             st.privilege.clone_from(&record.privilege);
             st.record = Some(record);
-        } else if record
-            .replaced
-            .is_some_and(|r| r.token_hash.ct_eq(&hash) && now.saturating_sub(r.at) <= grace)
-        {
-            st.origin = Origin::Replaced;
+        } else if let Some(r) = record.replaced.filter(|r| r.token_hash.ct_eq(&hash)) {
+            if now.saturating_sub(r.at) <= grace {
+                self.state().origin = Origin::Replaced;
+            } else {
+                // A token replaced long ago: a copy of an old credential.
+                let signal = Signal::new(
+                    "replaced_token_reused",
+                    json!({"replaced_ms_ago": now.saturating_sub(r.at)}),
+                );
+                let response = self.inner.shared.config.on_suspicious.respond(&sid, &signal);
+                // The presenter does not hold the live token, so rotating
+                // the live session amounts to ending it.
+                let end = response != SuspicionResponse::Record;
+                if end {
+                    self.inner.shared.store.delete(&sid).await?;
+                }
+                let mut st = self.state();
+                st.origin = Origin::Stale;
+                st.signals.push(signal.draft(response));
+                if end {
+                    st.ended = Some((sid, "suspicious"));
+                }
+            }
         } else {
-            st.origin = Origin::Stale;
+            self.state().origin = Origin::Stale;
         }
         Ok(())
+    }
+
+    /// A verified credential whose session is gone: if its history says it
+    /// was ended on purpose (logout, revocation), its use is suspicious.
+    async fn check_ended_use(&self, sid: SessionId) {
+        let Some(writer) = &self.inner.shared.writer else { return };
+        let Ok(newest) = writer.store().read_newest(&sid, 8).await else { return };
+        // The newest lifecycle entry, past the requests (and earlier
+        // signals) recorded after it.
+        let Some(entry) = newest
+            .iter()
+            .rev()
+            .filter_map(|b| crate::history::Entry::decode(b).ok())
+            .find(|e| !matches!(e.kind, EntryKind::Request | EntryKind::Suspicious))
+        else {
+            return;
+        };
+        if entry.kind != EntryKind::Ended {
+            return;
+        }
+        let reason = entry.to_json()["reason"].clone();
+        if !matches!(reason.as_str(), Some("logout" | "revoked" | "session_limit" | "suspicious")) {
+            return;
+        }
+        let signal = Signal::new("ended_session_used", json!({"ended": reason}));
+        let response = self.inner.shared.config.on_suspicious.respond(&sid, &signal);
+        self.state().signals.push(signal.draft(response));
     }
 
     /// The session id, once there is a session (after loading, or after the
@@ -335,10 +478,15 @@ impl Session {
     /// When loading fails.
     pub async fn set_user(&self, user: Option<String>) -> Result<(), Error> {
         self.load().await?;
-        let mut st = self.state();
-        if st.user == user {
+        if self.state().user == user {
             return Ok(());
         }
+        let evict = match (&user, self.inner.shared.config.session_limit) {
+            (Some(u), Some((max, policy))) => self.check_limit(u, max, policy).await?,
+            _ => Vec::new(),
+        };
+        let mut st = self.state();
+        st.evict = evict;
         if user.is_some() {
             self.ensure_session(&mut st);
         } else if st.sid.is_none() {
@@ -346,6 +494,38 @@ impl Session {
         }
         st.user = user;
         Ok(())
+    }
+
+    async fn check_limit(
+        &self,
+        user: &str,
+        max: usize,
+        policy: SessionLimit,
+    ) -> Result<Vec<SessionId>, Error> {
+        let current = self.state().sid;
+        let mut others: Vec<_> = self
+            .inner
+            .shared
+            .store
+            .sessions_of_user(user)
+            .await?
+            .into_iter()
+            .filter(|r| Some(r.id) != current)
+            .collect();
+        if others.len() < max {
+            return Ok(Vec::new());
+        }
+        match policy {
+            SessionLimit::RefuseNew => Err(Error::new(
+                ErrorKind::Refused,
+                format!("session limit reached: this user already has {max} sessions"),
+            )),
+            SessionLimit::EndOldest => {
+                others.sort_by_key(|r| (r.created, r.id));
+                let n = others.len() + 1 - max;
+                Ok(others.into_iter().take(n).map(|r| r.id).collect())
+            }
+        }
     }
 
     /// The privilege level or role.
@@ -466,6 +646,40 @@ impl Session {
         crate::history::read_page(writer, sid, limit).await
     }
 
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    pub(crate) fn writer(&self) -> Result<&crate::history::HistoryWriter, Error> {
+        self.inner
+            .shared
+            .writer
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "history is not enabled on this layer"))
+    }
+
+    pub(crate) fn suppress_history(&self) {
+        self.state().suppress_history = true;
+    }
+
+    /// A keyed pseudonym of the client's network (/24 for IPv4, /48 for
+    /// IPv6).
+    pub(crate) fn network(&self) -> Option<String> {
+        let ip = self.inner.meta.client_ip?;
+        let prefix: Vec<u8> = match ip {
+            std::net::IpAddr::V4(v4) => v4.octets()[..3].to_vec(),
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => v4.octets()[..3].to_vec(),
+                None => v6.octets()[..6].to_vec(),
+            },
+        };
+        Some(crate::util::hex(&crate::key::pseudonym(
+            self.inner.shared.ring.current(),
+            b"network",
+            &prefix,
+        )))
+    }
+
     /// A coarse description of the client, from its User-Agent.
     pub(crate) fn device(&self) -> Option<String> {
         let ua = self.inner.meta.user_agent.as_ref()?.to_str().ok()?;
@@ -537,6 +751,10 @@ impl Session {
             );
         }
 
+        for other in std::mem::take(&mut st.evict) {
+            shared.store.delete(&other).await.map_err(|e| e.context("ending the oldest session"))?;
+            shared.enqueue(other, vec![Draft::lifecycle(EntryKind::Ended, &json!({"reason": "session_limit"}))]);
+        }
         if let Some(old) = st.end_live {
             shared
                 .store
@@ -569,7 +787,7 @@ impl Session {
                 idle_deadline: now + config.idle_timeout.as_millis() as i64,
                 absolute_deadline: now + config.absolute_timeout.as_millis() as i64,
                 device: self.device(),
-                network: self.inner.meta.network.clone(),
+                network: self.network(),
             };
             shared
                 .store
@@ -621,6 +839,7 @@ impl Session {
                 action = CredentialAction::Clear;
             } else {
                 let privilege_changed = st.user != record.user || st.privilege != record.privilege;
+                st.record_user_changed = st.user.is_some() && st.user != record.user;
                 let rotate = privilege_changed || st.regenerate;
                 let idle_ms = config.idle_timeout.as_millis() as i64;
                 let refresh_after = (idle_ms as f64 * config.idle_refresh) as i64;
@@ -633,6 +852,8 @@ impl Session {
                     privilege: (st.privilege != record.privilege).then(|| st.privilege.clone()),
                     rotate: None,
                     touch: touch.then_some((now, (now + idle_ms).min(record.absolute_deadline))),
+                    device: st.rebaseline.as_ref().map(|r| r.0.clone()),
+                    network: st.rebaseline.as_ref().map(|r| r.1.clone()),
                 };
                 let new_token = rotate.then(Token::generate);
                 if let Some(t) = &new_token {
@@ -696,10 +917,27 @@ impl Session {
             action = CredentialAction::Keep;
             entry_sid = self.presented_sid();
         }
+        // Index the session under its user for export and erasure.
+        if let (Some(sid), Some(user)) = (entry_sid, &st.user) {
+            let newly = st.new || st.record_user_changed;
+            if newly {
+                if let Some(w) = &shared.writer {
+                    let pseudonym = shared.user_pseudonym(user);
+                    if let Err(e) = w.store().link_user(&pseudonym, &sid).await {
+                        tracing::warn!(session = %sid, error = %e, "could not index the session's history under its user");
+                    }
+                }
+            }
+        }
+        if st.suppress_history {
+            return Ok(Outcome { action, entries: None, user: None });
+        }
+        let mut all = std::mem::take(&mut st.signals);
+        all.append(&mut drafts);
         let user = st.user.clone();
         Ok(Outcome {
             action,
-            entries: entry_sid.map(|s| (s, drafts)),
+            entries: entry_sid.map(|s| (s, all)),
             user,
         })
     }

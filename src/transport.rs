@@ -78,6 +78,31 @@ pub(crate) fn read(shared: &Shared, headers: &HeaderMap) -> Read {
     }
 }
 
+/// The client's address, from the configured source.
+pub(crate) fn client_ip<B>(
+    source: &crate::manager::ClientAddress,
+    req: &http::Request<B>,
+) -> Option<std::net::IpAddr> {
+    use crate::manager::ClientAddress;
+    match source {
+        ClientAddress::ConnectInfo => {
+            #[cfg(feature = "axum")]
+            if let Some(ci) = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            {
+                return Some(ci.0.ip());
+            }
+            req.extensions().get::<std::net::SocketAddr>().map(|a| a.ip())
+        }
+        ClientAddress::Header(name) => {
+            let text = req.headers().get_all(name).iter().last()?.to_str().ok()?;
+            text.rsplit(',').next()?.trim().parse().ok()
+        }
+        _ => None,
+    }
+}
+
 /// Sets or clears the credential on the response, on the transports the
 /// request used (a first request: the cookie when there is one).
 pub(crate) fn write<B>(

@@ -263,16 +263,8 @@ async fn concurrent_writes_to_different_keys_both_survive() {
     let store = MemoryStore::new();
     let mut c = client(&store);
     c.send("GET", "/visits").await;
-    let mut a = Client {
-        app: c.app.clone(),
-        cookie: c.cookie.clone(),
-        cookie_name: "session".into(),
-    };
-    let mut b = Client {
-        app: c.app.clone(),
-        cookie: c.cookie.clone(),
-        cookie_name: "session".into(),
-    };
+    let mut a = c.fork();
+    let mut b = c.fork();
     // Both load the same record, then write different keys.
     let (ra, rb) = tokio::join!(
         a.send("POST", "/slow-set/color/red"),
@@ -296,11 +288,7 @@ async fn destroyed_session_is_not_resurrected_by_a_late_write() {
     let store = MemoryStore::new();
     let mut c = client(&store);
     c.send("POST", "/login/alice").await;
-    let mut slow = Client {
-        app: c.app.clone(),
-        cookie: c.cookie.clone(),
-        cookie_name: "session".into(),
-    };
+    let mut slow = c.fork();
     let slow_write =
         tokio::spawn(async move { slow.send("POST", "/slow-set/late/write").await.status() });
     tokio::time::sleep(Duration::from_millis(30)).await;

@@ -28,6 +28,9 @@ pub(crate) enum Msg {
         until: Instant,
         reply: oneshot::Sender<usize>,
     },
+    /// The session's history was erased: drop what is queued for it and
+    /// its cached head (an empty list is then not a loss).
+    Forget(SessionId),
 }
 
 struct Item {
@@ -222,6 +225,28 @@ impl Worker {
             Msg::Shutdown { until, reply } => {
                 self.shutdown = Some((until, reply));
             }
+            Msg::Forget(session) => self.forget(session),
+        }
+    }
+
+    fn forget(&mut self, session: SessionId) {
+        let Some(s) = self.sessions.get_mut(&session) else { return };
+        let mut released = 0;
+        let mut bytes = 0;
+        for item in s.pending.drain(..) {
+            self.pending_total -= 1;
+            if let Some(o) = item.ordinal {
+                self.outstanding.remove(&o);
+                released += 1;
+                bytes += item.draft.body.len() + 64;
+            }
+        }
+        self.shared.queued_entries.fetch_sub(released, Ordering::AcqRel);
+        self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        s.head = None;
+        s.acked_seq = 0;
+        if self.pending_total == 0 {
+            self.first_pending_at = None;
         }
     }
 

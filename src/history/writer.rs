@@ -338,6 +338,12 @@ impl HistoryWriter {
         rx.await.ok()
     }
 
+    /// Drops what is queued for `session` and its cached chain head, after
+    /// its history was erased.
+    pub(crate) fn forget(&self, session: SessionId) {
+        let _ = self.tx.send(Msg::Forget(session));
+    }
+
     pub(crate) fn ring(&self) -> &KeyRing {
         &self.shared.ring
     }

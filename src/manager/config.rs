@@ -47,6 +47,48 @@ impl Default for CookieConfig {
     }
 }
 
+/// Where the client's address comes from, for the network-change signal.
+///
+/// The network is compared as a /24 (IPv4) or /48 (IPv6) prefix and stored
+/// as a keyed pseudonym, never as an address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientAddress {
+    /// The peer address of the connection: axum's
+    /// `ConnectInfo<SocketAddr>` or a `SocketAddr` request extension (the
+    /// default). Behind a proxy this is the proxy.
+    #[default]
+    ConnectInfo,
+    /// The last address in this header (e.g. `x-forwarded-for`), as appended
+    /// by *your* proxy. Use it only behind a proxy that sets it.
+    Header(HeaderName),
+    /// No address: no network-change signal.
+    None,
+}
+
+/// Decides how to answer a [`Signal`](crate::Signal).
+#[derive(Clone)]
+pub(crate) struct SuspicionHook(
+    Option<Arc<dyn Fn(&crate::SessionId, &crate::Signal) -> crate::SuspicionResponse + Send + Sync>>,
+);
+
+impl SuspicionHook {
+    pub(crate) fn respond(&self, sid: &crate::SessionId, signal: &crate::Signal) -> crate::SuspicionResponse {
+        let response = match &self.0 {
+            Some(f) => f(sid, signal),
+            None => crate::SuspicionResponse::Record,
+        };
+        tracing::warn!(session = %sid, signal = signal.kind, ?response, "suspicious session use");
+        response
+    }
+}
+
+impl std::fmt::Debug for SuspicionHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "custom" } else { "record" })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) cookie: Option<CookieConfig>,
@@ -58,6 +100,9 @@ pub(crate) struct Config {
     pub(crate) issue_on_first_visit: bool,
     pub(crate) max_event_bytes: usize,
     pub(crate) max_value_bytes: usize,
+    pub(crate) session_limit: Option<(usize, crate::SessionLimit)>,
+    pub(crate) on_suspicious: SuspicionHook,
+    pub(crate) client_address: ClientAddress,
 }
 
 impl Default for Config {
@@ -80,6 +125,12 @@ impl Default for Config {
             issue_on_first_visit: false,
             max_event_bytes: 4096,
             max_value_bytes: 64 * 1024,
+            // No limit unless the application asks for one.
+            session_limit: None,
+            // Record only: no hard binding that logs users out on a new
+            // network or browser update.
+            on_suspicious: SuspicionHook(None),
+            client_address: ClientAddress::ConnectInfo,
         }
     }
 }
@@ -284,6 +335,48 @@ impl SessionLayerBuilder {
         self
     }
 
+    /// Limits how many sessions one user may have at once; `policy` says
+    /// whether a new login is refused or the oldest sessions end. Default:
+    /// no limit.
+    pub fn max_sessions_per_user(mut self, max: usize, policy: crate::SessionLimit) -> Self {
+        self.config.session_limit = Some((max, policy));
+        self
+    }
+
+    /// Decides what happens when a session is used suspiciously: from
+    /// another User-Agent family or network than it started with, with a
+    /// token replaced longer ago than the rotation grace, or after it was
+    /// ended on purpose. Every such use is recorded as a signed `suspicious`
+    /// entry whatever the hook answers. Default: record only.
+    ///
+    /// ```
+    /// use session_trail::{Key, SessionLayer, SuspicionResponse, store::MemoryStore};
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let layer = SessionLayer::builder(MemoryStore::new(), Key::generate())
+    ///     .on_suspicious(|_session, signal| match signal.kind {
+    ///         "replaced_token_reused" | "ended_session_used" => SuspicionResponse::End,
+    ///         _ => SuspicionResponse::Rotate,
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// # });
+    /// ```
+    pub fn on_suspicious<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&crate::SessionId, &crate::Signal) -> crate::SuspicionResponse + Send + Sync + 'static,
+    {
+        self.config.on_suspicious = SuspicionHook(Some(Arc::new(hook)));
+        self
+    }
+
+    /// Where the client's address comes from (for the network-change
+    /// signal). Default [`ClientAddress::ConnectInfo`].
+    pub fn client_address(mut self, source: ClientAddress) -> Self {
+        self.config.client_address = source;
+        self
+    }
+
     /// Adds an older key that still verifies credentials and history.
     pub fn previous_key(mut self, key: crate::Key) -> Self {
         self.ring = self.ring.with_previous(key);
@@ -345,6 +438,9 @@ impl SessionLayerBuilder {
                 "max_value_bytes",
                 "must be greater than zero",
             ));
+        }
+        if c.session_limit.is_some_and(|(max, _)| max == 0) {
+            return Err(ConfigError::new("max_sessions_per_user", "must be at least 1"));
         }
         if c.cookie.is_none() && c.header.is_none() {
             return Err(ConfigError::new(

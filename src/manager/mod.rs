@@ -8,7 +8,7 @@ mod service;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-pub use config::SessionLayerBuilder;
+pub use config::{ClientAddress, SessionLayerBuilder};
 pub use future::ResponseFuture;
 pub use layer::SessionLayer;
 pub use service::SessionService;

@@ -57,7 +57,7 @@ where
         let read = transport::read(shared, req.headers());
         let meta = RequestMeta {
             user_agent: read.user_agent,
-            network: None,
+            client_ip: transport::client_ip(&shared.config.client_address, &req),
         };
         let session = Session::new(Arc::clone(shared), read.presented, meta);
         req.extensions_mut().insert(session.clone());

@@ -67,6 +67,8 @@ struct Sessions {
 struct Histories {
     map: HashMap<SessionId, History>,
     expiry: BTreeSet<(i64, SessionId)>,
+    /// User pseudonym → (sessions in link order, expiry).
+    users: HashMap<String, (Vec<SessionId>, i64)>,
 }
 
 #[derive(Debug, Default)]
@@ -212,6 +214,9 @@ impl Histories {
             }
             self.expiry.pop_first();
             self.map.remove(&id);
+        }
+        if self.users.len() > 1024 || max == usize::MAX {
+            self.users.retain(|_, (_, exp)| *exp > now);
         }
     }
 }
@@ -368,6 +373,33 @@ impl HistoryStore for MemoryStore {
             None => 0,
         };
         Ok(n)
+    }
+
+    async fn link_user(&self, user: &str, session: &SessionId) -> Result<(), Error> {
+        self.inner.history_faults.before().await?;
+        let expires = now_ms().saturating_add(self.inner.ttl_ms);
+        let mut h = lock(&self.inner.history);
+        let (sessions, exp) = h.users.entry(user.to_owned()).or_default();
+        if !sessions.contains(session) {
+            sessions.push(*session);
+        }
+        *exp = expires;
+        Ok(())
+    }
+
+    async fn user_sessions(&self, user: &str) -> Result<Vec<SessionId>, Error> {
+        self.inner.history_faults.before().await?;
+        let h = lock(&self.inner.history);
+        Ok(match h.users.get(user) {
+            Some((sessions, exp)) if *exp > now_ms() => sessions.clone(),
+            _ => Vec::new(),
+        })
+    }
+
+    async fn unlink_user(&self, user: &str) -> Result<(), Error> {
+        self.inner.history_faults.before().await?;
+        lock(&self.inner.history).users.remove(user);
+        Ok(())
     }
 }
 

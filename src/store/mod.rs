@@ -206,6 +206,11 @@ pub struct Update {
     pub rotate: Option<Rotation>,
     /// `Some((last_seen, idle_deadline))` when the idle deadline slides.
     pub touch: Option<(i64, i64)>,
+    /// `Some` when the client description ([`Record::device`]) changes.
+    pub device: Option<Option<String>>,
+    /// `Some` when the client network pseudonym ([`Record::network`])
+    /// changes.
+    pub network: Option<Option<String>>,
 }
 
 impl Default for TokenHash {
@@ -223,6 +228,8 @@ impl Update {
             && self.privilege.is_none()
             && self.rotate.is_none()
             && self.touch.is_none()
+            && self.device.is_none()
+            && self.network.is_none()
     }
 
     /// Applies the update to a record (the token condition is the caller's
@@ -250,6 +257,12 @@ impl Update {
         if let Some((last_seen, idle_deadline)) = self.touch {
             record.last_seen = last_seen;
             record.idle_deadline = idle_deadline;
+        }
+        if let Some(device) = &self.device {
+            record.device.clone_from(device);
+        }
+        if let Some(network) = &self.network {
+            record.network.clone_from(network);
         }
     }
 }
@@ -399,12 +412,40 @@ pub trait HistoryStore: Send + Sync + 'static {
     ///
     /// When the store cannot answer.
     fn delete(&self, session: &SessionId) -> impl Future<Output = Result<u64, Error>> + Send;
+
+    /// Adds a session to a user's history index, so the user's history can
+    /// be exported and erased after the session ends. `user` is a keyed
+    /// pseudonym, never a raw user name. The index lives as long as the
+    /// history (the retention TTL, refreshed by each link).
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer.
+    fn link_user(
+        &self,
+        user: &str,
+        session: &SessionId,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The sessions in a user's history index, oldest link first.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer.
+    fn user_sessions(&self, user: &str)
+    -> impl Future<Output = Result<Vec<SessionId>, Error>> + Send;
+
+    /// Removes a user's history index.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer.
+    fn unlink_user(&self, user: &str) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Object-safe form of [`SessionStore`], used inside the layer.
-#[allow(dead_code)]
 pub(crate) trait DynSessionStore: Send + Sync + 'static {
     fn load<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<Option<Record>, Error>>;
     fn create<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<(), Error>>;
@@ -440,7 +481,6 @@ impl<T: SessionStore> DynSessionStore for T {
 }
 
 /// Object-safe form of [`HistoryStore`], used by the writer.
-#[allow(dead_code)]
 pub(crate) trait DynHistoryStore: Send + Sync + 'static {
     fn retention(&self) -> Retention;
     fn append<'a>(
@@ -454,6 +494,9 @@ pub(crate) trait DynHistoryStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<Bytes>, Error>>;
     fn read_all<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, Result<Vec<Bytes>, Error>>;
     fn delete<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, Result<u64, Error>>;
+    fn link_user<'a>(&'a self, user: &'a str, session: &'a SessionId) -> BoxFuture<'a, Result<(), Error>>;
+    fn user_sessions<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<SessionId>, Error>>;
+    fn unlink_user<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<(), Error>>;
 }
 
 impl<T: HistoryStore> DynHistoryStore for T {
@@ -478,5 +521,14 @@ impl<T: HistoryStore> DynHistoryStore for T {
     }
     fn delete<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, Result<u64, Error>> {
         Box::pin(HistoryStore::delete(self, session))
+    }
+    fn link_user<'a>(&'a self, user: &'a str, session: &'a SessionId) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(HistoryStore::link_user(self, user, session))
+    }
+    fn user_sessions<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<SessionId>, Error>> {
+        Box::pin(HistoryStore::user_sessions(self, user))
+    }
+    fn unlink_user<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(HistoryStore::unlink_user(self, user))
     }
 }

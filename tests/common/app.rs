@@ -98,6 +98,47 @@ pub fn router(layer: SessionLayer) -> Router {
             "/history",
             get(|session: Session| async move {
                 Ok::<_, session_trail::Error>(Json(session.history(100).await?.to_json()))
+            })
+            .delete(|session: Session| async move {
+                let receipt = session.erase_history().await?;
+                Ok::<_, session_trail::Error>(Json(serde_json::to_value(receipt).unwrap()))
+            }),
+        )
+        .route(
+            "/sessions",
+            get(|session: Session| async move {
+                let list = session.sessions().await?;
+                Ok::<_, session_trail::Error>(Json(Value::Array(
+                    list.iter().map(|s| s.to_json()).collect(),
+                )))
+            }),
+        )
+        .route(
+            "/sessions/{id}",
+            axum::routing::delete(|session: Session, Path(id): Path<String>| async move {
+                let id = id.parse().map_err(|_| {
+                    session_trail::Error::new(session_trail::ErrorKind::NotFound, "no such session")
+                })?;
+                session.revoke(id).await?;
+                Ok::<_, session_trail::Error>(StatusCode::NO_CONTENT)
+            }),
+        )
+        .route(
+            "/revoke-others",
+            post(|session: Session| async move {
+                Ok::<_, session_trail::Error>(Json(json!({"revoked": session.revoke_others().await?})))
+            }),
+        )
+        .route(
+            "/export",
+            get(|session: Session| async move {
+                let stream = session.export().await?;
+                Ok::<_, session_trail::Error>(
+                    http::Response::builder()
+                        .header("content-type", "application/x-ndjson")
+                        .body(Body::from_stream(stream))
+                        .unwrap(),
+                )
             }),
         )
         .layer(layer)
@@ -108,6 +149,7 @@ pub struct Client {
     pub app: Router,
     pub cookie: Option<String>,
     pub cookie_name: String,
+    pub user_agent: Option<String>,
 }
 
 impl Client {
@@ -116,7 +158,25 @@ impl Client {
             app,
             cookie: None,
             cookie_name: "session".into(),
+            user_agent: None,
         }
+    }
+
+    /// Another client of the same app holding the same cookie.
+    pub fn fork(&self) -> Self {
+        Self {
+            app: self.app.clone(),
+            cookie: self.cookie.clone(),
+            cookie_name: self.cookie_name.clone(),
+            user_agent: self.user_agent.clone(),
+        }
+    }
+
+    pub async fn text(&mut self, method: &str, uri: &str) -> String {
+        let res = self.send(method, uri).await;
+        assert!(res.status().is_success(), "{method} {uri}: {}", res.status());
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
     }
 
     pub async fn send(&mut self, method: &str, uri: &str) -> Response<Body> {
@@ -130,6 +190,9 @@ impl Client {
         body: Option<Value>,
     ) -> Response<Body> {
         let mut req = Request::builder().method(method).uri(uri);
+        if let Some(ua) = &self.user_agent {
+            req = req.header("user-agent", ua);
+        }
         if let Some(c) = &self.cookie {
             req = req.header("cookie", format!("{}={c}", self.cookie_name));
         }

@@ -3,3 +3,4 @@
 
 pub mod app;
 pub mod conformance;
+pub mod users;
