@@ -140,12 +140,10 @@ pub struct Draft {
 
 impl Draft {
     fn new(kind: EntryKind, body: Bytes) -> Self {
-        let mut id = [0u8; 16];
-        util::fill_random(&mut id);
         Self {
+            id: unique_id(),
             kind,
             ts: util::now_ms(),
-            id,
             body,
         }
     }
@@ -223,6 +221,26 @@ impl Draft {
         b.put_slice(&tag);
         b.freeze()
     }
+}
+
+/// A unique entry id without a system call per entry: 8 random bytes drawn
+/// once per process, then a counter. Ids must be unique, not secret (they
+/// are stored in clear in the entry).
+fn unique_id() -> [u8; 16] {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: OnceLock<[u8; 8]> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut p = [0u8; 8];
+        util::fill_random(&mut p);
+        p
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(prefix);
+    id[8..].copy_from_slice(&n.to_be_bytes());
+    id
 }
 
 pub(crate) fn check_event_name(name: &str) -> Result<(), crate::Error> {

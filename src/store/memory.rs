@@ -257,11 +257,18 @@ impl SessionStore for MemoryStore {
             s.map.insert(*id, rec);
             return Ok(UpdateOutcome::Missing);
         }
-        s.expiry.remove(&(rec.expires_at(), rec.id));
-        s.unindex(&rec);
+        let old_expiry = rec.expires_at();
+        if update.user.is_some() {
+            s.unindex(&rec);
+        }
         update.apply_to(&mut rec);
-        s.expiry.insert((rec.expires_at(), rec.id));
-        s.index(&rec);
+        if update.user.is_some() {
+            s.index(&rec);
+        }
+        if rec.expires_at() != old_expiry {
+            s.expiry.remove(&(old_expiry, rec.id));
+            s.expiry.insert((rec.expires_at(), rec.id));
+        }
         s.map.insert(*id, rec);
         drop(s);
         self.inner.session_faults.after()?;

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Load benchmark: bare axum, session-trail's variants and tower-sessions,
+# side by side, in interleaved rounds on this machine.
+#
+#   bench/load.sh                 # 3 rounds of 10 s per variant and route
+#   ROUNDS=5 DURATION=20s bench/load.sh
+#
+# Prints a table of medians: req/s, p50/p99 latency, CPU µs per request of
+# the server and of redis-server (from /proc/PID/stat), and ratios against
+# bare axum and tower-sessions. Raw rows go to bench/out/results.tsv.
+# It starts its own redis-server on a free loopback port.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-2}
+VARIANTS=${VARIANTS:-"bare memory memory-nohistory ts-memory redis redis-nohistory ts-redis"}
+ROUTES=${ROUTES:-"static counter login"}
+
+for tool in wrk redis-server redis-cli curl python3; do
+    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y wrk redis-server redis-tools curl python3" >&2; exit 1; }
+done
+
+cargo build --release --quiet --example bench_server
+cargo build --release --quiet --manifest-path bench/peers/Cargo.toml
+OURS=target/release/examples/bench_server
+PEERS=bench/peers/target/release/session-trail-bench-peers
+
+out=bench/out
+mkdir -p "$out"
+results="$out/results.tsv"
+printf 'round\tvariant\troute\trps\tp50_us\tp99_us\tserver_us\tredis_us\trequests\n' > "$results"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+redis_port=$(free_port)
+redis_dir=$(mktemp -d)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$redis_dir" --daemonize no >"$out/redis.log" 2>&1 &
+redis_pid=$!
+server_pid=""
+cleanup() {
+    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+    kill "$redis_pid" 2>/dev/null || true
+    rm -rf "$redis_dir"
+}
+trap cleanup EXIT
+for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+export REDIS_URL="redis://127.0.0.1:$redis_port"
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+clk=$(getconf CLK_TCK)
+
+start_server() {
+    local variant=$1 port=$2
+    case $variant in
+        ts-*) "$PEERS" "$variant" "$port" >"$out/server.log" 2>&1 & ;;
+        *) "$OURS" "$variant" "$port" >"$out/server.log" 2>&1 & ;;
+    esac
+    server_pid=$!
+    for _ in $(seq 200); do
+        curl -s -o /dev/null "http://127.0.0.1:$port/static" && return 0
+        sleep 0.05
+    done
+    echo "server $variant did not start" >&2
+    cat "$out/server.log" >&2
+    exit 1
+}
+
+capture_cookies() {
+    local port=$1 file=$2
+    : > "$file"
+    for _ in $(seq "$CONNS"); do
+        curl -s -o /dev/null -D - "http://127.0.0.1:$port/" \
+            | awk 'tolower($1)=="set-cookie:" {split($2,a,";"); print a[1]}' >> "$file"
+    done
+}
+
+for round in $(seq "$ROUNDS"); do
+    for variant in $VARIANTS; do
+        redis-cli -p "$redis_port" flushall >/dev/null
+        port=$(free_port)
+        start_server "$variant" "$port"
+        cookies="$out/cookies-$variant.txt"
+        capture_cookies "$port" "$cookies"
+        for route in $ROUTES; do
+            case $route in
+                static) path=/static; method=GET ;;
+                counter) path=/; method=GET ;;
+                login) path=/login; method=POST ;;
+            esac
+            COOKIES=$cookies METHOD=$method wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s bench/wrk.lua "http://127.0.0.1:$port$path" >/dev/null
+            s0=$(ticks "$server_pid"); r0=$(ticks "$redis_pid")
+            COOKIES=$cookies METHOD=$method wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s bench/wrk.lua "http://127.0.0.1:$port$path" > "$out/wrk.txt"
+            s1=$(ticks "$server_pid"); r1=$(ticks "$redis_pid")
+            python3 - "$out/wrk.txt" "$round" "$variant" "$route" "$((s1 - s0))" "$((r1 - r0))" "$clk" >> "$results" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+rnd, variant, route, sticks, rticks, clk = sys.argv[2:8]
+def us(v, unit):
+    return float(v) * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+reqs = int(re.search(r"(\d+) requests in", text).group(1))
+lat = dict((p, us(v, u)) for p, v, u in re.findall(r"\s(\d+)%\s+([\d.]+)(us|ms|s)", text))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+if errors:
+    print(f"warning: {variant} {route}: {errors.group(1)} non-2xx responses", file=sys.stderr)
+per = lambda t: int(t) / int(clk) * 1e6 / max(reqs, 1)
+print(f"{rnd}\t{variant}\t{route}\t{rps:.0f}\t{lat.get('50', 0):.0f}\t{lat.get('99', 0):.0f}\t{per(sticks):.1f}\t{per(rticks):.1f}\t{reqs}")
+PY
+            tail -n 1 "$results"
+        done
+        kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
+    done
+done
+
+python3 - "$results" <<'PY'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+med = {}
+for r in rows:
+    med.setdefault((r["variant"], r["route"]), []).append(r)
+def m(v, route, col):
+    rs = med.get((v, route))
+    return statistics.median(float(x[col]) for x in rs) if rs else None
+variants = list(dict.fromkeys(r["variant"] for r in rows))
+routes = list(dict.fromkeys(r["route"] for r in rows))
+peer = lambda v: "ts-redis" if v.startswith("redis") else "ts-memory"
+print()
+print("| route | variant | req/s | × bare | × tower-sessions | p50 µs | p99 µs | CPU µs/req server + redis |")
+print("|---|---|---|---|---|---|---|---|")
+for route in routes:
+    bare = m("bare", route, "rps")
+    for v in variants:
+        rps = m(v, route, "rps")
+        if rps is None:
+            continue
+        xb = f"{rps / bare:.2f}" if bare else "–"
+        p = m(peer(v), route, "rps") if not v.startswith("ts-") and v != "bare" else None
+        xp = f"{rps / p:.2f}" if p else "–"
+        cpu = f"{m(v, route, 'server_us'):.1f} + {m(v, route, 'redis_us'):.1f}"
+        print(f"| {route} | {v} | {rps:,.0f} | {xb} | {xp} | {m(v, route, 'p50_us'):.0f} | {m(v, route, 'p99_us'):.0f} | {cpu} |")
+PY
