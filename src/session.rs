@@ -300,7 +300,8 @@ impl Session {
             }
             let mut response = SuspicionResponse::Record;
             for signal in &signals {
-                response = response.max(self.inner.shared.config.on_suspicious.respond(&sid, signal));
+                response =
+                    response.max(self.inner.shared.config.on_suspicious.respond(&sid, signal));
             }
             if response == SuspicionResponse::End {
                 self.inner.shared.store.delete(&sid).await?;
@@ -318,9 +319,11 @@ impl Session {
                 st.rebaseline = Some((device, network));
             }
             st.regenerate = response == SuspicionResponse::Rotate;
+            let mut record = record;
             st.origin = Origin::Live;
             st.sid = Some(sid);
-            st.data.clone_from(&record.data);
+            // The record's data is not needed again: move it.
+            st.data = std::mem::take(&mut record.data);
             st.user.clone_from(&record.user);
             st.privilege.clone_from(&record.privilege);
             st.record = Some(record);
@@ -333,7 +336,12 @@ impl Session {
                     "replaced_token_reused",
                     json!({"replaced_ms_ago": now.saturating_sub(r.at)}),
                 );
-                let response = self.inner.shared.config.on_suspicious.respond(&sid, &signal);
+                let response = self
+                    .inner
+                    .shared
+                    .config
+                    .on_suspicious
+                    .respond(&sid, &signal);
                 // The presenter does not hold the live token, so rotating
                 // the live session amounts to ending it.
                 let end = response != SuspicionResponse::Record;
@@ -356,8 +364,12 @@ impl Session {
     /// A verified credential whose session is gone: if its history says it
     /// was ended on purpose (logout, revocation), its use is suspicious.
     async fn check_ended_use(&self, sid: SessionId) {
-        let Some(writer) = &self.inner.shared.writer else { return };
-        let Ok(newest) = writer.store().read_newest(&sid, 8).await else { return };
+        let Some(writer) = &self.inner.shared.writer else {
+            return;
+        };
+        let Ok(newest) = writer.store().read_newest(&sid, 8).await else {
+            return;
+        };
         // The newest lifecycle entry, past the requests (and earlier
         // signals) recorded after it.
         let Some(entry) = newest
@@ -372,11 +384,19 @@ impl Session {
             return;
         }
         let reason = entry.to_json()["reason"].clone();
-        if !matches!(reason.as_str(), Some("logout" | "revoked" | "session_limit" | "suspicious")) {
+        if !matches!(
+            reason.as_str(),
+            Some("logout" | "revoked" | "session_limit" | "suspicious")
+        ) {
             return;
         }
         let signal = Signal::new("ended_session_used", json!({"ended": reason}));
-        let response = self.inner.shared.config.on_suspicious.respond(&sid, &signal);
+        let response = self
+            .inner
+            .shared
+            .config
+            .on_suspicious
+            .respond(&sid, &signal);
         self.state().signals.push(signal.draft(response));
     }
 
@@ -651,11 +671,12 @@ impl Session {
     }
 
     pub(crate) fn writer(&self) -> Result<&crate::history::HistoryWriter, Error> {
-        self.inner
-            .shared
-            .writer
-            .as_ref()
-            .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "history is not enabled on this layer"))
+        self.inner.shared.writer.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                "history is not enabled on this layer",
+            )
+        })
     }
 
     pub(crate) fn suppress_history(&self) {
@@ -752,8 +773,18 @@ impl Session {
         }
 
         for other in std::mem::take(&mut st.evict) {
-            shared.store.delete(&other).await.map_err(|e| e.context("ending the oldest session"))?;
-            shared.enqueue(other, vec![Draft::lifecycle(EntryKind::Ended, &json!({"reason": "session_limit"}))]);
+            shared
+                .store
+                .delete(&other)
+                .await
+                .map_err(|e| e.context("ending the oldest session"))?;
+            shared.enqueue(
+                other,
+                vec![Draft::lifecycle(
+                    EntryKind::Ended,
+                    &json!({"reason": "session_limit"}),
+                )],
+            );
         }
         if let Some(old) = st.end_live {
             shared
@@ -930,7 +961,11 @@ impl Session {
             }
         }
         if st.suppress_history {
-            return Ok(Outcome { action, entries: None, user: None });
+            return Ok(Outcome {
+                action,
+                entries: None,
+                user: None,
+            });
         }
         let mut all = std::mem::take(&mut st.signals);
         all.append(&mut drafts);

@@ -9,16 +9,11 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use super::entry::{Draft, EntryKind, TAG_LEN, parse};
-use super::writer::Shared;
+use super::writer::{Incoming, Shared};
 use crate::SessionId;
 use crate::store::{Append, AppendOutcome, tag_of};
 
 pub(crate) enum Msg {
-    Entries {
-        session: SessionId,
-        drafts: Vec<Draft>,
-        at: Instant,
-    },
     Flush(oneshot::Sender<()>),
     Pending {
         session: SessionId,
@@ -101,6 +96,7 @@ impl Worker {
 
     pub(crate) async fn run(mut self) {
         loop {
+            self.take_buffer();
             self.collect_drops();
             let now = Instant::now();
             if self.finished(now) {
@@ -108,21 +104,24 @@ impl Worker {
             }
             let wake = self.next_wake(now);
             let listening = !self.closed;
+            let shared = Arc::clone(&self.shared);
             tokio::select! {
                 biased;
                 m = self.rx.recv(), if listening => match m {
                     Some(m) => self.handle(m),
                     None => self.closed = true,
                 },
+                () = shared.notify.notified() => {}
                 () = sleep_until_opt(wake) => {}
             }
-            // Take whatever else is already queued, so batches fill.
+            // Take whatever else is already waiting, so batches fill.
             for _ in 0..4096 {
                 match self.rx.try_recv() {
                     Ok(m) => self.handle(m),
                     Err(_) => break,
                 }
             }
+            self.take_buffer();
             self.collect_drops();
             let now = Instant::now();
             if let Some(f) = &self.in_flight {
@@ -136,7 +135,52 @@ impl Worker {
             self.resolve_flushes();
             self.publish_oldest();
         }
+        // Anything handed over after the last look is dropped, and counted.
+        self.shared.stopped.store(true, Ordering::Release);
+        let left: Vec<Incoming> =
+            std::mem::take(&mut *self.shared.buffer.lock().unwrap_or_else(|e| e.into_inner()));
+        for incoming in left {
+            let n = incoming.drafts.len();
+            self.shared.buffered.fetch_sub(n, Ordering::AcqRel);
+            self.shared
+                .counters
+                .dropped
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
         self.publish_oldest();
+    }
+
+    /// Takes the entries the request path handed over.
+    fn take_buffer(&mut self) {
+        let incoming: Vec<Incoming> = {
+            let mut buf = self.shared.buffer.lock().unwrap_or_else(|e| e.into_inner());
+            if buf.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *buf)
+        };
+        for Incoming {
+            session,
+            drafts,
+            at,
+        } in incoming
+        {
+            self.shared
+                .buffered
+                .fetch_sub(drafts.len(), Ordering::AcqRel);
+            for draft in drafts {
+                let ordinal = self.next_ordinal;
+                self.next_ordinal += 1;
+                self.outstanding.insert(ordinal, at);
+                self.push(
+                    session,
+                    Item {
+                        draft,
+                        ordinal: Some(ordinal),
+                    },
+                );
+            }
+        }
     }
 
     /// Whether the task should stop, answering a pending shutdown.
@@ -187,25 +231,10 @@ impl Worker {
     }
 
     fn handle(&mut self, msg: Msg) {
+        // Every entry handed over before this message was sent is taken
+        // first, so flushes and reads see them.
+        self.take_buffer();
         match msg {
-            Msg::Entries {
-                session,
-                drafts,
-                at,
-            } => {
-                for draft in drafts {
-                    let ordinal = self.next_ordinal;
-                    self.next_ordinal += 1;
-                    self.outstanding.insert(ordinal, at);
-                    self.push(
-                        session,
-                        Item {
-                            draft,
-                            ordinal: Some(ordinal),
-                        },
-                    );
-                }
-            }
             Msg::Flush(reply) => {
                 self.flushes.push((self.next_ordinal - 1, reply));
                 self.resolve_flushes();
@@ -230,7 +259,9 @@ impl Worker {
     }
 
     fn forget(&mut self, session: SessionId) {
-        let Some(s) = self.sessions.get_mut(&session) else { return };
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
         let mut released = 0;
         let mut bytes = 0;
         for item in s.pending.drain(..) {
@@ -241,7 +272,9 @@ impl Worker {
                 bytes += item.draft.body.len() + 64;
             }
         }
-        self.shared.queued_entries.fetch_sub(released, Ordering::AcqRel);
+        self.shared
+            .queued_entries
+            .fetch_sub(released, Ordering::AcqRel);
         self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
         s.head = None;
         s.acked_seq = 0;

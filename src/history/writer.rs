@@ -149,7 +149,21 @@ pub(crate) struct Counters {
     pub(crate) oldest_pending: AtomicU64,
 }
 
+/// Entries handed over by the request path, waiting for the task.
+pub(crate) struct Incoming {
+    pub(crate) session: SessionId,
+    pub(crate) drafts: Vec<Draft>,
+    pub(crate) at: Instant,
+}
+
 pub(crate) struct Shared {
+    /// Entries not yet taken by the task. The request path pushes here
+    /// under a short lock and wakes the task only when the buffer was empty
+    /// or a batch is full, not once per entry.
+    pub(crate) buffer: Mutex<Vec<Incoming>>,
+    pub(crate) buffered: AtomicUsize,
+    pub(crate) notify: tokio::sync::Notify,
+    pub(crate) stopped: std::sync::atomic::AtomicBool,
     pub(crate) counters: Counters,
     pub(crate) queued_entries: AtomicUsize,
     pub(crate) queued_bytes: AtomicUsize,
@@ -216,6 +230,10 @@ impl HistoryWriter {
         })?;
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            buffer: Mutex::default(),
+            buffered: AtomicUsize::new(0),
+            notify: tokio::sync::Notify::new(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             counters: Counters {
                 oldest_pending: AtomicU64::new(u64::MAX),
                 ..Counters::default()
@@ -248,14 +266,24 @@ impl HistoryWriter {
         let prev_b = s.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
         let accepted = prev_n + n <= s.config.queue_entries
             && prev_b + bytes <= s.config.queue_bytes
-            && self
-                .tx
-                .send(Msg::Entries {
+            && !s.stopped.load(Ordering::Acquire);
+        if accepted {
+            let was_empty = {
+                let mut buf = s.buffer.lock().unwrap_or_else(|e| e.into_inner());
+                let was_empty = buf.is_empty();
+                buf.push(Incoming {
                     session,
                     drafts,
                     at: Instant::now(),
-                })
-                .is_ok();
+                });
+                was_empty
+            };
+            let before = s.buffered.fetch_add(n, Ordering::AcqRel);
+            let batch = s.config.batch_entries;
+            if was_empty || (before < batch && before + n >= batch) {
+                s.notify.notify_one();
+            }
+        }
         if accepted {
             s.counters.enqueued.fetch_add(n as u64, Ordering::Relaxed);
         } else {
