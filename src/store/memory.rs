@@ -67,8 +67,8 @@ struct Sessions {
 struct Histories {
     map: HashMap<SessionId, History>,
     expiry: BTreeSet<(i64, SessionId)>,
-    /// User pseudonym → (sessions in link order, expiry).
-    users: HashMap<String, (Vec<SessionId>, i64)>,
+    /// User pseudonym → sessions (with their link order), and expiry.
+    users: HashMap<String, (HashMap<SessionId, u64>, i64)>,
 }
 
 #[derive(Debug, Default)]
@@ -387,9 +387,8 @@ impl HistoryStore for MemoryStore {
         let expires = now_ms().saturating_add(self.inner.ttl_ms);
         let mut h = lock(&self.inner.history);
         let (sessions, exp) = h.users.entry(user.to_owned()).or_default();
-        if !sessions.contains(session) {
-            sessions.push(*session);
-        }
+        let order = sessions.len() as u64;
+        sessions.entry(*session).or_insert(order);
         *exp = expires;
         Ok(())
     }
@@ -398,7 +397,12 @@ impl HistoryStore for MemoryStore {
         self.inner.history_faults.before().await?;
         let h = lock(&self.inner.history);
         Ok(match h.users.get(user) {
-            Some((sessions, exp)) if *exp > now_ms() => sessions.clone(),
+            Some((sessions, exp)) if *exp > now_ms() => {
+                let mut linked: Vec<(u64, SessionId)> =
+                    sessions.iter().map(|(s, o)| (*o, *s)).collect();
+                linked.sort_unstable();
+                linked.into_iter().map(|(_, s)| s).collect()
+            }
             _ => Vec::new(),
         })
     }
