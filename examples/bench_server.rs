@@ -64,13 +64,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "bare" => (bare(), None),
         "memory" | "memory-nohistory" => {
             let store = session_trail::store::MemoryStore::new();
-            let layer = configure(SessionLayer::builder(store, key), variant == "memory").build()?;
+            let layer =
+                configure(SessionLayer::builder(store, key), variant == "memory").build()?;
             let w = layer.history_writer().cloned();
             (routes().layer(layer), w)
         }
         #[cfg(feature = "redis")]
         "redis" | "redis-nohistory" => {
-            let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            let url =
+                std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
             let store = session_trail::store::RedisStore::connect(url).await?;
             let layer = configure(SessionLayer::builder(store, key), variant == "redis").build()?;
             let w = layer.history_writer().cloned();

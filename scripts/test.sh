@@ -2,14 +2,17 @@
 # Sets up a fresh Debian machine and runs the whole test suite.
 #
 # Installs what the tests need when it is missing (redis-server for the Redis
-# store's tests, which start their own servers on free loopback ports), then
-# runs every test, doc tests included.
+# store's tests, which start their own servers on free loopback ports;
+# Chromium and its chromedriver for the demo page's browser test), then runs
+# every test, doc tests included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
     sudo=""

@@ -10,12 +10,12 @@ use futures_util::Stream;
 use futures_util::stream::{self, StreamExt};
 use serde_json::{Value, json};
 
+use crate::SessionId;
 use crate::error::{Error, ErrorKind};
 use crate::history::entry::{Draft, EntryKind};
 use crate::history::{Entry, Options, verify};
 use crate::session::Session;
 use crate::util::{now_ms, rfc3339};
-use crate::SessionId;
 
 /// One of a user's active sessions, as listed by [`Session::sessions`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,7 +179,10 @@ impl Session {
         if self.shared().store.delete(&id).await? {
             self.shared().enqueue(
                 id,
-                vec![Draft::lifecycle(EntryKind::Ended, &json!({ "reason": reason }))],
+                vec![Draft::lifecycle(
+                    EntryKind::Ended,
+                    &json!({ "reason": reason }),
+                )],
             );
         }
         Ok(())
@@ -273,7 +276,10 @@ impl Session {
     }
 }
 
-async fn export_session(writer: &crate::history::HistoryWriter, sid: SessionId) -> Result<Vec<Bytes>, Error> {
+async fn export_session(
+    writer: &crate::history::HistoryWriter,
+    sid: SessionId,
+) -> Result<Vec<Bytes>, Error> {
     let raw = writer.store().read_all(&sid).await?;
     let options = Options {
         keep: writer.store().retention().keep,

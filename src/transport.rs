@@ -93,10 +93,12 @@ pub(crate) fn client_ip<B>(
             {
                 return Some(ci.0.ip());
             }
-            req.extensions().get::<std::net::SocketAddr>().map(|a| a.ip())
+            req.extensions()
+                .get::<std::net::SocketAddr>()
+                .map(|a| a.ip())
         }
         ClientAddress::Header(name) => {
-            let text = req.headers().get_all(name).iter().last()?.to_str().ok()?;
+            let text = req.headers().get_all(name).iter().next_back()?.to_str().ok()?;
             text.rsplit(',').next()?.trim().parse().ok()
         }
         _ => None,

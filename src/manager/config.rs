@@ -66,14 +66,19 @@ pub enum ClientAddress {
     None,
 }
 
+type HookFn =
+    dyn Fn(&crate::SessionId, &crate::Signal) -> crate::SuspicionResponse + Send + Sync;
+
 /// Decides how to answer a [`Signal`](crate::Signal).
 #[derive(Clone)]
-pub(crate) struct SuspicionHook(
-    Option<Arc<dyn Fn(&crate::SessionId, &crate::Signal) -> crate::SuspicionResponse + Send + Sync>>,
-);
+pub(crate) struct SuspicionHook(Option<Arc<HookFn>>);
 
 impl SuspicionHook {
-    pub(crate) fn respond(&self, sid: &crate::SessionId, signal: &crate::Signal) -> crate::SuspicionResponse {
+    pub(crate) fn respond(
+        &self,
+        sid: &crate::SessionId,
+        signal: &crate::Signal,
+    ) -> crate::SuspicionResponse {
         let response = match &self.0 {
             Some(f) => f(sid, signal),
             None => crate::SuspicionResponse::Record,
@@ -364,7 +369,10 @@ impl SessionLayerBuilder {
     /// ```
     pub fn on_suspicious<F>(mut self, hook: F) -> Self
     where
-        F: Fn(&crate::SessionId, &crate::Signal) -> crate::SuspicionResponse + Send + Sync + 'static,
+        F: Fn(&crate::SessionId, &crate::Signal) -> crate::SuspicionResponse
+            + Send
+            + Sync
+            + 'static,
     {
         self.config.on_suspicious = SuspicionHook(Some(Arc::new(hook)));
         self
@@ -440,7 +448,10 @@ impl SessionLayerBuilder {
             ));
         }
         if c.session_limit.is_some_and(|(max, _)| max == 0) {
-            return Err(ConfigError::new("max_sessions_per_user", "must be at least 1"));
+            return Err(ConfigError::new(
+                "max_sessions_per_user",
+                "must be at least 1",
+            ));
         }
         if c.cookie.is_none() && c.header.is_none() {
             return Err(ConfigError::new(

@@ -126,7 +126,9 @@ pub fn router(layer: SessionLayer) -> Router {
         .route(
             "/revoke-others",
             post(|session: Session| async move {
-                Ok::<_, session_trail::Error>(Json(json!({"revoked": session.revoke_others().await?})))
+                Ok::<_, session_trail::Error>(Json(
+                    json!({"revoked": session.revoke_others().await?}),
+                ))
             }),
         )
         .route(
@@ -174,7 +176,11 @@ impl Client {
 
     pub async fn text(&mut self, method: &str, uri: &str) -> String {
         let res = self.send(method, uri).await;
-        assert!(res.status().is_success(), "{method} {uri}: {}", res.status());
+        assert!(
+            res.status().is_success(),
+            "{method} {uri}: {}",
+            res.status()
+        );
         let bytes = res.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
     }

@@ -16,7 +16,8 @@ fn key() -> Key {
 pub fn layer<S: SessionStore + HistoryStore + Clone>(store: &S) -> SessionLayer {
     SessionLayer::builder(store.clone(), key())
         .history_writer(
-            session_trail::history::WriterConfig::default().flush_interval(Duration::from_millis(5)),
+            session_trail::history::WriterConfig::default()
+                .flush_interval(Duration::from_millis(5)),
         )
         .build()
         .unwrap()
@@ -37,7 +38,11 @@ async fn login(app: &axum::Router, user: &str, ua: &str) -> Client {
 const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
 const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36";
 
-pub async fn listing_shows_the_users_sessions_and_marks_the_current<S: SessionStore + HistoryStore + Clone>(store: S) {
+pub async fn listing_shows_the_users_sessions_and_marks_the_current<
+    S: SessionStore + HistoryStore + Clone,
+>(
+    store: S,
+) {
     let app = router(layer(&store));
     let user = user_name();
     let mut a = login(&app, &user, FIREFOX).await;
@@ -51,7 +56,10 @@ pub async fn listing_shows_the_users_sessions_and_marks_the_current<S: SessionSt
     assert_eq!(current[0]["device"], "Firefox on Linux");
     assert!(list.iter().any(|s| s["device"] == "Chrome on Windows"));
     for s in list {
-        assert!(s["created"].as_str().unwrap().contains('T'), "RFC 3339: {s}");
+        assert!(
+            s["created"].as_str().unwrap().contains('T'),
+            "RFC 3339: {s}"
+        );
         assert!(s["last_seen"].is_string());
     }
     // Anonymous: 401.
@@ -59,24 +67,50 @@ pub async fn listing_shows_the_users_sessions_and_marks_the_current<S: SessionSt
     assert_eq!(anon.send("GET", "/sessions").await.status(), 401);
 }
 
-pub async fn revoking_works_for_own_sessions_only<S: SessionStore + HistoryStore + Clone>(store: S) {
+pub async fn revoking_works_for_own_sessions_only<S: SessionStore + HistoryStore + Clone>(
+    store: S,
+) {
     let app = router(layer(&store));
     let user = user_name();
     let mut a = login(&app, &user, FIREFOX).await;
     let mut b = login(&app, &user, CHROME).await;
     let mut mallory = login(&app, &user_name(), CHROME).await;
-    let b_id = b.json("GET", "/me").await["session"].as_str().unwrap().to_owned();
+    let b_id = b.json("GET", "/me").await["session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // Someone else's session: not found, and it survives.
-    assert_eq!(mallory.send("DELETE", &format!("/sessions/{b_id}")).await.status(), 404);
-    assert_eq!(mallory.send("DELETE", "/sessions/not-an-id").await.status(), 404);
+    assert_eq!(
+        mallory
+            .send("DELETE", &format!("/sessions/{b_id}"))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        mallory.send("DELETE", "/sessions/not-an-id").await.status(),
+        404
+    );
     assert_eq!(b.json("GET", "/me").await["user"], user.as_str());
     // Own session: revoked, and it ends.
-    assert_eq!(a.send("DELETE", &format!("/sessions/{b_id}")).await.status(), 204);
+    assert_eq!(
+        a.send("DELETE", &format!("/sessions/{b_id}"))
+            .await
+            .status(),
+        204
+    );
     assert_eq!(b.json("GET", "/me").await["anonymous"], true);
-    assert_eq!(a.json("GET", "/sessions").await.as_array().unwrap().len(), 1);
+    assert_eq!(
+        a.json("GET", "/sessions").await.as_array().unwrap().len(),
+        1
+    );
 }
 
-pub async fn revoke_others_keeps_only_the_current_session<S: SessionStore + HistoryStore + Clone>(store: S) {
+pub async fn revoke_others_keeps_only_the_current_session<
+    S: SessionStore + HistoryStore + Clone,
+>(
+    store: S,
+) {
     let app = router(layer(&store));
     let user = user_name();
     let mut a = login(&app, &user, FIREFOX).await;
@@ -89,10 +123,17 @@ pub async fn revoke_others_keeps_only_the_current_session<S: SessionStore + Hist
         assert_eq!(o.json("GET", "/me").await["anonymous"], true);
     }
     assert_eq!(a.json("GET", "/me").await["user"], user.as_str());
-    assert_eq!(a.json("GET", "/sessions").await.as_array().unwrap().len(), 1);
+    assert_eq!(
+        a.json("GET", "/sessions").await.as_array().unwrap().len(),
+        1
+    );
 }
 
-pub async fn the_session_limit_refuses_or_ends_the_oldest<S: SessionStore + HistoryStore + Clone>(store: S) {
+pub async fn the_session_limit_refuses_or_ends_the_oldest<
+    S: SessionStore + HistoryStore + Clone,
+>(
+    store: S,
+) {
     // Refuse.
     let l = SessionLayer::builder(store.clone(), key())
         .max_sessions_per_user(2, SessionLimit::RefuseNew)
@@ -105,23 +146,39 @@ pub async fn the_session_limit_refuses_or_ends_the_oldest<S: SessionStore + Hist
     let mut third = Client::new(app.clone());
     let res = third.send("POST", &format!("/login/{user}")).await;
     assert_eq!(res.status(), 409);
-    assert!(body_json(res).await["error"].as_str().unwrap().contains("session limit"));
+    assert!(
+        body_json(res).await["error"]
+            .as_str()
+            .unwrap()
+            .contains("session limit")
+    );
     // End the oldest.
     let l = SessionLayer::builder(store.clone(), key())
         .max_sessions_per_user(2, SessionLimit::EndOldest)
-        .history_writer(session_trail::history::WriterConfig::default().flush_interval(Duration::from_millis(5)))
+        .history_writer(
+            session_trail::history::WriterConfig::default()
+                .flush_interval(Duration::from_millis(5)),
+        )
         .build()
         .unwrap();
     let writer = l.history_writer().unwrap().clone();
     let app = router(l);
     let user = user_name();
     let mut first = login(&app, &user, FIREFOX).await;
-    let first_id: session_trail::SessionId = first.json("GET", "/me").await["session"].as_str().unwrap().parse().unwrap();
+    let first_id: session_trail::SessionId = first.json("GET", "/me").await["session"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     let mut second = login(&app, &user, FIREFOX).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
     let mut third = login(&app, &user, FIREFOX).await;
-    assert_eq!(first.json("GET", "/me").await["anonymous"], true, "the oldest ended");
+    assert_eq!(
+        first.json("GET", "/me").await["anonymous"],
+        true,
+        "the oldest ended"
+    );
     assert_eq!(second.json("GET", "/me").await["user"], user.as_str());
     assert_eq!(third.json("GET", "/me").await["user"], user.as_str());
     writer.flush().await.unwrap();
@@ -136,33 +193,55 @@ pub async fn the_session_limit_refuses_or_ends_the_oldest<S: SessionStore + Hist
 }
 
 fn ndjson(text: &str) -> Vec<Value> {
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
-pub async fn export_covers_every_session_with_verified_chains<S: SessionStore + HistoryStore + Clone>(store: S) {
+pub async fn export_covers_every_session_with_verified_chains<
+    S: SessionStore + HistoryStore + Clone,
+>(
+    store: S,
+) {
     let app = router(layer(&store));
     let user = user_name();
     let mut a = login(&app, &user, FIREFOX).await;
-    a.send_body("POST", "/event/add_to_cart", Some(serde_json::json!({"item": "book"}))).await;
+    a.send_body(
+        "POST",
+        "/event/add_to_cart",
+        Some(serde_json::json!({"item": "book"})),
+    )
+    .await;
     let a_id = a.json("GET", "/me").await["session"].clone();
     let mut b = login(&app, &user, CHROME).await;
     let b_id = b.json("GET", "/me").await["session"].clone();
     // Ended sessions are exported too.
     b.send("POST", "/logout").await;
     let lines = ndjson(&a.text("GET", "/export").await);
-    let sessions: std::collections::HashSet<String> = lines.iter().map(|l| l["session"].as_str().unwrap().to_owned()).collect();
+    let sessions: std::collections::HashSet<String> = lines
+        .iter()
+        .map(|l| l["session"].as_str().unwrap().to_owned())
+        .collect();
     assert!(sessions.contains(a_id.as_str().unwrap()));
     assert!(sessions.contains(b_id.as_str().unwrap()));
     assert_eq!(sessions.len(), 2);
     assert!(lines.iter().all(|l| l["verified"] == true), "{lines:?}");
     assert!(lines.iter().any(|l| l["event"] == "add_to_cart"));
-    assert!(lines.iter().any(|l| l["kind"] == "ended" && l["session"] == b_id));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["kind"] == "ended" && l["session"] == b_id)
+    );
     for l in &lines {
         assert!(l["seq"].is_u64() && l["mac"].is_string() && l["prev"].is_string());
     }
 }
 
-pub async fn erase_then_export_is_empty_and_re_erasing_is_harmless<S: SessionStore + HistoryStore + Clone>(store: S) {
+pub async fn erase_then_export_is_empty_and_re_erasing_is_harmless<
+    S: SessionStore + HistoryStore + Clone,
+>(
+    store: S,
+) {
     let app = router(layer(&store));
     let user = user_name();
     let mut a = login(&app, &user, FIREFOX).await;
@@ -175,18 +254,36 @@ pub async fn erase_then_export_is_empty_and_re_erasing_is_harmless<S: SessionSto
     let receipt = a.json("DELETE", "/history").await;
     assert_eq!(receipt["sessions"], 2);
     // The export request itself was recorded before the erase.
-    assert_eq!(receipt["entries"].as_u64().unwrap(), before + 1, "{receipt}");
-    assert!(!receipt.to_string().contains(&user), "no personal data in the receipt");
+    assert_eq!(
+        receipt["entries"].as_u64().unwrap(),
+        before + 1,
+        "{receipt}"
+    );
+    assert!(
+        !receipt.to_string().contains(&user),
+        "no personal data in the receipt"
+    );
     assert_eq!(receipt["user"].as_str().unwrap().len(), 16);
-    assert_eq!(a.text("GET", "/export").await, "", "erase then export is empty");
+    assert_eq!(
+        a.text("GET", "/export").await,
+        "",
+        "erase then export is empty"
+    );
     let again = a.json("DELETE", "/history").await;
     assert_eq!(again["user"], receipt["user"]);
     // Only the one export request recorded since the first erase.
     assert!(again["entries"].as_u64().unwrap() <= 1, "{again}");
-    assert_eq!(a.json("GET", "/me").await["user"], user.as_str(), "still logged in");
+    assert_eq!(
+        a.json("GET", "/me").await["user"],
+        user.as_str(),
+        "still logged in"
+    );
 }
 
-async fn suspicious(store: &(impl HistoryStore + Clone), sid: &session_trail::SessionId) -> Vec<Value> {
+async fn suspicious(
+    store: &(impl HistoryStore + Clone),
+    sid: &session_trail::SessionId,
+) -> Vec<Value> {
     store
         .read_all(sid)
         .await
@@ -197,14 +294,26 @@ async fn suspicious(store: &(impl HistoryStore + Clone), sid: &session_trail::Se
         .collect()
 }
 
-pub async fn a_user_agent_change_is_recorded_as_suspicious<S: SessionStore + HistoryStore + Clone>(store: S) {
+pub async fn a_user_agent_change_is_recorded_as_suspicious<
+    S: SessionStore + HistoryStore + Clone,
+>(
+    store: S,
+) {
     let l = layer(&store);
     let writer = l.history_writer().unwrap().clone();
     let app = router(l);
     let mut a = login(&app, &user_name(), FIREFOX).await;
-    let sid = a.json("GET", "/me").await["session"].as_str().unwrap().parse().unwrap();
+    let sid = a.json("GET", "/me").await["session"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     a.user_agent = Some(CHROME.into());
-    assert_eq!(a.json("GET", "/me").await["anonymous"], false, "recorded, not logged out");
+    assert_eq!(
+        a.json("GET", "/me").await["anonymous"],
+        false,
+        "recorded, not logged out"
+    );
     a.json("GET", "/me").await;
     writer.flush().await.unwrap();
     let s = suspicious(&store, &sid).await;
@@ -214,16 +323,27 @@ pub async fn a_user_agent_change_is_recorded_as_suspicious<S: SessionStore + His
     assert_eq!(s[0]["detail"]["to"], "Chrome on Windows");
 }
 
-pub async fn replaying_a_rotated_token_is_recorded_as_suspicious<S: SessionStore + HistoryStore + Clone>(store: S) {
+pub async fn replaying_a_rotated_token_is_recorded_as_suspicious<
+    S: SessionStore + HistoryStore + Clone,
+>(
+    store: S,
+) {
     let l = SessionLayer::builder(store.clone(), key())
         .rotation_grace(Duration::from_millis(1))
-        .history_writer(session_trail::history::WriterConfig::default().flush_interval(Duration::from_millis(5)))
+        .history_writer(
+            session_trail::history::WriterConfig::default()
+                .flush_interval(Duration::from_millis(5)),
+        )
         .build()
         .unwrap();
     let writer = l.history_writer().unwrap().clone();
     let app = router(l);
     let mut a = login(&app, &user_name(), FIREFOX).await;
-    let sid = a.json("GET", "/me").await["session"].as_str().unwrap().parse().unwrap();
+    let sid = a.json("GET", "/me").await["session"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let old = a.cookie.clone();
     a.send("POST", "/elevate").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -238,7 +358,11 @@ pub async fn replaying_a_rotated_token_is_recorded_as_suspicious<S: SessionStore
     assert_eq!(a.json("GET", "/me").await["privilege"], "admin");
     // A revoked session's credential used again is recorded too.
     let mut b = login(&app, &user_name(), FIREFOX).await;
-    let b_sid = b.json("GET", "/me").await["session"].as_str().unwrap().parse().unwrap();
+    let b_sid = b.json("GET", "/me").await["session"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let kept = b.cookie.clone();
     b.send("POST", "/logout").await;
     writer.flush().await.unwrap();

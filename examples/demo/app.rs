@@ -1,0 +1,494 @@
+//! The demo's application: settings, the layer, the routes and the page.
+//!
+//! `examples/demo.rs` runs it; the tests build it in-process with
+//! `#[path = "../examples/demo/app.rs"] mod app;`. The HTTP interface is
+//! fixed by the demo contract (`DEMO-CONTRACT.md`).
+//!
+//! Choices where the contract is silent:
+//!
+//! - "Anonymous" means *no logged-in user*: `/api/me`, `/api/elevate`,
+//!   `/api/sessions`, `DELETE /api/sessions/{session}`, `/api/export` and
+//!   `DELETE /api/history` answer 401 without one.
+//! - `/api/history` is about the session, not the user: without a session
+//!   it answers an empty page (`"session": null`, no entries, chain ok).
+//! - `limit` is clamped to 1..=1000; a `limit` that is not a number is 400.
+//! - Login always rotates the token (also when the same user logs in
+//!   again) and sets the privilege to `user`; elevate always rotates too.
+//! - `/api/cart` works for anonymous visitors (a shop's cart does); the item
+//!   is 1–64 characters without control characters.
+//! - Static assets (`/app.js`, `/app.css`) and `/api/stats` are mounted
+//!   outside the session layer: they never need a session, so they cost no
+//!   store call and do not clutter history.
+//! - Every error, including axum's own rejections (bad JSON, wrong method,
+//!   unknown route) and the layer's own 503, is `{"error": "..."}`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{Path, Query};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_SECURITY_POLICY, CONTENT_TYPE,
+    REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router, middleware};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use session_trail::history::HistoryWriter;
+use session_trail::store::{HistoryStore, SessionStore};
+use session_trail::{
+    ConfigError, Error, ErrorKind, Key, Session, SessionId, SessionInfo, SessionLayer,
+};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The page and its assets, served as they are (no build step).
+const INDEX_HTML: &str = include_str!("index.html");
+const APP_JS: &str = include_str!("app.js");
+const APP_CSS: &str = include_str!("app.css");
+
+/// The demo users and their passwords.
+const USERS: [(&str, &str); 2] = [("alice", "alice-pw"), ("bob", "bob-pw")];
+
+/// `/api/history`'s default and largest `limit`.
+const HISTORY_DEFAULT: usize = 50;
+const HISTORY_MAX: usize = 1000;
+
+/// The longest cart item, in characters.
+const MAX_ITEM_CHARS: usize = 64;
+
+/// What the environment configures.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    /// `DEMO_ADDR`, default `127.0.0.1:3000` (a host name is resolved).
+    pub(crate) addr: String,
+    /// `REDIS_URL`: the Redis store; unset: the memory store.
+    pub(crate) redis_url: Option<String>,
+    /// The master key (`SESSION_KEY`, or a random one).
+    pub(crate) key: Key,
+    /// Warnings to log at start-up.
+    pub(crate) warnings: Vec<String>,
+    /// How the layer is set up.
+    pub(crate) options: Options,
+}
+
+/// How the session layer is set up.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Options {
+    /// `DEMO_INSECURE_COOKIE=1`: no `Secure` attribute.
+    pub(crate) insecure_cookie: bool,
+    /// `DEMO_ISSUE_ON_FIRST_VISIT=1`: a session on every first visit.
+    pub(crate) issue_on_first_visit: bool,
+    /// `DEMO_HEADER=NAME`: the credential also travels in this header.
+    pub(crate) header: Option<String>,
+}
+
+impl Settings {
+    /// Reads the settings through `var` (`std::env::var` in the demo).
+    ///
+    /// # Keys
+    ///
+    /// The crate derives its cookie, history and pseudonym keys from *one*
+    /// master secret with HKDF-SHA256 under distinct labels, so the key that
+    /// signs credentials never signs history. `SESSION_KEY` is that master
+    /// secret. `HISTORY_KEY` cannot key history separately; it is checked
+    /// (hex, at least 32 bytes) so a broken deployment is noticed, and when
+    /// it differs from `SESSION_KEY` a warning says it is ignored. Without
+    /// `SESSION_KEY` a random key is generated and a warning says sessions
+    /// (and the verification of stored history) will not survive a restart.
+    pub(crate) fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let flag = |name: &str| -> Result<bool, String> {
+            match var(name).as_deref().map(str::trim) {
+                None | Some("0") => Ok(false),
+                Some("1") => Ok(true),
+                Some(other) => Err(format!("{name} must be 1 or 0, not {other:?}")),
+            }
+        };
+        let mut warnings = Vec::new();
+        let key = master_key(var("SESSION_KEY"), var("HISTORY_KEY"), &mut warnings)?;
+        let options = Options {
+            insecure_cookie: flag("DEMO_INSECURE_COOKIE")?,
+            issue_on_first_visit: flag("DEMO_ISSUE_ON_FIRST_VISIT")?,
+            header: var("DEMO_HEADER").map(|h| h.trim().to_owned()),
+        };
+        if options.insecure_cookie {
+            warnings.push(
+                "DEMO_INSECURE_COOKIE=1: the session cookie is not Secure and crosses plain HTTP"
+                    .to_owned(),
+            );
+        }
+        Ok(Self {
+            addr: var("DEMO_ADDR").unwrap_or_else(|| "127.0.0.1:3000".to_owned()),
+            redis_url: var("REDIS_URL"),
+            key,
+            warnings,
+            options,
+        })
+    }
+}
+
+fn master_key(
+    session: Option<String>,
+    history: Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Key, String> {
+    let parse = |name: &str, hex: &str| Key::from_hex(hex).map_err(|e| format!("{name}: {e}"));
+    if let Some(h) = &history {
+        parse("HISTORY_KEY", h)?;
+    }
+    let normalized = |hex: &str| hex.trim().to_ascii_lowercase();
+    let ignored = "HISTORY_KEY is ignored: history is signed with a key derived from \
+                   SESSION_KEY (HKDF, its own label), never with the cookie key";
+    match session {
+        Some(s) => {
+            let key = parse("SESSION_KEY", &s)?;
+            if history.is_some_and(|h| normalized(&h) != normalized(&s)) {
+                warnings.push(ignored.to_owned());
+            }
+            Ok(key)
+        }
+        None => {
+            if history.is_some() {
+                warnings.push(ignored.to_owned());
+            }
+            warnings.push(
+                "SESSION_KEY is not set: using a random key; sessions will not survive a \
+                 restart, and history stored before it will not verify"
+                    .to_owned(),
+            );
+            Ok(Key::generate())
+        }
+    }
+}
+
+/// The session layer over `store` (the memory or the Redis store).
+///
+/// # Errors
+///
+/// The layer's [`ConfigError`], e.g. an invalid `DEMO_HEADER` name.
+pub(crate) fn layer<S>(store: S, key: Key, options: &Options) -> Result<SessionLayer, ConfigError>
+where
+    S: SessionStore + HistoryStore + Clone,
+{
+    let mut builder = SessionLayer::builder(store, key)
+        .cookie_secure(!options.insecure_cookie)
+        .issue_on_first_visit(options.issue_on_first_visit);
+    if let Some(name) = &options.header {
+        builder = builder.header(name);
+    }
+    builder.build()
+}
+
+/// The demo's routes around `layer`.
+pub(crate) fn router(layer: &SessionLayer) -> Router {
+    let writer = layer.history_writer().cloned();
+    let with_session = Router::new()
+        .route("/", get(page))
+        .route("/api/visits", get(visits))
+        .route("/api/ping", get(ping))
+        .route("/api/login", post(login))
+        .route("/api/elevate", post(elevate))
+        .route("/api/logout", post(logout))
+        .route("/api/me", get(me))
+        .route("/api/cart", post(cart))
+        .route("/api/history", get(history).delete(erase))
+        .route("/api/sessions", get(sessions))
+        .route("/api/sessions/{session}", delete(revoke))
+        .route("/api/export", get(export))
+        .layer(layer.clone());
+    Router::new()
+        .merge(with_session)
+        // Outside the session layer: nothing here needs a session.
+        .route("/app.js", get(script))
+        .route("/app.css", get(style))
+        .route("/api/stats", get(move || stats(writer.clone())))
+        .fallback(not_found)
+        .layer(middleware::map_response(json_errors))
+}
+
+/// Serves `app` with the peer address (for the network-change signal) until
+/// `shutdown` resolves, then waits for open requests to finish.
+///
+/// # Errors
+///
+/// I/O errors of the listener.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// The JSON API
+
+type ApiResult<T> = Result<T, Error>;
+
+fn unauthenticated() -> Error {
+    Error::new(ErrorKind::Unauthenticated, "log in first")
+}
+
+async fn require_user(session: &Session) -> ApiResult<String> {
+    session.user().await?.ok_or_else(unauthenticated)
+}
+
+/// The demo user `user` if `password` is theirs. Every user is compared,
+/// each in constant time over SHA-256 digests (no early exit, no length
+/// leak), so timing tells nothing about which part was wrong.
+fn check_password(user: &str, password: &str) -> Option<&'static str> {
+    let digest = |s: &str| Sha256::digest(s.as_bytes());
+    let (user, password) = (digest(user), digest(password));
+    let mut found = None;
+    for (name, pw) in USERS {
+        let ok = digest(name).as_slice().ct_eq(user.as_slice())
+            & digest(pw).as_slice().ct_eq(password.as_slice());
+        if bool::from(ok) {
+            found = Some(name);
+        }
+    }
+    found
+}
+
+async fn visits(session: Session) -> ApiResult<Json<Value>> {
+    let n: u64 = session.get("visits").await?.unwrap_or(0) + 1;
+    session.insert("visits", n).await?;
+    Ok(Json(json!({ "visits": n })))
+}
+
+async fn ping() -> Json<Value> {
+    Json(json!({ "ok": true }))
+}
+
+#[derive(Deserialize)]
+struct Login {
+    user: String,
+    password: String,
+}
+
+async fn login(session: Session, Json(body): Json<Login>) -> ApiResult<Json<Value>> {
+    let Some(user) = check_password(&body.user, &body.password) else {
+        // Worth a line in an existing session's history; an anonymous
+        // failure creates no session (and no cookie).
+        if session.exists().await? {
+            session
+                .record("login_failed", json!({ "reason": "bad_credentials" }))
+                .await?;
+        }
+        return Err(Error::new(
+            ErrorKind::Unauthenticated,
+            "wrong user name or password",
+        ));
+    };
+    session.set_user(Some(user.to_owned())).await?;
+    session.set_privilege(Some("user".to_owned())).await?;
+    // A changed user rotates the token by itself; a fresh token on every
+    // login, even the same user's again, costs nothing and is simpler to
+    // reason about.
+    session.regenerate().await?;
+    session
+        .record("login", json!({ "method": "password" }))
+        .await?;
+    Ok(Json(json!({ "user": user })))
+}
+
+async fn elevate(session: Session) -> ApiResult<Json<Value>> {
+    require_user(&session).await?;
+    // A step-up: the privilege change rotates the token; an admin elevating
+    // again gets a fresh token too.
+    session.set_privilege(Some("admin".to_owned())).await?;
+    session.regenerate().await?;
+    Ok(Json(json!({ "privilege": "admin" })))
+}
+
+async fn logout(session: Session) -> ApiResult<StatusCode> {
+    session.destroy().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(session: Session) -> ApiResult<Json<Value>> {
+    let user = require_user(&session).await?;
+    Ok(Json(json!({
+        "user": user,
+        "privilege": session.privilege().await?,
+        "visits": session.get::<u64>("visits").await?.unwrap_or(0),
+        "session": session.id().await?,
+    })))
+}
+
+#[derive(Deserialize)]
+struct CartItem {
+    item: String,
+}
+
+async fn cart(session: Session, Json(body): Json<CartItem>) -> ApiResult<Json<Value>> {
+    let item = body.item.trim();
+    let chars = item.chars().count();
+    if chars == 0 || chars > MAX_ITEM_CHARS || item.chars().any(char::is_control) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("item must be 1 to {MAX_ITEM_CHARS} characters without control characters"),
+        ));
+    }
+    session
+        .record("add_to_cart", json!({ "item": item }))
+        .await?;
+    let n: u64 = session.get("cart_items").await?.unwrap_or(0) + 1;
+    session.insert("cart_items", n).await?;
+    Ok(Json(json!({ "items": n })))
+}
+
+#[derive(Deserialize)]
+struct HistoryParams {
+    limit: Option<usize>,
+}
+
+async fn history(session: Session, Query(params): Query<HistoryParams>) -> ApiResult<Json<Value>> {
+    let limit = params
+        .limit
+        .unwrap_or(HISTORY_DEFAULT)
+        .clamp(1, HISTORY_MAX);
+    if session.id().await?.is_none() {
+        // No session, no history: an empty page of the same shape.
+        return Ok(Json(json!({
+            "session": null,
+            "entries": [],
+            "chain": { "ok": true, "error": null, "breaks": [], "trimmed_before": null },
+        })));
+    }
+    Ok(Json(session.history(limit).await?.to_json()))
+}
+
+async fn erase(session: Session) -> ApiResult<StatusCode> {
+    // The crate logs the receipt (target `session_trail::erasure`).
+    session.erase_history().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn sessions(session: Session) -> ApiResult<Json<Value>> {
+    let list = session.sessions().await?;
+    Ok(Json(list.iter().map(SessionInfo::to_json).collect()))
+}
+
+async fn revoke(session: Session, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    require_user(&session).await?;
+    // A malformed id names nobody's session: the same 404 as someone else's.
+    let id: SessionId = id
+        .parse()
+        .map_err(|_| Error::new(ErrorKind::NotFound, "no such session"))?;
+    session.revoke(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn export(session: Session) -> ApiResult<Response> {
+    let lines = session.export().await?;
+    Ok((
+        [
+            (CONTENT_TYPE, "application/x-ndjson"),
+            (
+                CONTENT_DISPOSITION,
+                "attachment; filename=\"session-history.ndjson\"",
+            ),
+        ],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+async fn stats(writer: Option<HistoryWriter>) -> Json<Value> {
+    let s = writer.map(|w| w.stats()).unwrap_or_default();
+    Json(json!({
+        "queued": s.queue_depth,
+        "written": s.written,
+        "retried": s.retried,
+        "dropped": s.dropped,
+    }))
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": "no such route" })),
+    )
+        .into_response()
+}
+
+/// Makes every error answer JSON: axum's own rejections (bad JSON body,
+/// wrong content type, wrong method) and the session layer's own answers
+/// (503 when a session cannot be saved) come as plain text or empty; their
+/// text becomes the `error`.
+async fn json_errors(res: Response) -> Response {
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty());
+    let message = text.unwrap_or_else(|| {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    });
+    parts.headers.remove(CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, Body::from(json!({ "error": message }).to_string()))
+}
+
+// ---------------------------------------------------------------------------
+// The page
+
+/// Scripts and styles come from this origin only and data is rendered as
+/// text, never as HTML: the page has no inline code to inject into.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                   connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
+                   form-action 'self'; frame-ancestors 'none'";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (CONTENT_TYPE, content_type),
+            (CACHE_CONTROL, "no-cache"),
+            (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn page() -> Response {
+    let mut res = asset("text/html; charset=utf-8", INDEX_HTML);
+    let h = res.headers_mut();
+    h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    res
+}
+
+async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+async fn style() -> Response {
+    asset("text/css; charset=utf-8", APP_CSS)
+}
