@@ -120,6 +120,15 @@
 //!   call, so it cannot slide the idle deadline.
 //! - A chain alone cannot show that its newest entries were cut off; every
 //!   other change is reported.
+//! - A request that carries a valid credential is recorded under its
+//!   session id even when its handler never loads the session (the layer
+//!   does not look the session up just to record the request).
+//! - When saving fails after the handler answered, the layer itself answers
+//!   `503` with `Retry-After` and an empty body (it only knows the response
+//!   body type implements `Default`); the extractor's rejections and
+//!   [`Error`]'s `IntoResponse` carry a JSON message.
+//! - Request entries of gRPC calls record the HTTP status (200), not the
+//!   `grpc-status`; record a domain event for outcomes that matter.
 //! - Writes racing a rotation of the same session (a request that loaded the
 //!   session before another request rotated it) are refused by the store's
 //!   token check rather than applied to the rotated session.
@@ -140,14 +149,16 @@ mod extract;
 pub mod history;
 pub mod store;
 
+pub use controls::{ErasureReceipt, HistoryExport, SessionInfo};
 pub use cookie::SameSite;
 pub use credential::SessionId;
 pub use error::{ConfigError, Error, ErrorKind};
 #[cfg(feature = "axum")]
 pub use extract::SessionRejection;
 pub use key::{Key, KeyRing, MIN_KEY_LEN};
-pub use controls::{ErasureReceipt, HistoryExport, SessionInfo};
-pub use manager::{ClientAddress, ResponseFuture, SessionLayer, SessionLayerBuilder, SessionService};
+pub use manager::{
+    ClientAddress, ResponseFuture, SessionLayer, SessionLayerBuilder, SessionService,
+};
 pub use session::{Session, SessionLimit, Signal, SuspicionResponse};
 
 /// The `redis` crate the Redis store is built on, re-exported so that an
