@@ -237,11 +237,10 @@ impl Session {
         writer.flush().await?;
         let store = writer.store();
         let mut sessions = store.user_sessions(&pseudonym).await?;
-        if let Some(current) = self.id().await? {
-            if !sessions.contains(&current) {
+        if let Some(current) = self.id().await?
+            && !sessions.contains(&current) {
                 sessions.push(current);
             }
-        }
         let mut entries = 0;
         let mut erased = 0;
         for sid in &sessions {

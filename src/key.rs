@@ -102,7 +102,7 @@ impl Key {
     /// [`MIN_KEY_LEN`] bytes.
     pub fn from_hex(hex: &str) -> Result<Self, ConfigError> {
         let hex = hex.trim();
-        if hex.len() % 2 != 0 {
+        if !hex.len().is_multiple_of(2) {
             return Err(ConfigError::new(
                 "key",
                 "hex secret has an odd number of digits",

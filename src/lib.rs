@@ -51,7 +51,7 @@
 //! |---|---|---|
 //! | `axum` | yes | `Session` and `Option<Session>` extractors; `IntoResponse` for [`Error`] |
 //! | `memory-store` | yes | [`store::MemoryStore`]: sessions and history in memory |
-//! | `redis` | no | `store::RedisStore`: Redis and Redis Cluster; re-exports the `redis` crate |
+//! | `redis` | yes | [`store::RedisStore`]: Redis and Redis Cluster; re-exports the `redis` crate |
 //! | `tonic` | no | `From<Error> for tonic::Status` |
 //!
 //! # Security model

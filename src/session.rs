@@ -708,6 +708,7 @@ impl Session {
     }
 
     /// Remembers the matched route template for the request entry.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn set_route(&self, route: &str) {
         self.state().route = Some(route.to_owned());
     }
@@ -951,14 +952,13 @@ impl Session {
         // Index the session under its user for export and erasure.
         if let (Some(sid), Some(user)) = (entry_sid, &st.user) {
             let newly = st.new || st.record_user_changed;
-            if newly {
-                if let Some(w) = &shared.writer {
+            if newly
+                && let Some(w) = &shared.writer {
                     let pseudonym = shared.user_pseudonym(user);
                     if let Err(e) = w.store().link_user(&pseudonym, &sid).await {
                         tracing::warn!(session = %sid, error = %e, "could not index the session's history under its user");
                     }
                 }
-            }
         }
         if st.suppress_history {
             return Ok(Outcome {

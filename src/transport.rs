@@ -42,12 +42,11 @@ pub(crate) fn read(shared: &Shared, headers: &HeaderMap) -> Read {
             None => {}
         }
     };
-    if let Some(name) = &shared.config.header {
-        if let Some(v) = headers.get(name) {
+    if let Some(name) = &shared.config.header
+        && let Some(v) = headers.get(name) {
             used_header = true;
             try_value(v.as_bytes(), &mut presented, &mut seen_invalid);
         }
-    }
     if let Some(ck) = &shared.config.cookie {
         for header in headers.get_all(COOKIE) {
             let Ok(text) = header.to_str() else {
@@ -129,11 +128,10 @@ pub(crate) fn write<B>(
         .cookie
         .as_ref()
         .filter(|_| used_cookie || header_out.is_none());
-    if let Some(name) = header_out {
-        if let Ok(v) = HeaderValue::from_str(value.unwrap_or("")) {
+    if let Some(name) = header_out
+        && let Ok(v) = HeaderValue::from_str(value.unwrap_or("")) {
             res.headers_mut().insert(name.clone(), v);
         }
-    }
     if let Some(ck) = cookie_out {
         let mut c = Cookie::build((ck.name.clone(), value.unwrap_or("").to_owned()))
             .http_only(ck.http_only)

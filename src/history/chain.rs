@@ -36,8 +36,8 @@ use std::collections::HashMap;
 use subtle::ConstantTimeEq;
 
 use super::entry::{TAG_LEN, parse};
-use crate::key::KeyRing;
 use crate::SessionId;
+use crate::key::KeyRing;
 
 /// How a chain broke at one place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,10 +95,18 @@ impl std::fmt::Display for Break {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.kind {
             BreakKind::Missing { from, to } if from == to => {
-                write!(f, "entry seq {from} missing before position {}", self.position)
+                write!(
+                    f,
+                    "entry seq {from} missing before position {}",
+                    self.position
+                )
             }
             BreakKind::Missing { from, to } => {
-                write!(f, "entries seq {from}..={to} missing before position {}", self.position)
+                write!(
+                    f,
+                    "entries seq {from}..={to} missing before position {}",
+                    self.position
+                )
             }
             k => {
                 write!(f, "{} at position {}", k.as_str(), self.position)?;
@@ -186,22 +194,39 @@ pub fn verify<E: AsRef<[u8]>>(
     for (pos, bytes) in entries.iter().enumerate() {
         let bytes = bytes.as_ref();
         let Ok(p) = parse(bytes) else {
-            breaks.push(Break { position: pos, seq: None, kind: BreakKind::Malformed });
+            breaks.push(Break {
+                position: pos,
+                seq: None,
+                kind: BreakKind::Malformed,
+            });
             invalid.push(pos);
             continue;
         };
         let Some(key) = ring.get(p.key_id) else {
-            breaks.push(Break { position: pos, seq: Some(p.seq), kind: BreakKind::UnknownKey });
+            breaks.push(Break {
+                position: pos,
+                seq: Some(p.seq),
+                kind: BreakKind::UnknownKey,
+            });
             invalid.push(pos);
             continue;
         };
         let expected = super::entry::compute_tag(key, session, p.signed);
         if !bool::from(expected.ct_eq(&p.tag)) {
-            breaks.push(Break { position: pos, seq: Some(p.seq), kind: BreakKind::BadTag });
+            breaks.push(Break {
+                position: pos,
+                seq: Some(p.seq),
+                kind: BreakKind::BadTag,
+            });
             invalid.push(pos);
             continue;
         }
-        valid.push(Valid { pos, seq: p.seq, prev: p.prev, tag: p.tag });
+        valid.push(Valid {
+            pos,
+            seq: p.seq,
+            prev: p.prev,
+            tag: p.tag,
+        });
     }
 
     let in_chain = longest_increasing(&valid);
@@ -222,13 +247,23 @@ pub fn verify<E: AsRef<[u8]>>(
                 outside_seqs.push(v.seq);
                 BreakKind::OutOfOrder
             };
-            breaks.push(Break { position: v.pos, seq: Some(v.seq), kind });
+            breaks.push(Break {
+                position: v.pos,
+                seq: Some(v.seq),
+                kind,
+            });
         }
     }
     outside_seqs.sort_unstable();
 
-    let chain: Vec<&Valid> = valid.iter().zip(&in_chain).filter(|(_, c)| **c).map(|(v, _)| v).collect();
-    let invalid_between = |from: usize, to: usize| invalid.iter().filter(|&&p| p > from && p < to).count() as u64;
+    let chain: Vec<&Valid> = valid
+        .iter()
+        .zip(&in_chain)
+        .filter(|(_, c)| **c)
+        .map(|(v, _)| v)
+        .collect();
+    let invalid_between =
+        |from: usize, to: usize| invalid.iter().filter(|&&p| p > from && p < to).count() as u64;
     let outside_in = |lo: u64, hi: u64| -> u64 {
         // seqs strictly between lo and hi held by out-of-order entries
         let a = outside_seqs.partition_point(|&s| s <= lo);
@@ -240,7 +275,11 @@ pub fn verify<E: AsRef<[u8]>>(
     if let Some(first) = chain.first() {
         if first.seq == 1 {
             if first.prev != [0; TAG_LEN] {
-                breaks.push(Break { position: first.pos, seq: Some(1), kind: BreakKind::BrokenLink });
+                breaks.push(Break {
+                    position: first.pos,
+                    seq: Some(1),
+                    kind: BreakKind::BrokenLink,
+                });
             }
         } else if !options.window {
             let absent = first.seq - 1;
@@ -252,7 +291,10 @@ pub fn verify<E: AsRef<[u8]>>(
                 breaks.push(Break {
                     position: first.pos,
                     seq: Some(first.seq),
-                    kind: BreakKind::Missing { from: 1 + explained, to: first.seq - 1 },
+                    kind: BreakKind::Missing {
+                        from: 1 + explained,
+                        to: first.seq - 1,
+                    },
                 });
             }
         }
@@ -262,7 +304,11 @@ pub fn verify<E: AsRef<[u8]>>(
         let gap = b.seq - a.seq - 1;
         if gap == 0 {
             if b.prev != a.tag {
-                breaks.push(Break { position: b.pos, seq: Some(b.seq), kind: BreakKind::BrokenLink });
+                breaks.push(Break {
+                    position: b.pos,
+                    seq: Some(b.seq),
+                    kind: BreakKind::BrokenLink,
+                });
             }
             continue;
         }
@@ -271,37 +317,88 @@ pub fn verify<E: AsRef<[u8]>>(
             breaks.push(Break {
                 position: b.pos,
                 seq: Some(b.seq),
-                kind: BreakKind::Missing { from: a.seq + 1 + explained, to: b.seq - 1 },
+                kind: BreakKind::Missing {
+                    from: a.seq + 1 + explained,
+                    to: b.seq - 1,
+                },
             });
         }
     }
 
     breaks.sort_by_key(|b| b.position);
-    Verification { entries: entries.len(), breaks, trimmed_before }
+    Verification {
+        entries: entries.len(),
+        breaks,
+        trimmed_before,
+    }
 }
 
 /// Marks the longest run of entries with strictly increasing `seq` (in
 /// position order). Linear when the chain is in order, as it nearly always is.
+///
+/// Several runs can be longest: with `seq`s `3, 2, 1` (the first and the
+/// last swapped) any one entry is. Among them the run whose entries kept
+/// their places is taken: the one with the most consecutive pairs as far
+/// apart by position as by `seq`, counting a first entry at position
+/// `seq - 1` as one more. So the two entries that moved are reported, and
+/// not the one between them that did not.
 fn longest_increasing(valid: &[Valid]) -> Vec<bool> {
     if valid.windows(2).all(|w| w[0].seq < w[1].seq) {
         return vec![true; valid.len()];
     }
-    // Patience sorting with predecessor links.
-    let mut tails: Vec<usize> = Vec::new();
+    // Best run ending at each entry, scored (length, pairs in place), found
+    // with a prefix-maximum Fenwick tree over the ranks of the `seq`s.
+    type Score = (usize, usize);
+    let mut seqs: Vec<u64> = valid.iter().map(|v| v.seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let mut tree: Vec<Option<(Score, usize)>> = vec![None; seqs.len() + 1];
+    // Best run ending at an entry with this `seq - position`: any of them
+    // precedes a later entry with the same offset in `seq` too, in place.
+    let mut by_offset: HashMap<i128, (Score, usize)> = HashMap::new();
     let mut prev: Vec<Option<usize>> = vec![None; valid.len()];
+    let mut best: Option<(Score, usize)> = None;
+    let better = |a: &Option<(Score, usize)>, s: Score| a.is_none_or(|(b, _)| s > b);
     for (i, v) in valid.iter().enumerate() {
-        let k = tails.partition_point(|&t| valid[t].seq < v.seq);
-        if k > 0 {
-            prev[i] = Some(tails[k - 1]);
+        let offset = i128::from(v.seq) - v.pos as i128;
+        let mut score: Score = (1, usize::from(offset == 1));
+        // Runs ending at a smaller `seq`: ranks 1..=rank.
+        let rank = seqs.partition_point(|&s| s < v.seq);
+        let mut k = rank;
+        let mut before: Option<(Score, usize)> = None;
+        while k > 0 {
+            if let Some((s, j)) = tree[k]
+                && better(&before, s) {
+                    before = Some((s, j));
+                }
+            k &= k - 1;
         }
-        if k == tails.len() {
-            tails.push(i);
-        } else {
-            tails[k] = i;
+        if let Some(((len, aligned), j)) = before {
+            score = (len + 1, aligned);
+            prev[i] = Some(j);
+        }
+        if let Some(&((len, aligned), j)) = by_offset.get(&offset)
+            && (len + 1, aligned + 1) > score {
+                score = (len + 1, aligned + 1);
+                prev[i] = Some(j);
+            }
+        let mut k = rank + 1;
+        while k < tree.len() {
+            if better(&tree[k], score) {
+                tree[k] = Some((score, i));
+            }
+            k += k & k.wrapping_neg();
+        }
+        let slot = by_offset.entry(offset).or_insert((score, i));
+        if score > slot.0 {
+            *slot = (score, i);
+        }
+        if better(&best, score) {
+            best = Some((score, i));
         }
     }
     let mut marks = vec![false; valid.len()];
-    let mut cur = tails.last().copied();
+    let mut cur = best.map(|(_, i)| i);
     while let Some(i) = cur {
         marks[i] = true;
         cur = prev[i];

@@ -132,8 +132,10 @@ impl Worker {
                 self.form_batch();
                 self.attempt().await;
             }
-            self.resolve_flushes();
+            // Publish the counters before answering flushes, so a caller
+            // whose flush resolved reads current figures.
             self.publish_oldest();
+            self.resolve_flushes();
         }
         // Anything handed over after the last look is dropped, and counted.
         self.shared.stopped.store(true, Ordering::Release);

@@ -123,8 +123,8 @@ async fn finish<B: Default>(ctx: Ctx, mut res: Response<B>) -> Response<B> {
                 ctx.used_cookie,
                 ctx.used_header,
             );
-            if let Some((sid, mut drafts)) = outcome.entries {
-                if ctx.shared.writer.is_some() {
+            if let Some((sid, mut drafts)) = outcome.entries
+                && ctx.shared.writer.is_some() {
                     let user = outcome
                         .user
                         .as_deref()
@@ -133,7 +133,6 @@ async fn finish<B: Default>(ctx: Ctx, mut res: Response<B>) -> Response<B> {
                     drafts.push(request_draft(&ctx, route, res.status().as_u16(), user));
                     ctx.shared.enqueue(sid, drafts);
                 }
-            }
             res
         }
         Err(e) => {

@@ -186,14 +186,13 @@ impl Sessions {
     }
 
     fn unindex(&mut self, rec: &Record) {
-        if let Some(user) = &rec.user {
-            if let Some(set) = self.users.get_mut(user) {
+        if let Some(user) = &rec.user
+            && let Some(set) = self.users.get_mut(user) {
                 set.remove(&rec.id);
                 if set.is_empty() {
                     self.users.remove(user);
                 }
             }
-        }
     }
 
     fn index(&mut self, rec: &Record) {

@@ -432,8 +432,10 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// # Errors
     ///
     /// When the store cannot answer.
-    fn user_sessions(&self, user: &str)
-    -> impl Future<Output = Result<Vec<SessionId>, Error>> + Send;
+    fn user_sessions(
+        &self,
+        user: &str,
+    ) -> impl Future<Output = Result<Vec<SessionId>, Error>> + Send;
 
     /// Removes a user's history index.
     ///
@@ -494,7 +496,11 @@ pub(crate) trait DynHistoryStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<Bytes>, Error>>;
     fn read_all<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, Result<Vec<Bytes>, Error>>;
     fn delete<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, Result<u64, Error>>;
-    fn link_user<'a>(&'a self, user: &'a str, session: &'a SessionId) -> BoxFuture<'a, Result<(), Error>>;
+    fn link_user<'a>(
+        &'a self,
+        user: &'a str,
+        session: &'a SessionId,
+    ) -> BoxFuture<'a, Result<(), Error>>;
     fn user_sessions<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<SessionId>, Error>>;
     fn unlink_user<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<(), Error>>;
 }
@@ -522,7 +528,11 @@ impl<T: HistoryStore> DynHistoryStore for T {
     fn delete<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, Result<u64, Error>> {
         Box::pin(HistoryStore::delete(self, session))
     }
-    fn link_user<'a>(&'a self, user: &'a str, session: &'a SessionId) -> BoxFuture<'a, Result<(), Error>> {
+    fn link_user<'a>(
+        &'a self,
+        user: &'a str,
+        session: &'a SessionId,
+    ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(HistoryStore::link_user(self, user, session))
     }
     fn user_sessions<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<SessionId>, Error>> {

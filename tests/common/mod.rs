@@ -3,4 +3,5 @@
 
 pub mod app;
 pub mod conformance;
+pub mod redis;
 pub mod users;

@@ -14,7 +14,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -94,6 +94,15 @@ fn temp_dir(tag: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).expect("create a temporary directory");
     dir
+}
+
+/// Whether a process runs (a zombie, killed but not yet reaped by its
+/// wrapper, does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
 }
 
 /// Sends one inline command and reads the first reply line (`+PONG`, …).
@@ -210,7 +219,7 @@ impl RedisServer {
             }
             if let Some(p) = &self.current {
                 // The server died (port taken, bad argument): stop waiting.
-                if !Path::new(&format!("/proc/{}", p.pid)).exists() {
+                if !alive(p.pid) {
                     return false;
                 }
             }
@@ -238,9 +247,7 @@ impl RedisServer {
             .expect("run kill");
         assert!(status.success(), "kill -9 {} failed", p.pid);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Path::new(&format!("/proc/{}", p.pid)).exists()
-            && probe(self.port, "PING").is_some()
-        {
+        while alive(p.pid) || probe(self.port, "PING").is_some() {
             assert!(Instant::now() < deadline, "redis-server survived kill -9");
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -260,7 +267,11 @@ impl RedisServer {
             // The port may linger for a moment after the kill.
             let p = self.current.take().unwrap();
             self.old.push(p);
-            assert!(Instant::now() < deadline, "redis-server did not restart; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -321,7 +332,10 @@ impl RedisCluster {
                 )
             })
             .collect();
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let out = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
@@ -353,7 +367,10 @@ impl RedisCluster {
                 if ok {
                     break;
                 }
-                assert!(Instant::now() < deadline, "the cluster did not become ok:\n{info}");
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster did not become ok:\n{info}"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -361,7 +378,11 @@ impl RedisCluster {
 
     /// `redis-cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
     pub fn url(&self) -> String {
-        let addrs: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addrs: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         format!("redis-cluster://{}", addrs.join(","))
     }
 

@@ -1,0 +1,519 @@
+//! The Redis store (feature `redis`): sessions and history in Redis or
+//! Redis Cluster. See [`RedisStore`] for the key layout and the scripts.
+mod conn;
+mod history;
+mod record;
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{
+    Append, AppendOutcome, DEFAULT_HISTORY_KEEP, DEFAULT_HISTORY_TTL, HistoryStore, Record,
+    Retention, SessionStore, Update, UpdateOutcome,
+};
+use crate::SessionId;
+use crate::error::{ConfigError, Error};
+
+use conn::{Conn, Scripts, Target};
+use history::RefreshMemo;
+
+/// The default key prefix.
+pub const DEFAULT_KEY_PREFIX: &str = "session-trail";
+/// The default time Redis may take to answer one command or pipeline.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The default time one connection attempt may take.
+pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Sessions and history in Redis (a single node, or Redis Cluster through
+/// the same type).
+///
+/// - Session records are hashes, updated per field by one Lua script that
+///   also checks the token hash (a destroyed session is never resurrected),
+///   rotates the token and slides the TTL to the nearer deadline.
+/// - History is one list per session; an append is an atomic
+///   compare-and-append script per session (two commands on the hot path),
+///   and a batch of many sessions travels in one pipelined round trip on a
+///   single node (on a cluster, the calls are sent concurrently and
+///   multiplexed per node). Details below.
+/// - Retention: the newest *N* entries per session (default 1,000) and a
+///   sliding TTL (default 30 days after the last entry).
+/// - Scripts are reloaded after `NOSCRIPT` (a restart or a failover).
+///
+/// The connection reconnects by itself, for as long as the store lives:
+/// while Redis is down, operations fail fast with
+/// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) (the layer
+/// answers 503 to handlers that read the session; the history writer keeps
+/// its entries and retries), and succeed again once Redis is back.
+///
+/// Cloning is cheap and shares the connection.
+///
+/// # Key layout
+///
+/// Every key of a session carries the session id as its hash tag, so in
+/// Redis Cluster they all live in one slot and each operation on them is
+/// atomic (one script, or one `MULTI` for `create`):
+///
+/// | key | type | holds |
+/// |---|---|---|
+/// | `<prefix>:{<sid>}:s` | hash | the session record |
+/// | `<prefix>:{<sid>}:h` | list | the session's history, oldest first |
+/// | `<prefix>:user:{<hash of user>}` | sorted set | the user's live session ids, scored by absolute deadline |
+/// | `<prefix>:user-history:{<hash of pseudonym>}` | sorted set | the sessions whose history belongs to a user, scored by first link |
+///
+/// The record hash has one field per piece of metadata (`tok`, `rtok`,
+/// `rat`, `user`, `priv`, `created`, `seen`, `idle`, `abs`, `dev`, `net`)
+/// and one field `d:<key>` per data key, holding the value's JSON text, so
+/// an update writes only the fields that changed. Token hashes are stored
+/// as hex; tokens never are. The update script (`update.lua`) applies only
+/// when the record exists and holds the request's token hash; it also
+/// recognises an earlier attempt of the same rotating call (the record
+/// holds the new hash and the presented one as replaced) and answers
+/// `Applied` again, so a retry after a lost answer does not lose the
+/// rotation.
+///
+/// The user index cannot share the session's slot in Redis Cluster, so it
+/// is written beside the record, in an order that never lets it miss a
+/// live session: `create` writes the record, then indexes it (nobody holds
+/// the new token until both succeeded; if indexing fails the record is
+/// taken back); a login (`update` naming a new user) indexes first, then
+/// writes the record; a logout or `delete` writes the record first, then
+/// unindexes. Reads drop members past their absolute deadline or whose
+/// record is gone, and skip (without dropping) members whose record names
+/// another user, which may be a login in progress.
+///
+/// # History appends
+///
+/// The compare-and-append is one Lua script (`append.lua`): per session,
+/// `LINDEX key -1` reads the head and `RPUSH` appends; `LTRIM` runs only
+/// when the list outgrows the retention's *N*, and `PEXPIRE` only for a new
+/// list or when this process has not refreshed the session's TTL for a 64th
+/// of the TTL (at most an hour; it remembers when it last did, per session),
+/// so a history lives at least the TTL after its last entry, and at most a
+/// 64th longer.
+///
+/// On a single node a batch travels in one pipelined round trip, as script
+/// calls of up to 64 sessions each: the fixed cost of a script call is
+/// several times that of the two commands it runs, so a call carries many
+/// sessions (each still appended atomically, with the same two commands). On a cluster each session's script is
+/// its own call, routed to its slot's node; the calls are sent at once and
+/// share each node's multiplexed connection. Calls answered with `NOSCRIPT`
+/// did not run: the script is loaded again and they are resent.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use session_trail::{Key, SessionLayer, store::RedisStore};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// // Fails with `ErrorKind::Unavailable` when Redis cannot be reached:
+/// // the application chooses to wait and retry, or to start degraded
+/// // with `RedisStore::builder(url).build()`, which connects lazily.
+/// let store = RedisStore::builder("redis://127.0.0.1:6379")
+///     .key_prefix("myapp")
+///     .history_retention(500, Duration::from_secs(7 * 24 * 3600))
+///     .connect()
+///     .await?;
+/// let layer = SessionLayer::builder(store, Key::generate()).build()?;
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Conn,
+    scripts: Scripts,
+    prefix: String,
+    keep: usize,
+    ttl: Duration,
+    response_timeout: Duration,
+    /// The target without credentials, for `Debug` and error messages.
+    target: String,
+    memo: Mutex<RefreshMemo>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        f.debug_struct("RedisStore")
+            .field("target", &i.target)
+            .field("cluster", &i.conn.is_cluster())
+            .field("key_prefix", &i.prefix)
+            .field("keep", &i.keep)
+            .field("ttl", &i.ttl)
+            .field("response_timeout", &i.response_timeout)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Connects with the default settings and checks that Redis answers.
+    ///
+    /// `url` is one of:
+    ///
+    /// - `redis://[user:password@]host[:port][/db]` or `rediss://…` (TLS):
+    ///   a single node;
+    /// - `redis-cluster://[user:password@]host1:port1,host2:port2,…` (or
+    ///   `rediss-cluster://…`): Redis Cluster, from these seed nodes;
+    /// - a comma-separated list of `redis://` URLs: Redis Cluster.
+    ///
+    /// TLS needs a TLS feature of the [`redis`](::redis) crate (for example
+    /// `tokio-rustls-comp`) enabled in the application's `Cargo.toml`; this
+    /// crate re-exports the `redis` it is built with, so the versions match.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a
+    /// malformed URL (its source is the [`ConfigError`] naming the
+    /// setting); [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable)
+    /// when Redis cannot be reached. Whether start-up then waits and
+    /// retries, or starts degraded with a lazily connecting store from
+    /// [`RedisStoreBuilder::build`], is the application's choice.
+    pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
+        Self::builder(url).connect().await
+    }
+
+    /// A builder for a store at `url` (see [`connect`](Self::connect) for
+    /// the URL forms).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            keep: DEFAULT_HISTORY_KEEP,
+            ttl: DEFAULT_HISTORY_TTL,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
+        }
+    }
+
+    /// Checks that Redis answers (`PING`; on a cluster, one node).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when it
+    /// does not.
+    pub async fn ping(&self) -> Result<(), Error> {
+        let mut c = self.inner.conn.clone();
+        ::redis::cmd("PING")
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(|e| self.unavailable(e, "PING"))
+    }
+
+    /// Whether this store talks to Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.conn.is_cluster()
+    }
+
+    /// The key prefix.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The key of a session's record (a hash).
+    pub fn record_key(&self, id: &SessionId) -> String {
+        self.session_key(id, 's')
+    }
+
+    /// The key of a session's history (a list).
+    pub fn history_key(&self, id: &SessionId) -> String {
+        self.session_key(id, 'h')
+    }
+
+    /// `<prefix>:{<sid hex>}:<kind>`, built in one allocation (it is made
+    /// for every session of every history batch).
+    fn session_key(&self, id: &SessionId, kind: char) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let prefix = &self.inner.prefix;
+        let mut key = String::with_capacity(prefix.len() + 37);
+        key.push_str(prefix);
+        key.push_str(":{");
+        for b in id.as_bytes() {
+            key.push(char::from(DIGITS[usize::from(b >> 4)]));
+            key.push(char::from(DIGITS[usize::from(b & 15)]));
+        }
+        key.push_str("}:");
+        key.push(kind);
+        key
+    }
+
+    /// The key of a user's index of live sessions (a sorted set). User
+    /// names may hold any characters, so the key carries a hash of the
+    /// name, never the name.
+    pub fn user_key(&self, user: &str) -> String {
+        format!("{}:user:{{{}}}", self.inner.prefix, name_hash(user))
+    }
+
+    /// The key of a user's history index (a sorted set of session ids,
+    /// see [`HistoryStore::link_user`]); `user` is the user's pseudonym.
+    pub fn user_history_key(&self, user: &str) -> String {
+        format!("{}:user-history:{{{}}}", self.inner.prefix, name_hash(user))
+    }
+
+    fn unavailable(&self, e: ::redis::RedisError, what: &str) -> Error {
+        Error::unavailable(e).context(format!("redis {} ({what})", self.inner.target))
+    }
+}
+
+/// Builds a [`RedisStore`]; from [`RedisStore::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use session_trail::store::RedisStore;
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// // No I/O yet: the store connects on first use.
+/// let store = RedisStore::builder("redis://127.0.0.1:6379")
+///     .key_prefix("shop")
+///     .response_timeout(Duration::from_millis(500))
+///     .build()
+///     .unwrap();
+/// assert_eq!(store.record_key(&"00112233445566778899aabbccddeeff".parse().unwrap()),
+///            "shop:{00112233445566778899aabbccddeeff}:s");
+///
+/// let err = RedisStore::builder("http://example.com").build().unwrap_err();
+/// assert_eq!(err.setting(), "url");
+/// let err = RedisStore::builder("redis://127.0.0.1")
+///     .history_retention(0, Duration::from_secs(60))
+///     .build()
+///     .unwrap_err();
+/// assert_eq!(err.setting(), "history_retention");
+/// # });
+/// ```
+#[must_use = "call .connect() or .build() to get the store"]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    keep: usize,
+    ttl: Duration,
+    response_timeout: Duration,
+    connection_timeout: Duration,
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may carry a password: show none of it.
+        f.debug_struct("RedisStoreBuilder")
+            .field("key_prefix", &self.prefix)
+            .field("keep", &self.keep)
+            .field("ttl", &self.ttl)
+            .field("response_timeout", &self.response_timeout)
+            .field("connection_timeout", &self.connection_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStoreBuilder {
+    /// The prefix of every key. Default `session-trail`. It must not
+    /// contain `{` or `}` (they would change the keys' hash tag), spaces or
+    /// control characters.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// History retention: keep the newest `keep` entries of each session,
+    /// and drop a session's history `ttl` after its last entry. Default
+    /// 1,000 entries and 30 days.
+    ///
+    /// The TTL is refreshed at most every `ttl / 64` (capped at an hour) per
+    /// session and process, and set with that much slack, so a history
+    /// lives at least `ttl` and at most `ttl + ttl / 64` after its last
+    /// entry, without a `PEXPIRE` on every append.
+    pub fn history_retention(mut self, keep: usize, ttl: Duration) -> Self {
+        self.keep = keep;
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long Redis may take to answer one command or pipeline before the
+    /// operation fails with
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable). Default
+    /// 1 s.
+    pub fn response_timeout(mut self, d: Duration) -> Self {
+        self.response_timeout = d;
+        self
+    }
+
+    /// How long one connection attempt may take. Default 1 s.
+    pub fn connection_timeout(mut self, d: Duration) -> Self {
+        self.connection_timeout = d;
+        self
+    }
+
+    /// Builds the store without any I/O: it connects on first use and
+    /// reconnects by itself (a degraded start: operations fail with
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) until Redis
+    /// answers). Call inside a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the setting: `url` (malformed, or `rediss`
+    /// without TLS support compiled in), `key_prefix`, `history_retention`
+    /// (zero `keep` or `ttl`), `response_timeout` or `connection_timeout`
+    /// (zero), or `runtime` outside a Tokio runtime.
+    pub fn build(self) -> Result<RedisStore, ConfigError> {
+        check_prefix(&self.prefix)?;
+        if self.keep == 0 {
+            return Err(ConfigError::new(
+                "history_retention",
+                "keep must be at least 1",
+            ));
+        }
+        if self.ttl.is_zero() {
+            return Err(ConfigError::new(
+                "history_retention",
+                "ttl must be greater than zero",
+            ));
+        }
+        if self.response_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "response_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.connection_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "connection_timeout",
+                "must be greater than zero",
+            ));
+        }
+        let target = Target::parse(&self.url)?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError::new(
+                "runtime",
+                "the Redis store runs on Tokio: build it inside a Tokio runtime",
+            ));
+        }
+        let description = target.describe();
+        let conn = Conn::open(target, self.response_timeout, self.connection_timeout)?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                conn,
+                scripts: Scripts::new(),
+                prefix: self.prefix,
+                keep: self.keep,
+                ttl: self.ttl,
+                response_timeout: self.response_timeout,
+                target: description,
+                memo: Mutex::new(RefreshMemo::default()),
+            }),
+        })
+    }
+
+    /// Builds the store and checks that Redis answers.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for an
+    /// invalid setting (its source is the [`ConfigError`] from
+    /// [`build`](Self::build), which names the setting);
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when Redis
+    /// cannot be reached.
+    pub async fn connect(self) -> Result<RedisStore, Error> {
+        let store = self
+            .build()
+            .map_err(|e| Error::with_source(crate::ErrorKind::InvalidInput, e))?;
+        store.ping().await.map_err(|e| {
+            let target = store.inner.target.clone();
+            e.context(format!("could not reach Redis at {target}"))
+        })?;
+        Ok(store)
+    }
+}
+
+/// The first 16 bytes of SHA-256, as hex: a fixed-length, brace-free key
+/// part for any name.
+fn name_hash(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(name.as_bytes());
+    crate::util::hex(&digest[..16])
+}
+
+fn check_prefix(prefix: &str) -> Result<(), ConfigError> {
+    if prefix.is_empty() {
+        return Err(ConfigError::new("key_prefix", "must not be empty"));
+    }
+    if prefix.len() > 256 {
+        return Err(ConfigError::new("key_prefix", "must be at most 256 bytes"));
+    }
+    if prefix.contains(['{', '}']) {
+        return Err(ConfigError::new(
+            "key_prefix",
+            "must not contain { or }: they would change the keys' hash tag",
+        ));
+    }
+    if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::new(
+            "key_prefix",
+            "must not contain spaces or control characters",
+        ));
+    }
+    Ok(())
+}
+
+impl SessionStore for RedisStore {
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        record::load(self, id).await
+    }
+
+    async fn create(&self, record: &Record) -> Result<(), Error> {
+        record::create(self, record).await
+    }
+
+    async fn update(&self, id: &SessionId, update: &Update) -> Result<UpdateOutcome, Error> {
+        record::update(self, id, update).await
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<bool, Error> {
+        record::delete(self, id).await
+    }
+
+    async fn sessions_of_user(&self, user: &str) -> Result<Vec<Record>, Error> {
+        record::sessions_of_user(self, user).await
+    }
+}
+
+impl HistoryStore for RedisStore {
+    fn retention(&self) -> Retention {
+        Retention {
+            keep: self.inner.keep,
+            ttl: self.inner.ttl,
+        }
+    }
+
+    async fn append(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, Error> {
+        history::append(self, batch).await
+    }
+
+    async fn read_newest(&self, session: &SessionId, n: usize) -> Result<Vec<Bytes>, Error> {
+        history::read_newest(self, session, n).await
+    }
+
+    async fn read_all(&self, session: &SessionId) -> Result<Vec<Bytes>, Error> {
+        history::read_newest(self, session, usize::MAX).await
+    }
+
+    async fn delete(&self, session: &SessionId) -> Result<u64, Error> {
+        history::delete(self, session).await
+    }
+
+    async fn link_user(&self, user: &str, session: &SessionId) -> Result<(), Error> {
+        history::link_user(self, user, session).await
+    }
+
+    async fn user_sessions(&self, user: &str) -> Result<Vec<SessionId>, Error> {
+        history::user_sessions(self, user).await
+    }
+
+    async fn unlink_user(&self, user: &str) -> Result<(), Error> {
+        history::unlink_user(self, user).await
+    }
+}

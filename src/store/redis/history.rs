@@ -1,0 +1,369 @@
+//! History: one list per session, compare-and-append by script.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::time::Duration;
+
+use ::redis::{Cmd, Value};
+use bytes::Bytes;
+use futures_util::future::join_all;
+
+use super::RedisStore;
+use super::conn::is_noscript;
+use crate::SessionId;
+use crate::error::{Error, ErrorKind};
+use crate::store::{Append, AppendOutcome};
+use crate::util::now_ms;
+
+/// How many sessions' refresh times are remembered before old ones are
+/// forgotten (a forgotten session costs one extra `PEXPIRE`).
+const MEMO_CAP: usize = 100_000;
+
+/// When this process last refreshed each session's history TTL, so that an
+/// append refreshes it only when a part of the TTL has passed instead of
+/// every time.
+#[derive(Debug, Default)]
+pub(super) struct RefreshMemo {
+    at: HashMap<SessionId, i64, BuildHasherDefault<IdHasher>>,
+}
+
+/// Session ids are random (made by the layer, and MAC-checked before they
+/// reach the writer), so their first bytes are a good hash already: no need
+/// for SipHash on every entry of every batch.
+#[derive(Debug, Default)]
+pub(super) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.0 = self.0.rotate_left(17) ^ u64::from_le_bytes(word);
+    }
+}
+
+impl RefreshMemo {
+    fn due(&self, id: &SessionId, now: i64, every: i64) -> bool {
+        self.at
+            .get(id)
+            .is_none_or(|t| now.saturating_sub(*t) >= every)
+    }
+
+    fn done(&mut self, id: SessionId, now: i64, every: i64) {
+        if self.at.len() >= MEMO_CAP {
+            self.at.retain(|_, t| now.saturating_sub(*t) < every);
+            if self.at.len() >= MEMO_CAP / 2 {
+                self.at.clear();
+            }
+        }
+        self.at.insert(id, now);
+    }
+}
+
+/// How often the TTL is refreshed, and the slack it is set with: a 64th of
+/// the TTL, at most an hour, at least a millisecond.
+fn refresh_every(ttl: Duration) -> i64 {
+    let ms = ttl.as_millis().min(i64::MAX as u128) as i64;
+    (ms / 64).clamp(1, 3_600_000)
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    ttl.as_millis().min(i64::MAX as u128) as i64
+}
+
+/// Sessions per script call on a single node: enough to spread the cost
+/// of a call, few enough that one call holds Redis for well under a
+/// millisecond.
+const SESSIONS_PER_CALL: usize = 64;
+
+/// Appends the script's arguments for one session.
+fn session_args(args: &mut Vec<Vec<u8>>, a: &Append, refresh: bool) {
+    args.push(a.expected_head.map_or_else(Vec::new, |h| h.to_vec()));
+    args.push(if refresh {
+        b"1".to_vec()
+    } else {
+        b"0".to_vec()
+    });
+    args.push(a.entries.len().to_string().into_bytes());
+    args.extend(a.entries.iter().map(|e| e.to_vec()));
+}
+
+/// The `EVALSHA` of the compare-and-append over some sessions.
+fn append_cmd(store: &RedisStore, appends: &[(&Append, bool)], ttl_with_slack: i64) -> Cmd {
+    let mut cmd = ::redis::cmd("EVALSHA");
+    cmd.arg(store.inner.scripts.append.get_hash())
+        .arg(appends.len());
+    for (a, _) in appends {
+        cmd.arg(store.history_key(&a.session));
+    }
+    cmd.arg(store.inner.keep).arg(ttl_with_slack);
+    for (a, refresh) in appends {
+        cmd.arg(a.expected_head.as_ref().map_or(&[][..], |h| &h[..]))
+            .arg(if *refresh { "1" } else { "0" })
+            .arg(a.entries.len());
+        for e in &a.entries {
+            cmd.arg(&e[..]);
+        }
+    }
+    cmd
+}
+
+fn outcome(v: Value) -> Result<AppendOutcome, Error> {
+    match v {
+        Value::Int(1) => Ok(AppendOutcome::Appended),
+        Value::Int(2) => Ok(AppendOutcome::AlreadyApplied),
+        Value::Int(0) | Value::Nil => Ok(AppendOutcome::Conflict { last: None }),
+        Value::BulkString(b) => Ok(AppendOutcome::Conflict {
+            last: Some(Bytes::from(b)),
+        }),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(v: &Value) -> Error {
+    match v {
+        Value::ServerError(e) => Error::unavailable(::redis::RedisError::from(e.clone()))
+            .context("redis append script failed"),
+        other => Error::new(
+            ErrorKind::Unavailable,
+            format!("redis append script answered {other:?}"),
+        ),
+    }
+}
+
+/// The replies of one script call, one per session.
+fn replies(v: Value, sessions: usize) -> Result<Vec<Value>, Error> {
+    match v {
+        Value::Array(items) if items.len() == sessions => Ok(items),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub(super) async fn append(
+    store: &RedisStore,
+    batch: &[Append],
+) -> Result<Vec<AppendOutcome>, Error> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = now_ms();
+    let every = refresh_every(store.inner.ttl);
+    let ttl_with_slack = ttl_ms(store.inner.ttl).saturating_add(every);
+    let refresh: Vec<bool> = {
+        let memo = store.inner.memo.lock().unwrap_or_else(|e| e.into_inner());
+        batch
+            .iter()
+            .map(|a| memo.due(&a.session, now, every))
+            .collect()
+    };
+    let values = if store.inner.conn.is_cluster() {
+        append_cluster(store, batch, &refresh, ttl_with_slack).await?
+    } else {
+        append_single(store, batch, &refresh, ttl_with_slack).await?
+    };
+    let outcomes = values
+        .into_iter()
+        .map(outcome)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut memo = store.inner.memo.lock().unwrap_or_else(|e| e.into_inner());
+    for ((a, o), r) in batch.iter().zip(&outcomes).zip(refresh) {
+        if r && *o == AppendOutcome::Appended {
+            memo.done(a.session, now, every);
+        }
+    }
+    Ok(outcomes)
+}
+
+/// A single node: the batch in calls of up to [`SESSIONS_PER_CALL`]
+/// sessions, all in one pipeline: one round trip. Calls the server answers
+/// with `NOSCRIPT` (it restarted or failed over, and forgot the script) did
+/// not run: the script is loaded and only those calls are sent again.
+async fn append_single(
+    store: &RedisStore,
+    batch: &[Append],
+    refresh: &[bool],
+    ttl_with_slack: i64,
+) -> Result<Vec<Value>, Error> {
+    let chunks: Vec<Vec<(&Append, bool)>> = batch
+        .iter()
+        .zip(refresh.iter().copied())
+        .collect::<Vec<_>>()
+        .chunks(SESSIONS_PER_CALL)
+        .map(<[_]>::to_vec)
+        .collect();
+    let mut c = store.inner.conn.clone();
+    let mut done: Vec<Option<Vec<Value>>> = vec![None; chunks.len()];
+    let mut todo: Vec<usize> = (0..chunks.len()).collect();
+    for _ in 0..3 {
+        let mut pipe = ::redis::pipe();
+        pipe.ignore_errors();
+        for &i in &todo {
+            pipe.add_command(append_cmd(store, &chunks[i], ttl_with_slack));
+        }
+        let answers: Vec<Value> = pipe
+            .query_async(&mut c)
+            .await
+            .map_err(|e| store.unavailable(e, "append history"))?;
+        if answers.len() != todo.len() {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "redis answered {} replies to {} calls",
+                    answers.len(),
+                    todo.len()
+                ),
+            ));
+        }
+        let mut again = Vec::new();
+        for (i, v) in todo.into_iter().zip(answers) {
+            if is_noscript(&v) {
+                again.push(i);
+            } else {
+                done[i] = Some(replies(v, chunks[i].len())?);
+            }
+        }
+        if again.is_empty() {
+            return Ok(done.into_iter().flatten().flatten().collect());
+        }
+        store
+            .inner
+            .scripts
+            .append
+            .prepare_invoke()
+            .load_async(&mut c)
+            .await
+            .map_err(|e| store.unavailable(e, "SCRIPT LOAD"))?;
+        todo = again;
+    }
+    Err(Error::new(
+        ErrorKind::Unavailable,
+        "redis kept forgetting the history script (NOSCRIPT)",
+    ))
+}
+
+/// A cluster: one script call per session, all at once. Sessions live in
+/// different slots, so redis-rs routes each call to its node (following
+/// MOVED and ASK, and loading the script after NOSCRIPT); calls to the same
+/// node share its multiplexed connection and are written together.
+async fn append_cluster(
+    store: &RedisStore,
+    batch: &[Append],
+    refresh: &[bool],
+    ttl_with_slack: i64,
+) -> Result<Vec<Value>, Error> {
+    let calls = batch.iter().zip(refresh).map(|(a, r)| {
+        let mut c = store.inner.conn.clone();
+        let mut inv = store
+            .inner
+            .scripts
+            .append
+            .key(store.history_key(&a.session));
+        inv.arg(store.inner.keep).arg(ttl_with_slack);
+        let mut args = Vec::with_capacity(3 + a.entries.len());
+        session_args(&mut args, a, *r);
+        inv.arg(args);
+        async move { inv.invoke_async::<Value>(&mut c).await }
+    });
+    let mut out = Vec::with_capacity(batch.len());
+    for v in join_all(calls).await {
+        let v = v.map_err(|e| store.unavailable(e, "append history"))?;
+        out.extend(replies(v, 1)?);
+    }
+    Ok(out)
+}
+
+pub(super) async fn read_newest(
+    store: &RedisStore,
+    session: &SessionId,
+    n: usize,
+) -> Result<Vec<Bytes>, Error> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let start: i64 = i64::try_from(n).map_or(0, |n| -n);
+    let mut c = store.inner.conn.clone();
+    let items: Vec<Vec<u8>> = ::redis::cmd("LRANGE")
+        .arg(store.history_key(session))
+        .arg(start)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .map_err(|e| store.unavailable(e, "LRANGE"))?;
+    Ok(items.into_iter().map(Bytes::from).collect())
+}
+
+pub(super) async fn delete(store: &RedisStore, session: &SessionId) -> Result<u64, Error> {
+    let key = store.history_key(session);
+    let mut pipe = ::redis::pipe();
+    pipe.atomic()
+        .cmd("LLEN")
+        .arg(&key)
+        .cmd("DEL")
+        .arg(&key)
+        .ignore();
+    let mut c = store.inner.conn.clone();
+    let (n,): (u64,) = pipe
+        .query_async(&mut c)
+        .await
+        .map_err(|e| store.unavailable(e, "delete history"))?;
+    store
+        .inner
+        .memo
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .at
+        .remove(session);
+    Ok(n)
+}
+
+pub(super) async fn link_user(
+    store: &RedisStore,
+    user: &str,
+    session: &SessionId,
+) -> Result<(), Error> {
+    let key = store.user_history_key(user);
+    // The index lives as long as the histories it names: the history TTL
+    // (with the same slack), from the latest link.
+    let ttl = ttl_ms(store.inner.ttl).saturating_add(refresh_every(store.inner.ttl));
+    let mut pipe = ::redis::pipe();
+    pipe.atomic()
+        .cmd("ZADD")
+        .arg(&key)
+        .arg("NX")
+        .arg(now_ms())
+        .arg(session.to_string())
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(&key)
+        .arg(ttl)
+        .ignore();
+    let mut c = store.inner.conn.clone();
+    pipe.query_async::<()>(&mut c)
+        .await
+        .map_err(|e| store.unavailable(e, "link a user's history"))
+}
+
+pub(super) async fn user_sessions(store: &RedisStore, user: &str) -> Result<Vec<SessionId>, Error> {
+    let mut c = store.inner.conn.clone();
+    let members: Vec<String> = ::redis::cmd("ZRANGE")
+        .arg(store.user_history_key(user))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .map_err(|e| store.unavailable(e, "read a user's history index"))?;
+    Ok(members.iter().filter_map(|m| m.parse().ok()).collect())
+}
+
+pub(super) async fn unlink_user(store: &RedisStore, user: &str) -> Result<(), Error> {
+    let mut c = store.inner.conn.clone();
+    ::redis::cmd("DEL")
+        .arg(store.user_history_key(user))
+        .query_async::<()>(&mut c)
+        .await
+        .map_err(|e| store.unavailable(e, "unlink a user's history"))
+}

@@ -1,0 +1,403 @@
+//! Session records: one hash per session, and the per-user index.
+
+use std::collections::HashMap;
+
+use ::redis::Value;
+use futures_util::future::join_all;
+
+use super::RedisStore;
+use crate::SessionId;
+use crate::error::{Error, ErrorKind};
+use crate::store::{Record, Replaced, TokenHash, Update, UpdateOutcome};
+use crate::util::{hex, now_ms, unhex};
+
+const TOKEN: &str = "tok";
+const REPLACED: &str = "rtok";
+const REPLACED_AT: &str = "rat";
+const USER: &str = "user";
+const PRIVILEGE: &str = "priv";
+const CREATED: &str = "created";
+const LAST_SEEN: &str = "seen";
+const IDLE: &str = "idle";
+const ABSOLUTE: &str = "abs";
+const DEVICE: &str = "dev";
+const NETWORK: &str = "net";
+/// Data keys are stored as fields `d:<key>`, apart from the metadata.
+const DATA: &str = "d:";
+
+/// Latest time Redis is asked to expire anything at (about the year 6400):
+/// far beyond any session, well inside what `PEXPIREAT` and a sorted-set
+/// score (a double) represent exactly.
+const MAX_MS: i64 = 1 << 47;
+
+fn clamp_ms(ms: i64) -> i64 {
+    ms.clamp(0, MAX_MS)
+}
+
+fn corrupt(id: &SessionId, what: &str) -> Error {
+    Error::new(
+        ErrorKind::Corrupt,
+        format!("session {id}: stored field {what} is invalid"),
+    )
+}
+
+fn encode(record: &Record) -> Result<Vec<(String, String)>, Error> {
+    let mut f = vec![
+        (TOKEN.to_owned(), hex(record.token_hash.as_bytes())),
+        (CREATED.to_owned(), record.created.to_string()),
+        (LAST_SEEN.to_owned(), record.last_seen.to_string()),
+        (IDLE.to_owned(), record.idle_deadline.to_string()),
+        (ABSOLUTE.to_owned(), record.absolute_deadline.to_string()),
+    ];
+    if let Some(r) = &record.replaced {
+        f.push((REPLACED.to_owned(), hex(r.token_hash.as_bytes())));
+        f.push((REPLACED_AT.to_owned(), r.at.to_string()));
+    }
+    let optional = [
+        (USER, &record.user),
+        (PRIVILEGE, &record.privilege),
+        (DEVICE, &record.device),
+        (NETWORK, &record.network),
+    ];
+    for (name, value) in optional {
+        if let Some(v) = value {
+            f.push((name.to_owned(), v.clone()));
+        }
+    }
+    for (k, v) in &record.data {
+        f.push((format!("{DATA}{k}"), serde_json::to_string(v)?));
+    }
+    Ok(f)
+}
+
+fn decode(id: &SessionId, mut fields: HashMap<String, String>) -> Result<Option<Record>, Error> {
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let token = |v: Option<String>, what: &str| -> Result<TokenHash, Error> {
+        v.as_deref()
+            .and_then(unhex::<32>)
+            .map(TokenHash::from_bytes)
+            .ok_or_else(|| corrupt(id, what))
+    };
+    let mut int = |name: &str| -> Result<i64, Error> {
+        fields
+            .remove(name)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| corrupt(id, name))
+    };
+    let created = int(CREATED)?;
+    let last_seen = int(LAST_SEEN)?;
+    let idle_deadline = int(IDLE)?;
+    let absolute_deadline = int(ABSOLUTE)?;
+    let token_hash = token(fields.remove(TOKEN), TOKEN)?;
+    let replaced = match fields.remove(REPLACED) {
+        Some(v) => Some(Replaced {
+            token_hash: token(Some(v), REPLACED)?,
+            at: fields
+                .remove(REPLACED_AT)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| corrupt(id, REPLACED_AT))?,
+        }),
+        None => None,
+    };
+    let user = fields.remove(USER);
+    let privilege = fields.remove(PRIVILEGE);
+    let device = fields.remove(DEVICE);
+    let network = fields.remove(NETWORK);
+    let mut data = HashMap::new();
+    for (k, v) in fields {
+        if let Some(key) = k.strip_prefix(DATA) {
+            let value = serde_json::from_str(&v).map_err(|_| corrupt(id, &k))?;
+            data.insert(key.to_owned(), value);
+        }
+    }
+    Ok(Some(Record {
+        id: *id,
+        token_hash,
+        replaced,
+        user,
+        privilege,
+        data,
+        created,
+        last_seen,
+        idle_deadline,
+        absolute_deadline,
+        device,
+        network,
+    }))
+}
+
+async fn load_many(store: &RedisStore, ids: &[SessionId]) -> Result<Vec<Option<Record>>, Error> {
+    let raw: Vec<HashMap<String, String>> = if store.inner.conn.is_cluster() {
+        let futs = ids.iter().map(|id| {
+            let mut c = store.inner.conn.clone();
+            let key = store.record_key(id);
+            async move { ::redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
+        });
+        join_all(futs)
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| store.unavailable(e, "HGETALL"))?
+    } else {
+        let mut pipe = ::redis::pipe();
+        for id in ids {
+            pipe.cmd("HGETALL").arg(store.record_key(id));
+        }
+        let mut c = store.inner.conn.clone();
+        pipe.query_async(&mut c)
+            .await
+            .map_err(|e| store.unavailable(e, "HGETALL"))?
+    };
+    let now = now_ms();
+    ids.iter()
+        .zip(raw)
+        .map(|(id, fields)| Ok(decode(id, fields)?.filter(|r| r.expires_at() > now)))
+        .collect()
+}
+
+pub(super) async fn load(store: &RedisStore, id: &SessionId) -> Result<Option<Record>, Error> {
+    let mut c = store.inner.conn.clone();
+    let fields: HashMap<String, String> = ::redis::cmd("HGETALL")
+        .arg(store.record_key(id))
+        .query_async(&mut c)
+        .await
+        .map_err(|e| store.unavailable(e, "HGETALL"))?;
+    Ok(decode(id, fields)?.filter(|r| r.expires_at() > now_ms()))
+}
+
+/// Adds a session to a user's index, which expires with its longest-lived
+/// member.
+async fn index_add(
+    store: &RedisStore,
+    user: &str,
+    id: &SessionId,
+    absolute: i64,
+) -> Result<(), Error> {
+    let mut c = store.inner.conn.clone();
+    store
+        .inner
+        .scripts
+        .index
+        .key(store.user_key(user))
+        .arg(clamp_ms(absolute))
+        .arg(id.to_string())
+        .invoke_async::<()>(&mut c)
+        .await
+        .map_err(|e| store.unavailable(e, "index a user's session"))
+}
+
+/// Removes a session from a user's index (after the record stopped naming
+/// the user). Best effort: a leftover member is filtered out on read and
+/// expires with the session.
+async fn index_remove(store: &RedisStore, user: &str, id: &SessionId) {
+    let mut c = store.inner.conn.clone();
+    let res = ::redis::cmd("ZREM")
+        .arg(store.user_key(user))
+        .arg(id.to_string())
+        .query_async::<()>(&mut c)
+        .await;
+    if let Err(e) = res {
+        tracing::debug!(session = %id, error = %e, "could not remove a session from its user's index");
+    }
+}
+
+/// Writes the record, then indexes its user. The record comes first so that
+/// a reader of the index never drops the member of a session still being
+/// created (members whose record is gone are dropped); no one holds the new
+/// session's token until both writes succeeded, so a failure in between
+/// leaves nothing usable behind.
+pub(super) async fn create(store: &RedisStore, record: &Record) -> Result<(), Error> {
+    let fields = encode(record)?;
+    let key = store.record_key(&record.id);
+    let mut pipe = ::redis::pipe();
+    pipe.atomic()
+        .cmd("DEL")
+        .arg(&key)
+        .ignore()
+        .cmd("HSET")
+        .arg(&key)
+        .arg(fields)
+        .ignore()
+        .cmd("PEXPIREAT")
+        .arg(&key)
+        .arg(clamp_ms(record.expires_at()))
+        .ignore();
+    let mut c = store.inner.conn.clone();
+    pipe.query_async::<()>(&mut c)
+        .await
+        .map_err(|e| store.unavailable(e, "create a session"))?;
+    if let Some(user) = &record.user
+        && let Err(e) = index_add(store, user, &record.id, record.absolute_deadline).await {
+            // Unindexed, the session must not be used: take it back.
+            let _ = ::redis::cmd("DEL")
+                .arg(&key)
+                .query_async::<()>(&mut c)
+                .await;
+            return Err(e);
+        }
+    Ok(())
+}
+
+pub(super) async fn update(
+    store: &RedisStore,
+    id: &SessionId,
+    update: &Update,
+) -> Result<UpdateOutcome, Error> {
+    let key = store.record_key(id);
+    let mut set: Vec<(String, String)> = Vec::new();
+    let mut del: Vec<String> = Vec::new();
+    for (k, v) in &update.set {
+        set.push((format!("{DATA}{k}"), serde_json::to_string(v)?));
+    }
+    for k in &update.remove {
+        del.push(format!("{DATA}{k}"));
+    }
+    let optional = [
+        (USER, &update.user),
+        (PRIVILEGE, &update.privilege),
+        (DEVICE, &update.device),
+        (NETWORK, &update.network),
+    ];
+    for (name, change) in optional {
+        match change {
+            Some(Some(v)) => set.push((name.to_owned(), v.clone())),
+            Some(None) => del.push(name.to_owned()),
+            None => {}
+        }
+    }
+    let token = hex(update.token_hash.as_bytes());
+    let mut new_token = String::new();
+    if let Some(r) = &update.rotate {
+        new_token = hex(r.new_token_hash.as_bytes());
+        set.push((TOKEN.to_owned(), new_token.clone()));
+        set.push((REPLACED.to_owned(), token.clone()));
+        set.push((REPLACED_AT.to_owned(), r.at.to_string()));
+    }
+    let mut idle = String::new();
+    if let Some((last_seen, idle_deadline)) = update.touch {
+        idle = clamp_ms(idle_deadline).to_string();
+        set.push((LAST_SEEN.to_owned(), last_seen.to_string()));
+        set.push((IDLE.to_owned(), idle_deadline.to_string()));
+    }
+
+    // A new user is indexed before the record names it, so the index never
+    // misses a session. The score is the absolute deadline, which never
+    // changes after `create`.
+    if let Some(Some(user)) = &update.user {
+        let mut c = store.inner.conn.clone();
+        let absolute: Option<String> = ::redis::cmd("HGET")
+            .arg(&key)
+            .arg(ABSOLUTE)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| store.unavailable(e, "HGET"))?;
+        let Some(absolute) = absolute else {
+            return Ok(UpdateOutcome::Missing);
+        };
+        let absolute: i64 = absolute.parse().map_err(|_| corrupt(id, ABSOLUTE))?;
+        index_add(store, user, id, absolute).await?;
+    }
+
+    let mut inv = store.inner.scripts.update.key(&key);
+    inv.arg(&token).arg(&new_token).arg(&idle).arg(set.len());
+    for (f, v) in &set {
+        inv.arg(f).arg(v);
+    }
+    inv.arg(del.len());
+    for f in &del {
+        inv.arg(f);
+    }
+    let mut c = store.inner.conn.clone();
+    let reply: Vec<Value> = inv
+        .invoke_async(&mut c)
+        .await
+        .map_err(|e| store.unavailable(e, "update a session"))?;
+    match reply.first() {
+        Some(Value::Int(1)) => {
+            let old_user = match reply.get(1) {
+                Some(Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            };
+            if let (Some(new), Some(old)) = (&update.user, old_user)
+                && new.as_deref() != Some(old.as_str()) {
+                    index_remove(store, &old, id).await;
+                }
+            Ok(UpdateOutcome::Applied)
+        }
+        // An earlier attempt of this very call (same rotation) was applied
+        // and its answer lost.
+        Some(Value::Int(2)) => Ok(UpdateOutcome::Applied),
+        Some(Value::Int(0)) => Ok(UpdateOutcome::Missing),
+        other => Err(Error::new(
+            ErrorKind::Unavailable,
+            format!("redis update script answered {other:?}"),
+        )),
+    }
+}
+
+pub(super) async fn delete(store: &RedisStore, id: &SessionId) -> Result<bool, Error> {
+    let mut c = store.inner.conn.clone();
+    let reply: Vec<Value> = store
+        .inner
+        .scripts
+        .delete
+        .key(store.record_key(id))
+        .invoke_async(&mut c)
+        .await
+        .map_err(|e| store.unavailable(e, "delete a session"))?;
+    let existed = matches!(reply.first(), Some(Value::Int(n)) if *n > 0);
+    if let Some(Value::BulkString(user)) = reply.get(1) {
+        index_remove(store, &String::from_utf8_lossy(user), id).await;
+    }
+    Ok(existed)
+}
+
+pub(super) async fn sessions_of_user(store: &RedisStore, user: &str) -> Result<Vec<Record>, Error> {
+    let key = store.user_key(user);
+    let now = now_ms();
+    let mut pipe = ::redis::pipe();
+    pipe.cmd("ZREMRANGEBYSCORE")
+        .arg(&key)
+        .arg("-inf")
+        .arg(now)
+        .ignore()
+        .cmd("ZRANGE")
+        .arg(&key)
+        .arg(0)
+        .arg(-1);
+    let mut c = store.inner.conn.clone();
+    let (members,): (Vec<String>,) = pipe
+        .query_async(&mut c)
+        .await
+        .map_err(|e| store.unavailable(e, "read a user's index"))?;
+    let ids: Vec<SessionId> = members.iter().filter_map(|m| m.parse().ok()).collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let records = load_many(store, &ids).await?;
+    let mut out = Vec::new();
+    let mut gone = Vec::new();
+    for (id, record) in ids.iter().zip(records) {
+        match record {
+            // A member whose record names another user is left alone: it
+            // may be a login in progress (indexed first, then written).
+            Some(r) if r.user.as_deref() == Some(user) => out.push(r),
+            Some(_) => {}
+            None => gone.push(id.to_string()),
+        }
+    }
+    if !gone.is_empty() {
+        let res = ::redis::cmd("ZREM")
+            .arg(&key)
+            .arg(&gone)
+            .query_async::<()>(&mut c)
+            .await;
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "could not drop ended sessions from a user's index");
+        }
+    }
+    out.sort_by_key(|r| (r.created, r.id));
+    Ok(out)
+}

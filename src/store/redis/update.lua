@@ -1,0 +1,43 @@
+-- Applies one request's changes to a session record (see
+-- `SessionStore::update`), only if the record exists and its token hash is
+-- the one the request was made under: a destroyed session is never
+-- resurrected, and a rotated one is never written with the old token.
+--
+-- KEYS[1]   the session record (a hash)
+-- ARGV[1]   the token hash the update was made under (hex)
+-- ARGV[2]   the new token hash when the update rotates the token, else ""
+-- ARGV[3]   the new idle deadline (Unix ms) when it slides, else ""
+-- ARGV[4]   n: the number of fields to set; then n field/value pairs
+-- then      m: the number of fields to delete; then m fields
+--
+-- Returns {1, old user} (applied), {2} (this rotation was applied by an
+-- earlier attempt of the same call) or {0} (missing).
+local key = KEYS[1]
+local cur = redis.call('HMGET', key, 'tok', 'rtok', 'user', 'abs')
+if not cur[1] then
+  return {0}
+end
+if cur[1] ~= ARGV[1] then
+  if ARGV[2] ~= '' and cur[1] == ARGV[2] and cur[2] == ARGV[1] then
+    return {2}
+  end
+  return {0}
+end
+local set_end = 4 + 2 * tonumber(ARGV[4])
+-- unpack() is bounded by Lua's C stack: write in chunks (of whole pairs).
+for i = 5, set_end, 1000 do
+  redis.call('HSET', key, unpack(ARGV, i, math.min(i + 999, set_end)))
+end
+local del_end = set_end + 1 + tonumber(ARGV[set_end + 1])
+for i = set_end + 2, del_end, 1000 do
+  redis.call('HDEL', key, unpack(ARGV, i, math.min(i + 999, del_end)))
+end
+if ARGV[3] ~= '' then
+  -- The record lives until the nearer deadline.
+  local at = ARGV[3]
+  if cur[4] and tonumber(cur[4]) < tonumber(at) then
+    at = cur[4]
+  end
+  redis.call('PEXPIREAT', key, at)
+end
+return {1, cur[3]}

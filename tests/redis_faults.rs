@@ -1,0 +1,411 @@
+//! The Redis store under faults, on real `redis-server` processes: a
+//! `kill -9` and restart, a `CLIENT PAUSE` longer than the writer's attempt
+//! timeout, a wipe (`FLUSHALL`), an outage seen through the layer, and two
+//! app servers sharing one Redis. Every wait is a poll with a deadline.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::routing::{get, post};
+use http::{Request, StatusCode};
+use serde_json::{Value, json};
+use session_trail::history::{
+    Body as EntryBody, Draft, Entry, EntryKind, HistoryWriter, Options, WriterConfig, verify,
+};
+use session_trail::store::{HistoryStore, RedisStore};
+use session_trail::{Key, KeyRing, Session, SessionId, SessionLayer};
+use tower::ServiceExt;
+
+use common::app::{Client, body_json, session_cookie};
+use common::redis::RedisServer;
+
+/// Small batches and short timeouts, so faults hit many attempts.
+fn writer_config() -> WriterConfig {
+    WriterConfig::default()
+        .batch_entries(128)
+        .flush_interval(Duration::from_millis(5))
+        .attempt_timeout(Duration::from_millis(300))
+        .backoff_max(Duration::from_millis(100))
+}
+
+async fn connect(url: &str, response_timeout: Duration) -> RedisStore {
+    RedisStore::builder(url)
+        .response_timeout(response_timeout)
+        .connect()
+        .await
+        .expect("connect to the test redis-server")
+}
+
+fn tick(n: u64) -> Draft {
+    Draft::event("tick", &json!({ "n": n })).unwrap()
+}
+
+/// Flushes the writer within a deadline.
+async fn flush(writer: &HistoryWriter) {
+    tokio::time::timeout(Duration::from_secs(60), writer.flush())
+        .await
+        .expect("the writer flushed within 60 s")
+        .expect("the writer is running");
+}
+
+/// What one session's stored chain holds.
+struct Checked {
+    entries: Vec<Entry>,
+    /// `tick` number → how many times it is stored.
+    ticks: HashMap<u64, usize>,
+}
+
+/// Reads a session's history, checks that the chain verifies and that no
+/// entry is stored twice (unique entry ids), and counts the ticks.
+async fn check_chain(store: &RedisStore, ring: &KeyRing, sid: &SessionId) -> Checked {
+    let all = store.read_all(sid).await.unwrap();
+    let v = verify(ring, sid, &all, Options::default());
+    assert!(v.is_ok(), "session {sid}: chain breaks {:?}", v.breaks);
+    let entries: Vec<Entry> = all.iter().map(|b| Entry::decode(b).unwrap()).collect();
+    let ids: HashSet<[u8; 16]> = entries.iter().map(|e| e.id).collect();
+    assert_eq!(
+        ids.len(),
+        entries.len(),
+        "session {sid}: an entry is stored twice"
+    );
+    let mut ticks = HashMap::new();
+    for e in &entries {
+        if let EntryBody::Event { name, data } = &e.body
+            && name == "tick" {
+                *ticks.entry(data["n"].as_u64().unwrap()).or_insert(0) += 1;
+            }
+    }
+    Checked { entries, ticks }
+}
+
+fn assert_every_tick_once(sid: &SessionId, c: &Checked, range: std::ops::Range<u64>) {
+    for n in range {
+        match c.ticks.get(&n) {
+            Some(1) => {}
+            Some(k) => panic!("session {sid}: tick {n} stored {k} times"),
+            None => panic!("session {sid}: tick {n} lost"),
+        }
+    }
+}
+
+fn gaps(c: &Checked) -> Vec<&Value> {
+    c.entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Gap)
+        .filter_map(|e| match &e.body {
+            EntryBody::Details(v) => Some(v),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_during_history_writes_loses_and_duplicates_nothing() {
+    let mut server = RedisServer::start_with_aof();
+    let store = connect(&server.url(), Duration::from_millis(500)).await;
+    let ring = KeyRing::new(Key::generate());
+    let writer = HistoryWriter::start(store.clone(), ring.clone(), writer_config()).unwrap();
+    let sids: Vec<SessionId> = (0..40).map(|_| SessionId::generate()).collect();
+    let rounds = 150;
+    for round in 0..rounds {
+        for sid in &sids {
+            assert!(
+                writer.enqueue(*sid, vec![tick(round)]),
+                "the queue never fills here"
+            );
+        }
+        if round == 50 {
+            tokio::task::block_in_place(|| server.kill9());
+        }
+        if round == 90 {
+            tokio::task::block_in_place(|| server.restart());
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    flush(&writer).await;
+    let stats = writer.stats();
+    assert!(stats.retried > 0, "the outage never hit a write: {stats:?}");
+    assert_eq!(stats.dropped, 0);
+    for sid in &sids {
+        let c = check_chain(&store, &ring, sid).await;
+        assert_every_tick_once(sid, &c, 0..rounds);
+        assert!(
+            gaps(&c).is_empty(),
+            "AOF with fsync always loses no acknowledged entry"
+        );
+        assert_eq!(c.entries.len() as u64, rounds);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pause_longer_than_the_attempt_timeout_duplicates_and_loses_nothing() {
+    let server = RedisServer::start();
+    // The store would wait longer than the writer does: the writer's attempt
+    // timeout fires while the scripts wait in Redis, and its retries resend
+    // the same bytes behind them.
+    let store = connect(&server.url(), Duration::from_secs(5)).await;
+    let ring = KeyRing::new(Key::generate());
+    let config = writer_config().attempt_timeout(Duration::from_millis(150));
+    let writer = HistoryWriter::start(store.clone(), ring.clone(), config).unwrap();
+    let sids: Vec<SessionId> = (0..30).map(|_| SessionId::generate()).collect();
+    let rounds = 100;
+    for round in 0..rounds {
+        for sid in &sids {
+            assert!(writer.enqueue(*sid, vec![tick(round)]));
+        }
+        if round == 30 {
+            assert_eq!(server.cli(&["CLIENT", "PAUSE", "1200", "ALL"]).trim(), "OK");
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    flush(&writer).await;
+    let stats = writer.stats();
+    eprintln!(
+        "writer during the pause: {stats:?}; {}",
+        server
+            .cli(&["INFO", "commandstats"])
+            .lines()
+            .filter(|l| l.contains("evalsha"))
+            .collect::<String>()
+    );
+    assert!(
+        stats.retried >= 2,
+        "no attempt timed out during the pause: {stats:?}"
+    );
+    for sid in &sids {
+        let c = check_chain(&store, &ring, sid).await;
+        assert_every_tick_once(sid, &c, 0..rounds);
+        assert_eq!(c.entries.len() as u64, rounds);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_redis_is_detected_and_recorded_as_a_store_lost_gap() {
+    let server = RedisServer::start();
+    let store = connect(&server.url(), Duration::from_millis(500)).await;
+    let ring = KeyRing::new(Key::generate());
+    let writer = HistoryWriter::start(store.clone(), ring.clone(), writer_config()).unwrap();
+    let sids: Vec<SessionId> = (0..20).map(|_| SessionId::generate()).collect();
+    for n in 0..10 {
+        for sid in &sids {
+            writer.enqueue(*sid, vec![tick(n)]);
+        }
+    }
+    flush(&writer).await;
+    let mut wiped_at = 0;
+    for n in 10..60 {
+        for sid in &sids {
+            writer.enqueue(*sid, vec![tick(n)]);
+        }
+        if n == 30 {
+            assert_eq!(server.cli(&["FLUSHALL"]).trim(), "OK");
+            wiped_at = n;
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    flush(&writer).await;
+    for sid in &sids {
+        let c = check_chain(&store, &ring, sid).await;
+        let g = gaps(&c);
+        assert_eq!(g.len(), 1, "session {sid}: one gap expected, got {g:?}");
+        assert_eq!(g[0]["reason"], "store_lost");
+        assert!(g[0]["lost_through_seq"].as_u64().unwrap() >= 10, "{}", g[0]);
+        // The gap opens the new chain; everything enqueued after the wipe
+        // is there, once.
+        assert_eq!(c.entries[0].kind, EntryKind::Gap);
+        assert_eq!(c.entries[0].seq, 1);
+        assert_every_tick_once(sid, &c, wiped_at + 1..60);
+        assert!(c.ticks.values().all(|k| *k == 1));
+    }
+}
+
+fn outage_router(layer: SessionLayer) -> Router {
+    Router::new()
+        .route("/ping", get(|| async { "pong" }))
+        .route(
+            "/login/{user}",
+            post(|session: Session, Path(user): Path<String>| async move {
+                session.set_user(Some(user)).await?;
+                Ok::<_, session_trail::Error>(StatusCode::OK)
+            }),
+        )
+        .route(
+            "/me",
+            get(|session: Session| async move {
+                Ok::<_, session_trail::Error>(axum::Json(json!({ "user": session.user().await? })))
+            }),
+        )
+        .route(
+            "/shop.Cart/Add",
+            post(|session: Session| async move {
+                session.record("add_to_cart", json!({})).await?;
+                Ok::<_, session_trail::Error>(StatusCode::OK)
+            }),
+        )
+        .layer(layer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_fails_closed_and_the_session_survives_the_outage() {
+    let mut server = RedisServer::start_with_aof();
+    let store = connect(&server.url(), Duration::from_millis(300)).await;
+    let layer = SessionLayer::builder(store, Key::generate())
+        .build()
+        .unwrap();
+    let mut client = Client::new(outage_router(layer));
+    assert_eq!(
+        client.send("POST", "/login/alice").await.status(),
+        StatusCode::OK
+    );
+    assert!(client.cookie.is_some());
+    assert_eq!(client.json("GET", "/me").await["user"], "alice");
+    let cookie = client.cookie.clone();
+
+    tokio::task::block_in_place(|| server.kill9());
+
+    // A route that never touches the session is served as usual.
+    let res = client.send("GET", "/ping").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // A route that reads the session fails closed: 503, never a logout.
+    let started = Instant::now();
+    let res = client.send("GET", "/me").await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(res.headers().get("retry-after").unwrap(), "1");
+    assert!(
+        session_cookie(&res, "session").is_none(),
+        "the cookie is not touched"
+    );
+    assert_eq!(client.cookie, cookie);
+    // A gRPC request gets UNAVAILABLE as a gRPC status.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/shop.Cart/Add")
+        .header("content-type", "application/grpc")
+        .header("cookie", format!("session={}", cookie.as_deref().unwrap()))
+        .body(Body::empty())
+        .unwrap();
+    let res = client.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.headers().get("grpc-status").unwrap(), "14");
+
+    tokio::task::block_in_place(|| server.restart());
+
+    // Back up: the same cookie is still logged in.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let res = client.send("GET", "/me").await;
+        if res.status() == StatusCode::OK {
+            assert_eq!(body_json(res).await["user"], "alice");
+            break;
+        }
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(Instant::now() < deadline, "the store did not come back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(client.cookie, cookie);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_app_servers_share_sessions_and_history_chains() {
+    let server = RedisServer::start();
+    let key = Key::generate();
+    let layer = |store: RedisStore| {
+        SessionLayer::builder(store, key.clone())
+            .history_writer(writer_config())
+            .build()
+            .unwrap()
+    };
+    // Two "app servers": their own connections, layers and history writers.
+    let (store_a, store_b) = (
+        connect(&server.url(), Duration::from_millis(500)).await,
+        connect(&server.url(), Duration::from_millis(500)).await,
+    );
+    let (layer_a, layer_b) = (layer(store_a.clone()), layer(store_b));
+    let app_a = common::app::router(layer_a.clone());
+    let app_b = common::app::router(layer_b.clone());
+
+    // A session made through A is valid through B, and back.
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let mut a = Client::new(app_a.clone());
+        assert_eq!(
+            a.send("POST", &format!("/login/user{i}")).await.status(),
+            StatusCode::OK
+        );
+        let mut b = Client::new(app_b.clone());
+        b.cookie = a.cookie.clone();
+        let me = b.json("GET", "/me").await;
+        assert_eq!(me["user"], format!("user{i}"));
+        let sid: SessionId = me["session"].as_str().unwrap().parse().unwrap();
+        assert_eq!(b.json("GET", "/visits").await["visits"], 1);
+        a.cookie = b.cookie.clone();
+        assert_eq!(a.json("GET", "/visits").await["visits"], 2);
+        clients.push((sid, a.cookie.clone().unwrap()));
+    }
+
+    // Concurrent requests through both servers append to the same chains.
+    let per_client = 60;
+    let mut tasks = Vec::new();
+    for (_, cookie) in &clients {
+        for j in 0..per_client {
+            let app = if j % 2 == 0 {
+                app_a.clone()
+            } else {
+                app_b.clone()
+            };
+            let cookie = cookie.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = Request::builder()
+                    .uri("/ping")
+                    .header("cookie", format!("session={cookie}"))
+                    .body(Body::empty())
+                    .unwrap();
+                app.oneshot(req).await.unwrap().status()
+            }));
+        }
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    let (wa, wb) = (
+        layer_a.history_writer().unwrap(),
+        layer_b.history_writer().unwrap(),
+    );
+    flush(wa).await;
+    flush(wb).await;
+    let conflicts = wa.stats().conflicts + wb.stats().conflicts;
+    assert!(
+        conflicts > 0,
+        "the two writers never raced; the test proves nothing"
+    );
+    assert_eq!(wa.stats().dropped + wb.stats().dropped, 0);
+
+    let ring = KeyRing::new(key.clone());
+    for (sid, _) in &clients {
+        let c = check_chain(&store_a, &ring, sid).await;
+        let requests = c
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Request)
+            .count();
+        // The login, /me, two /visits, and every /ping: nothing lost.
+        assert_eq!(requests, 4 + per_client, "session {sid}");
+        let pings = c
+            .entries
+            .iter()
+            .filter(|e| matches!(&e.body, EntryBody::Request { route, .. } if route == "/ping"))
+            .count();
+        assert_eq!(pings, per_client);
+        assert!(gaps(&c).is_empty());
+    }
+}

@@ -1,0 +1,422 @@
+//! The store conformance suite on a single real `redis-server`, plus the
+//! Redis store's own behaviour: configuration errors, start-up against an
+//! unreachable server, key layout, NOSCRIPT recovery and TTLs.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::conformance::record;
+use common::redis::{RedisServer, free_port};
+use session_trail::store::{Append, AppendOutcome, HistoryStore, RedisStore, SessionStore};
+use session_trail::{ErrorKind, SessionId};
+
+/// One server for the whole file; each test gets its own key prefix.
+fn server() -> &'static RedisServer {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(RedisServer::start)
+}
+
+fn prefix() -> String {
+    format!("t-{}", SessionId::generate())
+}
+
+async fn store(keep: usize) -> RedisStore {
+    RedisStore::builder(server().url())
+        .key_prefix(prefix())
+        .history_retention(keep, Duration::from_secs(3600))
+        .connect()
+        .await
+        .expect("connect to the test redis-server")
+}
+
+store_conformance!(|keep: usize| store(keep));
+
+fn chain(
+    sid: &SessionId,
+    key: &session_trail::Key,
+    from_seq: u64,
+    prev: [u8; 16],
+    n: usize,
+) -> Vec<bytes::Bytes> {
+    use session_trail::history::Draft;
+    let mut out = Vec::new();
+    let mut prev = prev;
+    for i in 0..n {
+        let b = Draft::request("GET", "/", 200, i as u64, None).sign(
+            key,
+            sid,
+            from_seq + i as u64,
+            &prev,
+        );
+        prev = session_trail::store::tag_of(&b).unwrap();
+        out.push(b);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_urls_are_config_errors_naming_the_url() {
+    for url in [
+        "",
+        "http://127.0.0.1:6379",
+        "redis://127.0.0.1:notaport",
+        "redis-cluster://",
+        "redis-cluster://127.0.0.1:7000,,127.0.0.1:7001",
+        "redis://127.0.0.1:7000,nonsense",
+    ] {
+        let err = RedisStore::builder(url).build().unwrap_err();
+        assert_eq!(err.setting(), "url", "{url:?}: {err}");
+    }
+    let err = RedisStore::connect("nope://x").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("`url`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_without_tls_support_says_how_to_enable_it() {
+    let err = RedisStore::builder("rediss://127.0.0.1:6380")
+        .build()
+        .unwrap_err();
+    assert_eq!(err.setting(), "url");
+    assert!(err.to_string().contains("TLS"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_settings_name_the_setting() {
+    let url = server().url();
+    let b = || RedisStore::builder(url.clone());
+    let setting = |r: Result<RedisStore, session_trail::ConfigError>| r.unwrap_err().setting();
+    assert_eq!(setting(b().key_prefix("a{b}").build()), "key_prefix");
+    assert_eq!(setting(b().key_prefix("").build()), "key_prefix");
+    assert_eq!(setting(b().key_prefix("has space").build()), "key_prefix");
+    assert_eq!(
+        setting(b().history_retention(0, Duration::from_secs(1)).build()),
+        "history_retention"
+    );
+    assert_eq!(
+        setting(b().history_retention(1, Duration::ZERO).build()),
+        "history_retention"
+    );
+    assert_eq!(
+        setting(b().response_timeout(Duration::ZERO).build()),
+        "response_timeout"
+    );
+    assert_eq!(
+        setting(b().connection_timeout(Duration::ZERO).build()),
+        "connection_timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_redis_at_start_up_is_unavailable() {
+    let port = free_port();
+    let started = std::time::Instant::now();
+    let err = RedisStore::connect(format!("redis://127.0.0.1:{port}"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazily_built_store_starts_degraded_and_recovers() {
+    let mut server = RedisServer::start();
+    server.kill9();
+    let store = RedisStore::builder(server.url())
+        .build()
+        .expect("no I/O at build");
+    let r = record(Some("zoe"));
+    let err = store.create(&r).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    server.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.ping().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.create(&r).await.unwrap();
+    assert_eq!(store.load(&r.id).await.unwrap(), Some(r));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_carry_the_session_hash_tag_and_no_token() {
+    let s = store(1000).await;
+    let r = record(Some("weird {user} name ünï\n"));
+    s.create(&r).await.unwrap();
+    let key = session_trail::Key::generate();
+    let a = Append {
+        session: r.id,
+        expected_head: None,
+        entries: chain(&r.id, &key, 1, [0; 16], 2),
+    };
+    assert_eq!(s.append(&[a]).await.unwrap(), vec![AppendOutcome::Appended]);
+
+    let rk = s.record_key(&r.id);
+    let hk = s.history_key(&r.id);
+    assert_eq!(rk, format!("{}:{{{}}}:s", s.key_prefix(), r.id));
+    assert_eq!(hk, format!("{}:{{{}}}:h", s.key_prefix(), r.id));
+    let srv = server();
+    assert_eq!(srv.cli(&["TYPE", &rk]).trim(), "hash");
+    assert_eq!(srv.cli(&["TYPE", &hk]).trim(), "list");
+    assert_eq!(srv.cli(&["LLEN", &hk]).trim(), "2");
+    // Data keys are fields of their own; the token is stored as its hash.
+    assert_eq!(srv.cli(&["HGET", &rk, "d:b"]).trim(), "\"two\"");
+    let tok = srv.cli(&["HGET", &rk, "tok"]);
+    assert_eq!(tok.trim(), "01".repeat(32));
+    // The record expires at the nearer deadline.
+    let at: i64 = srv.cli(&["PEXPIRETIME", &rk]).trim().parse().unwrap();
+    assert_eq!(at, r.expires_at());
+    // The user index is keyed by a hash of the name, never the name.
+    let uk = s.user_key(r.user.as_deref().unwrap());
+    assert!(!uk.contains("weird"), "{uk}");
+    assert!(uk.starts_with(&format!("{}:user:{{", s.key_prefix())));
+    assert_eq!(
+        srv.cli(&["ZRANGE", &uk, "0", "-1"]).trim(),
+        r.id.to_string()
+    );
+    let ids: Vec<SessionId> = s
+        .sessions_of_user(r.user.as_deref().unwrap())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, vec![r.id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_are_reloaded_after_noscript() {
+    let s = store(1000).await;
+    let r = record(None);
+    s.create(&r).await.unwrap();
+    let key = session_trail::Key::generate();
+    let first = chain(&r.id, &key, 1, [0; 16], 1);
+    let a = Append {
+        session: r.id,
+        expected_head: None,
+        entries: first.clone(),
+    };
+    assert_eq!(s.append(&[a]).await.unwrap(), vec![AppendOutcome::Appended]);
+    // A restart or failover forgets every script.
+    assert_eq!(server().cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
+    let next = chain(
+        &r.id,
+        &key,
+        2,
+        session_trail::store::tag_of(&first[0]).unwrap(),
+        1,
+    );
+    let a = Append {
+        session: r.id,
+        expected_head: session_trail::store::tag_of(&first[0]),
+        entries: next,
+    };
+    assert_eq!(s.append(&[a]).await.unwrap(), vec![AppendOutcome::Appended]);
+    assert_eq!(s.read_all(&r.id).await.unwrap().len(), 2);
+    server().cli(&["SCRIPT", "FLUSH"]);
+    let u = session_trail::store::Update {
+        token_hash: r.token_hash,
+        set: vec![("k".into(), serde_json::json!(true))],
+        user: Some(Some("yan".into())),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.update(&r.id, &u).await.unwrap(),
+        session_trail::store::UpdateOutcome::Applied
+    );
+    server().cli(&["SCRIPT", "FLUSH"]);
+    assert!(SessionStore::delete(&s, &r.id).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_ttl_is_set_on_new_lists_and_refreshed_only_when_due() {
+    // TTL 64 s: refreshed at most every second, with a second of slack.
+    let s = RedisStore::builder(server().url())
+        .key_prefix(prefix())
+        .history_retention(1000, Duration::from_secs(64))
+        .connect()
+        .await
+        .unwrap();
+    let sid = SessionId::generate();
+    let key = session_trail::Key::generate();
+    let entries = chain(&sid, &key, 1, [0; 16], 3);
+    let hk = s.history_key(&sid);
+    let pttl = || server().cli(&["PTTL", &hk]).trim().parse::<i64>().unwrap();
+    let append = |i: usize| {
+        let s = s.clone();
+        let e = entries[i].clone();
+        let head = if i == 0 {
+            None
+        } else {
+            session_trail::store::tag_of(&entries[i - 1])
+        };
+        async move {
+            s.append(&[Append {
+                session: sid,
+                expected_head: head,
+                entries: vec![e],
+            }])
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(append(0).await, vec![AppendOutcome::Appended]);
+    let t = pttl();
+    assert!(
+        (64_000..=65_000).contains(&t),
+        "a new list gets ttl + slack: {t}"
+    );
+    // Not due: no PEXPIRE on this append.
+    server().cli(&["PEXPIRE", &hk, "30000"]);
+    assert_eq!(append(1).await, vec![AppendOutcome::Appended]);
+    assert!(pttl() <= 30_000, "refreshed although not due");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(append(2).await, vec![AppendOutcome::Appended]);
+    assert!(pttl() > 60_000, "due but not refreshed: {}", pttl());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_rotation_is_applied_once_and_answers_applied() {
+    use session_trail::store::{Rotation, TokenHash, Update, UpdateOutcome};
+    let s = store(1000).await;
+    let r = record(None);
+    s.create(&r).await.unwrap();
+    let u = Update {
+        token_hash: r.token_hash,
+        rotate: Some(Rotation {
+            new_token_hash: TokenHash::from_bytes([5; 32]),
+            at: 1,
+        }),
+        ..Update::default()
+    };
+    assert_eq!(s.update(&r.id, &u).await.unwrap(), UpdateOutcome::Applied);
+    // The same call again (its answer was lost): still applied, nothing changes.
+    assert_eq!(s.update(&r.id, &u).await.unwrap(), UpdateOutcome::Applied);
+    let back = s.load(&r.id).await.unwrap().unwrap();
+    assert_eq!(back.token_hash, TokenHash::from_bytes([5; 32]));
+    assert_eq!(back.replaced.unwrap().token_hash, r.token_hash);
+    // Any other write with the old token is refused.
+    let stale = Update {
+        token_hash: r.token_hash,
+        set: vec![("x".into(), serde_json::json!(1))],
+        ..Update::default()
+    };
+    assert_eq!(
+        s.update(&r.id, &stale).await.unwrap(),
+        UpdateOutcome::Missing
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_index_drops_members_whose_record_is_gone() {
+    let s = store(1000).await;
+    let user = format!("ida-{}", SessionId::generate());
+    let a = record(Some(&user));
+    let b = record(Some(&user));
+    s.create(&a).await.unwrap();
+    s.create(&b).await.unwrap();
+    // The record vanishes behind the store's back (eviction, an operator).
+    server().cli(&["DEL", &s.record_key(&a.id)]);
+    let ids: Vec<SessionId> = s
+        .sessions_of_user(&user)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, vec![b.id]);
+    assert_eq!(server().cli(&["ZCARD", &s.user_key(&user)]).trim(), "1");
+    // The index expires with its longest-lived session.
+    let at: i64 = server()
+        .cli(&["PEXPIRETIME", &s.user_key(&user)])
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(at, a.absolute_deadline.max(b.absolute_deadline));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_output_shows_no_password() {
+    let s = RedisStore::builder("redis://user:s3cret@127.0.0.1:1/2")
+        .build()
+        .unwrap();
+    let text = format!("{s:?}");
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    let text = format!(
+        "{:?}",
+        RedisStore::builder("redis://user:s3cret@127.0.0.1:1")
+    );
+    assert!(!text.contains("s3cret"), "{text}");
+    let c = RedisStore::builder("redis-cluster://:s3cret@127.0.0.1:1,127.0.0.1:2")
+        .build()
+        .unwrap();
+    assert!(c.is_cluster());
+    let text = format!("{c:?}");
+    assert!(
+        !text.contains("s3cret") && text.contains("127.0.0.1:2"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_history_index_keeps_first_links_in_order_and_expires() {
+    let s = store(1000).await;
+    let user = "pseudonym-0123abcd";
+    let (a, b) = (SessionId::generate(), SessionId::generate());
+    s.link_user(user, &a).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    s.link_user(user, &b).await.unwrap();
+    // Linking again keeps the first link's place.
+    s.link_user(user, &a).await.unwrap();
+    assert_eq!(s.user_sessions(user).await.unwrap(), vec![a, b]);
+    assert!(s.user_sessions("someone else").await.unwrap().is_empty());
+    let key = s.user_history_key(user);
+    assert!(!key.contains("pseudonym"), "{key}");
+    let pttl: i64 = server().cli(&["PTTL", &key]).trim().parse().unwrap();
+    assert!((3_600_000..=3_700_000).contains(&pttl), "{pttl}");
+    s.unlink_user(user).await.unwrap();
+    assert!(s.user_sessions(user).await.unwrap().is_empty());
+    assert_eq!(server().cli(&["EXISTS", &key]).trim(), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_and_network_changes_are_stored_per_field() {
+    use session_trail::store::{Update, UpdateOutcome};
+    let s = store(1000).await;
+    let r = record(None);
+    s.create(&r).await.unwrap();
+    let u = Update {
+        token_hash: r.token_hash,
+        device: Some(Some("Safari on iOS".into())),
+        network: Some(Some("n-1234".into())),
+        ..Update::default()
+    };
+    assert_eq!(s.update(&r.id, &u).await.unwrap(), UpdateOutcome::Applied);
+    let back = s.load(&r.id).await.unwrap().unwrap();
+    assert_eq!(back.device.as_deref(), Some("Safari on iOS"));
+    assert_eq!(back.network.as_deref(), Some("n-1234"));
+    let u = Update {
+        token_hash: r.token_hash,
+        device: Some(None),
+        ..Update::default()
+    };
+    assert_eq!(s.update(&r.id, &u).await.unwrap(), UpdateOutcome::Applied);
+    let back = s.load(&r.id).await.unwrap().unwrap();
+    assert_eq!(back.device, None);
+    assert_eq!(back.data, r.data);
+}
