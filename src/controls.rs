@@ -238,9 +238,10 @@ impl Session {
         let store = writer.store();
         let mut sessions = store.user_sessions(&pseudonym).await?;
         if let Some(current) = self.id().await?
-            && !sessions.contains(&current) {
-                sessions.push(current);
-            }
+            && !sessions.contains(&current)
+        {
+            sessions.push(current);
+        }
         let mut entries = 0;
         let mut erased = 0;
         for sid in &sessions {
@@ -254,7 +255,8 @@ impl Session {
         store.unlink_user(&pseudonym).await?;
         // Keep the current session findable for a later export.
         if let Some(current) = self.id().await? {
-            store.link_user(&pseudonym, &current).await?;
+            let ends = now_ms() + self.shared().config.absolute_timeout.as_millis() as i64;
+            store.link_user(&pseudonym, &current, ends).await?;
         }
         self.suppress_history();
         let receipt = ErasureReceipt {

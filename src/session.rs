@@ -952,13 +952,20 @@ impl Session {
         // Index the session under its user for export and erasure.
         if let (Some(sid), Some(user)) = (entry_sid, &st.user) {
             let newly = st.new || st.record_user_changed;
-            if newly
-                && let Some(w) = &shared.writer {
-                    let pseudonym = shared.user_pseudonym(user);
-                    if let Err(e) = w.store().link_user(&pseudonym, &sid).await {
-                        tracing::warn!(session = %sid, error = %e, "could not index the session's history under its user");
-                    }
+            if newly && let Some(w) = &shared.writer {
+                let pseudonym = shared.user_pseudonym(user);
+                if let Err(e) = w
+                    .store()
+                    .link_user(
+                        &pseudonym,
+                        &sid,
+                        now + config.absolute_timeout.as_millis() as i64,
+                    )
+                    .await
+                {
+                    tracing::warn!(session = %sid, error = %e, "could not index the session's history under its user");
                 }
+            }
         }
         if st.suppress_history {
             return Ok(Outcome {

@@ -43,10 +43,11 @@ pub(crate) fn read(shared: &Shared, headers: &HeaderMap) -> Read {
         }
     };
     if let Some(name) = &shared.config.header
-        && let Some(v) = headers.get(name) {
-            used_header = true;
-            try_value(v.as_bytes(), &mut presented, &mut seen_invalid);
-        }
+        && let Some(v) = headers.get(name)
+    {
+        used_header = true;
+        try_value(v.as_bytes(), &mut presented, &mut seen_invalid);
+    }
     if let Some(ck) = &shared.config.cookie {
         for header in headers.get_all(COOKIE) {
             let Ok(text) = header.to_str() else {
@@ -97,7 +98,13 @@ pub(crate) fn client_ip<B>(
                 .map(|a| a.ip())
         }
         ClientAddress::Header(name) => {
-            let text = req.headers().get_all(name).iter().next_back()?.to_str().ok()?;
+            let text = req
+                .headers()
+                .get_all(name)
+                .iter()
+                .next_back()?
+                .to_str()
+                .ok()?;
             text.rsplit(',').next()?.trim().parse().ok()
         }
         _ => None,
@@ -129,9 +136,10 @@ pub(crate) fn write<B>(
         .as_ref()
         .filter(|_| used_cookie || header_out.is_none());
     if let Some(name) = header_out
-        && let Ok(v) = HeaderValue::from_str(value.unwrap_or("")) {
-            res.headers_mut().insert(name.clone(), v);
-        }
+        && let Ok(v) = HeaderValue::from_str(value.unwrap_or(""))
+    {
+        res.headers_mut().insert(name.clone(), v);
+    }
     if let Some(ck) = cookie_out {
         let mut c = Cookie::build((ck.name.clone(), value.unwrap_or("").to_owned()))
             .http_only(ck.http_only)

@@ -77,9 +77,10 @@ async fn check_chain(store: &RedisStore, ring: &KeyRing, sid: &SessionId) -> Che
     let mut ticks = HashMap::new();
     for e in &entries {
         if let EntryBody::Event { name, data } = &e.body
-            && name == "tick" {
-                *ticks.entry(data["n"].as_u64().unwrap()).or_insert(0) += 1;
-            }
+            && name == "tick"
+        {
+            *ticks.entry(data["n"].as_u64().unwrap()).or_insert(0) += 1;
+        }
     }
     Checked { entries, ticks }
 }

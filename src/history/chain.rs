@@ -368,9 +368,10 @@ fn longest_increasing(valid: &[Valid]) -> Vec<bool> {
         let mut before: Option<(Score, usize)> = None;
         while k > 0 {
             if let Some((s, j)) = tree[k]
-                && better(&before, s) {
-                    before = Some((s, j));
-                }
+                && better(&before, s)
+            {
+                before = Some((s, j));
+            }
             k &= k - 1;
         }
         if let Some(((len, aligned), j)) = before {
@@ -378,10 +379,11 @@ fn longest_increasing(valid: &[Valid]) -> Vec<bool> {
             prev[i] = Some(j);
         }
         if let Some(&((len, aligned), j)) = by_offset.get(&offset)
-            && (len + 1, aligned + 1) > score {
-                score = (len + 1, aligned + 1);
-                prev[i] = Some(j);
-            }
+            && (len + 1, aligned + 1) > score
+        {
+            score = (len + 1, aligned + 1);
+            prev[i] = Some(j);
+        }
         let mut k = rank + 1;
         while k < tree.len() {
             if better(&tree[k], score) {

@@ -66,8 +66,7 @@ pub enum ClientAddress {
     None,
 }
 
-type HookFn =
-    dyn Fn(&crate::SessionId, &crate::Signal) -> crate::SuspicionResponse + Send + Sync;
+type HookFn = dyn Fn(&crate::SessionId, &crate::Signal) -> crate::SuspicionResponse + Send + Sync;
 
 /// Decides how to answer a [`Signal`](crate::Signal).
 #[derive(Clone)]

@@ -124,15 +124,16 @@ async fn finish<B: Default>(ctx: Ctx, mut res: Response<B>) -> Response<B> {
                 ctx.used_header,
             );
             if let Some((sid, mut drafts)) = outcome.entries
-                && ctx.shared.writer.is_some() {
-                    let user = outcome
-                        .user
-                        .as_deref()
-                        .filter(|_| outcome.action != CredentialAction::Clear)
-                        .map(|u| ctx.shared.user_pseudonym_bytes(u));
-                    drafts.push(request_draft(&ctx, route, res.status().as_u16(), user));
-                    ctx.shared.enqueue(sid, drafts);
-                }
+                && ctx.shared.writer.is_some()
+            {
+                let user = outcome
+                    .user
+                    .as_deref()
+                    .filter(|_| outcome.action != CredentialAction::Clear)
+                    .map(|u| ctx.shared.user_pseudonym_bytes(u));
+                drafts.push(request_draft(&ctx, route, res.status().as_u16(), user));
+                ctx.shared.enqueue(sid, drafts);
+            }
             res
         }
         Err(e) => {

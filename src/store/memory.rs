@@ -187,12 +187,13 @@ impl Sessions {
 
     fn unindex(&mut self, rec: &Record) {
         if let Some(user) = &rec.user
-            && let Some(set) = self.users.get_mut(user) {
-                set.remove(&rec.id);
-                if set.is_empty() {
-                    self.users.remove(user);
-                }
+            && let Some(set) = self.users.get_mut(user)
+        {
+            set.remove(&rec.id);
+            if set.is_empty() {
+                self.users.remove(user);
             }
+        }
     }
 
     fn index(&mut self, rec: &Record) {
@@ -381,14 +382,19 @@ impl HistoryStore for MemoryStore {
         Ok(n)
     }
 
-    async fn link_user(&self, user: &str, session: &SessionId) -> Result<(), Error> {
+    async fn link_user(
+        &self,
+        user: &str,
+        session: &SessionId,
+        session_ends: i64,
+    ) -> Result<(), Error> {
         self.inner.history_faults.before().await?;
-        let expires = now_ms().saturating_add(self.inner.ttl_ms);
+        let expires = session_ends.max(now_ms()).saturating_add(self.inner.ttl_ms);
         let mut h = lock(&self.inner.history);
         let (sessions, exp) = h.users.entry(user.to_owned()).or_default();
         let order = sessions.len() as u64;
         sessions.entry(*session).or_insert(order);
-        *exp = expires;
+        *exp = (*exp).max(expires);
         Ok(())
     }
 

@@ -415,8 +415,10 @@ pub trait HistoryStore: Send + Sync + 'static {
 
     /// Adds a session to a user's history index, so the user's history can
     /// be exported and erased after the session ends. `user` is a keyed
-    /// pseudonym, never a raw user name. The index lives as long as the
-    /// history (the retention TTL, refreshed by each link).
+    /// pseudonym, never a raw user name. `session_ends` (Unix milliseconds)
+    /// is the latest the session can end; its history may be appended to
+    /// until then and is kept a TTL after, so the index must live at least
+    /// until `session_ends` plus the retention TTL (links never shorten it).
     ///
     /// # Errors
     ///
@@ -425,6 +427,7 @@ pub trait HistoryStore: Send + Sync + 'static {
         &self,
         user: &str,
         session: &SessionId,
+        session_ends: i64,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// The sessions in a user's history index, oldest link first.
@@ -500,6 +503,7 @@ pub(crate) trait DynHistoryStore: Send + Sync + 'static {
         &'a self,
         user: &'a str,
         session: &'a SessionId,
+        session_ends: i64,
     ) -> BoxFuture<'a, Result<(), Error>>;
     fn user_sessions<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<SessionId>, Error>>;
     fn unlink_user<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<(), Error>>;
@@ -532,8 +536,9 @@ impl<T: HistoryStore> DynHistoryStore for T {
         &'a self,
         user: &'a str,
         session: &'a SessionId,
+        session_ends: i64,
     ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(HistoryStore::link_user(self, user, session))
+        Box::pin(HistoryStore::link_user(self, user, session, session_ends))
     }
     fn user_sessions<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<SessionId>, Error>> {
         Box::pin(HistoryStore::user_sessions(self, user))

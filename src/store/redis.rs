@@ -505,8 +505,13 @@ impl HistoryStore for RedisStore {
         history::delete(self, session).await
     }
 
-    async fn link_user(&self, user: &str, session: &SessionId) -> Result<(), Error> {
-        history::link_user(self, user, session).await
+    async fn link_user(
+        &self,
+        user: &str,
+        session: &SessionId,
+        session_ends: i64,
+    ) -> Result<(), Error> {
+        history::link_user(self, user, session, session_ends).await
     }
 
     async fn user_sessions(&self, user: &str) -> Result<Vec<SessionId>, Error> {

@@ -324,11 +324,14 @@ pub(super) async fn link_user(
     store: &RedisStore,
     user: &str,
     session: &SessionId,
+    session_ends: i64,
 ) -> Result<(), Error> {
     let key = store.user_history_key(user);
     // The index lives as long as the histories it names: the history TTL
-    // (with the same slack), from the latest link.
+    // (with the same slack) after the latest end of any linked session.
+    // NX sets an expiry on a new index; GT only ever lengthens it.
     let ttl = ttl_ms(store.inner.ttl).saturating_add(refresh_every(store.inner.ttl));
+    let until = session_ends.max(now_ms()).saturating_add(ttl);
     let mut pipe = ::redis::pipe();
     pipe.atomic()
         .cmd("ZADD")
@@ -337,9 +340,15 @@ pub(super) async fn link_user(
         .arg(now_ms())
         .arg(session.to_string())
         .ignore()
-        .cmd("PEXPIRE")
+        .cmd("PEXPIREAT")
         .arg(&key)
-        .arg(ttl)
+        .arg(until)
+        .arg("NX")
+        .ignore()
+        .cmd("PEXPIREAT")
+        .arg(&key)
+        .arg(until)
+        .arg("GT")
         .ignore();
     let mut c = store.inner.conn.clone();
     pipe.query_async::<()>(&mut c)

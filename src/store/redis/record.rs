@@ -229,14 +229,15 @@ pub(super) async fn create(store: &RedisStore, record: &Record) -> Result<(), Er
         .await
         .map_err(|e| store.unavailable(e, "create a session"))?;
     if let Some(user) = &record.user
-        && let Err(e) = index_add(store, user, &record.id, record.absolute_deadline).await {
-            // Unindexed, the session must not be used: take it back.
-            let _ = ::redis::cmd("DEL")
-                .arg(&key)
-                .query_async::<()>(&mut c)
-                .await;
-            return Err(e);
-        }
+        && let Err(e) = index_add(store, user, &record.id, record.absolute_deadline).await
+    {
+        // Unindexed, the session must not be used: take it back.
+        let _ = ::redis::cmd("DEL")
+            .arg(&key)
+            .query_async::<()>(&mut c)
+            .await;
+        return Err(e);
+    }
     Ok(())
 }
 
@@ -321,9 +322,10 @@ pub(super) async fn update(
                 _ => None,
             };
             if let (Some(new), Some(old)) = (&update.user, old_user)
-                && new.as_deref() != Some(old.as_str()) {
-                    index_remove(store, &old, id).await;
-                }
+                && new.as_deref() != Some(old.as_str())
+            {
+                index_remove(store, &old, id).await;
+            }
             Ok(UpdateOutcome::Applied)
         }
         // An earlier attempt of this very call (same rotation) was applied
