@@ -120,6 +120,23 @@ struct State {
     record_user_changed: bool,
 }
 
+/// The length of a value's JSON text, counted without building it.
+fn json_size(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, value);
+    c.0
+}
+
 /// How the layer answers a suspicious use of a session; see
 /// [`SessionLayerBuilder::on_suspicious`](crate::SessionLayerBuilder::on_suspicious).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -445,7 +462,7 @@ impl Session {
     /// larger than the configured `max_value_bytes`.
     pub async fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), Error> {
         let value = serde_json::to_value(value)?;
-        let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(0);
+        let size = json_size(&value);
         if size > self.inner.shared.config.max_value_bytes {
             return Err(Error::new(
                 ErrorKind::InvalidInput,

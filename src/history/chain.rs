@@ -231,15 +231,19 @@ pub fn verify<E: AsRef<[u8]>>(
 
     let in_chain = longest_increasing(&valid);
 
-    // Valid entries outside the chain: duplicates or moved entries.
+    // Valid entries outside the chain: duplicates or moved entries. (An
+    // in-order chain, the usual case, has none: build no map for it.)
+    let all_in_chain = in_chain.iter().all(|c| *c);
     let mut chain_tags: HashMap<[u8; TAG_LEN], ()> = HashMap::new();
-    for (i, v) in valid.iter().enumerate() {
-        if in_chain[i] {
-            chain_tags.insert(v.tag, ());
+    if !all_in_chain {
+        for (i, v) in valid.iter().enumerate() {
+            if in_chain[i] {
+                chain_tags.insert(v.tag, ());
+            }
         }
     }
     let mut outside_seqs: Vec<u64> = Vec::new();
-    for (i, v) in valid.iter().enumerate() {
+    for (i, v) in valid.iter().enumerate().filter(|_| !all_in_chain) {
         if !in_chain[i] {
             let kind = if chain_tags.contains_key(&v.tag) {
                 BreakKind::Duplicate

@@ -85,7 +85,11 @@ where
                     if !needs_commit {
                         // Fast path: nothing was touched; record the request
                         // if it carried a session.
-                        if let Some(sid) = ctx.session.presented_sid() {
+                        if let Some(sid) = ctx
+                            .session
+                            .presented_sid()
+                            .filter(|_| ctx.shared.writer.is_some())
+                        {
                             let route = ctx.session.route();
                             let draft =
                                 request_draft(&ctx, route.as_deref(), res.status().as_u16(), None);
