@@ -374,6 +374,54 @@ pub async fn replaying_a_rotated_token_is_recorded_as_suspicious<
     assert_eq!(s[0]["signal"], "ended_session_used");
 }
 
+pub async fn erase_of_100_sessions_by_100_entries_completes_and_export_streams<
+    S: SessionStore + HistoryStore + Clone,
+>(
+    store: S,
+) {
+    use http_body_util::BodyExt;
+    use session_trail::history::Draft;
+    let l = layer(&store);
+    let writer = l.history_writer().unwrap().clone();
+    let app = router(l);
+    let user = user_name();
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        clients.push(login(&app, &user, FIREFOX).await);
+    }
+    for c in &mut clients {
+        // started, privilege_changed, login request, this request: 4 entries.
+        let sid = c.json("GET", "/me").await["session"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let drafts = (0..96)
+            .map(|i| Draft::request("GET", &format!("/item/{i}"), 200, 10, None))
+            .collect();
+        assert!(writer.enqueue(sid, drafts));
+    }
+    writer.flush().await.unwrap();
+    // The export streams: many body frames, one NDJSON line per entry.
+    let res = clients[0].send("GET", "/export").await;
+    assert_eq!(res.status(), 200);
+    let mut body = res.into_body();
+    let (mut frames, mut lines) = (0, 0);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            frames += 1;
+            lines += data.iter().filter(|b| **b == b'\n').count();
+        }
+    }
+    assert_eq!(lines, 100 * 100);
+    assert!(frames >= 100, "streamed in {frames} frames");
+    let receipt = clients[0].json("DELETE", "/history").await;
+    assert_eq!(receipt["sessions"], 100);
+    // Everything exported, plus the export request itself.
+    assert_eq!(receipt["entries"], 100 * 100 + 1);
+    assert_eq!(clients[0].text("GET", "/export").await, "");
+}
+
 #[macro_export]
 macro_rules! users_suite {
     ($factory:expr) => {
@@ -386,6 +434,7 @@ macro_rules! users_suite {
             erase_then_export_is_empty_and_re_erasing_is_harmless,
             a_user_agent_change_is_recorded_as_suspicious,
             replaying_a_rotated_token_is_recorded_as_suspicious,
+            erase_of_100_sessions_by_100_entries_completes_and_export_streams,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
