@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::SessionId;
 use crate::error::{Error, ErrorKind};
-use crate::history::entry::{Draft, EntryKind};
+
 use crate::history::{Entry, Options, verify};
 use crate::session::Session;
 use crate::util::{now_ms, rfc3339};
@@ -176,16 +176,7 @@ impl Session {
 
     /// Deletes another session and records why in its history.
     pub(crate) async fn end_other(&self, id: SessionId, reason: &str) -> Result<(), Error> {
-        if self.shared().store.delete(&id).await? {
-            self.shared().enqueue(
-                id,
-                vec![Draft::lifecycle(
-                    EntryKind::Ended,
-                    &json!({ "reason": reason }),
-                )],
-            );
-        }
-        Ok(())
+        self.shared().end_session(id, reason).await.map(|_| ())
     }
 
     /// Every history entry of the logged-in user, across all their sessions

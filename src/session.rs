@@ -781,42 +781,20 @@ impl Session {
         let mut drafts: Vec<Draft> = Vec::new();
         let key = shared.ring.current();
         if let Some((old, reason)) = st.ended {
-            shared.enqueue(
-                old,
-                vec![Draft::lifecycle(
-                    EntryKind::Ended,
-                    &json!({"reason": reason}),
-                )],
-            );
+            shared.enqueue(old, vec![crate::manager::ended(reason)]);
         }
 
         for other in std::mem::take(&mut st.evict) {
             shared
-                .store
-                .delete(&other)
+                .end_session(other, "session_limit")
                 .await
                 .map_err(|e| e.context("ending the oldest session"))?;
-            shared.enqueue(
-                other,
-                vec![Draft::lifecycle(
-                    EntryKind::Ended,
-                    &json!({"reason": "session_limit"}),
-                )],
-            );
         }
         if let Some(old) = st.end_live {
             shared
-                .store
-                .delete(&old)
+                .end_session(old, "logout")
                 .await
                 .map_err(|e| e.context("ending the session"))?;
-            shared.enqueue(
-                old,
-                vec![Draft::lifecycle(
-                    EntryKind::Ended,
-                    &json!({"reason": "logout"}),
-                )],
-            );
         }
 
         let action;
@@ -881,10 +859,7 @@ impl Session {
                     .await
                     .map_err(|e| e.context("ending the session"))?;
                 drafts.append(&mut st.events);
-                drafts.push(Draft::lifecycle(
-                    EntryKind::Ended,
-                    &json!({"reason": "logout"}),
-                ));
+                drafts.push(crate::manager::ended("logout"));
                 action = CredentialAction::Clear;
             } else {
                 let privilege_changed = st.user != record.user || st.privilege != record.privilege;

@@ -264,10 +264,22 @@ impl Worker {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
+        let dropped: Vec<Item> = s.pending.drain(..).collect();
+        s.head = None;
+        s.acked_seq = 0;
+        self.pending_total -= dropped.len();
+        self.release(&dropped);
+        if self.pending_total == 0 {
+            self.first_pending_at = None;
+        }
+    }
+
+    /// Gives back the queue space of accepted entries that are done
+    /// (written, or erased before they were).
+    fn release(&mut self, items: &[Item]) {
         let mut released = 0;
         let mut bytes = 0;
-        for item in s.pending.drain(..) {
-            self.pending_total -= 1;
+        for item in items {
             if let Some(o) = item.ordinal {
                 self.outstanding.remove(&o);
                 released += 1;
@@ -278,11 +290,6 @@ impl Worker {
             .queued_entries
             .fetch_sub(released, Ordering::AcqRel);
         self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-        s.head = None;
-        s.acked_seq = 0;
-        if self.pending_total == 0 {
-            self.first_pending_at = None;
-        }
     }
 
     fn push(&mut self, session: SessionId, item: Item) {
@@ -433,19 +440,7 @@ impl Worker {
                     let last_tag = append.last_tag().unwrap_or([0; TAG_LEN]);
                     s.head = Some((last_seq, last_tag));
                     s.acked_seq = last_seq;
-                    let mut released = 0;
-                    let mut bytes = 0;
-                    for item in &part.items {
-                        if let Some(o) = item.ordinal {
-                            self.outstanding.remove(&o);
-                            released += 1;
-                            bytes += item.draft.body.len() + 64;
-                        }
-                    }
-                    self.shared
-                        .queued_entries
-                        .fetch_sub(released, Ordering::AcqRel);
-                    self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                    self.release(&part.items);
                     self.shared
                         .counters
                         .written

@@ -20,6 +20,14 @@ use crate::key::KeyRing;
 use crate::store::DynSessionStore;
 pub(crate) use config::Config;
 
+/// An `ended` lifecycle entry.
+pub(crate) fn ended(reason: &str) -> Draft {
+    Draft::lifecycle(
+        crate::history::EntryKind::Ended,
+        &serde_json::json!({ "reason": reason }),
+    )
+}
+
 /// State shared by the layer, its services and every request's session.
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn DynSessionStore>,
@@ -49,6 +57,20 @@ impl Shared {
         if let Some(w) = &self.writer {
             w.enqueue(session, drafts);
         }
+    }
+
+    /// Deletes a session and records why in its history; `true` if it
+    /// existed.
+    pub(crate) async fn end_session(
+        &self,
+        session: SessionId,
+        reason: &str,
+    ) -> Result<bool, crate::Error> {
+        let existed = self.store.delete(&session).await?;
+        if existed {
+            self.enqueue(session, vec![ended(reason)]);
+        }
+        Ok(existed)
     }
 
     /// A keyed pseudonym of a user name, as hex.
