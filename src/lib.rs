@@ -101,6 +101,25 @@
 //! Anonymous visitors get no stored session and no cookie until something
 //! is written, unless [`issue_on_first_visit`](SessionLayerBuilder::issue_on_first_visit).
 //!
+//! # Retention
+//!
+//! Everything that decides how long data lives, in one place:
+//!
+//! | what | default | set with | enforced by |
+//! |---|---|---|---|
+//! | session idle timeout (sliding; reads count) | 30 minutes | [`SessionLayerBuilder::idle_timeout`] | the layer on load, and the store's TTL |
+//! | part of the idle window before a read slides it | 0.1 | [`SessionLayerBuilder::idle_refresh_fraction`] | the layer |
+//! | session absolute timeout | 12 hours | [`SessionLayerBuilder::absolute_timeout`] | the layer on load, and the store's TTL |
+//! | replaced-token grace window | 10 seconds | [`SessionLayerBuilder::rotation_grace`] | the layer |
+//! | history TTL (sliding: from the last entry) | 30 days | `history_retention` on [`store::MemoryStore`] and `store::RedisStoreBuilder` | the store |
+//! | history entries kept per session (newest *N*) | 1,000 | the same | the store |
+//! | a user's history index (for export and erase) | the history TTL after the user's latest session can end | — | the store |
+//!
+//! The memory store evicts expired sessions and histories as Redis would,
+//! so memory never grows without bound. A record's store TTL follows the
+//! nearer of its idle and absolute deadlines. [`Session::erase_history`]
+//! deletes a user's history at once.
+//!
 //! # Where the layer goes
 //!
 //! Put it *inside* layers that answer on their own without needing a session
