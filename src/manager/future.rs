@@ -16,7 +16,9 @@ use crate::transport;
 
 pub(crate) struct Ctx {
     pub(crate) method: Method,
-    pub(crate) path: Option<String>,
+    /// The request's URI when history is recorded (cloning it shares its
+    /// buffer; only the path is used, never the query).
+    pub(crate) uri: Option<http::Uri>,
     pub(crate) grpc: bool,
     pub(crate) used_cookie: bool,
     pub(crate) used_header: bool,
@@ -110,7 +112,9 @@ where
 }
 
 fn request_draft(ctx: &Ctx, route: Option<&str>, status: u16, user: Option<[u8; 8]>) -> Draft {
-    let path = route.or(ctx.path.as_deref()).unwrap_or("");
+    let path = route
+        .or(ctx.uri.as_ref().map(http::Uri::path))
+        .unwrap_or("");
     let latency = ctx.start.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
     Draft::request(ctx.method.as_str(), path, status, latency, user)
 }

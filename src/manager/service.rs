@@ -63,7 +63,7 @@ where
         req.extensions_mut().insert(session.clone());
         let ctx = Ctx {
             method: req.method().clone(),
-            path: shared.writer.is_some().then(|| req.uri().path().to_owned()),
+            uri: shared.writer.is_some().then(|| req.uri().clone()),
             grpc: read.grpc,
             used_cookie: read.used_cookie,
             used_header: read.used_header,

@@ -332,11 +332,15 @@ impl HistoryStore for MemoryStore {
                 while list.entries.len() > self.inner.keep {
                     list.entries.pop_front();
                 }
+                // Slide the TTL at one-second granularity, so the expiry
+                // index is touched at most once a second per session.
                 let old = list.expires_at;
-                list.expires_at = now.saturating_add(self.inner.ttl_ms);
-                let new = list.expires_at;
-                h.expiry.remove(&(old, append.session));
-                h.expiry.insert((new, append.session));
+                let new = now.saturating_add(self.inner.ttl_ms);
+                if new - old >= 1000 {
+                    list.expires_at = new;
+                    h.expiry.remove(&(old, append.session));
+                    h.expiry.insert((new, append.session));
+                }
                 out.push(AppendOutcome::Appended);
             } else if head.is_some() && head == append.last_tag() {
                 out.push(AppendOutcome::AlreadyApplied);
