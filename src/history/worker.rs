@@ -103,6 +103,15 @@ impl Worker {
                 break;
             }
             let wake = self.next_wake(now);
+            if wake.is_none() {
+                // Nothing to do: sleep until an entry arrives. Re-check after
+                // announcing it, in case one arrived in between.
+                self.shared.idle.store(true, Ordering::SeqCst);
+                if self.shared.buffered.load(Ordering::SeqCst) > 0 {
+                    self.shared.idle.store(false, Ordering::SeqCst);
+                    continue;
+                }
+            }
             let listening = !self.closed;
             let shared = Arc::clone(&self.shared);
             tokio::select! {

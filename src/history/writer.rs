@@ -163,6 +163,11 @@ pub(crate) struct Shared {
     pub(crate) buffer: Mutex<Vec<Incoming>>,
     pub(crate) buffered: AtomicUsize,
     pub(crate) notify: tokio::sync::Notify,
+    /// Set by the task when it sleeps with nothing to do: the next entry
+    /// handed over wakes it (and clears this). While it has entries
+    /// waiting for their flush interval, new ones wake it only when a batch
+    /// fills.
+    pub(crate) idle: std::sync::atomic::AtomicBool,
     pub(crate) stopped: std::sync::atomic::AtomicBool,
     pub(crate) counters: Counters,
     pub(crate) queued_entries: AtomicUsize,
@@ -233,6 +238,7 @@ impl HistoryWriter {
             buffer: Mutex::default(),
             buffered: AtomicUsize::new(0),
             notify: tokio::sync::Notify::new(),
+            idle: std::sync::atomic::AtomicBool::new(false),
             stopped: std::sync::atomic::AtomicBool::new(false),
             counters: Counters {
                 oldest_pending: AtomicU64::new(u64::MAX),
@@ -268,19 +274,20 @@ impl HistoryWriter {
             && prev_b + bytes <= s.config.queue_bytes
             && !s.stopped.load(Ordering::Acquire);
         if accepted {
-            let was_empty = {
-                let mut buf = s.buffer.lock().unwrap_or_else(|e| e.into_inner());
-                let was_empty = buf.is_empty();
-                buf.push(Incoming {
+            s.buffer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Incoming {
                     session,
                     drafts,
                     at: Instant::now(),
                 });
-                was_empty
-            };
-            let before = s.buffered.fetch_add(n, Ordering::AcqRel);
+            let before = s.buffered.fetch_add(n, Ordering::SeqCst);
             let batch = s.config.batch_entries;
-            if was_empty || (before < batch && before + n >= batch) {
+            let batch_filled = before < batch && before + n >= batch;
+            // SeqCst pairs with the task's store of `idle` and its read of
+            // `buffered`: either it sees this entry or this sees it idle.
+            if s.idle.swap(false, Ordering::SeqCst) || batch_filled {
                 s.notify.notify_one();
             }
         }
