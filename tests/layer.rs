@@ -306,13 +306,13 @@ async fn idle_timeout_ends_the_session() {
     let store = MemoryStore::new();
     let l = SessionLayer::builder(store.clone(), Key::generate())
         .without_history()
-        .idle_timeout(Duration::from_millis(200))
+        .idle_timeout(Duration::from_millis(600))
         .build()
         .unwrap();
     let mut c = Client::new(router(l));
     c.send("POST", "/login/alice").await;
     assert_eq!(c.json("GET", "/me").await["user"], "alice");
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(c.json("GET", "/me").await["anonymous"], true);
 }
 
@@ -321,7 +321,7 @@ async fn reads_slide_the_idle_deadline() {
     let store = MemoryStore::new();
     let l = SessionLayer::builder(store.clone(), Key::generate())
         .without_history()
-        .idle_timeout(Duration::from_millis(400))
+        .idle_timeout(Duration::from_millis(1200))
         .idle_refresh_fraction(0.25)
         .build()
         .unwrap();
@@ -335,9 +335,9 @@ async fn reads_slide_the_idle_deadline() {
     let first = store.load(&id).await.unwrap().unwrap().idle_deadline;
     // Read-only requests past the refresh point keep the session alive well
     // beyond the first idle deadline.
-    let until = std::time::Instant::now() + Duration::from_millis(900);
+    let until = std::time::Instant::now() + Duration::from_millis(2700);
     while std::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(c.json("GET", "/me").await["user"], "alice");
     }
     let later = store.load(&id).await.unwrap().unwrap().idle_deadline;
@@ -365,8 +365,8 @@ async fn absolute_timeout_ends_an_active_session() {
     let store = MemoryStore::new();
     let l = SessionLayer::builder(store.clone(), Key::generate())
         .without_history()
-        .idle_timeout(Duration::from_millis(150))
-        .absolute_timeout(Duration::from_millis(300))
+        .idle_timeout(Duration::from_millis(500))
+        .absolute_timeout(Duration::from_millis(1000))
         .idle_refresh_fraction(0.1)
         .build()
         .unwrap();
@@ -379,12 +379,12 @@ async fn absolute_timeout_ends_an_active_session() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_secs(5),
             "session outlived its absolute timeout"
         );
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
-    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert!(started.elapsed() >= Duration::from_millis(900));
 }
 
 #[tokio::test]
