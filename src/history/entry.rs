@@ -135,17 +135,85 @@ pub struct Draft {
     pub(crate) kind: EntryKind,
     pub(crate) ts: i64,
     pub(crate) id: [u8; 16],
-    pub(crate) body: Bytes,
+    body: DraftBody,
+}
+
+/// A draft's body: encoded already, or (for the layer's request entries)
+/// fields that are encoded straight into the signed entry by the writer, so
+/// the request path allocates nothing for them.
+#[derive(Clone, Debug)]
+enum DraftBody {
+    Encoded(Bytes),
+    Request {
+        method: http::Method,
+        route: Route,
+        status: u16,
+        latency_us: u64,
+        user: Option<[u8; 8]>,
+    },
+}
+
+/// Where a request entry's route text lives.
+#[derive(Clone, Debug)]
+pub(crate) enum Route {
+    /// A route template an extractor recorded.
+    Template(String),
+    /// The request's URI (its buffer is shared): the path is used, never
+    /// the query.
+    Uri(http::Uri),
+}
+
+impl Route {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Template(t) => t,
+            Self::Uri(u) => u.path(),
+        }
+    }
 }
 
 impl Draft {
     fn new(kind: EntryKind, body: Bytes) -> Self {
+        Self::with_body(kind, DraftBody::Encoded(body))
+    }
+
+    fn with_body(kind: EntryKind, body: DraftBody) -> Self {
         Self {
             id: unique_id(),
             kind,
             ts: util::now_ms(),
             body,
         }
+    }
+
+    /// About how many bytes the body takes (for the writer's byte budget).
+    pub(crate) fn body_len(&self) -> usize {
+        match &self.body {
+            DraftBody::Encoded(b) => b.len(),
+            DraftBody::Request { method, route, .. } => {
+                method.as_str().len() + route.as_str().len() + 24
+            }
+        }
+    }
+
+    /// A request entry as the layer records it, without encoding it yet.
+    pub(crate) fn request_fields(
+        method: http::Method,
+        route: Route,
+        status: u16,
+        latency_us: u64,
+        user: Option<[u8; 8]>,
+    ) -> Self {
+        Self::with_body(
+            EntryKind::Request,
+            DraftBody::Request {
+                method,
+                route,
+                status,
+                latency_us,
+                user,
+            },
+        )
     }
 
     /// The kind of entry this becomes.
@@ -163,17 +231,7 @@ impl Draft {
         user: Option<[u8; 8]>,
     ) -> Self {
         let mut b = BytesMut::with_capacity(16 + method.len() + route.len());
-        put_str(&mut b, method);
-        put_str(&mut b, route);
-        b.put_u16(status);
-        put_varint(&mut b, latency_us);
-        match user {
-            Some(p) => {
-                b.put_u8(1);
-                b.put_slice(&p);
-            }
-            None => b.put_u8(0),
-        }
+        put_request(&mut b, method, route, status, latency_us, user);
         Self::new(EntryKind::Request, b.freeze())
     }
 
@@ -208,7 +266,7 @@ impl Draft {
     /// Encodes the draft as entry `seq` chained after the entry whose tag is
     /// `prev` (zeros for `seq` 1), and signs it with `key`'s history key.
     pub fn sign(&self, key: &Key, session: &SessionId, seq: u64, prev: &[u8; TAG_LEN]) -> Bytes {
-        let mut b = BytesMut::with_capacity(64 + self.body.len());
+        let mut b = BytesMut::with_capacity(64 + self.body_len());
         b.put_u8(VERSION);
         b.put_u32(key.id());
         b.put_u8(self.kind.code());
@@ -216,7 +274,23 @@ impl Draft {
         put_varint(&mut b, self.ts.max(0) as u64);
         b.put_slice(&self.id);
         b.put_slice(prev);
-        b.put_slice(&self.body);
+        match &self.body {
+            DraftBody::Encoded(body) => b.put_slice(body),
+            DraftBody::Request {
+                method,
+                route,
+                status,
+                latency_us,
+                user,
+            } => put_request(
+                &mut b,
+                method.as_str(),
+                route.as_str(),
+                *status,
+                *latency_us,
+                *user,
+            ),
+        }
         let tag = compute_tag(key, session, &b);
         b.put_slice(&tag);
         b.freeze()
@@ -467,6 +541,27 @@ impl Entry {
         m.insert("prev".into(), json!(hex(&self.prev)));
         m.insert("mac".into(), json!(hex(&self.tag)));
         Value::Object(m)
+    }
+}
+
+fn put_request(
+    b: &mut BytesMut,
+    method: &str,
+    route: &str,
+    status: u16,
+    latency_us: u64,
+    user: Option<[u8; 8]>,
+) {
+    put_str(b, method);
+    put_str(b, route);
+    b.put_u16(status);
+    put_varint(b, latency_us);
+    match user {
+        Some(p) => {
+            b.put_u8(1);
+            b.put_slice(&p);
+        }
+        None => b.put_u8(0),
     }
 }
 

@@ -179,7 +179,7 @@ impl Worker {
             self.shared
                 .buffered
                 .fetch_sub(drafts.len(), Ordering::AcqRel);
-            for draft in drafts {
+            for draft in drafts.into_vec_iter() {
                 let ordinal = self.next_ordinal;
                 self.next_ordinal += 1;
                 self.outstanding.insert(ordinal, at);
@@ -292,7 +292,7 @@ impl Worker {
             if let Some(o) = item.ordinal {
                 self.outstanding.remove(&o);
                 released += 1;
-                bytes += item.draft.body.len() + 64;
+                bytes += item.draft.body_len() + 64;
             }
         }
         self.shared

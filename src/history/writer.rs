@@ -152,8 +152,38 @@ pub(crate) struct Counters {
 /// Entries handed over by the request path, waiting for the task.
 pub(crate) struct Incoming {
     pub(crate) session: SessionId,
-    pub(crate) drafts: Vec<Draft>,
+    pub(crate) drafts: Drafts,
     pub(crate) at: Instant,
+}
+
+/// One draft (a request's usual hand-over, with no allocation) or several.
+pub(crate) enum Drafts {
+    One(Draft),
+    Many(Vec<Draft>),
+}
+
+impl Drafts {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Self::One(_) => 1,
+            Self::Many(v) => v.len(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Self::One(d) => d.body_len() + 64,
+            Self::Many(v) => v.iter().map(|d| d.body_len() + 64).sum(),
+        }
+    }
+
+    pub(crate) fn into_vec_iter(self) -> impl Iterator<Item = Draft> {
+        let (one, many) = match self {
+            Self::One(d) => (Some(d), Vec::new()),
+            Self::Many(v) => (None, v),
+        };
+        one.into_iter().chain(many)
+    }
 }
 
 pub(crate) struct Shared {
@@ -262,11 +292,20 @@ impl HistoryWriter {
     /// writer had stopped; drops are counted and recorded later as a signed
     /// `gap` entry in the session's chain.
     pub fn enqueue(&self, session: SessionId, drafts: Vec<Draft>) -> bool {
+        self.hand_over(session, Drafts::Many(drafts))
+    }
+
+    /// [`enqueue`](Self::enqueue) for one draft, without a `Vec`.
+    pub(crate) fn enqueue_one(&self, session: SessionId, draft: Draft) -> bool {
+        self.hand_over(session, Drafts::One(draft))
+    }
+
+    fn hand_over(&self, session: SessionId, drafts: Drafts) -> bool {
         let n = drafts.len();
         if n == 0 {
             return true;
         }
-        let bytes: usize = drafts.iter().map(|d| d.body.len() + 64).sum();
+        let bytes = drafts.bytes();
         let s = &self.shared;
         let prev_n = s.queued_entries.fetch_add(n, Ordering::AcqRel);
         let prev_b = s.queued_bytes.fetch_add(bytes, Ordering::AcqRel);

@@ -10,7 +10,7 @@ use http::{Method, Response};
 use pin_project_lite::pin_project;
 
 use super::Shared;
-use crate::history::entry::Draft;
+use crate::history::entry::{Draft, Route};
 use crate::session::{CredentialAction, Session};
 use crate::transport;
 
@@ -93,9 +93,8 @@ where
                             .filter(|_| ctx.shared.writer.is_some())
                         {
                             let route = ctx.session.route();
-                            let draft =
-                                request_draft(&ctx, route.as_deref(), res.status().as_u16(), None);
-                            ctx.shared.enqueue(sid, vec![draft]);
+                            let draft = request_draft(&ctx, route, res.status().as_u16(), None);
+                            ctx.shared.enqueue_one(sid, draft);
                         }
                         return Poll::Ready(Ok(res));
                     }
@@ -111,17 +110,18 @@ where
     }
 }
 
-fn request_draft(ctx: &Ctx, route: Option<&str>, status: u16, user: Option<[u8; 8]>) -> Draft {
-    let path = route
-        .or(ctx.uri.as_ref().map(http::Uri::path))
-        .unwrap_or("");
+fn request_draft(ctx: &Ctx, route: Option<String>, status: u16, user: Option<[u8; 8]>) -> Draft {
+    let route = match (route, &ctx.uri) {
+        (Some(template), _) => Route::Template(template),
+        (None, Some(uri)) => Route::Uri(uri.clone()),
+        (None, None) => Route::Template(String::new()),
+    };
     let latency = ctx.start.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
-    Draft::request(ctx.method.as_str(), path, status, latency, user)
+    Draft::request_fields(ctx.method.clone(), route, status, latency, user)
 }
 
 async fn finish<B: Default>(ctx: Ctx, mut res: Response<B>) -> Response<B> {
     let route = ctx.session.route();
-    let route = route.as_deref();
     match ctx.session.commit().await {
         Ok(outcome) => {
             transport::write(
@@ -149,7 +149,7 @@ async fn finish<B: Default>(ctx: Ctx, mut res: Response<B>) -> Response<B> {
             let res: Response<B> = transport::error_response(&e, ctx.grpc);
             if let Some(sid) = ctx.session.presented_sid() {
                 let draft = request_draft(&ctx, route, res.status().as_u16(), None);
-                ctx.shared.enqueue(sid, vec![draft]);
+                ctx.shared.enqueue_one(sid, draft);
             }
             res
         }

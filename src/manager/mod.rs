@@ -53,6 +53,12 @@ impl Shared {
         }
     }
 
+    pub(crate) fn enqueue_one(&self, session: SessionId, draft: Draft) {
+        if let Some(w) = &self.writer {
+            w.enqueue_one(session, draft);
+        }
+    }
+
     pub(crate) fn enqueue(&self, session: SessionId, drafts: Vec<Draft>) {
         if let Some(w) = &self.writer {
             w.enqueue(session, drafts);
