@@ -732,8 +732,11 @@ impl Session {
 
     /// The matched route template, if an extractor saw one. Read it before
     /// [`Session::commit`], which consumes the request's state.
-    pub(crate) fn route(&self) -> Option<String> {
-        self.state().route.clone()
+    pub(crate) fn route(&self) -> Option<crate::history::entry::Route> {
+        self.state()
+            .route
+            .as_deref()
+            .map(crate::history::entry::Route::path)
     }
 
     fn ensure_session(&self, st: &mut State) {

@@ -158,16 +158,33 @@ enum DraftBody {
 pub(crate) enum Route {
     /// A route template an extractor recorded.
     Template(String),
-    /// The request's URI (its buffer is shared): the path is used, never
-    /// the query.
-    Uri(http::Uri),
+    /// A short path, copied inline: no allocation, and the request's
+    /// buffers are not kept alive until the writer gets to the entry.
+    Inline { len: u8, buf: [u8; INLINE_ROUTE] },
 }
 
+const INLINE_ROUTE: usize = 62;
+
 impl Route {
+    /// The path of a request (never its query).
+    pub(crate) fn path(path: &str) -> Self {
+        if path.len() <= INLINE_ROUTE {
+            let mut buf = [0u8; INLINE_ROUTE];
+            buf[..path.len()].copy_from_slice(path.as_bytes());
+            Self::Inline {
+                len: path.len() as u8,
+                buf,
+            }
+        } else {
+            Self::Template(path.to_owned())
+        }
+    }
+
     fn as_str(&self) -> &str {
         match self {
             Self::Template(t) => t,
-            Self::Uri(u) => u.path(),
+            // Copied from a &str whole: always valid UTF-8.
+            Self::Inline { len, buf } => std::str::from_utf8(&buf[..*len as usize]).unwrap_or(""),
         }
     }
 }

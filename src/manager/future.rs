@@ -16,9 +16,8 @@ use crate::transport;
 
 pub(crate) struct Ctx {
     pub(crate) method: Method,
-    /// The request's URI when history is recorded (cloning it shares its
-    /// buffer; only the path is used, never the query).
-    pub(crate) uri: Option<http::Uri>,
+    /// The request's path (never its query) when history is recorded.
+    pub(crate) path: Option<Route>,
     pub(crate) grpc: bool,
     pub(crate) used_cookie: bool,
     pub(crate) used_header: bool,
@@ -110,12 +109,10 @@ where
     }
 }
 
-fn request_draft(ctx: &Ctx, route: Option<String>, status: u16, user: Option<[u8; 8]>) -> Draft {
-    let route = match (route, &ctx.uri) {
-        (Some(template), _) => Route::Template(template),
-        (None, Some(uri)) => Route::Uri(uri.clone()),
-        (None, None) => Route::Template(String::new()),
-    };
+fn request_draft(ctx: &Ctx, route: Option<Route>, status: u16, user: Option<[u8; 8]>) -> Draft {
+    let route = route
+        .or_else(|| ctx.path.clone())
+        .unwrap_or_else(|| Route::path(""));
     let latency = ctx.start.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
     Draft::request_fields(ctx.method.clone(), route, status, latency, user)
 }

@@ -8,6 +8,7 @@ use tower_service::Service;
 
 use super::Shared;
 use super::future::{Ctx, ResponseFuture};
+use crate::history::entry::Route;
 use crate::session::{RequestMeta, Session};
 use crate::transport;
 
@@ -63,7 +64,10 @@ where
         req.extensions_mut().insert(session.clone());
         let ctx = Ctx {
             method: req.method().clone(),
-            uri: shared.writer.is_some().then(|| req.uri().clone()),
+            path: shared
+                .writer
+                .is_some()
+                .then(|| Route::path(req.uri().path())),
             grpc: read.grpc,
             used_cookie: read.used_cookie,
             used_header: read.used_header,
