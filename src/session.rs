@@ -300,40 +300,30 @@ impl Session {
         }
         let grace = self.inner.shared.config.rotation_grace.as_millis() as i64;
         if record.token_hash.ct_eq(&hash) {
-            let device = self.device();
-            let network = self.network();
+            // Compare with the baseline only where the record has one.
+            let device = record.device.as_ref().and_then(|_| self.device());
+            let network = record.network.as_ref().and_then(|_| self.network());
             let mut signals = Vec::new();
-            if record.device.is_some() && device.is_some() && record.device != device {
+            if device.is_some() && record.device != device {
                 signals.push(Signal::new(
                     "device_changed",
                     json!({"from": record.device, "to": device}),
                 ));
             }
-            if record.network.is_some() && network.is_some() && record.network != network {
+            if network.is_some() && record.network != network {
                 signals.push(Signal::new(
                     "network_changed",
                     json!({"from": record.network, "to": network}),
                 ));
             }
-            let mut response = SuspicionResponse::Record;
-            for signal in &signals {
-                response =
-                    response.max(self.inner.shared.config.on_suspicious.respond(&sid, signal));
-            }
+            let response = self.judge(&sid, &signals);
             if response == SuspicionResponse::End {
-                self.inner.shared.store.delete(&sid).await?;
+                return self.end_suspicious(sid).await;
             }
             let mut st = self.state();
-            for signal in &signals {
-                st.signals.push(signal.draft(response));
-            }
-            if response == SuspicionResponse::End {
-                st.origin = Origin::Stale;
-                st.ended = Some((sid, "suspicious"));
-                return Ok(());
-            }
             if !signals.is_empty() {
-                st.rebaseline = Some((device, network));
+                // The client as it is now becomes the baseline.
+                st.rebaseline = Some((self.device(), self.network()));
             }
             st.regenerate = response == SuspicionResponse::Rotate;
             let mut record = record;
@@ -353,23 +343,11 @@ impl Session {
                     "replaced_token_reused",
                     json!({"replaced_ms_ago": now.saturating_sub(r.at)}),
                 );
-                let response = self
-                    .inner
-                    .shared
-                    .config
-                    .on_suspicious
-                    .respond(&sid, &signal);
+                self.state().origin = Origin::Stale;
                 // The presenter does not hold the live token, so rotating
                 // the live session amounts to ending it.
-                let end = response != SuspicionResponse::Record;
-                if end {
-                    self.inner.shared.store.delete(&sid).await?;
-                }
-                let mut st = self.state();
-                st.origin = Origin::Stale;
-                st.signals.push(signal.draft(response));
-                if end {
-                    st.ended = Some((sid, "suspicious"));
+                if self.judge(&sid, std::slice::from_ref(&signal)) != SuspicionResponse::Record {
+                    return self.end_suspicious(sid).await;
                 }
             }
         } else {
@@ -408,13 +386,33 @@ impl Session {
             return;
         }
         let signal = Signal::new("ended_session_used", json!({"ended": reason}));
-        let response = self
-            .inner
-            .shared
-            .config
-            .on_suspicious
-            .respond(&sid, &signal);
-        self.state().signals.push(signal.draft(response));
+        self.judge(&sid, std::slice::from_ref(&signal));
+    }
+
+    /// Asks the `on_suspicious` hook about each signal, queues a signed
+    /// `suspicious` entry for each (with the action taken), and answers the
+    /// strongest response.
+    fn judge(&self, sid: &SessionId, signals: &[Signal]) -> SuspicionResponse {
+        let hook = &self.inner.shared.config.on_suspicious;
+        let response = signals
+            .iter()
+            .map(|s| hook.respond(sid, s))
+            .max()
+            .unwrap_or(SuspicionResponse::Record);
+        self.state()
+            .signals
+            .extend(signals.iter().map(|s| s.draft(response)));
+        response
+    }
+
+    /// Ends a session the hook chose to end: the request is served as
+    /// anonymous and the session's history records why.
+    async fn end_suspicious(&self, sid: SessionId) -> Result<(), Error> {
+        self.inner.shared.store.delete(&sid).await?;
+        let mut st = self.state();
+        st.origin = Origin::Stale;
+        st.ended = Some((sid, "suspicious"));
+        Ok(())
     }
 
     /// The session id, once there is a session (after loading, or after the
