@@ -17,7 +17,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
-VARIANTS=${VARIANTS:-"bare memory memory-nohistory ts-memory redis redis-nohistory ts-redis"}
+VARIANTS=${VARIANTS:-"bare memory memory-nohistory ts-memory redis redis-nohistory redis-cached ts-redis"}
 ROUTES=${ROUTES:-"static counter login"}
 
 for tool in wrk redis-server redis-cli curl python3; do

@@ -5,8 +5,10 @@
 //! ```
 //!
 //! Variants: `bare` (axum, no layer), `memory`, `memory-nohistory`, `redis`,
-//! `redis-nohistory` (Redis at `REDIS_URL`, default
-//! `redis://127.0.0.1:6379`). History is recorded in `memory` and `redis`.
+//! `redis-nohistory`, `redis-cached` (Redis at `REDIS_URL`, default
+//! `redis://127.0.0.1:6379`). History is recorded in `memory`, `redis` and
+//! `redis-cached`; `redis-cached` also turns on the Redis store's local
+//! cache (`RedisStoreBuilder::local_cache`).
 //!
 //! Routes: `GET /` loads a counter from the session, increments and saves
 //! it, and answers the number; `GET /static` touches nothing; `POST /login`
@@ -70,11 +72,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (routes().layer(layer), w)
         }
         #[cfg(feature = "redis")]
-        "redis" | "redis-nohistory" => {
+        "redis" | "redis-nohistory" | "redis-cached" => {
+            use session_trail::store::{
+                DEFAULT_LOCAL_CACHE_CAPACITY, DEFAULT_LOCAL_CACHE_MAX_AGE, RedisStore,
+            };
             let url =
                 std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-            let store = session_trail::store::RedisStore::connect(url).await?;
-            let layer = configure(SessionLayer::builder(store, key), variant == "redis").build()?;
+            let mut builder = RedisStore::builder(url);
+            if variant == "redis-cached" {
+                builder =
+                    builder.local_cache(DEFAULT_LOCAL_CACHE_CAPACITY, DEFAULT_LOCAL_CACHE_MAX_AGE);
+            }
+            let store = builder.connect().await?;
+            let history = variant != "redis-nohistory";
+            let layer = configure(SessionLayer::builder(store, key), history).build()?;
             let w = layer.history_writer().cloned();
             (routes().layer(layer), w)
         }

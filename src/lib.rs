@@ -114,6 +114,7 @@
 //! | history TTL (sliding: from the last entry) | 30 days | `history_retention` on [`store::MemoryStore`] and `store::RedisStoreBuilder` | the store |
 //! | history entries kept per session (newest *N*) | 1,000 | the same | the store |
 //! | a user's history index (for export and erase) | the history TTL after the user's latest session can end | — | the store |
+//! | a record in the Redis store's local cache (off by default) | until Redis reports a change, at most 5 s | `local_cache` on `store::RedisStoreBuilder` | the store |
 //!
 //! The memory store evicts expired sessions and histories as Redis would,
 //! so memory never grows without bound. A record's store TTL follows the

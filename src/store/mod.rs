@@ -104,7 +104,8 @@ pub use memory::{Faults, MemoryStore};
 mod redis;
 #[cfg(feature = "redis")]
 pub use self::redis::{
-    DEFAULT_CONNECTION_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_RESPONSE_TIMEOUT, RedisStore,
+    DEFAULT_CONNECTION_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_LOCAL_CACHE_CAPACITY,
+    DEFAULT_LOCAL_CACHE_MAX_AGE, DEFAULT_RESPONSE_TIMEOUT, LocalCacheStats, RedisStore,
     RedisStoreBuilder,
 };
 

@@ -1,5 +1,6 @@
 //! The Redis store (feature `redis`): sessions and history in Redis or
 //! Redis Cluster. See [`RedisStore`] for the key layout and the scripts.
+mod cache;
 mod conn;
 mod history;
 mod record;
@@ -17,6 +18,8 @@ use super::{
 use crate::SessionId;
 use crate::error::{ConfigError, Error};
 
+pub use cache::LocalCacheStats;
+use cache::NearCache;
 use conn::{Conn, Scripts, Target};
 use history::RefreshMemo;
 
@@ -26,6 +29,11 @@ pub const DEFAULT_KEY_PREFIX: &str = "session-trail";
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The default time one connection attempt may take.
 pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
+/// The default number of session records the local cache holds.
+pub const DEFAULT_LOCAL_CACHE_CAPACITY: usize = 16_384;
+/// The default longest time the local cache serves a record after Redis
+/// last confirmed it.
+pub const DEFAULT_LOCAL_CACHE_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// Sessions and history in Redis (a single node, or Redis Cluster through
 /// the same type).
@@ -41,6 +49,10 @@ pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
 /// - Retention: the newest *N* entries per session (default 1,000) and a
 ///   sliding TTL (default 30 days after the last entry).
 /// - Scripts are reloaded after `NOSCRIPT` (a restart or a failover).
+/// - An optional local cache of records, kept coherent by Redis's
+///   client-side caching (`CLIENT TRACKING`), saves the load's round trip:
+///   see [`RedisStoreBuilder::local_cache`] for how it stays coherent and
+///   when to turn it on.
 ///
 /// The connection reconnects by itself, for as long as the store lives:
 /// while Redis is down, operations fail fast with
@@ -64,9 +76,10 @@ pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
 /// | `<prefix>:user-history:{<hash of pseudonym>}` | sorted set | the sessions whose history belongs to a user, scored by first link |
 ///
 /// The record hash has one field per piece of metadata (`tok`, `rtok`,
-/// `rat`, `user`, `priv`, `created`, `seen`, `idle`, `abs`, `dev`, `net`)
-/// and one field `d:<key>` per data key, holding the value's JSON text, so
-/// an update writes only the fields that changed. Token hashes are stored
+/// `rat`, `user`, `priv`, `created`, `seen`, `idle`, `abs`, `dev`, `net`,
+/// and `ver`, a version incremented by every update) and one field
+/// `d:<key>` per data key, holding the value's JSON text, so an update
+/// writes only the fields that changed. Token hashes are stored
 /// as hex; tokens never are. The update script (`update.lua`) applies only
 /// when the record exists and holds the request's token hash; it also
 /// recognises an earlier attempt of the same rotating call (the record
@@ -137,6 +150,8 @@ struct Inner {
     /// The target without credentials, for `Debug` and error messages.
     target: String,
     memo: Mutex<RefreshMemo>,
+    /// Single node only; `None` when turned off.
+    cache: Option<NearCache>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -149,6 +164,7 @@ impl fmt::Debug for RedisStore {
             .field("keep", &i.keep)
             .field("ttl", &i.ttl)
             .field("response_timeout", &i.response_timeout)
+            .field("local_cache", &i.cache.as_ref().map(NearCache::stats))
             .finish()
     }
 }
@@ -190,6 +206,7 @@ impl RedisStore {
             ttl: DEFAULT_HISTORY_TTL,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
+            local_cache: None,
         }
     }
 
@@ -205,6 +222,13 @@ impl RedisStore {
             .query_async::<()>(&mut c)
             .await
             .map_err(|e| self.unavailable(e, "PING"))
+    }
+
+    /// The local cache's counters; `None` when the store has no local
+    /// cache (turned off, or Redis Cluster). See
+    /// [`RedisStoreBuilder::local_cache`].
+    pub fn local_cache_stats(&self) -> Option<LocalCacheStats> {
+        self.inner.cache.as_ref().map(NearCache::stats)
     }
 
     /// Whether this store talks to Redis Cluster.
@@ -295,6 +319,7 @@ pub struct RedisStoreBuilder {
     ttl: Duration,
     response_timeout: Duration,
     connection_timeout: Duration,
+    local_cache: Option<(usize, Duration)>,
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -306,6 +331,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("ttl", &self.ttl)
             .field("response_timeout", &self.response_timeout)
             .field("connection_timeout", &self.connection_timeout)
+            .field("local_cache", &self.local_cache)
             .finish_non_exhaustive()
     }
 }
@@ -348,6 +374,64 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Turns on the local cache of session records (single node only; a
+    /// Redis Cluster store ignores it): at most `capacity` records, each
+    /// served at most `max_age` after Redis last confirmed it. Off by
+    /// default; [`DEFAULT_LOCAL_CACHE_CAPACITY`] and
+    /// [`DEFAULT_LOCAL_CACHE_MAX_AGE`] are good starting values.
+    ///
+    /// A load answered from the cache costs no round trip, so a request
+    /// that loads and saves its session costs one round trip instead of
+    /// two. The cache is kept coherent by Redis: records are read and
+    /// written over a dedicated RESP3 connection with `CLIENT TRACKING` on,
+    /// and Redis pushes an invalidation on that connection, in order with
+    /// its replies, when any other client changes, expires or deletes a
+    /// cached record (another server revoking a session, an operator's
+    /// `DEL`, a `FLUSHALL`). This process's own writes update its copy only
+    /// when the record's version shows that no other write came between.
+    /// When the tracking connection drops or times out, the cache is
+    /// cleared and bypassed until tracking is on again.
+    ///
+    /// **When to turn it on.** Within one process, loads always see that
+    /// process's own writes. Across processes the cache is coherent only
+    /// as fast as the invalidation travels: a write made through another
+    /// server is seen here once its push has been read, normally well
+    /// under a millisecond later, and at the latest after `max_age`. So a
+    /// client whose consecutive requests land on different servers within
+    /// that window may be served the record as it was (for example,
+    /// logged out right after logging in elsewhere, or a counter one
+    /// behind). Turn it on for a single application instance, or behind
+    /// sticky routing (each session served by one instance); leave it off
+    /// when requests of one session alternate between servers and must
+    /// see each other's writes at once.
+    ///
+    /// Needs Redis 6 or newer. When Redis refuses `CLIENT TRACKING` (an old
+    /// server, a proxy, an ACL), the store logs a warning once and works
+    /// without the cache.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use session_trail::store::{RedisStore, DEFAULT_LOCAL_CACHE_CAPACITY};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = RedisStore::builder("redis://127.0.0.1:6379")
+    ///     .local_cache(DEFAULT_LOCAL_CACHE_CAPACITY, Duration::from_secs(5))
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(store.local_cache_stats().is_some());
+    ///
+    /// let err = RedisStore::builder("redis://127.0.0.1:6379")
+    ///     .local_cache(0, Duration::from_secs(5))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.setting(), "local_cache");
+    /// # });
+    /// ```
+    pub fn local_cache(mut self, capacity: usize, max_age: Duration) -> Self {
+        self.local_cache = Some((capacity, max_age));
+        self
+    }
+
     /// Builds the store without any I/O: it connects on first use and
     /// reconnects by itself (a degraded start: operations fail with
     /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) until Redis
@@ -358,7 +442,8 @@ impl RedisStoreBuilder {
     /// A [`ConfigError`] naming the setting: `url` (malformed, or `rediss`
     /// without TLS support compiled in), `key_prefix`, `history_retention`
     /// (zero `keep` or `ttl`), `response_timeout` or `connection_timeout`
-    /// (zero), or `runtime` outside a Tokio runtime.
+    /// (zero), `local_cache` (zero capacity or age), or `runtime` outside a
+    /// Tokio runtime.
     pub fn build(self) -> Result<RedisStore, ConfigError> {
         check_prefix(&self.prefix)?;
         if self.keep == 0 {
@@ -385,6 +470,20 @@ impl RedisStoreBuilder {
                 "must be greater than zero",
             ));
         }
+        if let Some((capacity, max_age)) = self.local_cache {
+            if capacity == 0 {
+                return Err(ConfigError::new(
+                    "local_cache",
+                    "capacity must be at least 1",
+                ));
+            }
+            if max_age.is_zero() {
+                return Err(ConfigError::new(
+                    "local_cache",
+                    "max_age must be greater than zero",
+                ));
+            }
+        }
         let target = Target::parse(&self.url)?;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(ConfigError::new(
@@ -393,6 +492,19 @@ impl RedisStoreBuilder {
             ));
         }
         let description = target.describe();
+        let cache = match self.local_cache {
+            Some((capacity, max_age)) => conn::tracking_client(&target)?.map(|client| {
+                NearCache::new(
+                    client,
+                    &self.prefix,
+                    capacity,
+                    max_age,
+                    self.response_timeout,
+                    self.connection_timeout,
+                )
+            }),
+            None => None,
+        };
         let conn = Conn::open(target, self.response_timeout, self.connection_timeout)?;
         Ok(RedisStore {
             inner: Arc::new(Inner {
@@ -404,6 +516,7 @@ impl RedisStoreBuilder {
                 response_timeout: self.response_timeout,
                 target: description,
                 memo: Mutex::new(RefreshMemo::default()),
+                cache,
             }),
         })
     }

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use ::redis::cluster::ClusterClientBuilder;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::{
@@ -92,11 +94,13 @@ fn parse_one(url: &str) -> Result<ConnectionInfo, ConfigError> {
     })
 }
 
-/// A connection to a single node (reconnecting) or to a cluster.
+/// A connection to a single node (reconnecting) or to a cluster, or the
+/// local cache's tracking connection.
 #[derive(Clone)]
 pub(super) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Tracked(MultiplexedConnection),
 }
 
 impl Conn {
@@ -106,8 +110,6 @@ impl Conn {
         response_timeout: Duration,
         connection_timeout: Duration,
     ) -> Result<Self, ConfigError> {
-        let refused =
-            |e: RedisError| ConfigError::new("url", format!("refused by the Redis client: {e}"));
         match target {
             Target::Single(info) => {
                 let client = ::redis::Client::open(info).map_err(refused)?;
@@ -153,11 +155,33 @@ impl Conn {
     }
 }
 
+fn refused(e: RedisError) -> ConfigError {
+    ConfigError::new("url", format!("refused by the Redis client: {e}"))
+}
+
+/// A client for the local cache's tracking connection to a single node:
+/// the same node and credentials, speaking RESP3 (which carries the
+/// invalidation pushes on the connection itself).
+pub(super) fn tracking_client(target: &Target) -> Result<Option<::redis::Client>, ConfigError> {
+    match target {
+        Target::Single(info) => {
+            let redis = info
+                .redis_settings()
+                .clone()
+                .set_protocol(::redis::ProtocolVersion::RESP3);
+            let info = info.clone().set_redis_settings(redis);
+            ::redis::Client::open(info).map(Some).map_err(refused)
+        }
+        Target::Cluster(_) => Ok(None),
+    }
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Tracked(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -170,6 +194,7 @@ impl ConnectionLike for Conn {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Tracked(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -177,6 +202,7 @@ impl ConnectionLike for Conn {
         match self {
             Self::Single(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
+            Self::Tracked(c) => c.get_db(),
         }
     }
 }

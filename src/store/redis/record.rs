@@ -6,6 +6,8 @@ use ::redis::Value;
 use futures_util::future::join_all;
 
 use super::RedisStore;
+use super::cache::{Lookup, Ticket};
+use super::conn::Conn;
 use crate::SessionId;
 use crate::error::{Error, ErrorKind};
 use crate::store::{Record, Replaced, TokenHash, Update, UpdateOutcome};
@@ -22,6 +24,8 @@ const IDLE: &str = "idle";
 const ABSOLUTE: &str = "abs";
 const DEVICE: &str = "dev";
 const NETWORK: &str = "net";
+/// Incremented by every update (the local cache's version check).
+const VERSION: &str = "ver";
 /// Data keys are stored as fields `d:<key>`, apart from the metadata.
 const DATA: &str = "d:";
 
@@ -48,6 +52,7 @@ fn encode(record: &Record) -> Result<Vec<(String, String)>, Error> {
         (LAST_SEEN.to_owned(), record.last_seen.to_string()),
         (IDLE.to_owned(), record.idle_deadline.to_string()),
         (ABSOLUTE.to_owned(), record.absolute_deadline.to_string()),
+        (VERSION.to_owned(), "0".to_owned()),
     ];
     if let Some(r) = &record.replaced {
         f.push((REPLACED.to_owned(), hex(r.token_hash.as_bytes())));
@@ -158,13 +163,64 @@ async fn load_many(store: &RedisStore, ids: &[SessionId]) -> Result<Vec<Option<R
 }
 
 pub(super) async fn load(store: &RedisStore, id: &SessionId) -> Result<Option<Record>, Error> {
-    let mut c = store.inner.conn.clone();
-    let fields: HashMap<String, String> = ::redis::cmd("HGETALL")
+    let lookup = match &store.inner.cache {
+        Some(cache) => cache.lookup(id),
+        None => Lookup::Off,
+    };
+    let (mut c, ticket) = match lookup {
+        Lookup::Hit(record) => return Ok(Some(record).filter(|r| r.expires_at() > now_ms())),
+        Lookup::Miss(conn, ticket) => (Conn::Tracked(conn), Some(ticket)),
+        Lookup::Off => (store.inner.conn.clone(), None),
+    };
+    let reply = ::redis::cmd("HGETALL")
         .arg(store.record_key(id))
-        .query_async(&mut c)
-        .await
-        .map_err(|e| store.unavailable(e, "HGETALL"))?;
-    Ok(decode(id, fields)?.filter(|r| r.expires_at() > now_ms()))
+        .query_async::<HashMap<String, String>>(&mut c)
+        .await;
+    let fields = match reply {
+        Ok(fields) => fields,
+        Err(e) => {
+            store.cache_failed(ticket, id, &e);
+            return Err(store.unavailable(e, "HGETALL"));
+        }
+    };
+    let version = fields
+        .get(VERSION)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let record = decode(id, fields)?;
+    if let (Some(ticket), Some(record), Some(cache)) = (ticket, &record, &store.inner.cache) {
+        cache.fill(ticket, record, version);
+    }
+    Ok(record.filter(|r| r.expires_at() > now_ms()))
+}
+
+/// The connection for a write of `id`: the local cache's tracking
+/// connection while it is up (so the write does not invalidate this
+/// process's own copy), else the store's.
+fn write_connection(store: &RedisStore, id: &SessionId) -> (Conn, Option<Ticket>) {
+    match store.inner.cache.as_ref().and_then(|c| c.connection(id)) {
+        Some((conn, ticket)) => (Conn::Tracked(conn), Some(ticket)),
+        None => (store.inner.conn.clone(), None),
+    }
+}
+
+impl RedisStore {
+    /// After a failed command on a record: drop the cached copy, and stop
+    /// trusting the tracking connection if it may have lost replies.
+    fn cache_failed(&self, ticket: Option<Ticket>, id: &SessionId, e: &::redis::RedisError) {
+        if let Some(cache) = &self.inner.cache {
+            if let Some(ticket) = ticket {
+                cache.failed(ticket, e);
+            }
+            cache.evict(id);
+        }
+    }
+
+    fn cache_evict(&self, id: &SessionId) {
+        if let Some(cache) = &self.inner.cache {
+            cache.evict(id);
+        }
+    }
 }
 
 /// Adds a session to a user's index, which expires with its longest-lived
@@ -223,11 +279,17 @@ pub(super) async fn create(store: &RedisStore, record: &Record) -> Result<(), Er
         .cmd("PEXPIREAT")
         .arg(&key)
         .arg(clamp_ms(record.expires_at()))
+        .ignore()
+        // A read, so that a tracking connection tracks the new record.
+        .cmd("HGET")
+        .arg(&key)
+        .arg(VERSION)
         .ignore();
-    let mut c = store.inner.conn.clone();
-    pipe.query_async::<()>(&mut c)
-        .await
-        .map_err(|e| store.unavailable(e, "create a session"))?;
+    let (mut c, ticket) = write_connection(store, &record.id);
+    if let Err(e) = pipe.query_async::<()>(&mut c).await {
+        store.cache_failed(ticket, &record.id, &e);
+        return Err(store.unavailable(e, "create a session"));
+    }
     if let Some(user) = &record.user
         && let Err(e) = index_add(store, user, &record.id, record.absolute_deadline).await
     {
@@ -236,7 +298,11 @@ pub(super) async fn create(store: &RedisStore, record: &Record) -> Result<(), Er
             .arg(&key)
             .query_async::<()>(&mut c)
             .await;
+        store.cache_evict(&record.id);
         return Err(e);
+    }
+    if let (Some(ticket), Some(cache)) = (ticket, &store.inner.cache) {
+        cache.fill(ticket, record, 0);
     }
     Ok(())
 }
@@ -286,18 +352,28 @@ pub(super) async fn update(
     // A new user is indexed before the record names it, so the index never
     // misses a session. The score is the absolute deadline, which never
     // changes after `create`.
+    let (mut c, ticket) = write_connection(store, id);
     if let Some(Some(user)) = &update.user {
-        let mut c = store.inner.conn.clone();
-        let absolute: Option<String> = ::redis::cmd("HGET")
-            .arg(&key)
-            .arg(ABSOLUTE)
-            .query_async(&mut c)
-            .await
-            .map_err(|e| store.unavailable(e, "HGET"))?;
-        let Some(absolute) = absolute else {
-            return Ok(UpdateOutcome::Missing);
+        let cached = store
+            .inner
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.absolute_deadline(id));
+        let absolute = match cached {
+            Some(absolute) => absolute,
+            None => {
+                let absolute: Option<String> = ::redis::cmd("HGET")
+                    .arg(&key)
+                    .arg(ABSOLUTE)
+                    .query_async(&mut store.inner.conn.clone())
+                    .await
+                    .map_err(|e| store.unavailable(e, "HGET"))?;
+                let Some(absolute) = absolute else {
+                    return Ok(UpdateOutcome::Missing);
+                };
+                absolute.parse().map_err(|_| corrupt(id, ABSOLUTE))?
+            }
         };
-        let absolute: i64 = absolute.parse().map_err(|_| corrupt(id, ABSOLUTE))?;
         index_add(store, user, id, absolute).await?;
     }
 
@@ -310,11 +386,19 @@ pub(super) async fn update(
     for f in &del {
         inv.arg(f);
     }
-    let mut c = store.inner.conn.clone();
-    let reply: Vec<Value> = inv
-        .invoke_async(&mut c)
-        .await
-        .map_err(|e| store.unavailable(e, "update a session"))?;
+    let reply: Vec<Value> = match inv.invoke_async(&mut c).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            store.cache_failed(ticket, id, &e);
+            return Err(store.unavailable(e, "update a session"));
+        }
+    };
+    match (reply.first(), reply.get(2), ticket, &store.inner.cache) {
+        (Some(Value::Int(1)), Some(Value::Int(version)), Some(ticket), Some(cache)) => {
+            cache.written(ticket, id, update, *version);
+        }
+        _ => store.cache_evict(id),
+    }
     match reply.first() {
         Some(Value::Int(1)) => {
             let old_user = match reply.get(1) {
@@ -340,15 +424,23 @@ pub(super) async fn update(
 }
 
 pub(super) async fn delete(store: &RedisStore, id: &SessionId) -> Result<bool, Error> {
-    let mut c = store.inner.conn.clone();
-    let reply: Vec<Value> = store
+    store.cache_evict(id);
+    let (mut c, ticket) = write_connection(store, id);
+    let reply = store
         .inner
         .scripts
         .delete
         .key(store.record_key(id))
-        .invoke_async(&mut c)
-        .await
-        .map_err(|e| store.unavailable(e, "delete a session"))?;
+        .invoke_async::<Vec<Value>>(&mut c)
+        .await;
+    store.cache_evict(id);
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(e) => {
+            store.cache_failed(ticket, id, &e);
+            return Err(store.unavailable(e, "delete a session"));
+        }
+    };
     let existed = matches!(reply.first(), Some(Value::Int(n)) if *n > 0);
     if let Some(Value::BulkString(user)) = reply.get(1) {
         index_remove(store, &String::from_utf8_lossy(user), id).await;

@@ -10,10 +10,17 @@
 -- ARGV[4]   n: the number of fields to set; then n field/value pairs
 -- then      m: the number of fields to delete; then m fields
 --
--- Returns {1, old user} (applied), {2} (this rotation was applied by an
--- earlier attempt of the same call) or {0} (missing).
+-- Returns {1, old user, new version} (applied), {2} (this rotation was
+-- applied by an earlier attempt of the same call) or {0} (missing).
+--
+-- Every applied update increments the record's `ver` field (in the same
+-- HSET as the first changed fields), and the script ends with a read of the
+-- record: for a caller with client tracking on (the
+-- store's local cache), that read keeps the record tracked after the write,
+-- and the version tells the caller whether its cached copy held the state
+-- just before this write.
 local key = KEYS[1]
-local cur = redis.call('HMGET', key, 'tok', 'rtok', 'user', 'abs')
+local cur = redis.call('HMGET', key, 'tok', 'rtok', 'user', 'abs', 'ver')
 if not cur[1] then
   return {0}
 end
@@ -23,9 +30,12 @@ if cur[1] ~= ARGV[1] then
   end
   return {0}
 end
+local ver = (tonumber(cur[5]) or 0) + 1
 local set_end = 4 + 2 * tonumber(ARGV[4])
--- unpack() is bounded by Lua's C stack: write in chunks (of whole pairs).
-for i = 5, set_end, 1000 do
+-- unpack() is bounded by Lua's C stack: write in chunks (of whole pairs);
+-- the first one also sets the new version.
+redis.call('HSET', key, 'ver', ver, unpack(ARGV, 5, math.min(1004, set_end)))
+for i = 1005, set_end, 1000 do
   redis.call('HSET', key, unpack(ARGV, i, math.min(i + 999, set_end)))
 end
 local del_end = set_end + 1 + tonumber(ARGV[set_end + 1])
@@ -40,4 +50,6 @@ if ARGV[3] ~= '' then
   end
   redis.call('PEXPIREAT', key, at)
 end
-return {1, cur[3]}
+-- The closing read keeps the record tracked for a caller with tracking on.
+redis.call('HEXISTS', key, 'ver')
+return {1, cur[3], ver}
