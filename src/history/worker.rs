@@ -1,6 +1,6 @@
 //! The background task behind [`HistoryWriter`](super::HistoryWriter).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -67,8 +67,8 @@ pub(crate) struct Worker {
     order: VecDeque<SessionId>,
     pending_total: usize,
     first_pending_at: Option<Instant>,
-    /// Accepted entries not yet acknowledged: ordinal → enqueue time.
-    outstanding: BTreeMap<u64, Instant>,
+    /// Accepted entries not yet acknowledged, with their enqueue times.
+    outstanding: Outstanding,
     next_ordinal: u64,
     flushes: Vec<(u64, oneshot::Sender<()>)>,
     in_flight: Option<InFlight>,
@@ -85,7 +85,7 @@ impl Worker {
             order: VecDeque::new(),
             pending_total: 0,
             first_pending_at: None,
-            outstanding: BTreeMap::new(),
+            outstanding: Outstanding::default(),
             next_ordinal: 1,
             flushes: Vec::new(),
             in_flight: None,
@@ -104,13 +104,14 @@ impl Worker {
             }
             let wake = self.next_wake(now);
             if wake.is_none() {
-                // Nothing to do: sleep until an entry arrives. Re-check after
-                // announcing it, in case one arrived in between.
-                self.shared.idle.store(true, Ordering::SeqCst);
-                if self.shared.buffered.load(Ordering::SeqCst) > 0 {
-                    self.shared.idle.store(false, Ordering::SeqCst);
+                // Nothing to do: sleep until an entry arrives. Announced under
+                // the queue's lock, so an entry handed over meanwhile is
+                // either seen here or wakes the task.
+                let mut q = self.shared.queue();
+                if q.buffered > 0 {
                     continue;
                 }
+                q.idle = true;
             }
             let listening = !self.closed;
             let shared = Arc::clone(&self.shared);
@@ -147,12 +148,14 @@ impl Worker {
             self.resolve_flushes();
         }
         // Anything handed over after the last look is dropped, and counted.
-        self.shared.stopped.store(true, Ordering::Release);
-        let left: Vec<Incoming> =
-            std::mem::take(&mut *self.shared.buffer.lock().unwrap_or_else(|e| e.into_inner()));
+        let left: Vec<Incoming> = {
+            let mut q = self.shared.queue();
+            q.stopped = true;
+            q.buffered = 0;
+            std::mem::take(&mut q.incoming)
+        };
         for incoming in left {
             let n = incoming.drafts.len();
-            self.shared.buffered.fetch_sub(n, Ordering::AcqRel);
             self.shared
                 .counters
                 .dropped
@@ -164,11 +167,12 @@ impl Worker {
     /// Takes the entries the request path handed over.
     fn take_buffer(&mut self) {
         let incoming: Vec<Incoming> = {
-            let mut buf = self.shared.buffer.lock().unwrap_or_else(|e| e.into_inner());
-            if buf.is_empty() {
+            let mut q = self.shared.queue();
+            if q.incoming.is_empty() {
                 return;
             }
-            std::mem::take(&mut *buf)
+            q.buffered = 0;
+            std::mem::take(&mut q.incoming)
         };
         for Incoming {
             session,
@@ -176,9 +180,6 @@ impl Worker {
             at,
         } in incoming
         {
-            self.shared
-                .buffered
-                .fetch_sub(drafts.len(), Ordering::AcqRel);
             for draft in drafts.into_vec_iter() {
                 let ordinal = self.next_ordinal;
                 self.next_ordinal += 1;
@@ -290,15 +291,16 @@ impl Worker {
         let mut bytes = 0;
         for item in items {
             if let Some(o) = item.ordinal {
-                self.outstanding.remove(&o);
+                self.outstanding.remove(o);
                 released += 1;
                 bytes += item.draft.body_len() + 64;
             }
         }
-        self.shared
-            .queued_entries
-            .fetch_sub(released, Ordering::AcqRel);
-        self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        if released > 0 {
+            let mut q = self.shared.queue();
+            q.entries -= released;
+            q.bytes -= bytes;
+        }
     }
 
     fn push(&mut self, session: SessionId, item: Item) {
@@ -519,7 +521,7 @@ impl Worker {
         if self.flushes.is_empty() {
             return;
         }
-        let oldest = self.outstanding.keys().next().copied().unwrap_or(u64::MAX);
+        let oldest = self.outstanding.oldest().map_or(u64::MAX, |(o, _)| o);
         let mut i = 0;
         while i < self.flushes.len() {
             if self.flushes[i].0 < oldest {
@@ -532,13 +534,66 @@ impl Worker {
     }
 
     fn publish_oldest(&self) {
-        let v = self.outstanding.values().next().map_or(u64::MAX, |t| {
+        let v = self.outstanding.oldest().map_or(u64::MAX, |(_, t)| {
             t.saturating_duration_since(self.shared.epoch).as_millis() as u64
         });
         self.shared
             .counters
             .oldest_pending
             .store(v, Ordering::Relaxed);
+    }
+}
+
+/// Accepted entries not yet acknowledged, by ordinal: a window from the
+/// oldest one on. Ordinals are handed out consecutively and entries finish
+/// nearly in order, so the window stays about a batch or two long, and
+/// every operation is O(1).
+#[derive(Default)]
+struct Outstanding {
+    /// The ordinal of `slots[0]`.
+    base: u64,
+    /// Enqueue time of each ordinal from `base` on; `None` once finished.
+    slots: VecDeque<Option<Instant>>,
+    live: usize,
+}
+
+impl Outstanding {
+    /// Adds the next ordinal (one more than the last one added).
+    fn insert(&mut self, ordinal: u64, at: Instant) {
+        if self.slots.is_empty() {
+            self.base = ordinal;
+        }
+        debug_assert_eq!(ordinal, self.base + self.slots.len() as u64);
+        self.slots.push_back(Some(at));
+        self.live += 1;
+    }
+
+    fn remove(&mut self, ordinal: u64) {
+        let slot = ordinal
+            .checked_sub(self.base)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.slots.get_mut(i));
+        if let Some(slot) = slot
+            && slot.take().is_some()
+        {
+            self.live -= 1;
+        }
+        while matches!(self.slots.front(), Some(None)) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.live
+    }
+
+    /// The oldest unfinished ordinal and its enqueue time.
+    fn oldest(&self) -> Option<(u64, Instant)> {
+        match self.slots.front() {
+            Some(Some(at)) => Some((self.base, *at)),
+            _ => None,
+        }
     }
 }
 

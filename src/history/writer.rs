@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -140,7 +140,6 @@ pub struct WriterStats {
 
 #[derive(Default)]
 pub(crate) struct Counters {
-    pub(crate) enqueued: AtomicU64,
     pub(crate) written: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) conflicts: AtomicU64,
@@ -186,22 +185,33 @@ impl Drafts {
     }
 }
 
-pub(crate) struct Shared {
-    /// Entries not yet taken by the task. The request path pushes here
-    /// under a short lock and wakes the task only when the buffer was empty
-    /// or a batch is full, not once per entry.
-    pub(crate) buffer: Mutex<Vec<Incoming>>,
-    pub(crate) buffered: AtomicUsize,
-    pub(crate) notify: tokio::sync::Notify,
+/// The hand-over between the request path and the task, under one lock:
+/// a request takes it once (no other shared counter is touched), and the
+/// task takes it once per wake-up and once per finished batch.
+#[derive(Default)]
+pub(crate) struct Queue {
+    /// Entries handed over, not yet taken by the task.
+    pub(crate) incoming: Vec<Incoming>,
+    /// How many entries `incoming` holds.
+    pub(crate) buffered: usize,
+    /// Entries accepted and not yet finished (here or in the task), and
+    /// their bytes: what the queue limits bound.
+    pub(crate) entries: usize,
+    pub(crate) bytes: usize,
+    /// Entries accepted since the start.
+    pub(crate) enqueued: u64,
     /// Set by the task when it sleeps with nothing to do: the next entry
-    /// handed over wakes it (and clears this). While it has entries
-    /// waiting for their flush interval, new ones wake it only when a batch
-    /// fills.
-    pub(crate) idle: std::sync::atomic::AtomicBool,
-    pub(crate) stopped: std::sync::atomic::AtomicBool,
+    /// handed over wakes it (and clears this). While it has entries waiting
+    /// for their flush interval, new ones wake it only when a batch fills.
+    pub(crate) idle: bool,
+    /// The task has stopped: nothing more is accepted.
+    pub(crate) stopped: bool,
+}
+
+pub(crate) struct Shared {
+    pub(crate) queue: Mutex<Queue>,
+    pub(crate) notify: tokio::sync::Notify,
     pub(crate) counters: Counters,
-    pub(crate) queued_entries: AtomicUsize,
-    pub(crate) queued_bytes: AtomicUsize,
     pub(crate) config: WriterConfig,
     /// Entries dropped at enqueue, per session, for the gap entries.
     pub(crate) drops: Mutex<HashMap<SessionId, u64>>,
@@ -265,17 +275,12 @@ impl HistoryWriter {
         })?;
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
-            buffer: Mutex::default(),
-            buffered: AtomicUsize::new(0),
+            queue: Mutex::default(),
             notify: tokio::sync::Notify::new(),
-            idle: std::sync::atomic::AtomicBool::new(false),
-            stopped: std::sync::atomic::AtomicBool::new(false),
             counters: Counters {
                 oldest_pending: AtomicU64::new(u64::MAX),
                 ..Counters::default()
             },
-            queued_entries: AtomicUsize::new(0),
-            queued_bytes: AtomicUsize::new(0),
             config,
             drops: Mutex::default(),
             epoch: Instant::now(),
@@ -307,43 +312,41 @@ impl HistoryWriter {
         }
         let bytes = drafts.bytes();
         let s = &self.shared;
-        let prev_n = s.queued_entries.fetch_add(n, Ordering::AcqRel);
-        let prev_b = s.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
-        let accepted = prev_n + n <= s.config.queue_entries
-            && prev_b + bytes <= s.config.queue_bytes
-            && !s.stopped.load(Ordering::Acquire);
-        if accepted {
-            s.buffer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Incoming {
-                    session,
-                    drafts,
-                    at: Instant::now(),
-                });
-            let before = s.buffered.fetch_add(n, Ordering::SeqCst);
+        let at = Instant::now();
+        let mut q = s.queue();
+        if !q.stopped
+            && q.entries + n <= s.config.queue_entries
+            && q.bytes + bytes <= s.config.queue_bytes
+        {
+            q.entries += n;
+            q.bytes += bytes;
+            q.enqueued += n as u64;
+            let before = q.buffered;
+            q.buffered += n;
+            q.incoming.push(Incoming {
+                session,
+                drafts,
+                at,
+            });
             let batch = s.config.batch_entries;
-            let batch_filled = before < batch && before + n >= batch;
-            // SeqCst pairs with the task's store of `idle` and its read of
-            // `buffered`: either it sees this entry or this sees it idle.
-            if s.idle.swap(false, Ordering::SeqCst) || batch_filled {
+            // Under the lock: either the task sees this entry before it
+            // sleeps, or this sees it idle.
+            let wake = std::mem::take(&mut q.idle) || (before < batch && before + n >= batch);
+            drop(q);
+            if wake {
                 s.notify.notify_one();
             }
+            return true;
         }
-        if accepted {
-            s.counters.enqueued.fetch_add(n as u64, Ordering::Relaxed);
-        } else {
-            s.queued_entries.fetch_sub(n, Ordering::AcqRel);
-            s.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-            s.counters.dropped.fetch_add(n as u64, Ordering::Relaxed);
-            *s.drops
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(session)
-                .or_default() += n as u64;
-            tracing::warn!(%session, dropped = n, "history queue full; entries dropped (a gap entry will record it)");
-        }
-        accepted
+        drop(q);
+        s.counters.dropped.fetch_add(n as u64, Ordering::Relaxed);
+        *s.drops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(session)
+            .or_default() += n as u64;
+        tracing::warn!(%session, dropped = n, "history queue full; entries dropped (a gap entry will record it)");
+        false
     }
 
     /// Resolves when every entry enqueued before this call is acknowledged
@@ -393,13 +396,17 @@ impl HistoryWriter {
         } else {
             (self.shared.epoch.elapsed().as_millis() as u64).saturating_sub(oldest)
         };
+        let (enqueued, depth) = {
+            let q = self.shared.queue();
+            (q.enqueued, q.entries)
+        };
         WriterStats {
-            enqueued: c.enqueued.load(Ordering::Relaxed),
+            enqueued,
             written: c.written.load(Ordering::Relaxed),
             retried: c.retried.load(Ordering::Relaxed),
             conflicts: c.conflicts.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
-            queue_depth: self.shared.queued_entries.load(Ordering::Relaxed) as u64,
+            queue_depth: depth as u64,
             oldest_pending_ms,
         }
     }
@@ -424,6 +431,12 @@ impl HistoryWriter {
 
     pub(crate) fn store(&self) -> &Arc<dyn DynHistoryStore> {
         &self.shared.store
+    }
+}
+
+impl Shared {
+    pub(crate) fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
