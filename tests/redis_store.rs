@@ -425,3 +425,20 @@ async fn device_and_network_changes_are_stored_per_field() {
     assert_eq!(back.device, None);
     assert_eq!(back.data, r.data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_user_cannot_be_indexed_leaves_no_session() {
+    let s = store(1000).await;
+    let r = record(Some("mallory"));
+    // Someone else's key of the wrong type where the user's index goes.
+    server().cli(&["SET", &s.user_key("mallory"), "not a sorted set"]);
+    let err = s.create(&r).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert_eq!(s.load(&r.id).await.unwrap(), None);
+    assert_eq!(server().cli(&["EXISTS", &s.record_key(&r.id)]).trim(), "0");
+    // A user whose index is fine is created and indexed in the same call.
+    let ok = record(Some("alice"));
+    s.create(&ok).await.unwrap();
+    let listed = s.sessions_of_user("alice").await.unwrap();
+    assert_eq!(listed.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ok.id]);
+}

@@ -207,6 +207,10 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// The user-index script's source, also sent whole (`EVAL`) inside the
+/// transaction that creates a session on a single node.
+pub(super) const INDEX_LUA: &str = include_str!("index.lua");
+
 /// The store's Lua scripts (run by SHA1; loaded again after `NOSCRIPT`).
 pub(super) struct Scripts {
     pub(super) append: Script,
@@ -221,7 +225,7 @@ impl Scripts {
             append: Script::new(include_str!("append.lua")),
             update: Script::new(include_str!("update.lua")),
             delete: Script::new(include_str!("delete.lua")),
-            index: Script::new(include_str!("index.lua")),
+            index: Script::new(INDEX_LUA),
         }
     }
 }

@@ -264,9 +264,17 @@ async fn index_remove(store: &RedisStore, user: &str, id: &SessionId) {
 /// created (members whose record is gone are dropped); no one holds the new
 /// session's token until both writes succeeded, so a failure in between
 /// leaves nothing usable behind.
+///
+/// On a single node both go in one transaction (one round trip; the index
+/// script is sent whole, so it cannot meet `NOSCRIPT` there). On a cluster
+/// the user's index lives in another slot, so it is a second call.
 pub(super) async fn create(store: &RedisStore, record: &Record) -> Result<(), Error> {
     let fields = encode(record)?;
     let key = store.record_key(&record.id);
+    let index_here = record
+        .user
+        .as_ref()
+        .filter(|_| !store.inner.conn.is_cluster());
     let mut pipe = ::redis::pipe();
     pipe.atomic()
         .cmd("DEL")
@@ -285,12 +293,30 @@ pub(super) async fn create(store: &RedisStore, record: &Record) -> Result<(), Er
         .arg(&key)
         .arg(VERSION)
         .ignore();
+    if let Some(user) = index_here {
+        pipe.cmd("EVAL")
+            .arg(super::conn::INDEX_LUA)
+            .arg(1)
+            .arg(store.user_key(user))
+            .arg(clamp_ms(record.absolute_deadline))
+            .arg(record.id.to_string())
+            .ignore();
+    }
     let (mut c, ticket) = write_connection(store, &record.id);
     if let Err(e) = pipe.query_async::<()>(&mut c).await {
         store.cache_failed(ticket, &record.id, &e);
+        if index_here.is_some() {
+            // The transaction ran, or not at all; an error inside it (the
+            // index key of the wrong type) leaves a record to take back.
+            let _ = ::redis::cmd("DEL")
+                .arg(&key)
+                .query_async::<()>(&mut c)
+                .await;
+        }
         return Err(store.unavailable(e, "create a session"));
     }
-    if let Some(user) = &record.user
+    if index_here.is_none()
+        && let Some(user) = &record.user
         && let Err(e) = index_add(store, user, &record.id, record.absolute_deadline).await
     {
         // Unindexed, the session must not be used: take it back.
