@@ -108,6 +108,32 @@ async fn loads_after_own_writes_come_from_the_cache_and_see_them() {
         fresh.load(&r.id).await.unwrap(),
         store.load(&r.id).await.unwrap()
     );
+
+    // One update that changes every kind of field, applied to the cached
+    // copy: it must equal what the script made of the record in Redis.
+    let every = Update {
+        token_hash: r.token_hash,
+        set: vec![("obj".into(), json!({"a": [1, 2.5, "x"]}))],
+        remove: vec!["a".into()],
+        user: Some(Some("carol".into())),
+        privilege: Some(Some("admin".into())),
+        rotate: Some(session_trail::store::Rotation {
+            new_token_hash: session_trail::store::TokenHash::from_bytes([9; 32]),
+            at: 1_234,
+        }),
+        touch: Some((r.last_seen + 5, r.idle_deadline + 5)),
+        device: Some(Some("Chrome on Android".into())),
+        network: Some(None),
+    };
+    assert_eq!(
+        store.update(&r.id, &every).await.unwrap(),
+        UpdateOutcome::Applied
+    );
+    let hits = store.local_cache_stats().unwrap().hits;
+    let served = store.load(&r.id).await.unwrap();
+    assert_eq!(store.local_cache_stats().unwrap().hits, hits + 1);
+    assert_eq!(served, fresh.load(&r.id).await.unwrap());
+    assert_eq!(served.unwrap().user.as_deref(), Some("carol"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

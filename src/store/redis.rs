@@ -31,8 +31,8 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
 /// The default number of session records the local cache holds.
 pub const DEFAULT_LOCAL_CACHE_CAPACITY: usize = 16_384;
-/// The default longest time the local cache serves a record after Redis
-/// last confirmed it.
+/// The default longest time the local cache serves a record after it was
+/// last read from Redis.
 pub const DEFAULT_LOCAL_CACHE_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// Sessions and history in Redis (a single node, or Redis Cluster through
@@ -376,7 +376,8 @@ impl RedisStoreBuilder {
 
     /// Turns on the local cache of session records (single node only; a
     /// Redis Cluster store ignores it): at most `capacity` records, each
-    /// served at most `max_age` after Redis last confirmed it. Off by
+    /// served at most `max_age` after it was last read from Redis (this
+    /// process's own writes update a copy but do not extend that). Off by
     /// default; [`DEFAULT_LOCAL_CACHE_CAPACITY`] and
     /// [`DEFAULT_LOCAL_CACHE_MAX_AGE`] are good starting values.
     ///
@@ -388,9 +389,10 @@ impl RedisStoreBuilder {
     /// its replies, when any other client changes, expires or deletes a
     /// cached record (another server revoking a session, an operator's
     /// `DEL`, a `FLUSHALL`). This process's own writes update its copy only
-    /// when the record's version shows that no other write came between.
-    /// When the tracking connection drops or times out, the cache is
-    /// cleared and bypassed until tracking is on again.
+    /// when the record's version shows that no other write came between,
+    /// and a write whose answer never arrived (a timeout, a cancelled
+    /// request) drops the copy. When the tracking connection drops or times
+    /// out, the cache is cleared and bypassed until tracking is on again.
     ///
     /// **When to turn it on.** Within one process, loads always see that
     /// process's own writes. Across processes the cache is coherent only
@@ -405,9 +407,11 @@ impl RedisStoreBuilder {
     /// when requests of one session alternate between servers and must
     /// see each other's writes at once.
     ///
-    /// Needs Redis 6 or newer. When Redis refuses `CLIENT TRACKING` (an old
-    /// server, a proxy, an ACL), the store logs a warning once and works
-    /// without the cache.
+    /// Needs Redis 6 or newer (RESP3 and `CLIENT TRACKING`). When Redis
+    /// refuses `CLIENT TRACKING` (a proxy, an ACL), the store logs a
+    /// warning once and works without the cache; when the tracking
+    /// connection cannot be opened (Redis down, or a server without RESP3),
+    /// it works without the cache and tries again every second.
     ///
     /// ```
     /// use std::time::Duration;

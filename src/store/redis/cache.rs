@@ -22,7 +22,9 @@
 //! - When the tracking connection drops or a command on it times out, the
 //!   cache is cleared and bypassed until a new connection has tracking on
 //!   again; invalidations that could have been missed cannot matter.
-//! - Each entry is served at most `max_age` after Redis last confirmed it,
+//! - A write whose answer this process never saw (an error, a dropped
+//!   future) evicts its record (`Unsettled`).
+//! - Each entry is served at most `max_age` after it was last read whole,
 //!   a bound on staleness even if an invalidation were lost some other way.
 
 use std::collections::HashMap;
@@ -132,6 +134,33 @@ fn shard_of(id: &SessionId) -> usize {
     usize::from(id.as_bytes()[0]) % SHARDS
 }
 
+/// Evicts a record when dropped armed: a write whose outcome this process
+/// did not see (its future was dropped after the command was sent) must not
+/// leave the old copy behind, since no invalidation will come for it.
+pub(super) struct Unsettled<'a> {
+    cache: Option<&'a NearCache>,
+    id: SessionId,
+}
+
+impl<'a> Unsettled<'a> {
+    pub(super) fn new(cache: Option<&'a NearCache>, id: SessionId) -> Self {
+        Self { cache, id }
+    }
+
+    /// The outcome reached the cache: nothing to evict.
+    pub(super) fn settle(mut self) {
+        self.cache = None;
+    }
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if let Some(cache) = self.cache {
+            cache.evict(&self.id);
+        }
+    }
+}
+
 /// Whether an error leaves the connection in an unknown state (replies may
 /// have been lost), so the cache must not trust it any more.
 pub(super) fn breaks_connection(e: &RedisError) -> bool {
@@ -140,7 +169,7 @@ pub(super) fn breaks_connection(e: &RedisError) -> bool {
 
 impl NearCache {
     /// A cache of at most `capacity` records, each served at most
-    /// `max_age` after Redis confirmed it. `client` must speak RESP3.
+    /// `max_age` after it was read. `client` must speak RESP3.
     pub(super) fn new(
         client: Client,
         prefix: &str,
@@ -235,13 +264,21 @@ impl NearCache {
             .map(|c| c.record.absolute_deadline)
     }
 
-    /// Caches what a read (or a create) sent under `ticket` answered.
+    /// Caches what a read (or a create) sent under `ticket` answered,
+    /// unless an own write has since cached a newer version.
     pub(super) fn fill(&self, ticket: Ticket, record: &Record, version: i64) {
         let s = &self.shared;
         let mut shard = self.valid_shard(ticket);
         let Some(shard) = shard.as_mut() else {
             return;
         };
+        if shard
+            .map
+            .get(&record.id)
+            .is_some_and(|c| c.version > version)
+        {
+            return;
+        }
         if shard.map.len() >= s.shard_capacity && !shard.map.contains_key(&record.id) {
             let now = crate::util::now_ms();
             shard
@@ -265,19 +302,26 @@ impl NearCache {
 
     /// Applies this process's own write (sent under `ticket`, answered
     /// with the record's new `version`) to the cached copy, or drops the
-    /// copy when it did not hold the version just before.
+    /// copy when it did not hold the version just before. The copy keeps
+    /// the time Redis last sent it whole: `max_age` bounds every entry,
+    /// however often this process writes it.
     pub(super) fn written(&self, ticket: Ticket, id: &SessionId, update: &Update, version: i64) {
         let mut guard = self.valid_shard(ticket);
         match guard.as_mut() {
             Some(shard) => {
-                let follows = shard.map.get(id).is_some_and(|c| c.version + 1 == version);
+                let follows = shard
+                    .map
+                    .get(id)
+                    .is_some_and(|c| c.version.checked_add(1) == Some(version));
                 if follows {
                     if let Some(c) = shard.map.get_mut(id) {
                         update.apply_to(&mut c.record);
                         c.version = version;
-                        c.confirmed = Instant::now();
                     }
-                } else if shard.map.remove(id).is_some() {
+                } else {
+                    // Also when nothing was cached: a read sent before this
+                    // write and answered after it must not be cached.
+                    shard.map.remove(id);
                     shard.epoch += 1;
                 }
             }
@@ -362,20 +406,28 @@ impl Shared {
             .set_connection_timeout(Some(self.connection_timeout))
             .set_response_timeout(Some(self.response_timeout))
             .set_push_sender(on_push);
-        let result = async {
-            let mut conn = self
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            ::redis::cmd("CLIENT")
+        // A failure to connect (Redis down, a wrong password, a server
+        // without RESP3) is retried; Redis refusing `CLIENT TRACKING` on a
+        // working connection (an old server, a proxy, an ACL) turns the
+        // cache off for good.
+        let result = match self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Err(e) => Err((e, false)),
+            Ok(mut conn) => ::redis::cmd("CLIENT")
                 .arg("TRACKING")
                 .arg("ON")
                 .arg("NOLOOP")
                 .query_async::<()>(&mut conn)
-                .await?;
-            Ok::<_, RedisError>(conn)
-        }
-        .await;
+                .await
+                .map(|()| conn)
+                .map_err(|e| {
+                    let refused = !breaks_connection(&e);
+                    (e, refused)
+                }),
+        };
         let mut link = lock(&self.link);
         match result {
             Ok(conn) => {
@@ -383,21 +435,21 @@ impl Shared {
                 self.current.store(generation, Ordering::Release);
                 tracing::debug!("redis local cache: tracking connection up");
             }
-            Err(e) if breaks_connection(&e) || e.kind() == ::redis::ErrorKind::Io => {
+            Err((e, false)) => {
                 *link = Link::Down {
                     connecting: false,
                     retry_at: Some(Instant::now() + RETRY),
                 };
                 tracing::debug!(error = %e, "redis local cache: no tracking connection yet");
             }
-            Err(e) => {
+            Err((e, true)) => {
                 *link = Link::Down {
                     connecting: false,
                     retry_at: None,
                 };
                 tracing::warn!(
                     error = %e,
-                    "redis refused client tracking (it needs Redis 6 or newer and RESP3); \
+                    "redis refused client tracking (it needs Redis 6 or newer); \
                      the local session cache is off"
                 );
             }
@@ -475,5 +527,168 @@ impl Shared {
         }
         self.clear();
         tracing::debug!("redis local cache: tracking connection lost; cache cleared");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TokenHash;
+    use serde_json::json;
+
+    /// A cache whose tracking connection counts as up (generation 7), with
+    /// no I/O: the client is never used.
+    fn cache() -> NearCache {
+        let client = Client::open("redis://127.0.0.1:1/").unwrap();
+        let c = NearCache::new(
+            client,
+            "p",
+            64,
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        c.shared.current.store(7, Ordering::Release);
+        c
+    }
+
+    fn ticket(c: &NearCache, id: &SessionId) -> Ticket {
+        let shard = shard_of(id);
+        Ticket {
+            generation: c.shared.current.load(Ordering::Acquire),
+            shard,
+            epoch: lock(&c.shared.shards[shard]).epoch,
+        }
+    }
+
+    fn record(id: SessionId, n: i64) -> Record {
+        Record {
+            id,
+            token_hash: TokenHash::from_bytes([1; 32]),
+            replaced: None,
+            user: None,
+            privilege: None,
+            data: HashMap::from([("n".to_owned(), json!(n))]),
+            created: 0,
+            last_seen: 0,
+            idle_deadline: i64::MAX,
+            absolute_deadline: i64::MAX,
+            device: None,
+            network: None,
+        }
+    }
+
+    fn set_n(n: i64) -> Update {
+        Update {
+            token_hash: TokenHash::from_bytes([1; 32]),
+            set: vec![("n".to_owned(), json!(n))],
+            ..Update::default()
+        }
+    }
+
+    fn cached(c: &NearCache, id: &SessionId) -> Option<(i64, serde_json::Value)> {
+        let shard = lock(&c.shared.shards[shard_of(id)]);
+        shard
+            .map
+            .get(id)
+            .map(|e| (e.version, e.record.data["n"].clone()))
+    }
+
+    #[test]
+    fn a_read_answered_after_an_own_write_is_not_cached() {
+        let c = cache();
+        let id = SessionId::generate();
+        let read = ticket(&c, &id);
+        let write = ticket(&c, &id);
+        // Redis ran the read (version 3), then the write (version 4); the
+        // write's answer is handled first, with nothing cached.
+        c.written(write, &id, &set_n(4), 4);
+        c.fill(read, &record(id, 3), 3);
+        assert_eq!(cached(&c, &id), None);
+    }
+
+    #[test]
+    fn an_older_version_never_replaces_a_newer_one() {
+        let c = cache();
+        let id = SessionId::generate();
+        let read = ticket(&c, &id);
+        c.fill(ticket(&c, &id), &record(id, 3), 3);
+        c.written(ticket(&c, &id), &id, &set_n(4), 4);
+        assert_eq!(cached(&c, &id), Some((4, json!(4))));
+        // A read sent before the write, answered after it.
+        c.fill(read, &record(id, 3), 3);
+        assert_eq!(cached(&c, &id), Some((4, json!(4))));
+    }
+
+    #[test]
+    fn own_writes_apply_only_in_sequence() {
+        let c = cache();
+        let id = SessionId::generate();
+        c.fill(ticket(&c, &id), &record(id, 1), 1);
+        c.written(ticket(&c, &id), &id, &set_n(2), 2);
+        assert_eq!(cached(&c, &id), Some((2, json!(2))));
+        // Version 3 was someone else's: the copy cannot follow.
+        c.written(ticket(&c, &id), &id, &set_n(9), 4);
+        assert_eq!(cached(&c, &id), None);
+        // A version at the end of the range does not overflow.
+        c.fill(ticket(&c, &id), &record(id, 1), i64::MAX);
+        c.written(ticket(&c, &id), &id, &set_n(2), i64::MIN);
+        assert_eq!(cached(&c, &id), None);
+    }
+
+    #[test]
+    fn an_invalidation_evicts_and_turns_away_reads_in_flight() {
+        let c = cache();
+        let id = SessionId::generate();
+        let other = SessionId::generate();
+        c.fill(ticket(&c, &id), &record(id, 1), 1);
+        c.fill(ticket(&c, &other), &record(other, 1), 1);
+        let in_flight = ticket(&c, &id);
+        let key = Value::BulkString(format!("p:{{{id}}}:s").into_bytes());
+        c.shared.on_push(
+            7,
+            PushInfo {
+                kind: PushKind::Invalidate,
+                data: vec![Value::Array(vec![key])],
+            },
+        );
+        assert_eq!(cached(&c, &id), None);
+        assert!(cached(&c, &other).is_some());
+        c.fill(in_flight, &record(id, 1), 1);
+        assert_eq!(cached(&c, &id), None);
+        // A flush (null) empties everything.
+        c.shared.on_push(
+            7,
+            PushInfo {
+                kind: PushKind::Invalidate,
+                data: vec![Value::Nil],
+            },
+        );
+        assert_eq!(cached(&c, &other), None);
+        assert_eq!(c.stats().invalidations, 2);
+    }
+
+    #[test]
+    fn a_write_dropped_before_its_answer_evicts() {
+        let c = cache();
+        let id = SessionId::generate();
+        c.fill(ticket(&c, &id), &record(id, 1), 1);
+        drop(Unsettled::new(Some(&c), id));
+        assert_eq!(cached(&c, &id), None);
+        c.fill(ticket(&c, &id), &record(id, 1), 1);
+        Unsettled::new(Some(&c), id).settle();
+        assert!(cached(&c, &id).is_some());
+    }
+
+    #[test]
+    fn only_record_keys_of_this_prefix_name_a_session() {
+        let c = cache();
+        let id = SessionId::generate();
+        let key = |k: String| Value::BulkString(k.into_bytes());
+        assert_eq!(c.shared.session_of(&key(format!("p:{{{id}}}:s"))), Some(id));
+        assert_eq!(c.shared.session_of(&key(format!("p:{{{id}}}:h"))), None);
+        assert_eq!(c.shared.session_of(&key(format!("q:{{{id}}}:s"))), None);
+        assert_eq!(c.shared.session_of(&key("p:{zz}:s".into())), None);
+        assert_eq!(c.shared.session_of(&Value::Int(1)), None);
     }
 }

@@ -6,7 +6,7 @@ use ::redis::Value;
 use futures_util::future::join_all;
 
 use super::RedisStore;
-use super::cache::{Lookup, Ticket};
+use super::cache::{Lookup, Ticket, Unsettled};
 use super::conn::Conn;
 use crate::SessionId;
 use crate::error::{Error, ErrorKind};
@@ -303,6 +303,8 @@ pub(super) async fn create(store: &RedisStore, record: &Record) -> Result<(), Er
             .ignore();
     }
     let (mut c, ticket) = write_connection(store, &record.id);
+    // Until the outcome reaches the cache, dropping this evicts the record.
+    let unsettled = Unsettled::new(store.inner.cache.as_ref(), record.id);
     if let Err(e) = pipe.query_async::<()>(&mut c).await {
         store.cache_failed(ticket, &record.id, &e);
         if index_here.is_some() {
@@ -330,6 +332,7 @@ pub(super) async fn create(store: &RedisStore, record: &Record) -> Result<(), Er
     if let (Some(ticket), Some(cache)) = (ticket, &store.inner.cache) {
         cache.fill(ticket, record, 0);
     }
+    unsettled.settle();
     Ok(())
 }
 
@@ -379,6 +382,8 @@ pub(super) async fn update(
     // misses a session. The score is the absolute deadline, which never
     // changes after `create`.
     let (mut c, ticket) = write_connection(store, id);
+    // Until the outcome reaches the cache, dropping this evicts the record.
+    let unsettled = Unsettled::new(store.inner.cache.as_ref(), *id);
     if let Some(Some(user)) = &update.user {
         let cached = store
             .inner
@@ -422,8 +427,9 @@ pub(super) async fn update(
     match (reply.first(), reply.get(2), ticket, &store.inner.cache) {
         (Some(Value::Int(1)), Some(Value::Int(version)), Some(ticket), Some(cache)) => {
             cache.written(ticket, id, update, *version);
+            unsettled.settle();
         }
-        _ => store.cache_evict(id),
+        _ => drop(unsettled),
     }
     match reply.first() {
         Some(Value::Int(1)) => {
@@ -452,6 +458,7 @@ pub(super) async fn update(
 pub(super) async fn delete(store: &RedisStore, id: &SessionId) -> Result<bool, Error> {
     store.cache_evict(id);
     let (mut c, ticket) = write_connection(store, id);
+    let _unsettled = Unsettled::new(store.inner.cache.as_ref(), *id);
     let reply = store
         .inner
         .scripts
