@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::conformance::record;
@@ -15,14 +14,11 @@ use serde_json::json;
 use session_trail::SessionId;
 use session_trail::store::{RedisStore, SessionStore, Update, UpdateOutcome};
 
-/// One server for the whole file; each test gets its own key prefix.
-fn server() -> &'static RedisServer {
-    static SERVER: OnceLock<RedisServer> = OnceLock::new();
-    SERVER.get_or_init(RedisServer::start)
-}
+// One server for the whole file; each test gets its own key prefix.
+use common::redis::shared_server as server;
 
 fn prefix() -> String {
-    format!("c-{}", SessionId::generate())
+    common::redis::test_prefix("c")
 }
 
 /// Polls `check` until it holds, failing with `what` after 10 s.

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::conformance::record;
@@ -13,14 +12,11 @@ use common::redis::{RedisServer, free_port};
 use session_trail::store::{Append, AppendOutcome, HistoryStore, RedisStore, SessionStore};
 use session_trail::{ErrorKind, SessionId};
 
-/// One server for the whole file; each test gets its own key prefix.
-fn server() -> &'static RedisServer {
-    static SERVER: OnceLock<RedisServer> = OnceLock::new();
-    SERVER.get_or_init(RedisServer::start)
-}
+// One server for the whole file; each test gets its own key prefix.
+use common::redis::shared_server as server;
 
 fn prefix() -> String {
-    format!("t-{}", SessionId::generate())
+    common::redis::test_prefix("t")
 }
 
 async fn store(keep: usize) -> RedisStore {

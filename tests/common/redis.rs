@@ -72,6 +72,18 @@ fn ensure_installed() {
 }
 
 /// A port nobody listens on right now (the OS picks it; never 6379).
+/// One plain server for the whole test binary; tests keep apart by key
+/// prefix (see [`test_prefix`]).
+pub fn shared_server() -> &'static RedisServer {
+    static SERVER: std::sync::OnceLock<RedisServer> = std::sync::OnceLock::new();
+    SERVER.get_or_init(RedisServer::start)
+}
+
+/// A key prefix of its own for one test on the shared server.
+pub fn test_prefix(tag: &str) -> String {
+    format!("{tag}-{}", session_trail::SessionId::generate())
+}
+
 pub fn free_port() -> u16 {
     loop {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");

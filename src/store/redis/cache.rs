@@ -209,9 +209,7 @@ impl NearCache {
         }
         {
             let shard = lock(&s.shards[shard_of(id)]);
-            if let Some(c) = shard.map.get(id)
-                && c.confirmed.elapsed() < s.max_age
-            {
+            if let Some(c) = shard.map.get(id).filter(|c| s.fresh(c)) {
                 s.hits.fetch_add(1, Ordering::Relaxed);
                 return Lookup::Hit(c.record.clone());
             }
@@ -260,7 +258,7 @@ impl NearCache {
         shard
             .map
             .get(id)
-            .filter(|c| c.confirmed.elapsed() < s.max_age)
+            .filter(|c| s.fresh(c))
             .map(|c| c.record.absolute_deadline)
     }
 
@@ -283,7 +281,7 @@ impl NearCache {
             let now = crate::util::now_ms();
             shard
                 .map
-                .retain(|_, c| c.confirmed.elapsed() < s.max_age && c.record.expires_at() > now);
+                .retain(|_, c| s.fresh(c) && c.record.expires_at() > now);
             if shard.map.len() >= s.shard_capacity
                 && let Some(victim) = shard.map.keys().next().copied()
             {
@@ -371,6 +369,11 @@ impl NearCache {
 }
 
 impl Shared {
+    /// Whether an entry may still be served: read whole within `max_age`.
+    fn fresh(&self, c: &Cached) -> bool {
+        c.confirmed.elapsed() < self.max_age
+    }
+
     /// Starts connecting the tracking connection, unless that is under way,
     /// waiting for its retry time, or refused by Redis.
     fn maybe_connect(self: &Arc<Self>) {

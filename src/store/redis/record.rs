@@ -179,7 +179,7 @@ pub(super) async fn load(store: &RedisStore, id: &SessionId) -> Result<Option<Re
     let fields = match reply {
         Ok(fields) => fields,
         Err(e) => {
-            store.cache_failed(ticket, id, &e);
+            store.tracking_failed(ticket, &e);
             return Err(store.unavailable(e, "HGETALL"));
         }
     };
@@ -194,25 +194,24 @@ pub(super) async fn load(store: &RedisStore, id: &SessionId) -> Result<Option<Re
     Ok(record.filter(|r| r.expires_at() > now_ms()))
 }
 
-/// The connection for a write of `id`: the local cache's tracking
-/// connection while it is up (so the write does not invalidate this
-/// process's own copy), else the store's.
-fn write_connection(store: &RedisStore, id: &SessionId) -> (Conn, Option<Ticket>) {
+/// Starts a write of `id`: the connection to send it on (the local cache's
+/// tracking connection while it is up, so the write does not invalidate this
+/// process's own copy; else the store's), the ticket its answer needs, and
+/// the guard that evicts the cached copy unless the outcome reaches it.
+fn begin_write<'a>(store: &'a RedisStore, id: &SessionId) -> (Conn, Option<Ticket>, Unsettled<'a>) {
+    let unsettled = Unsettled::new(store.inner.cache.as_ref(), *id);
     match store.inner.cache.as_ref().and_then(|c| c.connection(id)) {
-        Some((conn, ticket)) => (Conn::Tracked(conn), Some(ticket)),
-        None => (store.inner.conn.clone(), None),
+        Some((conn, ticket)) => (Conn::Tracked(conn), Some(ticket), unsettled),
+        None => (store.inner.conn.clone(), None, unsettled),
     }
 }
 
 impl RedisStore {
-    /// After a failed command on a record: drop the cached copy, and stop
-    /// trusting the tracking connection if it may have lost replies.
-    fn cache_failed(&self, ticket: Option<Ticket>, id: &SessionId, e: &::redis::RedisError) {
-        if let Some(cache) = &self.inner.cache {
-            if let Some(ticket) = ticket {
-                cache.failed(ticket, e);
-            }
-            cache.evict(id);
+    /// After a failed command on the tracking connection: stop trusting it
+    /// if it may have lost replies.
+    fn tracking_failed(&self, ticket: Option<Ticket>, e: &::redis::RedisError) {
+        if let (Some(cache), Some(ticket)) = (&self.inner.cache, ticket) {
+            cache.failed(ticket, e);
         }
     }
 
@@ -302,11 +301,9 @@ pub(super) async fn create(store: &RedisStore, record: &Record) -> Result<(), Er
             .arg(record.id.to_string())
             .ignore();
     }
-    let (mut c, ticket) = write_connection(store, &record.id);
-    // Until the outcome reaches the cache, dropping this evicts the record.
-    let unsettled = Unsettled::new(store.inner.cache.as_ref(), record.id);
+    let (mut c, ticket, unsettled) = begin_write(store, &record.id);
     if let Err(e) = pipe.query_async::<()>(&mut c).await {
-        store.cache_failed(ticket, &record.id, &e);
+        store.tracking_failed(ticket, &e);
         if index_here.is_some() {
             // The transaction ran, or not at all; an error inside it (the
             // index key of the wrong type) leaves a record to take back.
@@ -326,7 +323,6 @@ pub(super) async fn create(store: &RedisStore, record: &Record) -> Result<(), Er
             .arg(&key)
             .query_async::<()>(&mut c)
             .await;
-        store.cache_evict(&record.id);
         return Err(e);
     }
     if let (Some(ticket), Some(cache)) = (ticket, &store.inner.cache) {
@@ -381,9 +377,7 @@ pub(super) async fn update(
     // A new user is indexed before the record names it, so the index never
     // misses a session. The score is the absolute deadline, which never
     // changes after `create`.
-    let (mut c, ticket) = write_connection(store, id);
-    // Until the outcome reaches the cache, dropping this evicts the record.
-    let unsettled = Unsettled::new(store.inner.cache.as_ref(), *id);
+    let (mut c, ticket, unsettled) = begin_write(store, id);
     if let Some(Some(user)) = &update.user {
         let cached = store
             .inner
@@ -420,7 +414,7 @@ pub(super) async fn update(
     let reply: Vec<Value> = match inv.invoke_async(&mut c).await {
         Ok(reply) => reply,
         Err(e) => {
-            store.cache_failed(ticket, id, &e);
+            store.tracking_failed(ticket, &e);
             return Err(store.unavailable(e, "update a session"));
         }
     };
@@ -456,9 +450,9 @@ pub(super) async fn update(
 }
 
 pub(super) async fn delete(store: &RedisStore, id: &SessionId) -> Result<bool, Error> {
+    // Loads stop hitting at once; the guard evicts again when done.
     store.cache_evict(id);
-    let (mut c, ticket) = write_connection(store, id);
-    let _unsettled = Unsettled::new(store.inner.cache.as_ref(), *id);
+    let (mut c, ticket, _unsettled) = begin_write(store, id);
     let reply = store
         .inner
         .scripts
@@ -466,11 +460,10 @@ pub(super) async fn delete(store: &RedisStore, id: &SessionId) -> Result<bool, E
         .key(store.record_key(id))
         .invoke_async::<Vec<Value>>(&mut c)
         .await;
-    store.cache_evict(id);
     let reply = match reply {
         Ok(reply) => reply,
         Err(e) => {
-            store.cache_failed(ticket, id, &e);
+            store.tracking_failed(ticket, &e);
             return Err(store.unavailable(e, "delete a session"));
         }
     };
