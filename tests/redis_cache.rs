@@ -237,8 +237,10 @@ async fn a_lost_tracking_connection_clears_the_cache_until_tracking_is_back() {
     assert_eq!(a.local_cache_stats().unwrap().entries, 1);
 
     tokio::task::block_in_place(|| server.kill9());
-    eventually("the drop is noticed", || async {
-        !a.local_cache_stats().unwrap().tracking
+    // The cache stops answering first, then empties: wait for both.
+    eventually("the drop is noticed and the cache emptied", || async {
+        let stats = a.local_cache_stats().unwrap();
+        !stats.tracking && stats.entries == 0
     })
     .await;
     assert_eq!(a.local_cache_stats().unwrap().entries, 0);
