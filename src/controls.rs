@@ -192,9 +192,11 @@ impl Session {
         let user = self.require_user().await?;
         let writer = self.writer()?.clone();
         let pseudonym = self.shared().user_pseudonym(&user);
-        // Make this process's queued entries part of the export.
-        writer.flush().await?;
-        let sessions: VecDeque<SessionId> = writer.store().user_sessions(&pseudonym).await?.into();
+        let sessions = writer.store().user_sessions(&pseudonym).await?;
+        // Make this process's queued entries of these sessions part of the
+        // export (a failing session elsewhere holds up nothing here).
+        writer.flush_sessions(sessions.clone()).await?;
+        let sessions: VecDeque<SessionId> = sessions.into();
         let state = (writer, sessions);
         let lines = stream::unfold(state, |(writer, mut sessions)| async move {
             let sid = sessions.pop_front()?;
@@ -215,7 +217,16 @@ impl Session {
     /// names the user by pseudonym only and is also logged.
     ///
     /// The history of the request that erases is not recorded, so an export
-    /// right after an erase is empty.
+    /// right after an erase is empty. The user's live sessions (every
+    /// device) stay in the user's history index, so what they record after
+    /// the erase can be exported and erased again; ended sessions leave it.
+    /// Each erased history leaves a marker for the retention TTL, so a
+    /// writer on another app server takes the shorter chain for the erasure
+    /// it is, not for lost entries (no `gap` entry reveals what was erased).
+    ///
+    /// Entries another app server holds in its queue at the moment of the
+    /// erase (at most its flush interval's worth, unless the store was
+    /// failing there) are written after it, into a new chain.
     ///
     /// # Errors
     ///
@@ -225,14 +236,27 @@ impl Session {
         let user = self.require_user().await?;
         let writer = self.writer()?.clone();
         let pseudonym = self.shared().user_pseudonym(&user);
-        writer.flush().await?;
         let store = writer.store();
-        let mut sessions = store.user_sessions(&pseudonym).await?;
-        if let Some(current) = self.id().await?
-            && !sessions.contains(&current)
-        {
-            sessions.push(current);
+        let linked = store.user_sessions(&pseudonym).await?;
+        let current = self.id().await?;
+        let mut live: Vec<SessionId> = self
+            .shared()
+            .store
+            .sessions_of_user(&user)
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        live.extend(current);
+        let mut sessions = linked.clone();
+        for sid in &live {
+            if !sessions.contains(sid) {
+                sessions.push(*sid);
+            }
         }
+        // What this process still holds for them is written first, then
+        // erased with the rest.
+        writer.flush_sessions(sessions.clone()).await?;
         let mut entries = 0;
         let mut erased = 0;
         for sid in &sessions {
@@ -243,11 +267,17 @@ impl Session {
             entries += n;
             writer.forget(*sid);
         }
-        store.unlink_user(&pseudonym).await?;
-        // Keep the current session findable for a later export.
-        if let Some(current) = self.id().await? {
-            let ends = now_ms() + self.shared().config.absolute_timeout.as_millis() as i64;
-            store.link_user(&pseudonym, &current, ends).await?;
+        // Ended sessions leave the index; every live one stays (or is
+        // linked now), so later entries of every device can be erased too.
+        let ended: Vec<SessionId> = linked
+            .iter()
+            .filter(|s| !live.contains(s))
+            .copied()
+            .collect();
+        store.unlink_sessions(&pseudonym, &ended).await?;
+        let ends = now_ms() + self.shared().config.absolute_timeout.as_millis() as i64;
+        for sid in live.iter().filter(|s| !linked.contains(s)) {
+            store.link_user(&pseudonym, sid, ends).await?;
         }
         self.suppress_history();
         let receipt = ErasureReceipt {

@@ -45,6 +45,22 @@ impl ErrorKind {
             Self::Corrupt => "stored data is corrupt",
         }
     }
+
+    /// What a client is told: short, stable, and free of anything the
+    /// error's message or source says.
+    fn client_message(self) -> &'static str {
+        match self {
+            Self::Unavailable => "session store unavailable; try again shortly",
+            Self::Closed => "session service shutting down; try again shortly",
+            Self::Timeout => "session store timed out; try again shortly",
+            Self::Serialization => "session data could not be encoded or decoded",
+            Self::InvalidInput => "invalid input",
+            Self::NotFound => "not found",
+            Self::Unauthenticated => "no user is logged in",
+            Self::Refused => "refused by policy (for example a session limit)",
+            Self::Corrupt => "session data could not be read",
+        }
+    }
 }
 
 /// The error type of sessions, stores and the history writer.
@@ -90,6 +106,43 @@ impl Error {
     /// The class of this error.
     pub fn kind(&self) -> ErrorKind {
         self.kind
+    }
+
+    /// A short message for clients, the same for every error of this
+    /// [`kind`](Self::kind).
+    ///
+    /// It is what the layer, the axum extractor's rejection,
+    /// `IntoResponse for Error` and `From<Error> for tonic::Status` answer
+    /// with. The error's own text ([`Display`](fmt::Display): its message
+    /// and source, which may quote the store's reply, a setting's name and
+    /// value, or a user's input) is for logs only and never sent to a
+    /// client.
+    ///
+    /// ```
+    /// use session_trail::{Error, ErrorKind};
+    ///
+    /// let e = Error::unavailable("READONLY You can't write against a read only replica.");
+    /// assert_eq!(e.client_message(), "session store unavailable; try again shortly");
+    /// assert!(e.to_string().contains("READONLY"));
+    /// ```
+    pub fn client_message(&self) -> &'static str {
+        self.kind.client_message()
+    }
+
+    /// Logs the error's full text when only its
+    /// [`client_message`](Self::client_message) is answered: as a warning
+    /// when the server side failed, at debug level otherwise.
+    #[cfg_attr(not(any(feature = "axum", feature = "tonic")), allow(dead_code))]
+    pub(crate) fn log_answered(&self) {
+        match self.kind {
+            ErrorKind::Unavailable
+            | ErrorKind::Closed
+            | ErrorKind::Timeout
+            | ErrorKind::Corrupt => {
+                tracing::warn!(error = %self, "session error answered to a client");
+            }
+            _ => tracing::debug!(error = %self, "session error answered to a client"),
+        }
     }
 
     /// The HTTP status this error maps to when answered to a client.

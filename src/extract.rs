@@ -9,7 +9,7 @@ use http::request::Parts;
 use http::{HeaderValue, StatusCode};
 
 use crate::Session;
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::transport::grpc_message;
 
 /// Why the [`Session`] extractor refused.
@@ -18,7 +18,8 @@ use crate::transport::grpc_message;
 /// - The store could not be reached: `503` with `Retry-After` (for gRPC
 ///   requests, `UNAVAILABLE`), never a silent logout.
 ///
-/// Bodies are JSON: `{"error": "..."}`.
+/// Bodies are JSON: `{"error": "..."}`; for a store error the message is
+/// its [`Error::client_message`], never the store's own reply.
 #[derive(Debug)]
 pub struct SessionRejection {
     error: Option<Error>,
@@ -114,9 +115,11 @@ impl IntoResponse for SessionRejection {
     }
 }
 
-/// Answers a session error: the error's status with `{"error": "..."}`.
-/// Store failures answer `503` with `Retry-After` and a message that does
-/// not reveal the store's internals.
+/// Answers a session error: the error's status with `{"error": "..."}`,
+/// where the message is [`Error::client_message`], the same for every error
+/// of a kind: the error's own text (the store's reply, a setting's name and
+/// value) is logged, never sent. Store failures answer `503` with
+/// `Retry-After`.
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         respond(&self, false)
@@ -124,24 +127,19 @@ impl IntoResponse for Error {
 }
 
 fn respond(e: &Error, grpc: bool) -> Response {
-    let public = match e.kind() {
-        ErrorKind::Unavailable | ErrorKind::Closed | ErrorKind::Timeout => {
-            "session store unavailable; try again shortly".to_owned()
-        }
-        ErrorKind::Corrupt => "session data could not be read".to_owned(),
-        _ => e.to_string(),
-    };
+    e.log_answered();
+    let public = e.client_message();
     if grpc {
         let mut res = Response::new(Body::empty());
         let h = res.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert("grpc-status", HeaderValue::from(e.grpc_code()));
-        if let Ok(v) = HeaderValue::from_str(&grpc_message(&public)) {
+        if let Ok(v) = HeaderValue::from_str(&grpc_message(public)) {
             h.insert("grpc-message", v);
         }
         return res;
     }
-    let mut res = json_error(e.status(), &public);
+    let mut res = json_error(e.status(), public);
     if e.status() == StatusCode::SERVICE_UNAVAILABLE {
         res.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));

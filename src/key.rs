@@ -159,6 +159,12 @@ impl fmt::Debug for Key {
 
 /// The current key, which signs, and older keys, which still verify.
 ///
+/// The ring also names the key of users' and networks' keyed pseudonyms
+/// (see [`pseudonym_key`](Self::pseudonym_key)). Unlike the signing key,
+/// it does not change when a new key is added: a pseudonym must stay the
+/// same across key rotations, or a user's history index, export and
+/// erasure would miss every session linked before the rotation.
+///
 /// ```
 /// use session_trail::{Key, KeyRing};
 ///
@@ -167,10 +173,13 @@ impl fmt::Debug for Key {
 /// let ring = KeyRing::new(new.clone()).with_previous(old.clone());
 /// assert_eq!(ring.current().id(), new.id());
 /// assert!(ring.get(old.id()).is_some());
+/// // Pseudonyms keep the key the deployment started with.
+/// assert_eq!(ring.pseudonym_key().id(), old.id());
 /// ```
 #[derive(Clone, Debug)]
 pub struct KeyRing {
     keys: Vec<Key>,
+    pseudonym: Option<Key>,
 }
 
 impl KeyRing {
@@ -178,10 +187,15 @@ impl KeyRing {
     pub fn new(current: Key) -> Self {
         Self {
             keys: vec![current],
+            pseudonym: None,
         }
     }
 
     /// Adds an older key that still verifies but no longer signs.
+    ///
+    /// Add older keys newest first: the last one added is taken as the
+    /// oldest, whose derived pseudonym key is the default
+    /// [`pseudonym_key`](Self::pseudonym_key).
     pub fn with_previous(mut self, key: Key) -> Self {
         if self.get(key.id()).is_none() {
             self.keys.push(key);
@@ -202,6 +216,34 @@ impl KeyRing {
     /// Every key of the ring, the current one first.
     pub fn keys(&self) -> &[Key] {
         &self.keys
+    }
+
+    /// Pins the key whose derived pseudonym key makes users' and networks'
+    /// keyed pseudonyms, whatever keys the ring holds. It only makes
+    /// pseudonyms: it need not be (and after its retirement, is not) in
+    /// the ring, and it never signs or verifies credentials or history.
+    ///
+    /// Pin it before retiring the oldest key from the ring, with the key
+    /// the pseudonyms were made with so far (see
+    /// [`pseudonym_key`](Self::pseudonym_key)); otherwise the pseudonyms
+    /// change and every session linked to a user before is lost to that
+    /// user's export and erasure.
+    pub fn with_pseudonym_key(mut self, key: Key) -> Self {
+        self.pseudonym = Some(key);
+        self
+    }
+
+    /// The key of users' and networks' keyed pseudonyms: the one pinned
+    /// with [`with_pseudonym_key`](Self::with_pseudonym_key), otherwise the
+    /// ring's oldest key (the last one added with
+    /// [`with_previous`](Self::with_previous); the current key when there
+    /// is no other). It does not follow the signing key, so a pseudonym
+    /// stays the same when a new key is put in front of the ring.
+    pub fn pseudonym_key(&self) -> &Key {
+        match &self.pseudonym {
+            Some(k) => k,
+            None => self.keys.last().expect("a ring holds at least one key"),
+        }
     }
 }
 
@@ -252,6 +294,28 @@ mod tests {
         assert!(Key::from_hex(&hex).is_ok());
         assert!(Key::from_hex("zz").is_err());
         assert!(Key::from_hex(&"00".repeat(16)).is_err());
+    }
+
+    #[test]
+    fn pseudonym_key_is_the_oldest_unless_pinned() {
+        let (a, b, c) = (Key::generate(), Key::generate(), Key::generate());
+        assert_eq!(KeyRing::new(a.clone()).pseudonym_key().id(), a.id());
+        let ring = KeyRing::new(c.clone())
+            .with_previous(b.clone())
+            .with_previous(a.clone());
+        assert_eq!(ring.current().id(), c.id());
+        assert_eq!(ring.pseudonym_key().id(), a.id());
+        let pinned = KeyRing::new(c.clone()).with_pseudonym_key(a.clone());
+        assert_eq!(pinned.pseudonym_key().id(), a.id());
+        assert!(
+            pinned.get(a.id()).is_none(),
+            "pinning adds no verifying key"
+        );
+        assert_eq!(
+            pinned.with_previous(b).pseudonym_key().id(),
+            a.id(),
+            "a pinned key survives added keys"
+        );
     }
 
     #[test]

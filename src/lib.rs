@@ -186,10 +186,14 @@ pub use session::{Session, SessionLimit, Signal, SuspicionResponse};
 #[cfg(feature = "redis")]
 pub use redis;
 
+/// The error's gRPC code with its [`Error::client_message`]: the error's
+/// own text (the store's reply, a setting's name and value) is logged here,
+/// never sent to the client.
 #[cfg(feature = "tonic")]
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         let code = tonic::Code::from_i32(i32::from(e.grpc_code()));
-        tonic::Status::new(code, e.to_string())
+        e.log_answered();
+        tonic::Status::new(code, e.client_message())
     }
 }

@@ -13,7 +13,7 @@ use crate::SessionId;
 use crate::credential::{Credential, Token};
 use crate::error::{Error, ErrorKind};
 use crate::history::HistoryPage;
-use crate::history::entry::{Draft, EntryKind};
+use crate::history::entry::{Draft, EntryKind, Route};
 use crate::manager::Shared;
 use crate::store::{Record, Rotation, Update, UpdateOutcome};
 use crate::util::now_ms;
@@ -101,23 +101,27 @@ struct State {
     privilege: Option<String>,
     regenerate: bool,
     destroy: bool,
-    /// The live session was destroyed and a new one started in the same
-    /// request (logout, then a write): the old one must still be deleted.
-    end_live: Option<SessionId>,
+    /// The live session was left for a new one in the same request (a
+    /// logout then a write, or a change of user): the old one must still be
+    /// ended, with this reason.
+    end_live: Option<(SessionId, &'static str)>,
     events: Vec<Draft>,
     /// Entries for other sessions (an expired one found on load).
     ended: Option<(SessionId, &'static str)>,
     route: Option<String>,
     committed: bool,
-    /// Other sessions of the user to end when this one commits (limit).
+    /// Other sessions of the user to end once this one's login is saved
+    /// (the session limit's `EndOldest`).
     evict: Vec<SessionId>,
+    /// A place claimed among the user's sessions (user, session), to give
+    /// back if the login is not saved.
+    claim: Option<(String, SessionId)>,
     /// Suspicious-use entries for the presented session.
     signals: Vec<Draft>,
     /// New device / network baseline after a recorded change.
     rebaseline: Option<(Option<String>, Option<String>)>,
     /// The request erased its user's history: record nothing for it.
     suppress_history: bool,
-    record_user_changed: bool,
 }
 
 /// The length of a value's JSON text, counted without building it.
@@ -199,12 +203,97 @@ pub(crate) enum CredentialAction {
     Clear,
 }
 
-/// What the layer does once the inner service has answered.
-pub(crate) struct Outcome {
-    pub(crate) action: CredentialAction,
-    /// The session the request entry belongs to, with its entries.
-    pub(crate) entries: Option<(SessionId, Vec<Draft>)>,
-    pub(crate) user: Option<String>,
+/// What [`Session::save`] did.
+struct Saved {
+    action: CredentialAction,
+    /// Lifecycle entries before the handler's events (`started`).
+    before: Vec<Draft>,
+    /// Lifecycle entries after them (privilege changed, rotated, ended).
+    after: Vec<Draft>,
+    /// A login (a new user) reached the store.
+    login_saved: bool,
+}
+
+/// The request's own history entry, as the layer records it.
+pub(crate) struct RequestEntry {
+    pub(crate) method: http::Method,
+    pub(crate) route: Route,
+    pub(crate) start: std::time::Instant,
+    /// The status the handler answered.
+    pub(crate) status: u16,
+}
+
+/// The status recorded for a request whose response future was dropped
+/// before its session was saved (as nginx logs a client that went away).
+pub(crate) const STATUS_CLIENT_GONE: u16 = 499;
+
+impl RequestEntry {
+    pub(crate) fn draft(&self, status: u16, user: Option<[u8; 8]>) -> Draft {
+        let latency = self.start.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+        Draft::request_fields(
+            self.method.clone(),
+            self.route.clone(),
+            status,
+            latency,
+            user,
+        )
+    }
+}
+
+/// What one request recorded, enqueued exactly once: by
+/// [`emit`](Self::emit) after the save, or by `Drop` when the future is
+/// dropped first.
+struct Recorded {
+    shared: Arc<Shared>,
+    /// The session the credential named: signals are about it.
+    presented: Option<SessionId>,
+    signals: Vec<Draft>,
+    /// An expired session found on load, and why it ended.
+    ended: Option<(SessionId, &'static str)>,
+    /// The session the request acted on (live or new): its entries.
+    sid: Option<SessionId>,
+    events: Vec<Draft>,
+    request: Option<RequestEntry>,
+    /// The request erased its user's history: it records nothing.
+    suppress: bool,
+}
+
+impl Recorded {
+    fn emit(&mut self, status: u16, user: Option<[u8; 8]>, before: Vec<Draft>, after: Vec<Draft>) {
+        let Some(request) = self.request.take() else {
+            return;
+        };
+        if self.suppress {
+            return;
+        }
+        if let Some((old, reason)) = self.ended.take() {
+            self.shared
+                .enqueue(old, vec![crate::manager::ended(reason)]);
+        }
+        let signals = std::mem::take(&mut self.signals);
+        let mut drafts = Vec::new();
+        match self.presented {
+            // Signals are about the presented session, wherever the
+            // request's own entries go.
+            Some(p) if self.sid != Some(p) => self.shared.enqueue(p, signals),
+            _ => drafts = signals,
+        }
+        if let Some(sid) = self.sid {
+            drafts.extend(before);
+            drafts.append(&mut self.events);
+            drafts.extend(after);
+            drafts.push(request.draft(status, user));
+            self.shared.enqueue(sid, drafts);
+        }
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        if self.request.is_some() {
+            self.emit(STATUS_CLIENT_GONE, None, Vec::new(), Vec::new());
+        }
+    }
 }
 
 impl fmt::Debug for Session {
@@ -212,7 +301,8 @@ impl fmt::Debug for Session {
         let st = self.state();
         f.debug_struct("Session")
             .field("id", &st.sid)
-            .field("user", &st.user)
+            // Whether a user is logged in, never who.
+            .field("user", &st.user.as_ref().map(|_| format_args!("<set>")))
             .field("privilege", &st.privilege)
             .field("keys", &st.data.len())
             .finish_non_exhaustive()
@@ -346,7 +436,7 @@ impl Session {
                 self.state().origin = Origin::Stale;
                 // The presenter does not hold the live token, so rotating
                 // the live session amounts to ending it.
-                if self.judge(&sid, std::slice::from_ref(&signal)) != SuspicionResponse::Record {
+                if self.judge_dead(&sid, &signal) != SuspicionResponse::Record {
                     return self.end_suspicious(sid).await;
                 }
             }
@@ -386,22 +476,43 @@ impl Session {
             return;
         }
         let signal = Signal::new("ended_session_used", json!({"ended": reason}));
-        self.judge(&sid, std::slice::from_ref(&signal));
+        self.judge_dead(&sid, &signal);
     }
 
     /// Asks the `on_suspicious` hook about each signal, queues a signed
     /// `suspicious` entry for each (with the action taken), and answers the
     /// strongest response.
     fn judge(&self, sid: &SessionId, signals: &[Signal]) -> SuspicionResponse {
+        self.judge_use(sid, signals, false)
+    }
+
+    /// [`judge`](Self::judge) for the use of a dead credential (a token
+    /// replaced long ago, an ended session): its entries are rate-limited to
+    /// one per session per rotation grace window, so an old cookie cannot
+    /// fill the session's history.
+    fn judge_dead(&self, sid: &SessionId, signal: &Signal) -> SuspicionResponse {
+        self.judge_use(sid, std::slice::from_ref(signal), true)
+    }
+
+    fn judge_use(&self, sid: &SessionId, signals: &[Signal], dead: bool) -> SuspicionResponse {
         let hook = &self.inner.shared.config.on_suspicious;
         let response = signals
             .iter()
             .map(|s| hook.respond(sid, s))
             .max()
             .unwrap_or(SuspicionResponse::Record);
-        self.state()
-            .signals
-            .extend(signals.iter().map(|s| s.draft(response)));
+        let record = !dead
+            || self
+                .inner
+                .shared
+                .writer
+                .as_ref()
+                .is_some_and(|w| w.allow_dead_signal(*sid));
+        if record {
+            self.state()
+                .signals
+                .extend(signals.iter().map(|s| s.draft(response)));
+        }
         response
     }
 
@@ -471,6 +582,7 @@ impl Session {
             ));
         }
         self.load().await?;
+        self.check_open()?;
         let mut st = self.state();
         self.ensure_session(&mut st);
         st.removed.remove(key);
@@ -486,6 +598,7 @@ impl Session {
     /// When loading fails.
     pub async fn remove(&self, key: &str) -> Result<Option<Value>, Error> {
         self.load().await?;
+        self.check_open()?;
         let mut st = self.state();
         let old = st.data.remove(key);
         st.set.remove(key);
@@ -505,62 +618,114 @@ impl Session {
         Ok(self.state().user.clone())
     }
 
-    /// Logs a user in (`Some`) or out of the user while keeping the session
-    /// (`None`). A change rotates the token when the response leaves.
+    /// Logs a user in (`Some`) or out (`None`). A change rotates the token
+    /// when the response leaves.
+    ///
+    /// A session's history never spans two users: when the session already
+    /// has a user and it changes (to another user, or to `None`), the
+    /// request moves to a **new session** with a new public id, its data
+    /// carried over and its privilege cleared (set it again after this
+    /// call); the old session ends (`ended` with reason `user_changed`, or
+    /// `logout` for `None`). Logging in from an anonymous session keeps the
+    /// session (and its id). Call [`destroy`](Self::destroy) instead to
+    /// start from nothing.
+    ///
+    /// With [`max_sessions_per_user`](crate::SessionLayerBuilder::max_sessions_per_user),
+    /// a login first claims a place among the user's sessions in the store
+    /// (atomically, so concurrent logins cannot exceed the limit); sessions
+    /// ended to make room end only once this login is saved.
     ///
     /// # Errors
     ///
-    /// When loading fails.
+    /// When loading fails; [`ErrorKind::Refused`] when the session limit
+    /// refuses the login; [`ErrorKind::InvalidInput`] after the response
+    /// has left (see [`insert`](Self::insert)).
     pub async fn set_user(&self, user: Option<String>) -> Result<(), Error> {
         self.load().await?;
-        if self.state().user == user {
-            return Ok(());
-        }
-        let evict = match (&user, self.inner.shared.config.session_limit) {
-            (Some(u), Some((max, policy))) => self.check_limit(u, max, policy).await?,
-            _ => Vec::new(),
+        self.check_open()?;
+        let (switch, target, absolute) = {
+            let st = self.state();
+            if st.user == user {
+                return Ok(());
+            }
+            if user.is_none() && st.sid.is_none() {
+                return Ok(());
+            }
+            // A session that has a user never gets another one.
+            let switch = st.user.is_some() && st.sid.is_some() && !st.new;
+            let target = match st.sid {
+                Some(sid) if !switch && !st.destroy => sid,
+                _ => SessionId::generate(),
+            };
+            let now = now_ms();
+            let absolute = st.record.as_ref().filter(|_| !switch).map_or(
+                now + self.inner.shared.config.absolute_timeout.as_millis() as i64,
+                |r| r.absolute_deadline,
+            );
+            (switch, target, absolute)
         };
+        let mut evict = Vec::new();
+        let mut claim = None;
+        if let (Some(u), Some((max, policy))) = (&user, self.inner.shared.config.session_limit) {
+            match self
+                .inner
+                .shared
+                .store
+                .claim_user_slot(u, &target, absolute, max, policy)
+                .await?
+            {
+                crate::store::Claim::Granted { end } => {
+                    evict = end;
+                    claim = Some((u.clone(), target));
+                }
+                crate::store::Claim::Refused => {
+                    return Err(Error::new(
+                        ErrorKind::Refused,
+                        format!("session limit reached: this user already has {max} sessions"),
+                    ));
+                }
+            }
+        }
         let mut st = self.state();
+        if let Some(old) = std::mem::replace(&mut st.claim, claim) {
+            // Claimed by an earlier call of this request: give it back.
+            let store = Arc::clone(&self.inner.shared.store);
+            tokio::spawn(async move {
+                let _ = store.release_user_slot(&old.0, &old.1).await;
+            });
+        }
         st.evict = evict;
-        if user.is_some() {
-            self.ensure_session(&mut st);
-        } else if st.sid.is_none() {
-            return Ok(());
+        if switch {
+            let old = st.sid.expect("a session with a user has an id");
+            let reason = if user.is_some() {
+                "user_changed"
+            } else {
+                "logout"
+            };
+            st.end_live = Some((old, reason));
+            st.sid = Some(target);
+            st.new = true;
+            st.record = None;
+            st.set.clear();
+            st.removed.clear();
+            st.privilege = None;
+        } else {
+            self.ensure_session_as(&mut st, Some(target));
         }
         st.user = user;
         Ok(())
     }
 
-    async fn check_limit(
-        &self,
-        user: &str,
-        max: usize,
-        policy: SessionLimit,
-    ) -> Result<Vec<SessionId>, Error> {
-        let current = self.state().sid;
-        let mut others: Vec<_> = self
-            .inner
-            .shared
-            .store
-            .sessions_of_user(user)
-            .await?
-            .into_iter()
-            .filter(|r| Some(r.id) != current)
-            .collect();
-        if others.len() < max {
-            return Ok(Vec::new());
+    /// Fails once the layer has saved the session: a write through a clone
+    /// of the handle after the response left would be lost silently.
+    fn check_open(&self) -> Result<(), Error> {
+        if self.state().committed {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "the session was already saved when the response left; this change would be lost",
+            ));
         }
-        match policy {
-            SessionLimit::RefuseNew => Err(Error::new(
-                ErrorKind::Refused,
-                format!("session limit reached: this user already has {max} sessions"),
-            )),
-            SessionLimit::EndOldest => {
-                others.sort_by_key(|r| (r.created, r.id));
-                let n = others.len() + 1 - max;
-                Ok(others.into_iter().take(n).map(|r| r.id).collect())
-            }
-        }
+        Ok(())
     }
 
     /// The privilege level or role.
@@ -581,6 +746,7 @@ impl Session {
     /// When loading fails.
     pub async fn set_privilege(&self, privilege: Option<String>) -> Result<(), Error> {
         self.load().await?;
+        self.check_open()?;
         let mut st = self.state();
         if st.privilege == privilege {
             return Ok(());
@@ -601,6 +767,7 @@ impl Session {
     /// When loading fails.
     pub async fn regenerate(&self) -> Result<(), Error> {
         self.load().await?;
+        self.check_open()?;
         let mut st = self.state();
         if st.origin == Origin::Live {
             st.regenerate = true;
@@ -616,6 +783,7 @@ impl Session {
     /// When loading fails.
     pub async fn destroy(&self) -> Result<(), Error> {
         self.load().await?;
+        self.check_open()?;
         let mut st = self.state();
         st.destroy = true;
         st.set.clear();
@@ -652,6 +820,7 @@ impl Session {
             ));
         }
         self.load().await?;
+        self.check_open()?;
         let mut st = self.state();
         self.ensure_session(&mut st);
         st.events.push(Draft::event_raw(name, &data));
@@ -710,7 +879,7 @@ impl Session {
             },
         };
         Some(crate::util::hex(&crate::key::pseudonym(
-            self.inner.shared.ring.current(),
+            self.inner.shared.ring.pseudonym_key(),
             b"network",
             &prefix,
         )))
@@ -738,16 +907,80 @@ impl Session {
     }
 
     fn ensure_session(&self, st: &mut State) {
+        self.ensure_session_as(st, None);
+    }
+
+    /// Makes sure the request has a session to write to: the live one, or a
+    /// new one (with `id`, when one was chosen already).
+    fn ensure_session_as(&self, st: &mut State, id: Option<SessionId>) {
         if st.sid.is_some() && !st.destroy {
             return;
         }
-        if st.destroy && st.origin == Origin::Live {
-            st.end_live = st.sid;
+        if st.destroy
+            && st.origin == Origin::Live
+            && st.end_live.is_none()
+            && let Some(sid) = st.sid
+        {
+            st.end_live = Some((sid, "logout"));
         }
-        st.sid = Some(SessionId::generate());
+        st.sid = Some(id.unwrap_or_else(SessionId::generate));
         st.new = true;
         st.destroy = false;
         st.record = None;
+    }
+
+    /// Records the request of a session its handler never loaded. Its
+    /// credential's token was never checked against the store, so the entry
+    /// is appended only while the session's record is live and holds that
+    /// token (the store checks, atomically with the append): a dead
+    /// credential writes no request entries. When history lives in a store
+    /// that cannot check (not the session store), nothing is recorded.
+    pub(crate) fn record_unloaded(&self, request: &RequestEntry, status: u16) {
+        let shared = &self.inner.shared;
+        let (Some(presented), Some(writer)) = (&self.inner.presented, &shared.writer) else {
+            return;
+        };
+        if !shared.history_checks_tokens {
+            return;
+        }
+        let mut draft = request.draft(status, None);
+        draft.token = Some(presented.credential.token.hash());
+        writer.enqueue_one(presented.credential.sid, draft);
+    }
+
+    /// The response future was dropped before the session was saved (the
+    /// handler was still running: status 499), or the inner service failed:
+    /// what the handler recorded is enqueued with the request entry.
+    pub(crate) fn abandon(&self, request: RequestEntry) {
+        let status = request.status;
+        if !self.is_loaded() {
+            self.record_unloaded(&request, status);
+            return;
+        }
+        let mut st = std::mem::take(&mut *self.state());
+        self.state().committed = true;
+        let sid = if st.origin == Origin::Live && !st.new {
+            st.sid
+        } else {
+            // A session that was never stored: nobody could read its
+            // history.
+            None
+        };
+        let mut recorded = Recorded {
+            shared: Arc::clone(&self.inner.shared),
+            presented: self.presented_sid(),
+            signals: std::mem::take(&mut st.signals),
+            ended: st.ended.take(),
+            sid,
+            events: if sid.is_some() {
+                std::mem::take(&mut st.events)
+            } else {
+                Vec::new()
+            },
+            request: Some(request),
+            suppress: st.suppress_history,
+        };
+        recorded.emit(status, None, Vec::new(), Vec::new());
     }
 
     /// The session id the request entry is recorded under, without loading:
@@ -756,50 +989,85 @@ impl Session {
         self.inner.presented.as_ref().map(|p| p.credential.sid)
     }
 
-    /// Persists the request's changes and says what to do with the
-    /// credential. Called once, after the inner service answered.
-    pub(crate) async fn commit(&self) -> Result<Outcome, Error> {
-        let shared = &self.inner.shared;
+    /// Persists the request's changes, enqueues its history entries, and
+    /// says what to do with the credential. Called once, after the inner
+    /// service answered.
+    ///
+    /// What the handler recorded (events, suspicious signals) is enqueued
+    /// whatever happens to the save: with the lifecycle entries when it
+    /// succeeds; with the request entry's failure status when it fails; and
+    /// with status 499 when the future is dropped mid-save (a client that
+    /// went away, a timeout layer outside this one), when the store may or
+    /// may not have applied it (no lifecycle entry is written then).
+    pub(crate) async fn commit(&self, request: RequestEntry) -> Result<CredentialAction, Error> {
+        let shared = Arc::clone(&self.inner.shared);
         let now = now_ms();
-        let config = &shared.config;
         if !self.is_loaded() {
-            if config.issue_on_first_visit && self.inner.presented.is_none() {
-                // A first visit: issue an empty session.
-                self.load().await?;
-                let mut st = self.state();
-                self.ensure_session(&mut st);
-            } else {
-                return Ok(Outcome {
-                    action: CredentialAction::Keep,
-                    entries: self.presented_sid().map(|s| (s, Vec::new())),
-                    user: None,
-                });
+            // Only a first visit with `issue_on_first_visit` gets here.
+            self.load().await?;
+            let mut st = self.state();
+            self.ensure_session(&mut st);
+        }
+        let mut st = std::mem::take(&mut *self.state());
+        self.state().committed = true;
+        let entry_sid = if st.new && st.destroy {
+            st.end_live.map(|(sid, _)| sid)
+        } else if st.new || st.origin == Origin::Live {
+            st.sid
+        } else {
+            // A dead or replaced credential, or no session: no request
+            // entry (only the signals about the presented session).
+            None
+        };
+        let mut recorded = Recorded {
+            shared: Arc::clone(&shared),
+            presented: self.presented_sid(),
+            signals: std::mem::take(&mut st.signals),
+            ended: st.ended.take(),
+            sid: entry_sid,
+            events: std::mem::take(&mut st.events),
+            request: Some(request),
+            suppress: st.suppress_history,
+        };
+        let claim = st.claim.take();
+        match self.save(&mut st, now).await {
+            Ok(saved) => {
+                if !saved.login_saved
+                    && let Some((user, sid)) = &claim
+                {
+                    let _ = shared.store.release_user_slot(user, sid).await;
+                }
+                let user = st
+                    .user
+                    .as_deref()
+                    .filter(|_| saved.action != CredentialAction::Clear)
+                    .map(|u| shared.user_pseudonym_bytes(u));
+                let status = recorded.request.as_ref().map_or(0, |r| r.status);
+                recorded.emit(status, user, saved.before, saved.after);
+                Ok(saved.action)
+            }
+            Err(e) => {
+                if let Some((user, sid)) = &claim {
+                    let _ = shared.store.release_user_slot(user, sid).await;
+                }
+                recorded.emit(e.status().as_u16(), None, Vec::new(), Vec::new());
+                Err(e)
             }
         }
+    }
 
-        let mut st = std::mem::take(&mut *self.state());
-        st.committed = true;
-        let mut drafts: Vec<Draft> = Vec::new();
+    /// The store operations of [`commit`](Self::commit), and the lifecycle
+    /// entries they call for.
+    async fn save(&self, st: &mut State, now: i64) -> Result<Saved, Error> {
+        let shared = &self.inner.shared;
+        let config = &shared.config;
         let key = shared.ring.current();
-        if let Some((old, reason)) = st.ended {
-            shared.enqueue(old, vec![crate::manager::ended(reason)]);
-        }
-
-        for other in std::mem::take(&mut st.evict) {
-            shared
-                .end_session(other, "session_limit")
-                .await
-                .map_err(|e| e.context("ending the oldest session"))?;
-        }
-        if let Some(old) = st.end_live {
-            shared
-                .end_session(old, "logout")
-                .await
-                .map_err(|e| e.context("ending the session"))?;
-        }
-
-        let action;
-        let entry_sid;
+        let mut saved = Saved {
+            action: CredentialAction::Keep,
+            before: Vec::new(),
+            after: Vec::new(),
+            login_saved: false,
+        };
         if st.new && !st.destroy {
             let sid = st.sid.expect("a new session has an id");
             let token = Token::generate();
@@ -822,7 +1090,16 @@ impl Session {
                 .create(&record)
                 .await
                 .map_err(|e| e.context("creating the session"))?;
-            drafts.push(Draft::lifecycle(
+            saved.login_saved = true;
+            // The session this one replaces ends once this one exists.
+            if let Some((old, reason)) = st.end_live {
+                shared
+                    .end_session(old, reason)
+                    .await
+                    .map_err(|e| e.context("ending the session"))?;
+            }
+            self.end_evicted(st).await?;
+            saved.before.push(Draft::lifecycle(
                 EntryKind::Started,
                 &json!({
                     "device": record.device,
@@ -830,20 +1107,20 @@ impl Session {
                     "user": st.user.as_deref().map(|u| shared.user_pseudonym(u)),
                 }),
             ));
-            drafts.append(&mut st.events);
             if st.user.is_some() || st.privilege.is_some() {
-                drafts.push(self.privilege_entry(None, None, &st));
+                saved.after.push(self.privilege_entry(None, None, st));
             }
-            action = CredentialAction::Set(Credential { sid, token }.encode(key));
-            entry_sid = Some(sid);
+            self.link_user(sid, st, now).await;
+            saved.action = CredentialAction::Set(Credential { sid, token }.encode(key));
         } else if st.new {
             // Created and destroyed again within this request.
-            action = if st.end_live.is_some() {
-                CredentialAction::Clear
-            } else {
-                CredentialAction::Keep
-            };
-            entry_sid = self.presented_sid();
+            if let Some((old, reason)) = st.end_live {
+                shared
+                    .end_session(old, reason)
+                    .await
+                    .map_err(|e| e.context("ending the session"))?;
+                saved.action = CredentialAction::Clear;
+            }
         } else if st.origin == Origin::Live {
             let sid = st.sid.expect("a live session has an id");
             let record = st.record.take().expect("a live session has its record");
@@ -852,129 +1129,117 @@ impl Session {
                 .presented
                 .as_ref()
                 .expect("a live session was presented");
-            entry_sid = Some(sid);
             if st.destroy {
                 shared
                     .store
                     .delete(&sid)
                     .await
                     .map_err(|e| e.context("ending the session"))?;
-                drafts.append(&mut st.events);
-                drafts.push(crate::manager::ended("logout"));
-                action = CredentialAction::Clear;
+                saved.after.push(crate::manager::ended("logout"));
+                saved.action = CredentialAction::Clear;
+                return Ok(saved);
+            }
+            let privilege_changed = st.user != record.user || st.privilege != record.privilege;
+            let rotate = privilege_changed || st.regenerate;
+            let idle_ms = config.idle_timeout.as_millis() as i64;
+            let refresh_after = (idle_ms as f64 * config.idle_refresh) as i64;
+            let touch = now.saturating_sub(record.last_seen) >= refresh_after;
+            let mut update = Update {
+                token_hash: record.token_hash,
+                set: st.set.drain().collect(),
+                remove: st.removed.drain().collect(),
+                user: (st.user != record.user).then(|| st.user.clone()),
+                privilege: (st.privilege != record.privilege).then(|| st.privilege.clone()),
+                rotate: None,
+                touch: touch.then_some((now, (now + idle_ms).min(record.absolute_deadline))),
+                device: st.rebaseline.as_ref().map(|r| r.0.clone()),
+                network: st.rebaseline.as_ref().map(|r| r.1.clone()),
+            };
+            let new_token = rotate.then(Token::generate);
+            if let Some(t) = &new_token {
+                update.rotate = Some(Rotation {
+                    new_token_hash: t.hash(),
+                    at: now,
+                });
+            }
+            let outcome = if update.is_empty() {
+                UpdateOutcome::Applied
             } else {
-                let privilege_changed = st.user != record.user || st.privilege != record.privilege;
-                st.record_user_changed = st.user.is_some() && st.user != record.user;
-                let rotate = privilege_changed || st.regenerate;
-                let idle_ms = config.idle_timeout.as_millis() as i64;
-                let refresh_after = (idle_ms as f64 * config.idle_refresh) as i64;
-                let touch = now.saturating_sub(record.last_seen) >= refresh_after;
-                let mut update = Update {
-                    token_hash: record.token_hash,
-                    set: st.set.drain().collect(),
-                    remove: st.removed.drain().collect(),
-                    user: (st.user != record.user).then(|| st.user.clone()),
-                    privilege: (st.privilege != record.privilege).then(|| st.privilege.clone()),
-                    rotate: None,
-                    touch: touch.then_some((now, (now + idle_ms).min(record.absolute_deadline))),
-                    device: st.rebaseline.as_ref().map(|r| r.0.clone()),
-                    network: st.rebaseline.as_ref().map(|r| r.1.clone()),
-                };
-                let new_token = rotate.then(Token::generate);
-                if let Some(t) = &new_token {
-                    update.rotate = Some(Rotation {
-                        new_token_hash: t.hash(),
-                        at: now,
-                    });
-                }
-                let outcome = if update.is_empty() {
-                    UpdateOutcome::Applied
-                } else {
-                    shared
-                        .store
-                        .update(&sid, &update)
-                        .await
-                        .map_err(|e| e.context("saving the session"))?
-                };
-                drafts.append(&mut st.events);
-                match outcome {
-                    UpdateOutcome::Applied => {
-                        if privilege_changed {
-                            drafts.push(self.privilege_entry(
-                                record.user.as_deref(),
-                                record.privilege.as_deref(),
-                                &st,
-                            ));
-                        }
-                        if let Some(token) = new_token {
-                            let reason = if privilege_changed {
-                                "privilege_change"
-                            } else {
-                                "regenerate"
-                            };
-                            drafts.push(Draft::lifecycle(
-                                EntryKind::Rotated,
-                                &json!({
-                                    "reason": reason,
-                                    "from_privilege": record.privilege,
-                                    "to_privilege": st.privilege,
-                                }),
-                            ));
-                            action = CredentialAction::Set(Credential { sid, token }.encode(key));
-                        } else if !presented.current_key {
-                            // Re-sign with the current key: same token.
-                            action = CredentialAction::Set(presented.credential.encode(key));
-                        } else {
-                            action = CredentialAction::Keep;
-                        }
-                    }
-                    UpdateOutcome::Missing => {
-                        // Ended or rotated by a concurrent request: never
-                        // resurrect it.
-                        tracing::debug!(session = %sid, "session changed concurrently; update not applied");
-                        action = CredentialAction::Keep;
-                    }
-                }
-            }
-        } else {
-            // No live session and nothing written: a replaced token within
-            // its grace window, a stale credential, or an anonymous visit.
-            action = CredentialAction::Keep;
-            entry_sid = self.presented_sid();
-        }
-        // Index the session under its user for export and erasure.
-        if let (Some(sid), Some(user)) = (entry_sid, &st.user) {
-            let newly = st.new || st.record_user_changed;
-            if newly && let Some(w) = &shared.writer {
-                let pseudonym = shared.user_pseudonym(user);
-                if let Err(e) = w
-                    .store()
-                    .link_user(
-                        &pseudonym,
-                        &sid,
-                        now + config.absolute_timeout.as_millis() as i64,
-                    )
+                shared
+                    .store
+                    .update(&sid, &update)
                     .await
-                {
-                    tracing::warn!(session = %sid, error = %e, "could not index the session's history under its user");
+                    .map_err(|e| e.context("saving the session"))?
+            };
+            match outcome {
+                UpdateOutcome::Applied => {
+                    saved.login_saved = true;
+                    self.end_evicted(st).await?;
+                    if privilege_changed {
+                        saved.after.push(self.privilege_entry(
+                            record.user.as_deref(),
+                            record.privilege.as_deref(),
+                            st,
+                        ));
+                    }
+                    if st.user.is_some() && st.user != record.user {
+                        self.link_user(sid, st, now).await;
+                    }
+                    if let Some(token) = new_token {
+                        let reason = if privilege_changed {
+                            "privilege_change"
+                        } else {
+                            "regenerate"
+                        };
+                        saved.after.push(Draft::lifecycle(
+                            EntryKind::Rotated,
+                            &json!({
+                                "reason": reason,
+                                "from_privilege": record.privilege,
+                                "to_privilege": st.privilege,
+                            }),
+                        ));
+                        saved.action = CredentialAction::Set(Credential { sid, token }.encode(key));
+                    } else if !presented.current_key {
+                        // Re-sign with the current key: same token.
+                        saved.action = CredentialAction::Set(presented.credential.encode(key));
+                    }
+                }
+                UpdateOutcome::Missing => {
+                    // Ended or rotated by a concurrent request: never
+                    // resurrect it.
+                    tracing::debug!(session = %sid, "session changed concurrently; update not applied");
                 }
             }
         }
-        if st.suppress_history {
-            return Ok(Outcome {
-                action,
-                entries: None,
-                user: None,
-            });
+        Ok(saved)
+    }
+
+    /// Ends the sessions the session limit made room with, once the login
+    /// that needed the room is saved.
+    async fn end_evicted(&self, st: &mut State) -> Result<(), Error> {
+        for other in std::mem::take(&mut st.evict) {
+            self.inner
+                .shared
+                .end_session(other, "session_limit")
+                .await
+                .map_err(|e| e.context("ending the oldest session"))?;
         }
-        let mut all = std::mem::take(&mut st.signals);
-        all.append(&mut drafts);
-        let user = st.user.clone();
-        Ok(Outcome {
-            action,
-            entries: entry_sid.map(|s| (s, all)),
-            user,
-        })
+        Ok(())
+    }
+
+    /// Indexes the session's history under its user, for export and
+    /// erasure.
+    async fn link_user(&self, sid: SessionId, st: &State, now: i64) {
+        let shared = &self.inner.shared;
+        let (Some(user), Some(w)) = (&st.user, &shared.writer) else {
+            return;
+        };
+        let pseudonym = shared.user_pseudonym(user);
+        let ends = now + shared.config.absolute_timeout.as_millis() as i64;
+        if let Err(e) = w.store().link_user(&pseudonym, &sid, ends).await {
+            tracing::warn!(session = %sid, error = %e, "could not index the session's history under its user");
+        }
     }
 
     fn privilege_entry(

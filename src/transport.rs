@@ -49,15 +49,15 @@ pub(crate) fn read(shared: &Shared, headers: &HeaderMap) -> Read {
         try_value(v.as_bytes(), &mut presented, &mut seen_invalid);
     }
     if let Some(ck) = &shared.config.cookie {
+        // By bytes, not as text: another cookie of the site (an analytics
+        // cookie with a non-ASCII byte) must not hide ours.
         for header in headers.get_all(COOKIE) {
-            let Ok(text) = header.to_str() else {
-                seen_invalid = true;
-                continue;
-            };
-            for c in Cookie::split_parse(text).flatten() {
-                if c.name() == ck.name {
-                    used_cookie = true;
-                    try_value(c.value().as_bytes(), &mut presented, &mut seen_invalid);
+            for value in cookie_values(header.as_bytes(), ck.name.as_bytes()) {
+                used_cookie = true;
+                if value.is_ascii() {
+                    try_value(value, &mut presented, &mut seen_invalid);
+                } else {
+                    seen_invalid = true;
                 }
             }
         }
@@ -76,6 +76,17 @@ pub(crate) fn read(shared: &Shared, headers: &HeaderMap) -> Read {
         grpc,
         user_agent,
     }
+}
+
+/// The values of the pairs called `name` in one `Cookie` header, found by
+/// bytes: pairs are separated by `;`, a pair is split at its first `=`, and
+/// spaces and tabs around names and values are trimmed. Pairs without `=`
+/// and other cookies' bytes, whatever they are, are skipped.
+fn cookie_values<'a>(header: &'a [u8], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    header.split(|&b| b == b';').filter_map(move |pair| {
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (pair[..eq].trim_ascii() == name).then(|| pair[eq + 1..].trim_ascii())
+    })
 }
 
 /// The client's address, from the configured source.
@@ -169,14 +180,15 @@ pub(crate) fn write<B>(
 
 /// The layer's own answer when the session cannot be saved: 503 with
 /// `Retry-After`, or for gRPC requests a trailers-only response with the
-/// error's gRPC status.
+/// error's gRPC status and its [`Error::client_message`] (never the
+/// error's own text, which may quote the store).
 pub(crate) fn error_response<B: Default>(err: &Error, grpc: bool) -> Response<B> {
     let mut res = Response::new(B::default());
     if grpc {
         let h = res.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert("grpc-status", HeaderValue::from(err.grpc_code()));
-        if let Ok(v) = HeaderValue::from_str(&grpc_message(&err.to_string())) {
+        if let Ok(v) = HeaderValue::from_str(&grpc_message(err.client_message())) {
             h.insert("grpc-message", v);
         }
     } else {
@@ -200,4 +212,21 @@ pub(crate) fn grpc_message(msg: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cookie_values;
+
+    #[test]
+    fn cookie_values_are_found_by_bytes() {
+        let header = b"other=caf\xc3\xa9;session=abc ; \tsession = def;x;=y;sessionx=no;session=";
+        let found: Vec<&[u8]> = cookie_values(header, b"session").collect();
+        assert_eq!(found, [&b"abc"[..], b"def", b""]);
+        assert_eq!(cookie_values(b"", b"session").count(), 0);
+        assert_eq!(
+            cookie_values(b"a=b=c", b"a").collect::<Vec<_>>(),
+            [&b"b=c"[..]]
+        );
+    }
 }

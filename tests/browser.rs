@@ -424,6 +424,7 @@ impl Demo {
         let append = Append {
             session: sid,
             expected_head: None,
+            token: None,
             entries: entries.into_iter().map(Bytes::from).collect(),
         };
         let outcome = self.store.append(&[append]).await.unwrap();

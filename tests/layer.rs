@@ -651,3 +651,174 @@ fn layer_service_and_future_have_the_bounds_axum_and_tonic_need() {
     assert_send::<session_trail::Session>();
     assert_sync::<session_trail::Session>();
 }
+
+#[tokio::test]
+async fn non_ascii_foreign_cookie_keeps_the_session() {
+    let store = MemoryStore::new();
+    let l = layer(&store);
+    let mut c = Client::new(router(l.clone()));
+    c.send("POST", "/login/alice").await;
+    let cookie = c.cookie.clone().unwrap();
+    let sid = c.json("GET", "/me").await["session"].clone();
+    // Another cookie of the site with a non-ASCII (UTF-8) byte, before ours.
+    let mut bytes = b"other=caf\xc3\xa9; session=".to_vec();
+    bytes.extend_from_slice(cookie.as_bytes());
+    bytes.extend_from_slice(b"; tracker=\xff\xfe");
+    let req = Request::get("/me")
+        .header("cookie", http::HeaderValue::from_bytes(&bytes).unwrap())
+        .body(Body::empty())
+        .unwrap();
+    let res = c.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(set_cookies(&res).is_empty(), "no new or cleared cookie");
+    let me = body_json(res).await;
+    assert_eq!(me["anonymous"], false, "{me}");
+    assert_eq!(me["user"], "alice");
+    assert_eq!(me["session"], sid);
+    assert_eq!(l.invalid_credentials(), 0, "a foreign cookie is not ours");
+    // Our own cookie with a non-ASCII byte is still invalid and counted.
+    let req = Request::get("/me")
+        .header(
+            "cookie",
+            http::HeaderValue::from_bytes(b"session=caf\xc3\xa9").unwrap(),
+        )
+        .body(Body::empty())
+        .unwrap();
+    let res = c.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(body_json(res).await["anonymous"], true);
+    assert_eq!(l.invalid_credentials(), 1);
+}
+
+#[test]
+fn idle_refresh_fraction_one_is_refused() {
+    let b = || {
+        SessionLayer::builder(MemoryStore::new(), Key::generate())
+            .without_history()
+            .idle_refresh_fraction(1.0)
+            .build()
+    };
+    let err = b().unwrap_err();
+    assert_eq!(err.setting(), "idle_refresh_fraction");
+    let msg = err.to_string();
+    assert!(msg.contains("idle_refresh_fraction"), "{msg}");
+    assert!(msg.contains("(0, 1)"), "{msg}");
+    for f in [1.5, f64::NAN, 0.0, -0.1] {
+        let err = SessionLayer::builder(MemoryStore::new(), Key::generate())
+            .without_history()
+            .idle_refresh_fraction(f)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.setting(), "idle_refresh_fraction", "{f}");
+    }
+    for f in [0.01, 0.5, 0.99] {
+        assert!(
+            SessionLayer::builder(MemoryStore::new(), Key::generate())
+                .without_history()
+                .idle_refresh_fraction(f)
+                .build()
+                .is_ok(),
+            "{f}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn session_debug_hides_the_user_name() {
+    let store = MemoryStore::new();
+    let l = layer(&store);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let out = seen.clone();
+    let app = axum::Router::new()
+        .route(
+            "/debug",
+            axum::routing::post(move |s: session_trail::Session| async move {
+                s.set_user(Some("alice-secret-name".into())).await?;
+                *out.lock().unwrap() = format!("{s:?}");
+                Ok::<_, session_trail::Error>(StatusCode::OK)
+            }),
+        )
+        .layer(l);
+    let res = app
+        .oneshot(Request::post("/debug").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let dbg = seen.lock().unwrap().clone();
+    assert!(!dbg.contains("alice-secret-name"), "{dbg}");
+    assert!(dbg.contains("user: Some(<set>)"), "{dbg}");
+}
+
+#[test]
+fn record_debug_hides_user_and_data() {
+    use session_trail::store::{Record, Replaced, TokenHash};
+    let record = Record {
+        id: session_trail::SessionId::generate(),
+        token_hash: TokenHash::from_bytes([0xAB; 32]),
+        replaced: Some(Replaced {
+            token_hash: TokenHash::from_bytes([0xCD; 32]),
+            at: 5,
+        }),
+        user: Some("alice-secret-name".into()),
+        privilege: Some("admin".into()),
+        data: [(
+            "cart".to_owned(),
+            serde_json::json!({"card": "4111-secret-value"}),
+        )]
+        .into_iter()
+        .collect(),
+        created: 1,
+        last_seen: 2,
+        idle_deadline: 3,
+        absolute_deadline: 4,
+        device: Some("Firefox on Linux".into()),
+        network: Some("0123456789abcdef".into()),
+    };
+    let dbg = format!("{record:?}");
+    for secret in [
+        "alice-secret-name",
+        "4111-secret-value",
+        "abab",
+        "cdcd",
+        "0123456789abcdef",
+    ] {
+        assert!(!dbg.to_lowercase().contains(secret), "{secret} in {dbg}");
+    }
+    for shown in [
+        &record.id.to_string(),
+        "cart",
+        "admin",
+        "Firefox on Linux",
+        "<set>",
+    ] {
+        assert!(dbg.contains(shown), "{shown} missing in {dbg}");
+    }
+}
+
+#[tokio::test]
+async fn http_error_body_hides_internal_settings() {
+    let store = MemoryStore::new();
+    let l = SessionLayer::builder(store.clone(), Key::generate())
+        .without_history()
+        .max_value_bytes(16)
+        .build()
+        .unwrap();
+    let app = axum::Router::new()
+        .route(
+            "/big",
+            axum::routing::post(|s: session_trail::Session| async move {
+                s.insert("blob", "x".repeat(100)).await?;
+                Ok::<_, session_trail::Error>(StatusCode::OK)
+            }),
+        )
+        .layer(l);
+    let res = app
+        .oneshot(Request::post("/big").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let body = body_json(res).await;
+    let msg = body["error"].as_str().unwrap();
+    assert!(!msg.contains("max_value_bytes"), "{body}");
+    assert!(!msg.contains("16"), "{body}");
+    assert_eq!(msg, "invalid input");
+}

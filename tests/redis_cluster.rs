@@ -44,6 +44,7 @@ async fn a_sessions_record_and_history_share_one_slot() {
         let a = Append {
             session: r.id,
             expected_head: None,
+            token: None,
             entries: vec![entry],
         };
         assert_eq!(s.append(&[a]).await.unwrap(), vec![AppendOutcome::Appended]);
@@ -81,6 +82,7 @@ async fn a_batch_over_many_nodes_appends_every_session_in_order() {
                 Append {
                     session: *sid,
                     expected_head: *head,
+                    token: None,
                     entries: vec![e],
                 }
             })
@@ -122,6 +124,7 @@ async fn scripts_are_reloaded_on_every_node_after_noscript() {
                 Append {
                     session: *sid,
                     expected_head: *head,
+                    token: None,
                     entries: vec![e],
                 }
             })

@@ -157,6 +157,7 @@ async fn keys_carry_the_session_hash_tag_and_no_token() {
     let a = Append {
         session: r.id,
         expected_head: None,
+        token: None,
         entries: chain(&r.id, &key, 1, [0; 16], 2),
     };
     assert_eq!(s.append(&[a]).await.unwrap(), vec![AppendOutcome::Appended]);
@@ -173,9 +174,10 @@ async fn keys_carry_the_session_hash_tag_and_no_token() {
     assert_eq!(srv.cli(&["HGET", &rk, "d:b"]).trim(), "\"two\"");
     let tok = srv.cli(&["HGET", &rk, "tok"]);
     assert_eq!(tok.trim(), "01".repeat(32));
-    // The record expires at the nearer deadline.
+    // The record is evicted a while after the nearer deadline (so the
+    // layer can record why it ended).
     let at: i64 = srv.cli(&["PEXPIRETIME", &rk]).trim().parse().unwrap();
-    assert_eq!(at, r.expires_at());
+    assert_eq!(at, r.evict_at());
     // The user index is keyed by a hash of the name, never the name.
     let uk = s.user_key(r.user.as_deref().unwrap());
     assert!(!uk.contains("weird"), "{uk}");
@@ -204,6 +206,7 @@ async fn scripts_are_reloaded_after_noscript() {
     let a = Append {
         session: r.id,
         expected_head: None,
+        token: None,
         entries: first.clone(),
     };
     assert_eq!(s.append(&[a]).await.unwrap(), vec![AppendOutcome::Appended]);
@@ -219,6 +222,7 @@ async fn scripts_are_reloaded_after_noscript() {
     let a = Append {
         session: r.id,
         expected_head: session_trail::store::tag_of(&first[0]),
+        token: None,
         entries: next,
     };
     assert_eq!(s.append(&[a]).await.unwrap(), vec![AppendOutcome::Appended]);
@@ -264,6 +268,7 @@ async fn history_ttl_is_set_on_new_lists_and_refreshed_only_when_due() {
             s.append(&[Append {
                 session: sid,
                 expected_head: head,
+                token: None,
                 entries: vec![e],
             }])
             .await
@@ -390,7 +395,7 @@ async fn a_users_history_index_keeps_first_links_in_order_and_expires() {
     assert!(!key.contains("pseudonym"), "{key}");
     let pttl: i64 = server().cli(&["PTTL", &key]).trim().parse().unwrap();
     assert!((4_200_000..=4_300_000).contains(&pttl), "{pttl}");
-    s.unlink_user(user).await.unwrap();
+    s.unlink_sessions(user, &[a, b]).await.unwrap();
     assert!(s.user_sessions(user).await.unwrap().is_empty());
     assert_eq!(server().cli(&["EXISTS", &key]).trim(), "0");
 }

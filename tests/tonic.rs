@@ -188,3 +188,45 @@ async fn a_tonic_server_behind_the_layer_logs_in_records_and_reads_history() {
     );
     server.abort();
 }
+
+#[tokio::test]
+async fn grpc_status_hides_store_error_text() {
+    use tower::ServiceExt;
+
+    // An application's `?` on a session error.
+    let status: Status = session_trail::Error::unavailable("secret-redis-detail").into();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        !status.message().contains("secret-redis-detail"),
+        "{status:?}"
+    );
+    assert_eq!(
+        status.message(),
+        "session store unavailable; try again shortly"
+    );
+
+    // The layer's own answer when saving fails after the handler.
+    let store = MemoryStore::new();
+    let layer = SessionLayer::builder(store.clone(), Key::generate())
+        .without_history()
+        .build()
+        .unwrap();
+    let app = axum::Router::new()
+        .route(
+            "/Shop/Visit",
+            axum::routing::post(|s: Session| async move {
+                s.insert("visits", 1).await?;
+                Ok::<_, session_trail::Error>("")
+            }),
+        )
+        .layer(layer);
+    store.session_faults().fail_next(1);
+    let req = http::Request::post("/Shop/Visit")
+        .header("content-type", "application/grpc")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = app.oneshot(req).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "14");
+    let message = res.headers()["grpc-message"].to_str().unwrap();
+    assert_eq!(message, "session store unavailable; try again shortly");
+}

@@ -136,6 +136,10 @@ pub struct Draft {
     pub(crate) ts: i64,
     pub(crate) id: [u8; 16],
     body: DraftBody,
+    /// Appended only while the session's record holds this token hash (a
+    /// request whose handler never loaded the session: its credential was
+    /// never checked against the store).
+    pub(crate) token: Option<crate::credential::TokenHash>,
 }
 
 /// A draft's body: encoded already, or (for the layer's request entries)
@@ -156,17 +160,32 @@ enum DraftBody {
 /// Where a request entry's route text lives.
 #[derive(Clone, Debug)]
 pub(crate) enum Route {
-    /// A route template an extractor recorded.
+    /// A route template an extractor recorded, or a long path (capped).
     Template(String),
+    /// axum's matched route template (shared, not copied).
+    #[cfg(feature = "axum")]
+    Matched(axum::extract::MatchedPath),
     /// A short path, copied inline: no allocation, and the request's
     /// buffers are not kept alive until the writer gets to the entry.
     Inline { len: u8, buf: [u8; INLINE_ROUTE] },
+    /// A request no route matched: its path is not recorded.
+    Unmatched,
 }
 
 const INLINE_ROUTE: usize = 62;
 
+/// The longest path recorded, in bytes; a longer one is cut at a character
+/// boundary and ends with [`CUT_MARK`].
+pub const MAX_RECORDED_PATH: usize = 256;
+/// What ends a recorded path that was cut.
+pub const CUT_MARK: &str = "…";
+/// What a request that matched no route is recorded with instead of its
+/// path.
+pub const UNMATCHED_ROUTE: &str = "(unmatched)";
+
 impl Route {
-    /// The path of a request (never its query).
+    /// The path of a request (never its query), capped at
+    /// [`MAX_RECORDED_PATH`] bytes.
     pub(crate) fn path(path: &str) -> Self {
         if path.len() <= INLINE_ROUTE {
             let mut buf = [0u8; INLINE_ROUTE];
@@ -175,16 +194,25 @@ impl Route {
                 len: path.len() as u8,
                 buf,
             }
-        } else {
+        } else if path.len() <= MAX_RECORDED_PATH {
             Self::Template(path.to_owned())
+        } else {
+            let mut end = MAX_RECORDED_PATH - CUT_MARK.len();
+            while !path.is_char_boundary(end) {
+                end -= 1;
+            }
+            Self::Template(format!("{}{CUT_MARK}", &path[..end]))
         }
     }
 
-    fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             Self::Template(t) => t,
+            #[cfg(feature = "axum")]
+            Self::Matched(m) => m.as_str(),
             // Copied from a &str whole: always valid UTF-8.
             Self::Inline { len, buf } => std::str::from_utf8(&buf[..*len as usize]).unwrap_or(""),
+            Self::Unmatched => UNMATCHED_ROUTE,
         }
     }
 }
@@ -200,6 +228,7 @@ impl Draft {
             kind,
             ts: util::now_ms(),
             body,
+            token: None,
         }
     }
 

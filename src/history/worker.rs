@@ -1,6 +1,6 @@
 //! The background task behind [`HistoryWriter`](super::HistoryWriter).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -9,12 +9,18 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use super::entry::{Draft, EntryKind, TAG_LEN, parse};
-use super::writer::{Incoming, Shared};
+use super::writer::{Incoming, MAX_DROP_SESSIONS, Shared};
 use crate::SessionId;
+use crate::credential::TokenHash;
 use crate::store::{Append, AppendOutcome, tag_of};
 
 pub(crate) enum Msg {
-    Flush(oneshot::Sender<()>),
+    /// Resolve once the entries enqueued before it (of these sessions, or
+    /// of all) are finished.
+    Flush {
+        sessions: Option<Vec<SessionId>>,
+        reply: oneshot::Sender<()>,
+    },
     Pending {
         session: SessionId,
         reply: oneshot::Sender<Vec<Draft>>,
@@ -30,9 +36,39 @@ pub(crate) enum Msg {
 
 struct Item {
     draft: Draft,
-    /// `None` for entries the writer made itself (gap entries).
+    /// `None` for entries the writer made itself (gap and suspicious
+    /// entries).
     ordinal: Option<u64>,
+    /// The session's pending `gap` entry: its count lives in
+    /// [`Sess::dropped`] and its body is made when it is signed, so a
+    /// session never holds more than one.
+    gap: bool,
 }
+
+impl Item {
+    fn own(draft: Draft) -> Self {
+        Self {
+            draft,
+            ordinal: None,
+            gap: false,
+        }
+    }
+}
+
+fn gap_draft(dropped: u64) -> Draft {
+    Draft::lifecycle(
+        EntryKind::Gap,
+        &json!({"reason": "queue_full", "dropped": dropped}),
+    )
+}
+
+/// Most entries a session that is backing off may hold; later ones are
+/// dropped into its gap count, so one failing session cannot take the
+/// whole queue.
+const PARKED_CAP: usize = 1024;
+
+/// How often a persisting outage or failing session is logged again.
+const LOG_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct Sess {
@@ -43,13 +79,25 @@ struct Sess {
     acked_seq: u64,
     pending: VecDeque<Item>,
     in_flight: bool,
+    /// In `order`.
     queued: bool,
+    /// Backing off after failures of its own, until then.
+    parked: Option<Instant>,
+    failures: u32,
+    /// Entries dropped for this session, for its pending gap entry.
+    dropped: u64,
+    /// An earlier attempt of its entries may have been applied without an
+    /// answer: before re-chaining after a conflict, the stored tail is
+    /// checked for them.
+    maybe_applied: bool,
 }
 
 struct Part {
     session: SessionId,
     items: Vec<Item>,
     first_seq: u64,
+    token: Option<TokenHash>,
+    maybe_applied: bool,
 }
 
 struct InFlight {
@@ -59,21 +107,44 @@ struct InFlight {
     retry_at: Instant,
 }
 
+/// A store outage (whole batches failing), for rate-limited logs.
+struct Outage {
+    since: Instant,
+    attempts: u64,
+    logged: Instant,
+}
+
+struct FlushWait {
+    /// Entries up to this ordinal must be finished.
+    mark: u64,
+    sessions: Option<Vec<SessionId>>,
+    reply: oneshot::Sender<()>,
+}
+
 pub(crate) struct Worker {
     shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Msg>,
     sessions: HashMap<SessionId, Sess>,
-    /// Sessions with pending entries, oldest first.
+    /// Sessions with pending entries that may be sent, oldest first.
     order: VecDeque<SessionId>,
+    /// Pending entries in all sessions (parked ones included).
     pending_total: usize,
+    /// Of those, the entries of parked sessions.
+    parked_items: usize,
+    /// Parked sessions by the time they may try again.
+    parked: BTreeSet<(Instant, SessionId)>,
+    /// Sessions with a pending gap entry.
+    gap_sessions: usize,
     first_pending_at: Option<Instant>,
     /// Accepted entries not yet acknowledged, with their enqueue times.
     outstanding: Outstanding,
     next_ordinal: u64,
-    flushes: Vec<(u64, oneshot::Sender<()>)>,
+    flushes: Vec<FlushWait>,
     in_flight: Option<InFlight>,
     shutdown: Option<(Instant, oneshot::Sender<usize>)>,
     closed: bool,
+    outage: Option<Outage>,
+    failing_logged: Option<Instant>,
 }
 
 impl Worker {
@@ -84,6 +155,9 @@ impl Worker {
             sessions: HashMap::new(),
             order: VecDeque::new(),
             pending_total: 0,
+            parked_items: 0,
+            parked: BTreeSet::new(),
+            gap_sessions: 0,
             first_pending_at: None,
             outstanding: Outstanding::default(),
             next_ordinal: 1,
@@ -91,6 +165,8 @@ impl Worker {
             in_flight: None,
             shutdown: None,
             closed: false,
+            outage: None,
+            failing_logged: None,
         }
     }
 
@@ -99,6 +175,7 @@ impl Worker {
             self.take_buffer();
             self.collect_drops();
             let now = Instant::now();
+            self.unpark(now);
             if self.finished(now) {
                 break;
             }
@@ -134,6 +211,7 @@ impl Worker {
             self.take_buffer();
             self.collect_drops();
             let now = Instant::now();
+            self.unpark(now);
             if let Some(f) = &self.in_flight {
                 if f.retry_at <= now {
                     self.attempt().await;
@@ -144,7 +222,7 @@ impl Worker {
             }
             // Publish the counters before answering flushes, so a caller
             // whose flush resolved reads current figures.
-            self.publish_oldest();
+            self.publish();
             self.resolve_flushes();
         }
         // Anything handed over after the last look is dropped, and counted.
@@ -161,7 +239,7 @@ impl Worker {
                 .dropped
                 .fetch_add(n as u64, Ordering::Relaxed);
         }
-        self.publish_oldest();
+        self.publish();
     }
 
     /// Takes the entries the request path handed over.
@@ -189,6 +267,7 @@ impl Worker {
                     Item {
                         draft,
                         ordinal: Some(ordinal),
+                        gap: false,
                     },
                 );
             }
@@ -212,10 +291,14 @@ impl Worker {
         self.closed && idle
     }
 
+    fn sendable(&self) -> usize {
+        self.pending_total - self.parked_items
+    }
+
     fn next_wake(&self, now: Instant) -> Option<Instant> {
         let mut wake = if let Some(f) = &self.in_flight {
             Some(f.retry_at)
-        } else if self.pending_total == 0 {
+        } else if self.sendable() == 0 {
             None
         } else if self.should_send(now) {
             Some(now)
@@ -223,6 +306,9 @@ impl Worker {
             self.first_pending_at
                 .map(|t| t + self.shared.config.flush_interval)
         };
+        if let Some(&(at, _)) = self.parked.first() {
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+        }
         if let Some((until, _)) = &self.shutdown {
             wake = Some(wake.map_or(*until, |w| w.min(*until)));
         }
@@ -230,10 +316,10 @@ impl Worker {
     }
 
     fn should_send(&self, now: Instant) -> bool {
-        if self.pending_total == 0 {
+        if self.sendable() == 0 {
             return false;
         }
-        self.pending_total >= self.shared.config.batch_entries
+        self.sendable() >= self.shared.config.batch_entries
             || !self.flushes.is_empty()
             || self.shutdown.is_some()
             || self.closed
@@ -247,8 +333,12 @@ impl Worker {
         // first, so flushes and reads see them.
         self.take_buffer();
         match msg {
-            Msg::Flush(reply) => {
-                self.flushes.push((self.next_ordinal - 1, reply));
+            Msg::Flush { sessions, reply } => {
+                self.flushes.push(FlushWait {
+                    mark: self.next_ordinal - 1,
+                    sessions,
+                    reply,
+                });
                 self.resolve_flushes();
             }
             Msg::Pending { session, reply } => {
@@ -259,7 +349,13 @@ impl Worker {
                     }
                 }
                 if let Some(s) = self.sessions.get(&session) {
-                    drafts.extend(s.pending.iter().map(|i| i.draft.clone()));
+                    drafts.extend(s.pending.iter().map(|i| {
+                        if i.gap {
+                            gap_draft(s.dropped)
+                        } else {
+                            i.draft.clone()
+                        }
+                    }));
                 }
                 let _ = reply.send(drafts);
             }
@@ -277,15 +373,24 @@ impl Worker {
         let dropped: Vec<Item> = s.pending.drain(..).collect();
         s.head = None;
         s.acked_seq = 0;
+        s.dropped = 0;
+        s.maybe_applied = false;
+        let parked = s.parked.is_some();
+        if dropped.iter().any(|i| i.gap) {
+            self.gap_sessions -= 1;
+        }
         self.pending_total -= dropped.len();
+        if parked {
+            self.parked_items -= dropped.len();
+        }
         self.release(&dropped);
-        if self.pending_total == 0 {
+        if self.sendable() == 0 {
             self.first_pending_at = None;
         }
     }
 
     /// Gives back the queue space of accepted entries that are done
-    /// (written, or erased before they were).
+    /// (written, refused, or erased before they were).
     fn release(&mut self, items: &[Item]) {
         let mut released = 0;
         let mut bytes = 0;
@@ -305,12 +410,50 @@ impl Worker {
 
     fn push(&mut self, session: SessionId, item: Item) {
         let s = self.sessions.entry(session).or_default();
+        if s.parked.is_some() && s.pending.len() >= PARKED_CAP && item.ordinal.is_some() {
+            // A failing session keeps at most its share; the rest becomes
+            // its gap count.
+            s.dropped += 1;
+            let needs_gap = !s.pending.iter().any(|i| i.gap);
+            self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            self.release(std::slice::from_ref(&item));
+            if needs_gap {
+                self.push_gap(session);
+            }
+            return;
+        }
         s.pending.push_back(item);
+        self.pending_total += 1;
+        if s.parked.is_some() {
+            self.parked_items += 1;
+            return;
+        }
         if !s.queued {
             s.queued = true;
             self.order.push_back(session);
         }
+        self.first_pending_at.get_or_insert_with(Instant::now);
+    }
+
+    /// Adds the session's (single) pending gap entry.
+    fn push_gap(&mut self, session: SessionId) {
+        self.gap_sessions += 1;
+        let s = self.sessions.entry(session).or_default();
+        let item = Item {
+            draft: gap_draft(s.dropped),
+            ordinal: None,
+            gap: true,
+        };
+        s.pending.push_front(item);
         self.pending_total += 1;
+        if s.parked.is_some() {
+            self.parked_items += 1;
+            return;
+        }
+        if !s.queued {
+            s.queued = true;
+            self.order.push_back(session);
+        }
         self.first_pending_at.get_or_insert_with(Instant::now);
     }
 
@@ -323,17 +466,59 @@ impl Worker {
             std::mem::take(&mut *map)
         };
         for (session, dropped) in drops {
-            let draft = Draft::lifecycle(
-                EntryKind::Gap,
-                &json!({"reason": "queue_full", "dropped": dropped}),
-            );
-            self.push(
-                session,
-                Item {
-                    draft,
-                    ordinal: None,
-                },
-            );
+            let s = self.sessions.entry(session).or_default();
+            let has_gap = s.pending.iter().any(|i| i.gap);
+            if !has_gap && self.gap_sessions >= MAX_DROP_SESSIONS {
+                self.shared
+                    .counters
+                    .unattributed
+                    .fetch_add(dropped, Ordering::Relaxed);
+                continue;
+            }
+            s.dropped += dropped;
+            if !has_gap {
+                self.push_gap(session);
+            }
+        }
+    }
+
+    /// Puts a session aside until `until`, with its pending entries.
+    fn park(&mut self, session: SessionId, until: Instant) {
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        if s.parked.is_some() {
+            return;
+        }
+        s.parked = Some(until);
+        self.parked_items += s.pending.len();
+        self.parked.insert((until, session));
+        if s.queued {
+            s.queued = false;
+            self.order.retain(|o| *o != session);
+        }
+        if self.sendable() == 0 {
+            self.first_pending_at = None;
+        }
+    }
+
+    /// Lets parked sessions whose time has come try again.
+    fn unpark(&mut self, now: Instant) {
+        while let Some(&(at, session)) = self.parked.first() {
+            if at > now {
+                break;
+            }
+            self.parked.pop_first();
+            let Some(s) = self.sessions.get_mut(&session) else {
+                continue;
+            };
+            s.parked = None;
+            self.parked_items -= s.pending.len();
+            if !s.pending.is_empty() && !s.queued {
+                s.queued = true;
+                self.order.push_front(session);
+                self.first_pending_at.get_or_insert(now);
+            }
         }
     }
 
@@ -355,8 +540,21 @@ impl Worker {
                 skipped.push(session);
                 continue;
             }
-            let n = s.pending.len().min(limit - taken);
-            let items: Vec<Item> = s.pending.drain(..n).collect();
+            // One append names at most one token: take entries up to the
+            // first that needs another.
+            let mut token: Option<TokenHash> = None;
+            let mut n = 0;
+            for item in s.pending.iter().take(limit - taken) {
+                if let Some(t) = item.draft.token {
+                    match token {
+                        None => token = Some(t),
+                        Some(held) if !held.ct_eq(&t) => break,
+                        Some(_) => {}
+                    }
+                }
+                n += 1;
+            }
+            let mut items: Vec<Item> = s.pending.drain(..n).collect();
             if s.pending.is_empty() {
                 s.queued = false;
             } else {
@@ -366,6 +564,11 @@ impl Worker {
                 continue;
             }
             taken += n;
+            for item in items.iter_mut().filter(|i| i.gap) {
+                item.draft = gap_draft(std::mem::take(&mut s.dropped));
+                item.gap = false;
+                self.gap_sessions -= 1;
+            }
             let (base_seq, base_tag) = s.head.unwrap_or((0, [0; TAG_LEN]));
             let mut prev = base_tag;
             let mut entries = Vec::with_capacity(items.len());
@@ -381,18 +584,21 @@ impl Worker {
                 session,
                 expected_head: s.head.map(|h| h.1),
                 entries,
+                token,
             });
             parts.push(Part {
                 session,
                 items,
                 first_seq: base_seq + 1,
+                token,
+                maybe_applied: s.maybe_applied,
             });
         }
         for session in skipped.into_iter().rev() {
             self.order.push_front(session);
         }
         self.pending_total -= taken;
-        if self.pending_total == 0 {
+        if self.sendable() == 0 {
             self.first_pending_at = None;
         }
         if !appends.is_empty() {
@@ -413,7 +619,17 @@ impl Worker {
         }
         let result = tokio::time::timeout(timeout, self.shared.store.append(&f.appends)).await;
         match result {
-            Ok(Ok(outcomes)) if outcomes.len() == f.appends.len() => self.complete(outcomes),
+            Ok(Ok(outcomes)) if outcomes.len() == f.appends.len() => {
+                let tails = self.tails(&outcomes).await;
+                if let Some(o) = self.outage.take() {
+                    tracing::info!(
+                        failed_attempts = o.attempts,
+                        after = ?o.since.elapsed(),
+                        "history writes recovered"
+                    );
+                }
+                self.complete(outcomes, tails);
+            }
             other => {
                 let reason = match other {
                     Ok(Ok(_)) => "the store answered the wrong number of outcomes".to_owned(),
@@ -421,100 +637,286 @@ impl Worker {
                     Err(_) => format!("no answer within {timeout:?}"),
                 };
                 f.attempts += 1;
+                // The store may have applied some appends without answering.
+                for part in &mut f.parts {
+                    part.maybe_applied = true;
+                }
                 let delay = backoff(f.attempts, self.shared.config.backoff_max);
                 f.retry_at = Instant::now() + delay;
                 self.shared.counters.retried.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    attempt = f.attempts,
-                    entries = f.parts.iter().map(|p| p.items.len()).sum::<usize>(),
-                    retry_in = ?delay,
-                    %reason,
-                    "history write failed; retrying with the same entries"
-                );
+                let entries = f.parts.iter().map(|p| p.items.len()).sum::<usize>();
+                let now = Instant::now();
+                match &mut self.outage {
+                    None => {
+                        tracing::warn!(
+                            entries,
+                            retry_in = ?delay,
+                            %reason,
+                            "history write failed; retrying with the same entries"
+                        );
+                        self.outage = Some(Outage {
+                            since: now,
+                            attempts: 1,
+                            logged: now,
+                        });
+                    }
+                    Some(o) => {
+                        o.attempts += 1;
+                        if now.saturating_duration_since(o.logged) >= LOG_EVERY {
+                            o.logged = now;
+                            tracing::warn!(
+                                failed_attempts = o.attempts,
+                                since = ?o.since.elapsed(),
+                                entries,
+                                %reason,
+                                "history writes still failing; retrying"
+                            );
+                        } else {
+                            tracing::debug!(attempt = f.attempts, %reason, "history write failed again");
+                        }
+                    }
+                }
             }
         }
     }
 
-    fn complete(&mut self, outcomes: Vec<AppendOutcome>) {
+    /// For conflicts of appends that may have been applied before without
+    /// an answer: the ids of the stored tail, so entries already there are
+    /// not appended a second time under new `seq`s.
+    async fn tails(&self, outcomes: &[AppendOutcome]) -> HashMap<SessionId, HashSet<[u8; 16]>> {
+        let mut tails = HashMap::new();
+        let Some(f) = &self.in_flight else {
+            return tails;
+        };
+        let depth = self.shared.store.retention().keep.min(4096);
+        for (part, outcome) in f.parts.iter().zip(outcomes) {
+            let conflicted = matches!(
+                outcome,
+                AppendOutcome::Conflict { .. } | AppendOutcome::Erased { .. }
+            );
+            if !conflicted || !part.maybe_applied {
+                continue;
+            }
+            if let Ok(stored) = self.shared.store.read_newest(&part.session, depth).await {
+                let ids = stored
+                    .iter()
+                    .filter_map(|b| parse(b).ok().map(|p| p.id))
+                    .collect();
+                tails.insert(part.session, ids);
+            }
+        }
+        tails
+    }
+
+    fn complete(
+        &mut self,
+        outcomes: Vec<AppendOutcome>,
+        mut tails: HashMap<SessionId, HashSet<[u8; 16]>>,
+    ) {
         let Some(f) = self.in_flight.take() else {
             return;
         };
-        let mut requeue: Vec<SessionId> = Vec::new();
+        let now = Instant::now();
         for ((part, append), outcome) in f.parts.into_iter().zip(f.appends).zip(outcomes) {
             let Some(s) = self.sessions.get_mut(&part.session) else {
                 continue;
             };
             s.in_flight = false;
+            let mut back: Vec<Item> = Vec::new();
             match outcome {
                 AppendOutcome::Appended | AppendOutcome::AlreadyApplied => {
                     let last_seq = part.first_seq + part.items.len() as u64 - 1;
                     let last_tag = append.last_tag().unwrap_or([0; TAG_LEN]);
                     s.head = Some((last_seq, last_tag));
                     s.acked_seq = last_seq;
-                    self.release(&part.items);
+                    s.maybe_applied = false;
+                    if s.failures > 0 {
+                        tracing::info!(session = %part.session, failures = s.failures, "history appends of a session recovered");
+                        s.failures = 0;
+                    }
                     self.shared
                         .counters
                         .written
                         .fetch_add(part.items.len() as u64, Ordering::Relaxed);
+                    self.release(&part.items);
+                    continue;
                 }
-                AppendOutcome::Conflict { last } => {
+                AppendOutcome::TokenMismatch { replaced_at } => {
+                    let token = part.token;
+                    let (refused, keep): (Vec<Item>, Vec<Item>) = part.items.into_iter().partition(
+                        |i| matches!((i.draft.token, token), (Some(a), Some(b)) if a.ct_eq(&b)),
+                    );
+                    let window = self.shared.config.dead_token_window.as_millis() as i64;
+                    // Requests in flight when their token was rotated are
+                    // not suspicious: they end within the grace window.
+                    let in_flight = replaced_at
+                        .is_some_and(|at| refused.iter().all(|i| i.draft.ts <= at + window));
+                    let n = refused.len() as u64;
+                    self.shared.counters.refused.fetch_add(n, Ordering::Relaxed);
+                    self.release(&refused);
+                    if !in_flight && self.shared.allow_dead_signal(part.session, now) {
+                        back.push(Item::own(Draft::lifecycle(
+                            EntryKind::Suspicious,
+                            &json!({
+                                "signal": "dead_token_used",
+                                "detail": {"requests": n},
+                                "action": "refused",
+                            }),
+                        )));
+                    }
+                    back.extend(keep);
+                }
+                AppendOutcome::Failed { reason } => {
+                    s.maybe_applied = true;
+                    self.fail_session(part.session, part.items, &reason, now);
+                    continue;
+                }
+                conflict => {
+                    let (last, erased) = match conflict {
+                        AppendOutcome::Conflict { last } => (last, false),
+                        AppendOutcome::Erased { last } => (last, true),
+                        _ => unreachable!("the other outcomes are matched above"),
+                    };
                     self.shared
                         .counters
                         .conflicts
                         .fetch_add(1, Ordering::Relaxed);
-                    let store_head = last.as_deref().map(|bytes| {
-                        let seq = parse(bytes).map(|p| p.seq).unwrap_or(0);
-                        (seq, tag_of(bytes).unwrap_or([0; TAG_LEN]))
-                    });
+                    let parsed = last.as_deref().map(parse);
+                    if let Some(Err(_)) = parsed {
+                        // The stored head is not an entry: corrupt history.
+                        // Report it and back off; never loop on it.
+                        self.fail_session(
+                            part.session,
+                            part.items,
+                            "the stored history ends with an element that is not an entry (corrupt)",
+                            now,
+                        );
+                        continue;
+                    }
+                    let store_head = parsed.and_then(Result::ok).map(|p| (p.seq, p.tag));
                     let store_seq = store_head.map_or(0, |h| h.0);
                     let mut items = part.items;
-                    if s.acked_seq > 0 && store_seq < s.acked_seq {
+                    if let Some(ids) = tails.remove(&part.session) {
+                        let (done, rest): (Vec<Item>, Vec<Item>) =
+                            items.into_iter().partition(|i| ids.contains(&i.draft.id));
+                        self.shared
+                            .counters
+                            .written
+                            .fetch_add(done.len() as u64, Ordering::Relaxed);
+                        self.release(&done);
+                        items = rest;
+                    }
+                    let s = self.sessions.get_mut(&part.session).expect("present");
+                    if !erased && s.acked_seq > 0 && store_seq < s.acked_seq {
                         tracing::warn!(
                             session = %part.session,
                             acknowledged_through = s.acked_seq,
                             store_head = store_seq,
                             "history store lost acknowledged entries; recording a gap"
                         );
-                        let gap = Draft::lifecycle(
+                        back.push(Item::own(Draft::lifecycle(
                             EntryKind::Gap,
                             &json!({
                                 "reason": "store_lost",
                                 "lost_after_seq": store_seq,
                                 "lost_through_seq": s.acked_seq,
                             }),
-                        );
-                        items.insert(
-                            0,
-                            Item {
-                                draft: gap,
-                                ordinal: None,
-                            },
-                        );
+                        )));
                     }
                     s.acked_seq = 0;
+                    s.maybe_applied = false;
                     s.head = store_head;
-                    self.pending_total += items.len();
-                    for item in items.into_iter().rev() {
-                        s.pending.push_front(item);
-                    }
-                    if !s.queued {
-                        s.queued = true;
-                        requeue.push(part.session);
-                    }
+                    back.extend(items);
                 }
             }
+            if !back.is_empty() {
+                self.requeue_front(part.session, back);
+            }
         }
-        for session in requeue.into_iter().rev() {
-            self.order.push_front(session);
-        }
-        if self.pending_total > 0 && self.first_pending_at.is_none() {
+        if self.sendable() > 0 && self.first_pending_at.is_none() {
             self.first_pending_at = Some(Instant::now());
         }
         // Forget idle sessions now and then so the head cache stays bounded
         // (a forgotten head costs one conflict round trip when it returns).
         if self.sessions.len() > 100_000 {
-            self.sessions.retain(|_, s| s.queued || s.in_flight);
+            self.sessions.retain(|_, s| {
+                s.queued || s.in_flight || s.parked.is_some() || !s.pending.is_empty()
+            });
         }
+    }
+
+    /// Puts entries back at the front of a session's queue (they were
+    /// taken for an append that did not apply).
+    fn requeue_front(&mut self, session: SessionId, items: Vec<Item>) {
+        let s = self.sessions.entry(session).or_default();
+        let n = items.len();
+        for item in items.into_iter().rev() {
+            if item.gap {
+                self.gap_sessions += 1;
+            }
+            s.pending.push_front(item);
+        }
+        self.pending_total += n;
+        if s.parked.is_some() {
+            self.parked_items += n;
+        } else if !s.queued && !s.pending.is_empty() {
+            s.queued = true;
+            self.order.push_front(session);
+        }
+    }
+
+    /// A session's append failed on its own: its entries wait, and it backs
+    /// off alone (counted, logged at most every [`LOG_EVERY`] after the
+    /// first), never holding up other sessions.
+    fn fail_session(&mut self, session: SessionId, items: Vec<Item>, reason: &str, now: Instant) {
+        let failures = {
+            let s = self.sessions.entry(session).or_default();
+            s.failures += 1;
+            s.failures
+        };
+        self.shared
+            .counters
+            .session_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let log_now = failures == 1
+            || self
+                .failing_logged
+                .is_none_or(|t| now.saturating_duration_since(t) >= LOG_EVERY);
+        if log_now {
+            self.failing_logged = Some(now);
+            tracing::warn!(
+                %session,
+                failures,
+                %reason,
+                "history append failed for one session; it backs off alone, the others go on"
+            );
+        }
+        self.requeue_front(session, items);
+        // Longer than a whole-batch retry: this session is the problem.
+        let max = self.shared.config.backoff_max.saturating_mul(8);
+        self.park(session, now + backoff(failures, max));
+    }
+
+    /// The oldest unfinished ordinal among a session's entries.
+    fn oldest_of(&self, session: &SessionId) -> u64 {
+        let mut oldest = u64::MAX;
+        if let Some(s) = self.sessions.get(session) {
+            for item in &s.pending {
+                if let Some(o) = item.ordinal {
+                    oldest = oldest.min(o);
+                }
+            }
+        }
+        if let Some(f) = &self.in_flight {
+            for part in f.parts.iter().filter(|p| p.session == *session) {
+                for item in &part.items {
+                    if let Some(o) = item.ordinal {
+                        oldest = oldest.min(o);
+                    }
+                }
+            }
+        }
+        oldest
     }
 
     fn resolve_flushes(&mut self) {
@@ -524,23 +926,28 @@ impl Worker {
         let oldest = self.outstanding.oldest().map_or(u64::MAX, |(o, _)| o);
         let mut i = 0;
         while i < self.flushes.len() {
-            if self.flushes[i].0 < oldest {
-                let (_, reply) = self.flushes.swap_remove(i);
-                let _ = reply.send(());
+            let f = &self.flushes[i];
+            let done = match &f.sessions {
+                None => f.mark < oldest,
+                Some(sessions) => sessions.iter().all(|s| f.mark < self.oldest_of(s)),
+            };
+            if done {
+                let f = self.flushes.swap_remove(i);
+                let _ = f.reply.send(());
             } else {
                 i += 1;
             }
         }
     }
 
-    fn publish_oldest(&self) {
+    fn publish(&self) {
+        let c = &self.shared.counters;
         let v = self.outstanding.oldest().map_or(u64::MAX, |(_, t)| {
             t.saturating_duration_since(self.shared.epoch).as_millis() as u64
         });
-        self.shared
-            .counters
-            .oldest_pending
-            .store(v, Ordering::Relaxed);
+        c.oldest_pending.store(v, Ordering::Relaxed);
+        c.backing_off
+            .store(self.parked.len() as u64, Ordering::Relaxed);
     }
 }
 

@@ -36,6 +36,12 @@ pub struct WriterConfig {
     pub(crate) flush_interval: Duration,
     pub(crate) attempt_timeout: Duration,
     pub(crate) backoff_max: Duration,
+    pub(crate) flush_timeout: Duration,
+    /// Uses of a replaced token within this long of its replacement are
+    /// requests in flight at the rotation, not suspicious (the layer sets
+    /// it to its rotation grace). Also the rate limit of dead-token
+    /// `suspicious` entries: one per session per window.
+    pub(crate) dead_token_window: Duration,
 }
 
 impl Default for WriterConfig {
@@ -47,6 +53,8 @@ impl Default for WriterConfig {
             flush_interval: Duration::from_millis(50),
             attempt_timeout: Duration::from_secs(2),
             backoff_max: Duration::from_secs(2),
+            flush_timeout: Duration::from_secs(10),
+            dead_token_window: Duration::from_secs(10),
         }
     }
 }
@@ -96,19 +104,29 @@ impl WriterConfig {
         self
     }
 
+    /// How long [`HistoryWriter::flush`] (and the users' controls that
+    /// flush first: export and erase) wait before answering
+    /// [`ErrorKind::Timeout`] instead of hanging while the store is down or
+    /// a session's appends keep failing. Default 10 s.
+    pub fn flush_timeout(mut self, d: Duration) -> Self {
+        self.flush_timeout = d;
+        self
+    }
+
     /// Checks the settings.
     ///
     /// # Errors
     ///
     /// Names the first setting that is zero.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool); 6] = [
+        let checks: [(&'static str, bool); 7] = [
             ("queue_entries", self.queue_entries == 0),
             ("queue_bytes", self.queue_bytes == 0),
             ("batch_entries", self.batch_entries == 0),
             ("flush_interval", self.flush_interval.is_zero()),
             ("attempt_timeout", self.attempt_timeout.is_zero()),
             ("backoff_max", self.backoff_max.is_zero()),
+            ("flush_timeout", self.flush_timeout.is_zero()),
         ];
         for (name, bad) in checks {
             if bad {
@@ -130,8 +148,24 @@ pub struct WriterStats {
     pub retried: u64,
     /// Appends that found another head and were re-chained.
     pub conflicts: u64,
-    /// Entries dropped at enqueue because the queue was full or closed.
+    /// Entries dropped at enqueue because the queue was full or closed (or
+    /// because their session's appends kept failing and it already held
+    /// its share of the queue). Each is recorded in a signed `gap` entry of
+    /// its session, except those counted in `unattributed`.
     pub dropped: u64,
+    /// Of `dropped`, those whose sessions got no `gap` entry because too
+    /// many sessions had drops pending at once (the writer's memory stays
+    /// bounded during a long outage).
+    pub unattributed: u64,
+    /// Request entries of dead credentials (a replaced, revoked, logged-out
+    /// or expired token) that the store refused to append.
+    pub refused: u64,
+    /// Appends that failed for one session alone (a key of the wrong type,
+    /// corrupt stored history, a cluster shard down); the session backs off
+    /// on its own, the others go on.
+    pub session_failures: u64,
+    /// Sessions currently backing off after such failures.
+    pub sessions_backing_off: u64,
     /// Entries accepted and not yet acknowledged.
     pub queue_depth: u64,
     /// Age of the oldest entry not yet acknowledged, in milliseconds.
@@ -144,6 +178,10 @@ pub(crate) struct Counters {
     pub(crate) retried: AtomicU64,
     pub(crate) conflicts: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    pub(crate) unattributed: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) session_failures: AtomicU64,
+    pub(crate) backing_off: AtomicU64,
     /// Milliseconds since `epoch` of the oldest pending entry; `u64::MAX`: none.
     pub(crate) oldest_pending: AtomicU64,
 }
@@ -213,8 +251,11 @@ pub(crate) struct Shared {
     pub(crate) notify: tokio::sync::Notify,
     pub(crate) counters: Counters,
     pub(crate) config: WriterConfig,
-    /// Entries dropped at enqueue, per session, for the gap entries.
+    /// Entries dropped at enqueue, per session, for the gap entries (at
+    /// most [`MAX_DROP_SESSIONS`] sessions; the rest are unattributed).
     pub(crate) drops: Mutex<HashMap<SessionId, u64>>,
+    /// When each session last got a dead-token `suspicious` entry.
+    pub(crate) dead_signals: Mutex<HashMap<SessionId, Instant>>,
     pub(crate) epoch: Instant,
     pub(crate) store: Arc<dyn DynHistoryStore>,
     pub(crate) ring: KeyRing,
@@ -283,6 +324,7 @@ impl HistoryWriter {
             },
             config,
             drops: Mutex::default(),
+            dead_signals: Mutex::default(),
             epoch: Instant::now(),
             store,
             ring,
@@ -339,26 +381,54 @@ impl HistoryWriter {
             return true;
         }
         drop(q);
-        s.counters.dropped.fetch_add(n as u64, Ordering::Relaxed);
-        *s.drops
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(session)
-            .or_default() += n as u64;
-        tracing::warn!(%session, dropped = n, "history queue full; entries dropped (a gap entry will record it)");
+        s.record_drop(session, n as u64);
         false
     }
 
+    /// Whether a dead-token `suspicious` entry may be recorded for
+    /// `session` now: at most one per session per rotation grace window.
+    pub(crate) fn allow_dead_signal(&self, session: SessionId) -> bool {
+        self.shared.allow_dead_signal(session, Instant::now())
+    }
+
     /// Resolves when every entry enqueued before this call is acknowledged
-    /// by the store.
+    /// by the store (or, for a dead credential's request entry, refused).
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Closed`] when the writer has shut down.
+    /// [`ErrorKind::Timeout`] when that did not happen within the
+    /// [`flush_timeout`](WriterConfig::flush_timeout) (the store is down,
+    /// or some session's appends keep failing); [`ErrorKind::Closed`] when
+    /// the writer has shut down.
     pub async fn flush(&self) -> Result<(), Error> {
+        self.flush_inner(None).await
+    }
+
+    /// [`flush`](Self::flush) for the entries of some sessions only: a
+    /// session whose appends keep failing delays no one else's flush.
+    pub(crate) async fn flush_sessions(&self, sessions: Vec<SessionId>) -> Result<(), Error> {
+        self.flush_inner(Some(sessions)).await
+    }
+
+    async fn flush_inner(&self, sessions: Option<Vec<SessionId>>) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Msg::Flush(tx)).map_err(|_| closed())?;
-        rx.await.map_err(|_| closed())
+        self.tx
+            .send(Msg::Flush {
+                sessions,
+                reply: tx,
+            })
+            .map_err(|_| closed())?;
+        let limit = self.shared.config.flush_timeout;
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(closed()),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "history entries were not all written within the flush timeout ({limit:?})"
+                ),
+            )),
+        }
     }
 
     /// Writes everything queued and stops the writer, waiting at most
@@ -406,6 +476,10 @@ impl HistoryWriter {
             retried: c.retried.load(Ordering::Relaxed),
             conflicts: c.conflicts.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
+            unattributed: c.unattributed.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+            session_failures: c.session_failures.load(Ordering::Relaxed),
+            sessions_backing_off: c.backing_off.load(Ordering::Relaxed),
             queue_depth: depth as u64,
             oldest_pending_ms,
         }
@@ -434,9 +508,53 @@ impl HistoryWriter {
     }
 }
 
+/// Most sessions whose drops wait for a `gap` entry at once; drops of
+/// further sessions are counted as unattributed, so a long outage cannot
+/// grow the writer's memory without bound.
+pub(crate) const MAX_DROP_SESSIONS: usize = 65_536;
+
 impl Shared {
     pub(crate) fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts `n` entries of `session` as dropped, for its next gap entry.
+    pub(crate) fn record_drop(&self, session: SessionId, n: u64) {
+        self.counters.dropped.fetch_add(n, Ordering::Relaxed);
+        let mut drops = self.drops.lock().unwrap_or_else(|e| e.into_inner());
+        let first = drops.is_empty();
+        if let Some(count) = drops.get_mut(&session) {
+            *count += n;
+        } else if drops.len() < MAX_DROP_SESSIONS {
+            drops.insert(session, n);
+        } else {
+            self.counters.unattributed.fetch_add(n, Ordering::Relaxed);
+        }
+        drop(drops);
+        if first {
+            // Once per burst: the writer summarises in its gap entries.
+            tracing::warn!(%session, dropped = n, "history queue full; entries dropped (gap entries will record it)");
+        }
+    }
+
+    pub(crate) fn allow_dead_signal(&self, session: SessionId, now: Instant) -> bool {
+        let window = self.config.dead_token_window;
+        let mut seen = self.dead_signals.lock().unwrap_or_else(|e| e.into_inner());
+        if seen
+            .get(&session)
+            .is_some_and(|t| now.saturating_duration_since(*t) < window)
+        {
+            return false;
+        }
+        if seen.len() >= MAX_DROP_SESSIONS {
+            seen.retain(|_, t| now.saturating_duration_since(*t) < window);
+            if seen.len() >= MAX_DROP_SESSIONS {
+                // Every slot is recent: refuse rather than grow.
+                return false;
+            }
+        }
+        seen.insert(session, now);
+        true
     }
 }
 

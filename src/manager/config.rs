@@ -172,6 +172,8 @@ pub struct SessionLayerBuilder {
     ring: KeyRing,
     config: Config,
     header_error: Option<ConfigError>,
+    /// History goes to the session store itself.
+    history_is_session_store: bool,
 }
 
 impl std::fmt::Debug for SessionLayerBuilder {
@@ -192,6 +194,7 @@ impl SessionLayerBuilder {
             ring: keys,
             config: Config::default(),
             header_error: None,
+            history_is_session_store: false,
         }
     }
 
@@ -201,14 +204,21 @@ impl SessionLayerBuilder {
     ) -> Self {
         let mut b = Self::new(store.clone(), keys);
         b.history = Some(Arc::new(store));
+        b.history_is_session_store = true;
         b
     }
 
     /// Records history into `store` (by default: into the session store,
     /// when it is also a history store, as [`MemoryStore`](crate::store::MemoryStore)
     /// and the Redis store are).
+    ///
+    /// A history store apart from the session store cannot check a
+    /// credential's token when it appends, so with one the requests whose
+    /// handler never loads the session are not recorded (a dead credential
+    /// must not write history); requests that load it are.
     pub fn history<H: HistoryStore>(mut self, store: H) -> Self {
         self.history = Some(Arc::new(store));
+        self.history_is_session_store = false;
         self
     }
 
@@ -304,9 +314,11 @@ impl SessionLayerBuilder {
         self
     }
 
-    /// The part of the idle window (0 < f ≤ 1) that must pass before a
+    /// The part of the idle window (0 < f < 1) that must pass before a
     /// request that reads a session slides its idle deadline with a store
-    /// write. Default 0.1.
+    /// write. Default 0.1. `build` refuses 1 and more: the deadline would
+    /// be due to slide only once the session had already expired, so it
+    /// would never slide.
     pub fn idle_refresh_fraction(mut self, f: f64) -> Self {
         self.config.idle_refresh = f;
         self
@@ -384,9 +396,57 @@ impl SessionLayerBuilder {
         self
     }
 
-    /// Adds an older key that still verifies credentials and history.
+    /// Adds an older key that still verifies credentials and history. Add
+    /// older keys newest first: the last one added is the ring's oldest,
+    /// whose derived key makes pseudonyms unless
+    /// [`pseudonym_key`](Self::pseudonym_key) pins one.
     pub fn previous_key(mut self, key: crate::Key) -> Self {
         self.ring = self.ring.with_previous(key);
+        self
+    }
+
+    /// Pins the key of users' and networks' keyed pseudonyms (the user
+    /// history index behind [`Session::export`](crate::Session::export) and
+    /// [`Session::erase_history`](crate::Session::erase_history), the user
+    /// in request entries, the network baseline of the network-change
+    /// signal). It only makes pseudonyms: it signs and verifies nothing.
+    ///
+    /// Default: the ring's oldest key, i.e. the key the deployment started
+    /// with, so rotating the signing key (a new current key plus
+    /// [`previous_key`](Self::previous_key) with the old one) keeps every
+    /// pseudonym. **Before retiring that oldest key from the ring, pin it
+    /// here**: without it the pseudonyms change, the user index no longer
+    /// finds any session linked before, so export and erasure miss their
+    /// history, and every live session raises `network_changed` once.
+    ///
+    /// ```
+    /// use session_trail::{Key, SessionLayer, store::MemoryStore};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let first = Key::from_bytes(&[1; 32]).unwrap(); // the deployment's first key
+    /// let second = Key::from_bytes(&[2; 32]).unwrap();
+    /// let third = Key::from_bytes(&[3; 32]).unwrap();
+    ///
+    /// // Rotation: `second` signs, `first` still verifies and, as the
+    /// // oldest key, still makes the pseudonyms.
+    /// let rotated = SessionLayer::builder(MemoryStore::new(), second.clone())
+    ///     .previous_key(first.clone())
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(rotated.key_ring().pseudonym_key().id(), first.id());
+    ///
+    /// // Retiring `first` from the ring: pin it for pseudonyms.
+    /// let retired = SessionLayer::builder(MemoryStore::new(), third)
+    ///     .previous_key(second)
+    ///     .pseudonym_key(first.clone())
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(retired.key_ring().pseudonym_key().id(), first.id());
+    /// assert!(retired.key_ring().get(first.id()).is_none());
+    /// # });
+    /// ```
+    pub fn pseudonym_key(mut self, key: crate::Key) -> Self {
+        self.ring = self.ring.with_pseudonym_key(key);
         self
     }
 
@@ -400,8 +460,9 @@ impl SessionLayerBuilder {
     /// # Errors
     ///
     /// A [`ConfigError`] naming the first invalid setting: a zero timeout,
-    /// an idle timeout longer than the absolute one, a refresh fraction
-    /// outside (0, 1], an invalid header or cookie name, a `__Host-` cookie
+    /// an idle timeout longer than the absolute one, an
+    /// `idle_refresh_fraction` outside (0, 1) (1 would turn sliding off), an
+    /// invalid header or cookie name, a `__Host-` cookie
     /// without `Secure`, `Path=/` or with a `Domain`, no transport at all,
     /// an invalid history writer setting, or (with history) no Tokio
     /// runtime.
@@ -428,10 +489,14 @@ impl SessionLayerBuilder {
                 "must not be longer than absolute_timeout",
             ));
         }
-        if !(c.idle_refresh > 0.0 && c.idle_refresh <= 1.0) {
+        if !(c.idle_refresh > 0.0 && c.idle_refresh < 1.0) {
             return Err(ConfigError::new(
                 "idle_refresh_fraction",
-                "must be in (0, 1]",
+                format!(
+                    "{} is outside (0, 1): it must be greater than 0 and less than 1 \
+                     (at 1 the idle deadline would never slide)",
+                    c.idle_refresh
+                ),
             ));
         }
         if c.max_event_bytes == 0 {
@@ -461,11 +526,13 @@ impl SessionLayerBuilder {
         if let Some(ck) = &c.cookie {
             check_cookie(ck)?;
         }
+        let mut writer_config = self.writer;
+        writer_config.dead_token_window = self.config.rotation_grace;
         let writer = match self.history {
             Some(store) => Some(HistoryWriter::start_dyn(
                 store,
                 self.ring.clone(),
-                self.writer,
+                writer_config,
             )?),
             None => None,
         };
@@ -474,6 +541,7 @@ impl SessionLayerBuilder {
             self.ring,
             self.config,
             writer,
+            self.history_is_session_store,
         )))
     }
 }

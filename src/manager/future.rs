@@ -10,20 +10,48 @@ use http::{Method, Response};
 use pin_project_lite::pin_project;
 
 use super::Shared;
-use crate::history::entry::{Draft, Route};
-use crate::session::{CredentialAction, Session};
+use crate::history::entry::Route;
+use crate::session::{RequestEntry, Session};
 use crate::transport;
 
 pub(crate) struct Ctx {
     pub(crate) method: Method,
-    /// The request's path (never its query) when history is recorded.
-    pub(crate) path: Option<Route>,
+    /// The route the request is recorded under: axum's matched template
+    /// when the router set one before this layer ran, else the path (never
+    /// its query), when history is recorded.
+    pub(crate) route: Option<Route>,
+    /// `route` is a matched template, not a raw path.
+    pub(crate) matched: bool,
     pub(crate) grpc: bool,
     pub(crate) used_cookie: bool,
     pub(crate) used_header: bool,
     pub(crate) start: Instant,
     pub(crate) session: Session,
     pub(crate) shared: Arc<Shared>,
+}
+
+impl Ctx {
+    /// The request's entry, given the status the handler answered. A
+    /// request that matched no route (a 404 with no matched template) is
+    /// recorded as [`UNMATCHED_ROUTE`](crate::history::entry::UNMATCHED_ROUTE),
+    /// never with its path.
+    fn request_entry(&self, status: u16) -> RequestEntry {
+        let route = match self.session.route() {
+            Some(template) => template,
+            None => match &self.route {
+                Some(r) if self.matched => r.clone(),
+                _ if status == 404 => Route::Unmatched,
+                Some(r) => r.clone(),
+                None => Route::Unmatched,
+            },
+        };
+        RequestEntry {
+            method: self.method.clone(),
+            route,
+            start: self.start,
+            status,
+        }
+    }
 }
 
 type Commit<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
@@ -33,12 +61,26 @@ pin_project! {
     ///
     /// A request whose session was never loaded completes without any
     /// further work; otherwise the session's changes are persisted before
-    /// the response is released.
+    /// the response is released. Dropped before that (a client that went
+    /// away, a timeout outside the layer), it still enqueues what the
+    /// handler recorded.
     pub struct ResponseFuture<F, B, E> {
         #[pin]
         state: State<F, B>,
         ctx: Option<Ctx>,
         _error: PhantomData<fn() -> E>,
+    }
+
+    impl<F, B, E> PinnedDrop for ResponseFuture<F, B, E> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(ctx) = this.ctx.take()
+                && ctx.shared.writer.is_some()
+            {
+                let request = ctx.request_entry(crate::session::STATUS_CLIENT_GONE);
+                ctx.session.abandon(request);
+            }
+        }
     }
 }
 
@@ -78,22 +120,31 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Inner { fut } => {
-                    let res = ready!(fut.poll(cx))?;
+                    let res = match ready!(fut.poll(cx)) {
+                        Ok(res) => res,
+                        Err(e) => {
+                            // The inner service failed: nothing to save, but
+                            // what the handler recorded is kept.
+                            if let Some(ctx) = this.ctx.take()
+                                && ctx.shared.writer.is_some()
+                            {
+                                ctx.session.abandon(ctx.request_entry(500));
+                            }
+                            return Poll::Ready(Err(e));
+                        }
+                    };
                     let ctx = this.ctx.take().expect("polled after completion");
                     let needs_commit = ctx.session.is_loaded()
                         || (ctx.shared.config.issue_on_first_visit
                             && ctx.session.presented_sid().is_none());
                     if !needs_commit {
-                        // Fast path: nothing was touched; record the request
-                        // if it carried a session.
-                        if let Some(sid) = ctx
-                            .session
-                            .presented_sid()
-                            .filter(|_| ctx.shared.writer.is_some())
-                        {
-                            let route = ctx.session.route();
-                            let draft = request_draft(&ctx, route, res.status().as_u16(), None);
-                            ctx.shared.enqueue_one(sid, draft);
+                        // Fast path: nothing was touched. The request is
+                        // recorded if it carried a credential, on the
+                        // condition that its token is still the session's.
+                        if ctx.shared.writer.is_some() {
+                            let status = res.status().as_u16();
+                            ctx.session
+                                .record_unloaded(&ctx.request_entry(status), status);
                         }
                         return Poll::Ready(Ok(res));
                     }
@@ -109,46 +160,22 @@ where
     }
 }
 
-fn request_draft(ctx: &Ctx, route: Option<Route>, status: u16, user: Option<[u8; 8]>) -> Draft {
-    let route = route
-        .or_else(|| ctx.path.clone())
-        .unwrap_or_else(|| Route::path(""));
-    let latency = ctx.start.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
-    Draft::request_fields(ctx.method.clone(), route, status, latency, user)
-}
-
 async fn finish<B: Default>(ctx: Ctx, mut res: Response<B>) -> Response<B> {
-    let route = ctx.session.route();
-    match ctx.session.commit().await {
-        Ok(outcome) => {
+    let request = ctx.request_entry(res.status().as_u16());
+    match ctx.session.commit(request).await {
+        Ok(action) => {
             transport::write(
                 &ctx.shared,
                 &mut res,
-                &outcome.action,
+                &action,
                 ctx.used_cookie,
                 ctx.used_header,
             );
-            if let Some((sid, mut drafts)) = outcome.entries
-                && ctx.shared.writer.is_some()
-            {
-                let user = outcome
-                    .user
-                    .as_deref()
-                    .filter(|_| outcome.action != CredentialAction::Clear)
-                    .map(|u| ctx.shared.user_pseudonym_bytes(u));
-                drafts.push(request_draft(&ctx, route, res.status().as_u16(), user));
-                ctx.shared.enqueue(sid, drafts);
-            }
             res
         }
         Err(e) => {
             tracing::warn!(error = %e, "session could not be saved; answering 503");
-            let res: Response<B> = transport::error_response(&e, ctx.grpc);
-            if let Some(sid) = ctx.session.presented_sid() {
-                let draft = request_draft(&ctx, route, res.status().as_u16(), None);
-                ctx.shared.enqueue_one(sid, draft);
-            }
-            res
+            transport::error_response(&e, ctx.grpc)
         }
     }
 }

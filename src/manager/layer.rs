@@ -70,6 +70,13 @@ impl SessionLayer {
         self.shared.writer.as_ref()
     }
 
+    /// The layer's keys: the current one signs, the others verify, and
+    /// [`KeyRing::pseudonym_key`] makes pseudonyms. Their `Debug` output
+    /// names key ids only.
+    pub fn key_ring(&self) -> &KeyRing {
+        &self.shared.ring
+    }
+
     /// How many requests carried a credential that did not verify (forged,
     /// malformed, oversized, or signed with an unknown key).
     pub fn invalid_credentials(&self) -> u64 {

@@ -35,6 +35,9 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) writer: Option<HistoryWriter>,
     pub(crate) invalid_credentials: AtomicU64,
+    /// The history store is the session store, so it can check a token
+    /// atomically with an append (see [`crate::store::Append::token`]).
+    pub(crate) history_checks_tokens: bool,
 }
 
 impl Shared {
@@ -43,6 +46,7 @@ impl Shared {
         ring: KeyRing,
         config: Config,
         writer: Option<HistoryWriter>,
+        history_checks_tokens: bool,
     ) -> Self {
         Self {
             store,
@@ -50,12 +54,7 @@ impl Shared {
             config,
             writer,
             invalid_credentials: AtomicU64::new(0),
-        }
-    }
-
-    pub(crate) fn enqueue_one(&self, session: SessionId, draft: Draft) {
-        if let Some(w) = &self.writer {
-            w.enqueue_one(session, draft);
+            history_checks_tokens,
         }
     }
 
@@ -85,6 +84,7 @@ impl Shared {
     }
 
     pub(crate) fn user_pseudonym_bytes(&self, user: &str) -> [u8; 8] {
-        crate::key::pseudonym(self.ring.current(), b"user", user.as_bytes())
+        // Not the signing key: a pseudonym must survive key rotation.
+        crate::key::pseudonym(self.ring.pseudonym_key(), b"user", user.as_bytes())
     }
 }

@@ -62,12 +62,11 @@ where
         };
         let session = Session::new(Arc::clone(shared), read.presented, meta);
         req.extensions_mut().insert(session.clone());
+        let (route, matched) = route_of(shared, &req);
         let ctx = Ctx {
             method: req.method().clone(),
-            path: shared
-                .writer
-                .is_some()
-                .then(|| Route::path(req.uri().path())),
+            route,
+            matched,
             grpc: read.grpc,
             used_cookie: read.used_cookie,
             used_header: read.used_header,
@@ -79,4 +78,18 @@ where
         // the instance made ready is the one called.
         ResponseFuture::new(self.inner.call(req), ctx)
     }
+}
+
+/// The route a request is recorded under (when history is on): axum's
+/// matched template when the router set it before this layer ran (the layer
+/// added with `Router::layer`), else the path without its query, capped.
+fn route_of<B>(shared: &Shared, req: &Request<B>) -> (Option<Route>, bool) {
+    if shared.writer.is_none() {
+        return (None, false);
+    }
+    #[cfg(feature = "axum")]
+    if let Some(m) = req.extensions().get::<axum::extract::MatchedPath>() {
+        return (Some(Route::Matched(m.clone())), true);
+    }
+    (Some(Route::path(req.uri().path())), false)
 }

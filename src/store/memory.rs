@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    Append, AppendOutcome, DEFAULT_HISTORY_KEEP, DEFAULT_HISTORY_TTL, HistoryStore, Record,
+    Append, AppendOutcome, Claim, DEFAULT_HISTORY_KEEP, DEFAULT_HISTORY_TTL, HistoryStore, Record,
     Retention, SessionStore, Update, UpdateOutcome, tag_of,
 };
 use crate::SessionId;
@@ -59,8 +59,11 @@ struct Inner {
 #[derive(Debug, Default)]
 struct Sessions {
     map: HashMap<SessionId, Record>,
+    /// By [`Record::evict_at`].
     expiry: BTreeSet<(i64, SessionId)>,
     users: HashMap<String, HashSet<SessionId>>,
+    /// Places claimed by logins not saved yet: session → (user, until).
+    claims: HashMap<SessionId, (String, i64)>,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +72,10 @@ struct Histories {
     expiry: BTreeSet<(i64, SessionId)>,
     /// User pseudonym → sessions (with their link order), and expiry.
     users: HashMap<String, (HashMap<SessionId, u64>, i64)>,
+    /// Erasure markers: session → until.
+    erased: HashMap<SessionId, i64>,
+    /// Sessions whose appends fail (fault injection).
+    poisoned: HashSet<SessionId>,
 }
 
 #[derive(Debug, Default)]
@@ -155,6 +162,18 @@ impl MemoryStore {
         s.map.len()
     }
 
+    /// Makes every append to `session`'s history fail on its own
+    /// ([`AppendOutcome::Failed`]) while `on`, as a Redis key of the wrong
+    /// type would; other sessions are not affected.
+    pub fn poison_history(&self, session: SessionId, on: bool) {
+        let mut h = lock(&self.inner.history);
+        if on {
+            h.poisoned.insert(session);
+        } else {
+            h.poisoned.remove(&session);
+        }
+    }
+
     /// How many sessions have history stored.
     pub fn history_count(&self) -> usize {
         let mut h = lock(&self.inner.history);
@@ -181,6 +200,31 @@ impl Sessions {
             self.expiry.pop_first();
             if let Some(rec) = self.map.remove(&id) {
                 self.unindex(&rec);
+            }
+        }
+        if self.claims.len() > 1024 || max == usize::MAX {
+            let stale: Vec<(SessionId, String)> = self
+                .claims
+                .iter()
+                .filter(|(_, (_, until))| *until <= now)
+                .map(|(id, (user, _))| (*id, user.clone()))
+                .collect();
+            for (id, user) in stale {
+                self.claims.remove(&id);
+                self.unclaim(&user, &id);
+            }
+        }
+    }
+
+    /// Drops a claimed place unless the record now names the user.
+    fn unclaim(&mut self, user: &str, id: &SessionId) {
+        if self.map.get(id).and_then(|r| r.user.as_deref()) == Some(user) {
+            return;
+        }
+        if let Some(set) = self.users.get_mut(user) {
+            set.remove(id);
+            if set.is_empty() {
+                self.users.remove(user);
             }
         }
     }
@@ -218,6 +262,9 @@ impl Histories {
         if self.users.len() > 1024 || max == usize::MAX {
             self.users.retain(|_, (_, exp)| *exp > now);
         }
+        if self.erased.len() > 1024 || max == usize::MAX {
+            self.erased.retain(|_, until| *until > now);
+        }
     }
 }
 
@@ -227,7 +274,9 @@ impl SessionStore for MemoryStore {
         let now = now_ms();
         let mut s = lock(&self.inner.sessions);
         s.evict(now, EVICT_PER_CALL);
-        Ok(s.map.get(id).filter(|r| r.expires_at() > now).cloned())
+        // Expired records are answered until evicted: the layer records why
+        // the session ended.
+        Ok(s.map.get(id).filter(|r| r.evict_at() > now).cloned())
     }
 
     async fn create(&self, record: &Record) -> Result<(), Error> {
@@ -235,10 +284,11 @@ impl SessionStore for MemoryStore {
         let mut s = lock(&self.inner.sessions);
         s.evict(now_ms(), EVICT_PER_CALL);
         if let Some(old) = s.map.remove(&record.id) {
-            s.expiry.remove(&(old.expires_at(), old.id));
+            s.expiry.remove(&(old.evict_at(), old.id));
             s.unindex(&old);
         }
-        s.expiry.insert((record.expires_at(), record.id));
+        s.claims.remove(&record.id);
+        s.expiry.insert((record.evict_at(), record.id));
         s.index(record);
         s.map.insert(record.id, record.clone());
         drop(s);
@@ -253,21 +303,22 @@ impl SessionStore for MemoryStore {
         let Some(mut rec) = s.map.remove(id) else {
             return Ok(UpdateOutcome::Missing);
         };
-        if rec.expires_at() <= now || !rec.token_hash.ct_eq(&update.token_hash) {
+        if rec.is_expired(now) || !rec.token_hash.ct_eq(&update.token_hash) {
             s.map.insert(*id, rec);
             return Ok(UpdateOutcome::Missing);
         }
-        let old_expiry = rec.expires_at();
+        let old_expiry = rec.evict_at();
         if update.user.is_some() {
             s.unindex(&rec);
         }
         update.apply_to(&mut rec);
         if update.user.is_some() {
             s.index(&rec);
+            s.claims.remove(id);
         }
-        if rec.expires_at() != old_expiry {
+        if rec.evict_at() != old_expiry {
             s.expiry.remove(&(old_expiry, rec.id));
-            s.expiry.insert((rec.expires_at(), rec.id));
+            s.expiry.insert((rec.evict_at(), rec.id));
         }
         s.map.insert(*id, rec);
         drop(s);
@@ -280,7 +331,7 @@ impl SessionStore for MemoryStore {
         let mut s = lock(&self.inner.sessions);
         let existed = match s.map.remove(id) {
             Some(rec) => {
-                s.expiry.remove(&(rec.expires_at(), rec.id));
+                s.expiry.remove(&(rec.evict_at(), rec.id));
                 s.unindex(&rec);
                 true
             }
@@ -302,11 +353,79 @@ impl SessionStore for MemoryStore {
         let mut out: Vec<Record> = ids
             .iter()
             .filter_map(|id| s.map.get(id))
-            .filter(|r| r.expires_at() > now)
+            .filter(|r| !r.is_expired(now) && r.user.as_deref() == Some(user))
             .cloned()
             .collect();
         out.sort_by_key(|r| (r.created, r.id));
         Ok(out)
+    }
+
+    async fn claim_user_slot(
+        &self,
+        user: &str,
+        session: &SessionId,
+        absolute_deadline: i64,
+        max: usize,
+        policy: crate::SessionLimit,
+    ) -> Result<Claim, Error> {
+        self.inner.session_faults.before().await?;
+        let now = now_ms();
+        let mut s = lock(&self.inner.sessions);
+        s.evict(now, EVICT_PER_CALL);
+        // Decided and reserved under one lock: concurrent logins see each
+        // other's places. A place claimed by a login still being saved
+        // counts as the newest session.
+        let mut others: Vec<Record> = Vec::new();
+        let mut claimed = 0;
+        for id in s.users.get(user).into_iter().flatten() {
+            if id == session {
+                continue;
+            }
+            match s.map.get(id) {
+                Some(r) if !r.is_expired(now) && r.user.as_deref() == Some(user) => {
+                    others.push(r.clone());
+                }
+                Some(_) => {}
+                None => {
+                    if s.claims.get(id).is_some_and(|(_, until)| *until > now) {
+                        claimed += 1;
+                    }
+                }
+            }
+        }
+        let claim = if others.len() + claimed < max {
+            Claim::Granted { end: Vec::new() }
+        } else {
+            match policy {
+                crate::SessionLimit::RefuseNew => Claim::Refused,
+                crate::SessionLimit::EndOldest => {
+                    others.sort_by_key(|r| (r.created, r.id));
+                    let n = (others.len() + claimed + 1 - max).min(others.len());
+                    Claim::Granted {
+                        end: others.iter().take(n).map(|r| r.id).collect(),
+                    }
+                }
+            }
+        };
+        if let Claim::Granted { end } = &claim {
+            for id in end {
+                if let Some(set) = s.users.get_mut(user) {
+                    set.remove(id);
+                }
+            }
+            s.users.entry(user.to_owned()).or_default().insert(*session);
+            // A claim lapses if its login never completes.
+            let until = absolute_deadline.min(now.saturating_add(60_000));
+            s.claims.insert(*session, (user.to_owned(), until));
+        }
+        Ok(claim)
+    }
+
+    async fn release_user_slot(&self, user: &str, session: &SessionId) -> Result<(), Error> {
+        let mut s = lock(&self.inner.sessions);
+        s.claims.remove(session);
+        s.unclaim(user, session);
+        Ok(())
     }
 }
 
@@ -321,11 +440,42 @@ impl HistoryStore for MemoryStore {
     async fn append(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, Error> {
         self.inner.history_faults.before().await?;
         let now = now_ms();
+        // Token checks and appends under both locks (sessions first, the
+        // only place both are held): one atomic step, as in Redis.
+        let sessions = batch
+            .iter()
+            .any(|a| a.token.is_some())
+            .then(|| lock(&self.inner.sessions));
         let mut h = lock(&self.inner.history);
         h.evict(now, EVICT_PER_CALL);
         let mut out = Vec::with_capacity(batch.len());
         for append in batch {
+            if h.poisoned.contains(&append.session) {
+                out.push(AppendOutcome::Failed {
+                    reason: "injected fault: this session's history is poisoned".into(),
+                });
+                continue;
+            }
+            if let (Some(token), Some(s)) = (&append.token, &sessions) {
+                let record = s.map.get(&append.session);
+                let live = record.is_some_and(|r| !r.is_expired(now) && r.token_hash.ct_eq(token));
+                if !live {
+                    let replaced_at = record
+                        .and_then(|r| r.replaced)
+                        .filter(|r| r.token_hash.ct_eq(token))
+                        .map(|r| r.at);
+                    out.push(AppendOutcome::TokenMismatch { replaced_at });
+                    continue;
+                }
+            }
+            let erased = h.erased.get(&append.session).is_some_and(|t| *t > now);
             let list = h.map.entry(append.session).or_default();
+            if list.entries.back().is_some_and(|e| e.len() < 16) {
+                out.push(AppendOutcome::Failed {
+                    reason: "the last stored entry is shorter than a tag: corrupt history".into(),
+                });
+                continue;
+            }
             let head = list.entries.back().and_then(|e| tag_of(e));
             if head == append.expected_head {
                 list.entries.extend(append.entries.iter().cloned());
@@ -349,10 +499,15 @@ impl HistoryStore for MemoryStore {
                 if list.entries.is_empty() {
                     h.map.remove(&append.session);
                 }
-                out.push(AppendOutcome::Conflict { last });
+                out.push(if erased {
+                    AppendOutcome::Erased { last }
+                } else {
+                    AppendOutcome::Conflict { last }
+                });
             }
         }
         drop(h);
+        drop(sessions);
         self.inner.history_faults.after()?;
         Ok(out)
     }
@@ -375,6 +530,7 @@ impl HistoryStore for MemoryStore {
 
     async fn delete(&self, session: &SessionId) -> Result<u64, Error> {
         self.inner.history_faults.before().await?;
+        let now = now_ms();
         let mut h = lock(&self.inner.history);
         let n = match h.map.remove(session) {
             Some(list) => {
@@ -383,6 +539,8 @@ impl HistoryStore for MemoryStore {
             }
             None => 0,
         };
+        let until = now.saturating_add(self.inner.ttl_ms);
+        h.erased.insert(*session, until);
         Ok(n)
     }
 
@@ -396,7 +554,7 @@ impl HistoryStore for MemoryStore {
         let expires = session_ends.max(now_ms()).saturating_add(self.inner.ttl_ms);
         let mut h = lock(&self.inner.history);
         let (sessions, exp) = h.users.entry(user.to_owned()).or_default();
-        let order = sessions.len() as u64;
+        let order = sessions.values().max().map_or(0, |o| o + 1);
         sessions.entry(*session).or_insert(order);
         *exp = (*exp).max(expires);
         Ok(())
@@ -416,9 +574,17 @@ impl HistoryStore for MemoryStore {
         })
     }
 
-    async fn unlink_user(&self, user: &str) -> Result<(), Error> {
+    async fn unlink_sessions(&self, user: &str, sessions: &[SessionId]) -> Result<(), Error> {
         self.inner.history_faults.before().await?;
-        lock(&self.inner.history).users.remove(user);
+        let mut h = lock(&self.inner.history);
+        if let Some((linked, _)) = h.users.get_mut(user) {
+            for s in sessions {
+                linked.remove(s);
+            }
+            if linked.is_empty() {
+                h.users.remove(user);
+            }
+        }
         Ok(())
     }
 }

@@ -15,8 +15,12 @@
 //!   concurrent requests that write different keys both survive, and a
 //!   destroyed session is never resurrected by a late write.
 //! - Records expire at [`Record::expires_at`] (the nearer of the idle and
-//!   absolute deadlines); a store evicts them then, so storage never grows
-//!   without bound.
+//!   absolute deadlines). A store keeps an expired record until
+//!   [`Record::evict_at`] and answers it from [`load`](SessionStore::load)
+//!   until then (the layer then records the expiry and ends the session);
+//!   `update` never applies to an expired record and `sessions_of_user`
+//!   never lists one. It evicts records at `evict_at`, so storage never
+//!   grows without bound.
 //! - A store keeps an index of sessions by user, maintained by `create`,
 //!   `update` (when the user changes) and `delete`.
 //!
@@ -32,7 +36,29 @@
 //!    batch was applied before (a retry after a lost acknowledgement): answer
 //!    [`AppendOutcome::AlreadyApplied`] and push nothing;
 //! 3. otherwise answer [`AppendOutcome::Conflict`] with the last entry, so
-//!    the writer can chain onto it and retry.
+//!    the writer can chain onto it and retry (or [`AppendOutcome::Erased`]
+//!    when the session's history was erased within the retention TTL: the
+//!    shorter chain is then explained, not a loss).
+//!
+//! Two conditions come before the head is compared:
+//!
+//! - **The token.** When [`Append::token`] is `Some`, the entries are
+//!   appended only if this store also keeps the session's record and that
+//!   record is live (not past either deadline) and holds exactly this token
+//!   hash; otherwise nothing is appended and the answer is
+//!   [`AppendOutcome::TokenMismatch`]. The layer sets it for requests whose
+//!   handler never loaded the session, so a dead credential (replaced,
+//!   revoked, logged out, expired) never writes request entries. The check
+//!   and the append are one atomic step.
+//! - **Per-session failures.** A store error that concerns one session only
+//!   (a key of the wrong type, a corrupt stored entry, a cluster shard
+//!   that is down) answers [`AppendOutcome::Failed`] for that session and
+//!   leaves the others' appends alone. An error for the whole call (the
+//!   store is unreachable) is the method's `Err`.
+//!
+//! [`delete`](HistoryStore::delete) leaves an erasure marker for the
+//! retention TTL, so a writer on another server that still knows the old
+//! head learns of the erasure instead of taking it for lost entries.
 //!
 //! # Implementing a store
 //!
@@ -134,7 +160,11 @@ impl Default for Retention {
 }
 
 /// A session as stored.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Its `Debug` output shows the id, whether a user is set, the privilege,
+/// the data's keys (not their values), the times and the device; never the
+/// user's name, data values or token hashes.
+#[derive(Clone, PartialEq)]
 pub struct Record {
     /// The public session id.
     pub id: SessionId,
@@ -164,11 +194,67 @@ pub struct Record {
     pub network: Option<String>,
 }
 
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |v: bool| v.then_some(format_args!("<set>"));
+        let mut keys: Vec<&str> = self.data.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        f.debug_struct("Record")
+            .field("id", &self.id)
+            .field("token_hash", &format_args!("<hidden>"))
+            .field("replaced_at", &self.replaced.map(|r| r.at))
+            .field("user", &set(self.user.is_some()))
+            .field("privilege", &self.privilege)
+            .field("data_keys", &keys)
+            .field("created", &self.created)
+            .field("last_seen", &self.last_seen)
+            .field("idle_deadline", &self.idle_deadline)
+            .field("absolute_deadline", &self.absolute_deadline)
+            .field("device", &self.device)
+            .field("network", &set(self.network.is_some()))
+            .finish()
+    }
+}
+
+/// How long a store keeps a record after it expired (see
+/// [`Record::evict_at`]): a client that comes back within this time has its
+/// session's expiry recorded (`ended` with reason `idle_timeout` or
+/// `absolute_timeout`) before it is served as anonymous.
+pub const EXPIRED_RECORD_LINGER: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl Record {
-    /// When the store may evict the record: the nearer deadline.
+    /// When the session expires: the nearer of its two deadlines.
     pub fn expires_at(&self) -> i64 {
         self.idle_deadline.min(self.absolute_deadline)
     }
+
+    /// Whether the session has expired at `now` (Unix milliseconds).
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at() <= now
+    }
+
+    /// When a store drops the record: [`EXPIRED_RECORD_LINGER`] after it
+    /// expired. Until then [`SessionStore::load`] still answers it (expired),
+    /// so the layer can record why the session ended; nothing else treats an
+    /// expired record as live.
+    pub fn evict_at(&self) -> i64 {
+        self.expires_at()
+            .saturating_add(EXPIRED_RECORD_LINGER.as_millis() as i64)
+    }
+}
+
+/// The answer of [`SessionStore::claim_user_slot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The session may carry the user; these older sessions of the user
+    /// must be ended (empty unless the policy is
+    /// [`SessionLimit::EndOldest`](crate::SessionLimit::EndOldest)).
+    Granted {
+        /// The sessions to end once the login is saved.
+        end: Vec<SessionId>,
+    },
+    /// The user already has the maximum number of sessions.
+    Refused,
 }
 
 /// A token that was replaced by rotation, and when.
@@ -324,6 +410,76 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         user: &str,
     ) -> impl Future<Output = Result<Vec<Record>, Error>> + Send;
+
+    /// Reserves a place for `session` among `user`'s sessions before a
+    /// login is saved, enforcing at most `max` live sessions per user.
+    /// A store should decide and reserve in one atomic step, so concurrent
+    /// logins cannot exceed the limit; with
+    /// [`SessionLimit::EndOldest`](crate::SessionLimit::EndOldest) the
+    /// sessions it answers are already taken out of the count.
+    ///
+    /// The default implementation reads [`sessions_of_user`](Self::sessions_of_user)
+    /// and is *not* atomic: override it. [`MemoryStore`] and the Redis
+    /// store do.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer.
+    fn claim_user_slot(
+        &self,
+        user: &str,
+        session: &SessionId,
+        absolute_deadline: i64,
+        max: usize,
+        policy: crate::SessionLimit,
+    ) -> impl Future<Output = Result<Claim, Error>> + Send {
+        let _ = absolute_deadline;
+        async move {
+            let mut others: Vec<Record> = self
+                .sessions_of_user(user)
+                .await?
+                .into_iter()
+                .filter(|r| r.id != *session)
+                .collect();
+            Ok(decide_claim(&mut others, max, policy))
+        }
+    }
+
+    /// Gives back a place taken by [`claim_user_slot`](Self::claim_user_slot)
+    /// for a login that was not saved. Best effort.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer.
+    fn release_user_slot(
+        &self,
+        user: &str,
+        session: &SessionId,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = (user, session);
+        async { Ok(()) }
+    }
+}
+
+/// The limit's decision over the user's other live sessions.
+pub(crate) fn decide_claim(
+    others: &mut [Record],
+    max: usize,
+    policy: crate::SessionLimit,
+) -> Claim {
+    if others.len() < max {
+        return Claim::Granted { end: Vec::new() };
+    }
+    match policy {
+        crate::SessionLimit::RefuseNew => Claim::Refused,
+        crate::SessionLimit::EndOldest => {
+            others.sort_by_key(|r| (r.created, r.id));
+            let n = others.len() + 1 - max;
+            Claim::Granted {
+                end: others.iter().take(n).map(|r| r.id).collect(),
+            }
+        }
+    }
 }
 
 /// One session's part of a [`HistoryStore::append`] call.
@@ -335,6 +491,9 @@ pub struct Append {
     pub expected_head: Option<[u8; 16]>,
     /// Encoded entries, oldest first; never empty.
     pub entries: Vec<Bytes>,
+    /// When `Some`, append only if the session's record is live and holds
+    /// this token hash (see the [module documentation](self)).
+    pub token: Option<TokenHash>,
 }
 
 impl Append {
@@ -363,6 +522,27 @@ pub enum AppendOutcome {
     Conflict {
         /// The last stored entry.
         last: Option<Bytes>,
+    },
+    /// The head was something else, and the session's history was erased
+    /// within the retention TTL: a shorter chain than the writer knew is
+    /// the erasure, not a loss. Nothing was appended.
+    Erased {
+        /// The last stored entry (`None`: the list is empty).
+        last: Option<Bytes>,
+    },
+    /// [`Append::token`] was given and the session's record is gone, past
+    /// a deadline, or holds another token. Nothing was appended.
+    TokenMismatch {
+        /// When the record still knows the given token as the one it
+        /// replaced, when that happened (Unix milliseconds).
+        replaced_at: Option<i64>,
+    },
+    /// This session's append failed on its own (a key of the wrong type, a
+    /// corrupt stored entry, its cluster shard down); nothing was appended.
+    /// Other sessions of the call are not affected.
+    Failed {
+        /// What the store said (never shown to clients).
+        reason: String,
     },
 }
 
@@ -407,7 +587,9 @@ pub trait HistoryStore: Send + Sync + 'static {
         session: &SessionId,
     ) -> impl Future<Output = Result<Vec<Bytes>, Error>> + Send;
 
-    /// Deletes a session's history; answers how many entries were removed.
+    /// Deletes a session's history and leaves an erasure marker for the
+    /// retention TTL (see [`AppendOutcome::Erased`]); answers how many
+    /// entries were removed.
     ///
     /// # Errors
     ///
@@ -441,12 +623,17 @@ pub trait HistoryStore: Send + Sync + 'static {
         user: &str,
     ) -> impl Future<Output = Result<Vec<SessionId>, Error>> + Send;
 
-    /// Removes a user's history index.
+    /// Removes sessions from a user's history index (the others stay
+    /// linked).
     ///
     /// # Errors
     ///
     /// When the store cannot answer.
-    fn unlink_user(&self, user: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    fn unlink_sessions(
+        &self,
+        user: &str,
+        sessions: &[SessionId],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -462,6 +649,19 @@ pub(crate) trait DynSessionStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<UpdateOutcome, Error>>;
     fn delete<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<bool, Error>>;
     fn sessions_of_user<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<Record>, Error>>;
+    fn claim_user_slot<'a>(
+        &'a self,
+        user: &'a str,
+        session: &'a SessionId,
+        absolute_deadline: i64,
+        max: usize,
+        policy: crate::SessionLimit,
+    ) -> BoxFuture<'a, Result<Claim, Error>>;
+    fn release_user_slot<'a>(
+        &'a self,
+        user: &'a str,
+        session: &'a SessionId,
+    ) -> BoxFuture<'a, Result<(), Error>>;
 }
 
 impl<T: SessionStore> DynSessionStore for T {
@@ -483,6 +683,30 @@ impl<T: SessionStore> DynSessionStore for T {
     }
     fn sessions_of_user<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<Record>, Error>> {
         Box::pin(SessionStore::sessions_of_user(self, user))
+    }
+    fn claim_user_slot<'a>(
+        &'a self,
+        user: &'a str,
+        session: &'a SessionId,
+        absolute_deadline: i64,
+        max: usize,
+        policy: crate::SessionLimit,
+    ) -> BoxFuture<'a, Result<Claim, Error>> {
+        Box::pin(SessionStore::claim_user_slot(
+            self,
+            user,
+            session,
+            absolute_deadline,
+            max,
+            policy,
+        ))
+    }
+    fn release_user_slot<'a>(
+        &'a self,
+        user: &'a str,
+        session: &'a SessionId,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(SessionStore::release_user_slot(self, user, session))
     }
 }
 
@@ -507,7 +731,11 @@ pub(crate) trait DynHistoryStore: Send + Sync + 'static {
         session_ends: i64,
     ) -> BoxFuture<'a, Result<(), Error>>;
     fn user_sessions<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<SessionId>, Error>>;
-    fn unlink_user<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+    fn unlink_sessions<'a>(
+        &'a self,
+        user: &'a str,
+        sessions: &'a [SessionId],
+    ) -> BoxFuture<'a, Result<(), Error>>;
 }
 
 impl<T: HistoryStore> DynHistoryStore for T {
@@ -544,7 +772,11 @@ impl<T: HistoryStore> DynHistoryStore for T {
     fn user_sessions<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<SessionId>, Error>> {
         Box::pin(HistoryStore::user_sessions(self, user))
     }
-    fn unlink_user<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(HistoryStore::unlink_user(self, user))
+    fn unlink_sessions<'a>(
+        &'a self,
+        user: &'a str,
+        sessions: &'a [SessionId],
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(HistoryStore::unlink_sessions(self, user, sessions))
     }
 }

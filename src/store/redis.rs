@@ -4,6 +4,7 @@ mod cache;
 mod conn;
 mod history;
 mod record;
+mod version;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,7 @@ pub use cache::LocalCacheStats;
 use cache::NearCache;
 use conn::{Conn, Scripts, Target};
 use history::RefreshMemo;
+use version::{MIN_REDIS_VERSION, info_texts, server_version};
 
 /// The default key prefix.
 pub const DEFAULT_KEY_PREFIX: &str = "session-trail";
@@ -72,7 +74,9 @@ pub const DEFAULT_LOCAL_CACHE_MAX_AGE: Duration = Duration::from_secs(5);
 /// |---|---|---|
 /// | `<prefix>:{<sid>}:s` | hash | the session record |
 /// | `<prefix>:{<sid>}:h` | list | the session's history, oldest first |
+/// | `<prefix>:{<sid>}:e` | string | set when the session's history was erased (for the history TTL) |
 /// | `<prefix>:user:{<hash of user>}` | sorted set | the user's live session ids, scored by absolute deadline |
+/// | `<prefix>:user-claims:{<hash of user>}` | sorted set | logins in progress under the session limit, scored by when the claim lapses |
 /// | `<prefix>:user-history:{<hash of pseudonym>}` | sorted set | the sessions whose history belongs to a user, scored by first link |
 ///
 /// The record hash has one field per piece of metadata (`tok`, `rtok`,
@@ -188,10 +192,13 @@ impl RedisStore {
     ///
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a
     /// malformed URL (its source is the [`ConfigError`] naming the
-    /// setting); [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable)
-    /// when Redis cannot be reached. Whether start-up then waits and
-    /// retries, or starts degraded with a lazily connecting store from
-    /// [`RedisStoreBuilder::build`], is the application's choice.
+    /// setting), and for a server older than Redis 7.0 (the message names
+    /// the version found);
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when Redis
+    /// cannot be reached. Whether start-up then waits and retries, or
+    /// starts degraded with a lazily connecting store from
+    /// [`RedisStoreBuilder::build`], is the application's choice; `build`
+    /// makes no I/O, so it does not check the server's version.
     pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
         Self::builder(url).connect().await
     }
@@ -224,6 +231,63 @@ impl RedisStore {
             .map_err(|e| self.unavailable(e, "PING"))
     }
 
+    /// Refuses a server older than Redis 7.0, from the
+    /// `redis_version` of `INFO server` (on a cluster, of every primary).
+    /// Where `INFO` is not allowed (an ACL without `@dangerous`), the
+    /// command the older servers lack is tried instead: `PEXPIREAT` with
+    /// `NX` on a key that does not exist, which changes nothing.
+    async fn check_version(&self) -> Result<(), Error> {
+        let mut c = self.inner.conn.clone();
+        let reply = ::redis::cmd("INFO")
+            .arg("server")
+            .query_async::<::redis::Value>(&mut c)
+            .await;
+        let mut texts = Vec::new();
+        match reply {
+            Ok(v) => info_texts(&v, &mut texts),
+            // An error reply: refused, so probe below.
+            Err(e) if e.code().is_some() => {}
+            Err(e) => return Err(self.unavailable(e, "INFO server")),
+        }
+        if texts.is_empty() {
+            return self.probe_version().await;
+        }
+        for text in &texts {
+            server_version(text).map_err(|reason| {
+                Error::new(
+                    crate::ErrorKind::InvalidInput,
+                    format!("{reason} (Redis at {})", self.inner.target),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// `PEXPIREAT <prefix>:version-probe 0 NX`: `0` on Redis 7.0 and newer
+    /// (the key does not exist, so nothing changes), an error before.
+    async fn probe_version(&self) -> Result<(), Error> {
+        let mut c = self.inner.conn.clone();
+        let key = format!("{}:version-probe", self.inner.prefix);
+        match ::redis::cmd("PEXPIREAT")
+            .arg(&key)
+            .arg(0)
+            .arg("NX")
+            .query_async::<i64>(&mut c)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code().is_some() => Err(Error::new(
+                crate::ErrorKind::InvalidInput,
+                format!(
+                    "the server refused `PEXPIREAT … NX` ({e}): session-trail needs Redis \
+                     {}.{} or newer (Redis at {})",
+                    MIN_REDIS_VERSION.0, MIN_REDIS_VERSION.1, self.inner.target
+                ),
+            )),
+            Err(e) => Err(self.unavailable(e, "PEXPIREAT NX")),
+        }
+    }
+
     /// The local cache's counters; `None` when the store has no local
     /// cache (turned off, or Redis Cluster). See
     /// [`RedisStoreBuilder::local_cache`].
@@ -251,6 +315,12 @@ impl RedisStore {
         self.session_key(id, 'h')
     }
 
+    /// The key of a session's erasure marker (a string, set when its
+    /// history is deleted, for the retention TTL).
+    pub fn erased_key(&self, id: &SessionId) -> String {
+        self.session_key(id, 'e')
+    }
+
     /// `<prefix>:{<sid hex>}:<kind>`, built in one allocation (it is made
     /// for every session of every history batch).
     fn session_key(&self, id: &SessionId, kind: char) -> String {
@@ -273,6 +343,12 @@ impl RedisStore {
     /// name, never the name.
     pub fn user_key(&self, user: &str) -> String {
         format!("{}:user:{{{}}}", self.inner.prefix, name_hash(user))
+    }
+
+    /// The key of a user's claimed places: logins in progress under the
+    /// session limit (a sorted set; the same hash tag as [`user_key`](Self::user_key)).
+    pub fn user_claims_key(&self, user: &str) -> String {
+        format!("{}:user-claims:{{{}}}", self.inner.prefix, name_hash(user))
     }
 
     /// The key of a user's history index (a sorted set of session ids,
@@ -525,15 +601,20 @@ impl RedisStoreBuilder {
         })
     }
 
-    /// Builds the store and checks that Redis answers.
+    /// Builds the store, checks that Redis answers and that it is Redis 7.0
+    /// or newer.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for an
     /// invalid setting (its source is the [`ConfigError`] from
-    /// [`build`](Self::build), which names the setting);
+    /// [`build`](Self::build), which names the setting), or for a server
+    /// older than Redis 7.0 (the message names the version found: the user
+    /// history index needs `PEXPIREAT … NX/GT`, without which export and
+    /// erasure would silently find nothing);
     /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when Redis
-    /// cannot be reached.
+    /// cannot be reached. [`build`](Self::build) makes no I/O and checks
+    /// neither.
     pub async fn connect(self) -> Result<RedisStore, Error> {
         let store = self
             .build()
@@ -542,6 +623,7 @@ impl RedisStoreBuilder {
             let target = store.inner.target.clone();
             e.context(format!("could not reach Redis at {target}"))
         })?;
+        store.check_version().await?;
         Ok(store)
     }
 }
@@ -596,6 +678,21 @@ impl SessionStore for RedisStore {
     async fn sessions_of_user(&self, user: &str) -> Result<Vec<Record>, Error> {
         record::sessions_of_user(self, user).await
     }
+
+    async fn claim_user_slot(
+        &self,
+        user: &str,
+        session: &SessionId,
+        absolute_deadline: i64,
+        max: usize,
+        policy: crate::SessionLimit,
+    ) -> Result<super::Claim, Error> {
+        record::claim_user_slot(self, user, session, absolute_deadline, max, policy).await
+    }
+
+    async fn release_user_slot(&self, user: &str, session: &SessionId) -> Result<(), Error> {
+        record::release_user_slot(self, user, session).await
+    }
 }
 
 impl HistoryStore for RedisStore {
@@ -635,7 +732,7 @@ impl HistoryStore for RedisStore {
         history::user_sessions(self, user).await
     }
 
-    async fn unlink_user(&self, user: &str) -> Result<(), Error> {
-        history::unlink_user(self, user).await
+    async fn unlink_sessions(&self, user: &str, sessions: &[SessionId]) -> Result<(), Error> {
+        history::unlink_sessions(self, user, sessions).await
     }
 }

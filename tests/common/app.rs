@@ -34,7 +34,12 @@ pub async fn me(session: Option<Session>) -> Result<Json<Value>, StatusCode> {
 }
 
 pub fn router(layer: SessionLayer) -> Router {
-    Router::new()
+    router_with(layer, Router::new())
+}
+
+/// [`router`] with more routes, inside the same layer.
+pub fn router_with(layer: SessionLayer, extra: Router) -> Router {
+    extra
         .route("/visits", get(visits))
         .route("/ping", get(|| async { "pong" }))
         .route("/me", get(me))

@@ -169,12 +169,30 @@ pub async fn touch_moves_the_idle_deadline<S: SessionStore>(store: S) {
     );
 }
 
-pub async fn expired_records_are_gone<S: SessionStore>(store: S) {
+pub async fn expired_records_load_as_expired_until_evicted<S: SessionStore>(store: S) {
     let mut r = record(Some("dave"));
     let now = now_ms();
-    r.idle_deadline = now + 300;
+    // Expired already, and evicted 300 ms from now.
+    let linger = session_trail::store::EXPIRED_RECORD_LINGER.as_millis() as i64;
+    r.idle_deadline = now + 300 - linger;
     store.create(&r).await.unwrap();
-    assert!(store.load(&r.id).await.unwrap().is_some());
+    let loaded = store
+        .load(&r.id)
+        .await
+        .unwrap()
+        .expect("an expired record still loads");
+    assert!(loaded.is_expired(now_ms()));
+    // Never listed, never updated.
+    assert!(store.sessions_of_user("dave").await.unwrap().is_empty());
+    let u = Update {
+        token_hash: r.token_hash,
+        set: vec![("k".into(), serde_json::json!(1))],
+        ..Update::default()
+    };
+    assert_eq!(
+        store.update(&r.id, &u).await.unwrap(),
+        UpdateOutcome::Missing
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         if store.load(&r.id).await.unwrap().is_none() {
@@ -182,11 +200,10 @@ pub async fn expired_records_are_gone<S: SessionStore>(store: S) {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "expired record still loads"
+            "expired record still loads after its eviction time"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(store.sessions_of_user("dave").await.unwrap().is_empty());
 }
 
 pub async fn user_index_follows_create_update_delete<S: SessionStore>(store: S) {
@@ -244,6 +261,7 @@ pub async fn compare_and_append_contract<S: HistoryStore>(store: S) {
     let a1 = Append {
         session: sid,
         expected_head: None,
+        token: None,
         entries: first.clone(),
     };
     assert_eq!(
@@ -259,6 +277,7 @@ pub async fn compare_and_append_contract<S: HistoryStore>(store: S) {
     let stale = Append {
         session: sid,
         expected_head: None,
+        token: None,
         entries: chain(&key, &sid, 1, [0; 16], 1),
     };
     assert_eq!(
@@ -271,6 +290,7 @@ pub async fn compare_and_append_contract<S: HistoryStore>(store: S) {
     let a2 = Append {
         session: sid,
         expected_head: tag_of(&first[2]),
+        token: None,
         entries: next.clone(),
     };
     assert_eq!(
@@ -288,6 +308,7 @@ pub async fn compare_and_append_contract<S: HistoryStore>(store: S) {
     let orphan = Append {
         session: other,
         expected_head: Some([7; 16]),
+        token: None,
         entries: chain(&Key::generate(), &other, 2, [7; 16], 1),
     };
     assert_eq!(
@@ -305,6 +326,7 @@ pub async fn one_call_appends_many_sessions_in_order<S: HistoryStore>(store: S) 
         .map(|s| Append {
             session: *s,
             expected_head: None,
+            token: None,
             entries: chain(&key, s, 1, [0; 16], 2),
         })
         .collect();
@@ -338,6 +360,7 @@ pub async fn keep_n_trims_the_oldest_and_verifies_as_trimmed<S: HistoryStore>(st
         let a = Append {
             session: sid,
             expected_head: head,
+            token: None,
             entries: vec![e.clone()],
         };
         assert_eq!(
@@ -368,6 +391,7 @@ pub async fn history_delete_removes_a_session_only<S: HistoryStore>(store: S) {
         let a = Append {
             session: s,
             expected_head: None,
+            token: None,
             entries: chain(&key, &s, 1, [0; 16], 3),
         };
         store.append(&[a]).await.unwrap();
@@ -376,6 +400,201 @@ pub async fn history_delete_removes_a_session_only<S: HistoryStore>(store: S) {
     assert_eq!(store.delete(&s1).await.unwrap(), 0);
     assert!(store.read_all(&s1).await.unwrap().is_empty());
     assert_eq!(store.read_all(&s2).await.unwrap().len(), 3);
+}
+
+pub async fn appends_with_a_token_need_the_live_record<S: SessionStore + HistoryStore>(store: S) {
+    let key = Key::generate();
+    let r = record(None);
+    store.create(&r).await.unwrap();
+    let entry = |seq: u64, prev: [u8; 16]| {
+        Draft::request("GET", "/", 200, 1, None).sign(&key, &r.id, seq, &prev)
+    };
+    let e1 = entry(1, [0; 16]);
+    let append = |expected_head, entries, token| Append {
+        session: r.id,
+        expected_head,
+        entries,
+        token,
+    };
+    // Another token: refused, nothing appended.
+    let other = Some(TokenHash::from_bytes([9; 32]));
+    assert_eq!(
+        store
+            .append(&[append(None, vec![e1.clone()], other)])
+            .await
+            .unwrap(),
+        vec![AppendOutcome::TokenMismatch { replaced_at: None }]
+    );
+    assert!(store.read_all(&r.id).await.unwrap().is_empty());
+    // The record's own token: appended.
+    assert_eq!(
+        store
+            .append(&[append(None, vec![e1.clone()], Some(r.token_hash))])
+            .await
+            .unwrap(),
+        vec![AppendOutcome::Appended]
+    );
+    // After a rotation the old token is refused, and said to be replaced.
+    let at = now_ms();
+    let rotate = Update {
+        token_hash: r.token_hash,
+        rotate: Some(Rotation {
+            new_token_hash: TokenHash::from_bytes([2; 32]),
+            at,
+        }),
+        ..Update::default()
+    };
+    assert_eq!(
+        store.update(&r.id, &rotate).await.unwrap(),
+        UpdateOutcome::Applied
+    );
+    let e2 = entry(2, tag_of(&e1).unwrap());
+    assert_eq!(
+        store
+            .append(&[append(tag_of(&e1), vec![e2.clone()], Some(r.token_hash))])
+            .await
+            .unwrap(),
+        vec![AppendOutcome::TokenMismatch {
+            replaced_at: Some(at)
+        }]
+    );
+    assert_eq!(
+        store
+            .append(&[append(
+                tag_of(&e1),
+                vec![e2],
+                Some(TokenHash::from_bytes([2; 32]))
+            )])
+            .await
+            .unwrap(),
+        vec![AppendOutcome::Appended]
+    );
+    // No record, or an expired one: refused.
+    let gone = Append {
+        session: SessionId::generate(),
+        expected_head: None,
+        entries: vec![entry(1, [0; 16])],
+        token: Some(r.token_hash),
+    };
+    assert_eq!(
+        store.append(&[gone]).await.unwrap(),
+        vec![AppendOutcome::TokenMismatch { replaced_at: None }]
+    );
+    let mut expired = record(None);
+    expired.idle_deadline = now_ms() - 1;
+    store.create(&expired).await.unwrap();
+    let late = Append {
+        session: expired.id,
+        expected_head: None,
+        entries: vec![Draft::request("GET", "/", 200, 1, None).sign(
+            &key,
+            &expired.id,
+            1,
+            &[0; 16],
+        )],
+        token: Some(expired.token_hash),
+    };
+    assert_eq!(
+        store.append(&[late]).await.unwrap(),
+        vec![AppendOutcome::TokenMismatch { replaced_at: None }]
+    );
+}
+
+pub async fn an_erased_history_answers_erased_not_conflict<S: HistoryStore>(store: S) {
+    let key = Key::generate();
+    let sid = SessionId::generate();
+    let e = |seq: u64, prev: [u8; 16]| {
+        Draft::request("GET", "/", 200, seq, None).sign(&key, &sid, seq, &prev)
+    };
+    let e1 = e(1, [0; 16]);
+    let e2 = e(2, tag_of(&e1).unwrap());
+    let a = |expected_head, entries| Append {
+        session: sid,
+        expected_head,
+        entries,
+        token: None,
+    };
+    assert_eq!(
+        store
+            .append(&[a(None, vec![e1, e2.clone()])])
+            .await
+            .unwrap(),
+        vec![AppendOutcome::Appended]
+    );
+    assert_eq!(HistoryStore::delete(&store, &sid).await.unwrap(), 2);
+    // A writer that still knows the old head learns of the erasure.
+    let e3 = e(3, tag_of(&e2).unwrap());
+    assert_eq!(
+        store
+            .append(&[a(tag_of(&e2), vec![e3.clone()])])
+            .await
+            .unwrap(),
+        vec![AppendOutcome::Erased { last: None }]
+    );
+    let f1 = e(1, [0; 16]);
+    assert_eq!(
+        store.append(&[a(None, vec![f1.clone()])]).await.unwrap(),
+        vec![AppendOutcome::Appended]
+    );
+    assert_eq!(
+        store.append(&[a(tag_of(&e2), vec![e3])]).await.unwrap(),
+        vec![AppendOutcome::Erased { last: Some(f1) }]
+    );
+}
+
+pub async fn claims_enforce_the_session_limit<S: SessionStore>(store: S) {
+    use session_trail::SessionLimit::{EndOldest, RefuseNew};
+    use session_trail::store::Claim;
+    let user = format!("limited-{}", SessionId::generate());
+    let now = now_ms();
+    let mut a = record(Some(&user));
+    a.created = now - 2_000;
+    a.absolute_deadline = now + 1_000_000;
+    let mut b = record(Some(&user));
+    b.created = now - 1_000;
+    b.absolute_deadline = now + 2_000_000;
+    store.create(&a).await.unwrap();
+    store.create(&b).await.unwrap();
+    let (c, d) = (SessionId::generate(), SessionId::generate());
+    let abs = now + 3_000_000;
+    assert_eq!(
+        store
+            .claim_user_slot(&user, &c, abs, 2, RefuseNew)
+            .await
+            .unwrap(),
+        Claim::Refused
+    );
+    assert_eq!(
+        store
+            .claim_user_slot(&user, &c, abs, 3, RefuseNew)
+            .await
+            .unwrap(),
+        Claim::Granted { end: vec![] }
+    );
+    // The claimed place counts before its login is saved.
+    assert_eq!(
+        store
+            .claim_user_slot(&user, &d, abs, 3, RefuseNew)
+            .await
+            .unwrap(),
+        Claim::Refused
+    );
+    assert_eq!(
+        store
+            .claim_user_slot(&user, &d, abs, 3, EndOldest)
+            .await
+            .unwrap(),
+        Claim::Granted { end: vec![a.id] }
+    );
+    store.release_user_slot(&user, &c).await.unwrap();
+    store.release_user_slot(&user, &d).await.unwrap();
+    assert_eq!(
+        store
+            .claim_user_slot(&user, &c, abs, 3, RefuseNew)
+            .await
+            .unwrap(),
+        Claim::Granted { end: vec![] }
+    );
 }
 
 /// Generates one `#[tokio::test]` per contract point for a store factory
@@ -390,11 +609,14 @@ macro_rules! store_conformance {
             update_after_delete_does_not_resurrect,
             rotation_replaces_the_token_and_keeps_the_old_hash,
             touch_moves_the_idle_deadline,
-            expired_records_are_gone,
+            expired_records_load_as_expired_until_evicted,
             user_index_follows_create_update_delete,
             compare_and_append_contract,
             one_call_appends_many_sessions_in_order,
             history_delete_removes_a_session_only,
+            appends_with_a_token_need_the_live_record,
+            an_erased_history_answers_erased_not_conflict,
+            claims_enforce_the_session_limit,
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn keep_n_trims_the_oldest_and_verifies_as_trimmed() {

@@ -3,5 +3,7 @@
 
 pub mod app;
 pub mod conformance;
+pub mod hardening;
 pub mod redis;
+pub mod rotation;
 pub mod users;

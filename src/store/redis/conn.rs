@@ -217,6 +217,7 @@ pub(super) struct Scripts {
     pub(super) update: Script,
     pub(super) delete: Script,
     pub(super) index: Script,
+    pub(super) claim: Script,
 }
 
 impl Scripts {
@@ -226,6 +227,7 @@ impl Scripts {
             update: Script::new(include_str!("update.lua")),
             delete: Script::new(include_str!("delete.lua")),
             index: Script::new(INDEX_LUA),
+            claim: Script::new(include_str!("claim.lua")),
         }
     }
 }

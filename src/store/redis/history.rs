@@ -80,36 +80,57 @@ fn ttl_ms(ttl: Duration) -> i64 {
 /// millisecond.
 const SESSIONS_PER_CALL: usize = 64;
 
-/// Appends the script's arguments for one session.
-fn session_args(args: &mut Vec<Vec<u8>>, a: &Append, refresh: bool) {
-    args.push(a.expected_head.map_or_else(Vec::new, |h| h.to_vec()));
-    args.push(if refresh {
-        b"1".to_vec()
-    } else {
-        b"0".to_vec()
-    });
-    args.push(a.entries.len().to_string().into_bytes());
-    args.extend(a.entries.iter().map(|e| e.to_vec()));
-}
-
 /// The `EVALSHA` of the compare-and-append over some sessions.
-fn append_cmd(store: &RedisStore, appends: &[(&Append, bool)], ttl_with_slack: i64) -> Cmd {
+fn append_cmd(
+    store: &RedisStore,
+    appends: &[(&Append, bool)],
+    ttl_with_slack: i64,
+    now: i64,
+) -> Cmd {
     let mut cmd = ::redis::cmd("EVALSHA");
     cmd.arg(store.inner.scripts.append.get_hash())
-        .arg(appends.len());
+        .arg(appends.len() * 3);
     for (a, _) in appends {
-        cmd.arg(store.history_key(&a.session));
-    }
-    cmd.arg(store.inner.keep).arg(ttl_with_slack);
-    for (a, refresh) in appends {
-        cmd.arg(a.expected_head.as_ref().map_or(&[][..], |h| &h[..]))
-            .arg(if *refresh { "1" } else { "0" })
-            .arg(a.entries.len());
-        for e in &a.entries {
-            cmd.arg(&e[..]);
+        for key in session_keys(store, &a.session) {
+            cmd.arg(key);
         }
     }
+    cmd.arg(store.inner.keep).arg(ttl_with_slack).arg(now);
+    for (a, refresh) in appends {
+        session_args(&mut cmd, a, *refresh);
+    }
     cmd
+}
+
+/// The three keys the script declares for a session.
+fn session_keys(store: &RedisStore, id: &SessionId) -> [String; 3] {
+    [
+        store.history_key(id),
+        store.record_key(id),
+        store.erased_key(id),
+    ]
+}
+
+/// The script's arguments for one session.
+fn session_args(cmd: &mut Cmd, a: &Append, refresh: bool) {
+    let token = a
+        .token
+        .map(|t| crate::util::hex(t.as_bytes()))
+        .unwrap_or_default();
+    cmd.arg(a.expected_head.as_ref().map_or(&[][..], |h| &h[..]))
+        .arg(if refresh { "1" } else { "0" })
+        .arg(token)
+        .arg(a.entries.len());
+    for e in &a.entries {
+        cmd.arg(&e[..]);
+    }
+}
+
+fn last_entry(v: Option<&Value>) -> Option<Bytes> {
+    match v {
+        Some(Value::BulkString(b)) => Some(Bytes::copy_from_slice(b)),
+        _ => None,
+    }
 }
 
 fn outcome(v: Value) -> Result<AppendOutcome, Error> {
@@ -120,6 +141,25 @@ fn outcome(v: Value) -> Result<AppendOutcome, Error> {
         Value::BulkString(b) => Ok(AppendOutcome::Conflict {
             last: Some(Bytes::from(b)),
         }),
+        Value::Array(items) => match items.first() {
+            Some(Value::Int(3)) => Ok(AppendOutcome::TokenMismatch {
+                replaced_at: match items.get(1) {
+                    Some(Value::Int(at)) if *at > 0 => Some(*at),
+                    _ => None,
+                },
+            }),
+            Some(Value::Int(4)) => Ok(AppendOutcome::Erased {
+                last: last_entry(items.get(1)),
+            }),
+            _ => Err(unexpected(&Value::Array(items))),
+        },
+        // An error for this session alone (a key of the wrong type, a
+        // corrupt element): the others' outcomes stand.
+        Value::ServerError(e) if !is_noscript(&Value::ServerError(e.clone())) => {
+            Ok(AppendOutcome::Failed {
+                reason: format!("{}: {}", e.code(), e.details().unwrap_or_default()),
+            })
+        }
         other => Err(unexpected(&other)),
     }
 }
@@ -160,15 +200,15 @@ pub(super) async fn append(
             .map(|a| memo.due(&a.session, now, every))
             .collect()
     };
-    let values = if store.inner.conn.is_cluster() {
-        append_cluster(store, batch, &refresh, ttl_with_slack).await?
+    let outcomes = if store.inner.conn.is_cluster() {
+        append_cluster(store, batch, &refresh, ttl_with_slack, now).await?
     } else {
-        append_single(store, batch, &refresh, ttl_with_slack).await?
+        append_single(store, batch, &refresh, ttl_with_slack, now)
+            .await?
+            .into_iter()
+            .map(outcome)
+            .collect::<Result<Vec<_>, _>>()?
     };
-    let outcomes = values
-        .into_iter()
-        .map(outcome)
-        .collect::<Result<Vec<_>, _>>()?;
     let mut memo = store.inner.memo.lock().unwrap_or_else(|e| e.into_inner());
     for ((a, o), r) in batch.iter().zip(&outcomes).zip(refresh) {
         if r && *o == AppendOutcome::Appended {
@@ -187,6 +227,7 @@ async fn append_single(
     batch: &[Append],
     refresh: &[bool],
     ttl_with_slack: i64,
+    now: i64,
 ) -> Result<Vec<Value>, Error> {
     let chunks: Vec<Vec<(&Append, bool)>> = batch
         .iter()
@@ -202,7 +243,7 @@ async fn append_single(
         let mut pipe = ::redis::pipe();
         pipe.ignore_errors();
         for &i in &todo {
-            pipe.add_command(append_cmd(store, &chunks[i], ttl_with_slack));
+            pipe.add_command(append_cmd(store, &chunks[i], ttl_with_slack, now));
         }
         let answers: Vec<Value> = pipe
             .query_async(&mut c)
@@ -247,31 +288,65 @@ async fn append_single(
 
 /// A cluster: one script call per session, all at once. Sessions live in
 /// different slots, so redis-rs routes each call to its node (following
-/// MOVED and ASK, and loading the script after NOSCRIPT); calls to the same
-/// node share its multiplexed connection and are written together.
+/// MOVED and ASK); calls to the same node share its multiplexed connection
+/// and are written together. Each session's outcome is its own: a shard
+/// that is down or failing over fails only its own sessions' appends
+/// ([`AppendOutcome::Failed`]); only when every call fails is the whole
+/// batch an error.
 async fn append_cluster(
     store: &RedisStore,
     batch: &[Append],
     refresh: &[bool],
     ttl_with_slack: i64,
-) -> Result<Vec<Value>, Error> {
+    now: i64,
+) -> Result<Vec<AppendOutcome>, Error> {
     let calls = batch.iter().zip(refresh).map(|(a, r)| {
         let mut c = store.inner.conn.clone();
-        let mut inv = store
-            .inner
-            .scripts
-            .append
-            .key(store.history_key(&a.session));
-        inv.arg(store.inner.keep).arg(ttl_with_slack);
-        let mut args = Vec::with_capacity(3 + a.entries.len());
-        session_args(&mut args, a, *r);
-        inv.arg(args);
+        // `invoke_async` sends EVALSHA and, after NOSCRIPT, loads the
+        // script and sends it again.
+        let mut inv = store.inner.scripts.append.prepare_invoke();
+        for key in session_keys(store, &a.session) {
+            inv.key(key);
+        }
+        let token = a
+            .token
+            .map(|t| crate::util::hex(t.as_bytes()))
+            .unwrap_or_default();
+        inv.arg(store.inner.keep)
+            .arg(ttl_with_slack)
+            .arg(now)
+            .arg(a.expected_head.as_ref().map_or(&[][..], |h| &h[..]))
+            .arg(if *r { "1" } else { "0" })
+            .arg(token)
+            .arg(a.entries.len());
+        for e in &a.entries {
+            inv.arg(&e[..]);
+        }
         async move { inv.invoke_async::<Value>(&mut c).await }
     });
     let mut out = Vec::with_capacity(batch.len());
+    let mut failures = 0;
+    let mut last_error = None;
     for v in join_all(calls).await {
-        let v = v.map_err(|e| store.unavailable(e, "append history"))?;
-        out.extend(replies(v, 1)?);
+        let o = match v {
+            Ok(v) => replies(v, 1).and_then(|mut r| outcome(r.remove(0))),
+            Err(e) => Err(store.unavailable(e, "append history")),
+        };
+        match o {
+            Ok(o) => out.push(o),
+            Err(e) => {
+                failures += 1;
+                out.push(AppendOutcome::Failed {
+                    reason: e.to_string(),
+                });
+                last_error = Some(e);
+            }
+        }
+    }
+    if failures == batch.len()
+        && let Some(e) = last_error
+    {
+        return Err(e);
     }
     Ok(out)
 }
@@ -298,12 +373,21 @@ pub(super) async fn read_newest(
 
 pub(super) async fn delete(store: &RedisStore, session: &SessionId) -> Result<u64, Error> {
     let key = store.history_key(session);
+    // The erasure marker lives as long as a history could: a writer that
+    // still knows the old head learns of the erasure, not of a loss.
+    let ttl = ttl_ms(store.inner.ttl).saturating_add(refresh_every(store.inner.ttl));
     let mut pipe = ::redis::pipe();
     pipe.atomic()
         .cmd("LLEN")
         .arg(&key)
         .cmd("DEL")
         .arg(&key)
+        .ignore()
+        .cmd("SET")
+        .arg(store.erased_key(session))
+        .arg(now_ms())
+        .arg("PX")
+        .arg(ttl)
         .ignore();
     let mut c = store.inner.conn.clone();
     let (n,): (u64,) = pipe
@@ -368,11 +452,19 @@ pub(super) async fn user_sessions(store: &RedisStore, user: &str) -> Result<Vec<
     Ok(members.iter().filter_map(|m| m.parse().ok()).collect())
 }
 
-pub(super) async fn unlink_user(store: &RedisStore, user: &str) -> Result<(), Error> {
+pub(super) async fn unlink_sessions(
+    store: &RedisStore,
+    user: &str,
+    sessions: &[SessionId],
+) -> Result<(), Error> {
+    if sessions.is_empty() {
+        return Ok(());
+    }
     let mut c = store.inner.conn.clone();
-    ::redis::cmd("DEL")
+    ::redis::cmd("ZREM")
         .arg(store.user_history_key(user))
+        .arg(sessions.iter().map(ToString::to_string).collect::<Vec<_>>())
         .query_async::<()>(&mut c)
         .await
-        .map_err(|e| store.unavailable(e, "unlink a user's history"))
+        .map_err(|e| store.unavailable(e, "unlink sessions from a user's history"))
 }

@@ -158,7 +158,7 @@ async fn load_many(store: &RedisStore, ids: &[SessionId]) -> Result<Vec<Option<R
     let now = now_ms();
     ids.iter()
         .zip(raw)
-        .map(|(id, fields)| Ok(decode(id, fields)?.filter(|r| r.expires_at() > now)))
+        .map(|(id, fields)| Ok(decode(id, fields)?.filter(|r| !r.is_expired(now))))
         .collect()
 }
 
@@ -168,7 +168,9 @@ pub(super) async fn load(store: &RedisStore, id: &SessionId) -> Result<Option<Re
         None => Lookup::Off,
     };
     let (mut c, ticket) = match lookup {
-        Lookup::Hit(record) => return Ok(Some(record).filter(|r| r.expires_at() > now_ms())),
+        // Expired records are answered until Redis evicts them (see
+        // `Record::evict_at`): the layer records why the session ended.
+        Lookup::Hit(record) => return Ok(Some(record)),
         Lookup::Miss(conn, ticket) => (Conn::Tracked(conn), Some(ticket)),
         Lookup::Off => (store.inner.conn.clone(), None),
     };
@@ -191,7 +193,7 @@ pub(super) async fn load(store: &RedisStore, id: &SessionId) -> Result<Option<Re
     if let (Some(ticket), Some(record), Some(cache)) = (ticket, &record, &store.inner.cache) {
         cache.fill(ticket, record, version);
     }
-    Ok(record.filter(|r| r.expires_at() > now_ms()))
+    Ok(record)
 }
 
 /// Starts a write of `id`: the connection to send it on (the local cache's
@@ -285,7 +287,7 @@ pub(super) async fn create(store: &RedisStore, record: &Record) -> Result<(), Er
         .ignore()
         .cmd("PEXPIREAT")
         .arg(&key)
-        .arg(clamp_ms(record.expires_at()))
+        .arg(clamp_ms(record.evict_at()))
         .ignore()
         // A read, so that a tracking connection tracks the new record.
         .cmd("HGET")
@@ -403,7 +405,12 @@ pub(super) async fn update(
     }
 
     let mut inv = store.inner.scripts.update.key(&key);
-    inv.arg(&token).arg(&new_token).arg(&idle).arg(set.len());
+    inv.arg(&token)
+        .arg(&new_token)
+        .arg(&idle)
+        .arg(now_ms())
+        .arg(crate::store::EXPIRED_RECORD_LINGER.as_millis() as u64)
+        .arg(set.len());
     for (f, v) in &set {
         inv.arg(f).arg(v);
     }
@@ -472,6 +479,87 @@ pub(super) async fn delete(store: &RedisStore, id: &SessionId) -> Result<bool, E
         index_remove(store, &String::from_utf8_lossy(user), id).await;
     }
     Ok(existed)
+}
+
+/// How long a claimed place lasts if its login is never saved.
+const CLAIM_LAPSES_MS: i64 = 60_000;
+
+/// Claims a place among a user's sessions (see
+/// `SessionStore::claim_user_slot`): the index is cleaned of ended
+/// sessions first, then one script decides and reserves atomically in the
+/// index's slot.
+pub(super) async fn claim_user_slot(
+    store: &RedisStore,
+    user: &str,
+    session: &SessionId,
+    absolute_deadline: i64,
+    max: usize,
+    policy: crate::SessionLimit,
+) -> Result<crate::store::Claim, Error> {
+    // Drops members whose record is gone, so they do not count (claims
+    // are kept apart, so logins in progress do).
+    sessions_of_user(store, user).await?;
+    let mut c = store.inner.conn.clone();
+    let now = now_ms();
+    let lapses = clamp_ms(absolute_deadline.min(now.saturating_add(CLAIM_LAPSES_MS)));
+    let reply: Vec<Value> = store
+        .inner
+        .scripts
+        .claim
+        .key(store.user_key(user))
+        .key(store.user_claims_key(user))
+        .arg(now)
+        .arg(session.to_string())
+        .arg(lapses)
+        .arg(max)
+        .arg(match policy {
+            crate::SessionLimit::RefuseNew => "refuse",
+            crate::SessionLimit::EndOldest => "end_oldest",
+        })
+        .invoke_async(&mut c)
+        .await
+        .map_err(|e| store.unavailable(e, "claim a place among a user's sessions"))?;
+    match reply.first() {
+        Some(Value::Int(1)) => Ok(crate::store::Claim::Granted {
+            end: reply[1..]
+                .iter()
+                .filter_map(|v| match v {
+                    Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+                    _ => None,
+                })
+                .collect(),
+        }),
+        Some(Value::Int(0)) => Ok(crate::store::Claim::Refused),
+        other => Err(Error::new(
+            ErrorKind::Unavailable,
+            format!("redis claim script answered {other:?}"),
+        )),
+    }
+}
+
+/// Gives back a claimed place whose login was not saved (unless the record
+/// names the user after all: an answer lost after the save).
+pub(super) async fn release_user_slot(
+    store: &RedisStore,
+    user: &str,
+    session: &SessionId,
+) -> Result<(), Error> {
+    let mut c = store.inner.conn.clone();
+    let named: Option<String> = ::redis::cmd("HGET")
+        .arg(store.record_key(session))
+        .arg(USER)
+        .query_async(&mut c)
+        .await
+        .map_err(|e| store.unavailable(e, "HGET"))?;
+    let _ = ::redis::cmd("ZREM")
+        .arg(store.user_claims_key(user))
+        .arg(session.to_string())
+        .query_async::<()>(&mut c)
+        .await;
+    if named.as_deref() != Some(user) {
+        index_remove(store, user, session).await;
+    }
+    Ok(())
 }
 
 pub(super) async fn sessions_of_user(store: &RedisStore, user: &str) -> Result<Vec<Record>, Error> {
