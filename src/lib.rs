@@ -78,11 +78,50 @@
 //! - **History is evidence.** Entries are MAC'd (history key) over their exact
 //!   stored bytes and chained by `seq` and `prev`; [`history::verify`] reports
 //!   every modification, deletion, insertion and reordering, with its
-//!   position. Users appear as keyed pseudonyms; tokens, cookies,
-//!   authorization headers, query strings and bodies never enter history.
+//!   position. Users appear as keyed pseudonyms (their own key, which does
+//!   not rotate with the signing key: see
+//!   [`pseudonym_key`](SessionLayerBuilder::pseudonym_key)); tokens, cookies,
+//!   authorization headers, query strings and bodies never enter history, and
+//!   a request is recorded under its route template, never a raw path that
+//!   matched no route (see [Limits](#limits)).
+//! - **Only the current token writes a session's history.** A request whose
+//!   handler loaded the session was checked against the store; one that did
+//!   not is appended on the condition that its token is still the session's
+//!   current one, checked by the store in the same atomic step as the append
+//!   (the record and the history share the session's slot). A dead
+//!   credential (replaced past the grace window, revoked, logged out,
+//!   expired) adds no request entries; each use adds at most one rate-limited
+//!   `suspicious` entry per session per grace window, so an old cookie cannot
+//!   fill a victim's history or push its real entries out through keep-*N*.
+//! - **One session, one user.** When the user changes, the request moves to
+//!   a new session with a new public id: one user's export or erasure never
+//!   reaches another's entries.
 //! - **Failures are loud.** A store outage makes session reads answer `503`
 //!   (gRPC `UNAVAILABLE`), never a silent logout; lost history is recorded as
-//!   a signed `gap` entry.
+//!   a signed `gap` entry, and what a handler recorded is kept even when the
+//!   save fails or the response future is dropped.
+//!
+//! What the history does **not** guarantee:
+//!
+//! - Entries wait in the writer's queue for up to its flush interval (50 ms
+//!   by default; longer while the store is down). A `kill -9` of an app
+//!   server, or a crash, loses what its queue held, with no `gap` entry (the
+//!   process that would write it is gone); a graceful shutdown with
+//!   [`HistoryWriter::shutdown`](history::HistoryWriter::shutdown) loses
+//!   nothing.
+//! - A chain alone cannot show that its newest entries were cut off or that
+//!   a whole history was deleted by someone with write access to the store.
+//! - A store that loses acknowledged writes (Redis without persistence
+//!   restarting, a failover to a lagging replica) loses entries; the writer
+//!   that had them acknowledged records a `gap{store_lost}` when it next
+//!   appends to that session, other writers cannot know.
+//! - Requests of a session that was loaded and checked are recorded even if
+//!   the session is revoked in the milliseconds between that check and the
+//!   append.
+//! - With a history store apart from the session store
+//!   ([`history`](SessionLayerBuilder::history)), tokens cannot be checked at
+//!   append time, so requests whose handler never loads the session are not
+//!   recorded at all.
 //!
 //! # Life cycle
 //!
@@ -97,6 +136,18 @@
 //!    the credential when it changed.
 //! 4. It enqueues the request's history entries (lifecycle, events, the
 //!    request) without waiting; the writer chains, signs and stores them.
+//!    When saving fails, the events and the request entry (with the error's
+//!    status) are still enqueued, and the layer answers the error; when the
+//!    response future is dropped first (a client that went away, a timeout
+//!    layer outside), a drop guard enqueues them with status 499. A handle
+//!    kept past this point (a clone in a spawned task) refuses writes.
+//!
+//! Expiry: a record past its idle or absolute deadline is never served. The
+//! store keeps it for [`store::EXPIRED_RECORD_LINGER`] (an hour) after the
+//! deadline, so a client that comes back within that hour has its session
+//! ended with a recorded reason (`ended` with `idle_timeout` or
+//! `absolute_timeout`); after that the record is gone, and the history ends
+//! without an `ended` entry.
 //!
 //! Anonymous visitors get no stored session and no cookie until something
 //! is written, unless [`issue_on_first_visit`](SessionLayerBuilder::issue_on_first_visit).
@@ -110,7 +161,9 @@
 //! | session idle timeout (sliding; reads count) | 30 minutes | [`SessionLayerBuilder::idle_timeout`] | the layer on load, and the store's TTL |
 //! | part of the idle window before a read slides it | 0.1 | [`SessionLayerBuilder::idle_refresh_fraction`] | the layer |
 //! | session absolute timeout | 12 hours | [`SessionLayerBuilder::absolute_timeout`] | the layer on load, and the store's TTL |
-//! | replaced-token grace window | 10 seconds | [`SessionLayerBuilder::rotation_grace`] | the layer |
+//! | replaced-token grace window (and the rate limit of dead-credential `suspicious` entries: one per session per window) | 10 seconds | [`SessionLayerBuilder::rotation_grace`] | the layer, the writer |
+//! | an expired record, kept to record why the session ended | 1 hour after its deadline | [`store::EXPIRED_RECORD_LINGER`] | the store |
+//! | an erasure marker (tells other app servers a history was erased, not lost) | the history TTL | — | the store |
 //! | history TTL (sliding: from the last entry) | 30 days | `history_retention` on [`store::MemoryStore`] and `store::RedisStoreBuilder` | the store |
 //! | history entries kept per session (newest *N*) | 1,000 | the same | the store |
 //! | a user's history index (for export and erase) | the history TTL after the user's latest session can end | — | the store |
@@ -118,8 +171,10 @@
 //!
 //! The memory store evicts expired sessions and histories as Redis would,
 //! so memory never grows without bound. A record's store TTL follows the
-//! nearer of its idle and absolute deadlines. [`Session::erase_history`]
-//! deletes a user's history at once.
+//! nearer of its idle and absolute deadlines, plus the linger above.
+//! [`Session::erase_history`] deletes a user's history at once; the user's
+//! live sessions stay in the index, so what they record afterwards can be
+//! erased again.
 //!
 //! # Where the layer goes
 //!
@@ -127,8 +182,10 @@
 //! (CORS preflight, compression, timeouts, request ids, tracing) and
 //! *outside* anything that reads the session (authentication, CSRF checks,
 //! your routes). With axum, `Router::layer` wraps the routes added before
-//! it. Route templates (`/users/{id}`) are recorded when the handler
-//! extracts the session; otherwise the path without query string is.
+//! it, and the layer reads the matched route template (`/users/{id}`) for
+//! every request. Outside a router (wrapping the whole `Router` with
+//! `ServiceBuilder`), templates are known only to handlers that extract the
+//! session; other requests record their path, capped.
 //!
 //! ```text
 //! TraceLayer → TimeoutLayer → CorsLayer → SessionLayer → auth → routes
@@ -142,7 +199,13 @@
 //!   other change is reported.
 //! - A request that carries a valid credential is recorded under its
 //!   session id even when its handler never loads the session (the layer
-//!   does not look the session up just to record the request).
+//!   does not look the session up just to record the request), but only if
+//!   the store confirms its token is the current one when the entry is
+//!   written.
+//! - Recorded routes: the matched template when there is one; a request
+//!   that matched no route (a `404` without a template) is recorded as
+//!   `(unmatched)`; any other recorded path is cut at 256 bytes and ends
+//!   with `…`.
 //! - When saving fails after the handler answered, the layer itself answers
 //!   `503` with `Retry-After` and an empty body (it only knows the response
 //!   body type implements `Default`); the extractor's rejections and

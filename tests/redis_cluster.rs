@@ -173,3 +173,89 @@ async fn scripts_are_reloaded_on_every_node_after_noscript() {
         .collect();
     assert_eq!(ids, vec![r.id]);
 }
+
+mod failures {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use session_trail::history::{Draft, HistoryWriter, WriterConfig};
+    use session_trail::store::{HistoryStore, RedisStore};
+    use session_trail::{Key, KeyRing, SessionId};
+
+    use super::common::app::eventually;
+    use super::common::redis::{RedisCluster, cli};
+
+    fn writer(store: &RedisStore) -> HistoryWriter {
+        let config = WriterConfig::default()
+            .flush_interval(Duration::from_millis(5))
+            .backoff_max(Duration::from_millis(200));
+        HistoryWriter::start(store.clone(), KeyRing::from(Key::generate()), config).unwrap()
+    }
+
+    fn event(i: usize) -> Draft {
+        Draft::event("step", &json!({ "i": i })).unwrap()
+    }
+
+    async fn wait_for_entries(store: &RedisStore, sessions: &[SessionId], n: usize) {
+        for sid in sessions {
+            let store = store.clone();
+            let sid = *sid;
+            eventually(20, "the healthy sessions' entries", move || {
+                let store = store.clone();
+                async move { (store.read_all(&sid).await.ok()?.len() == n).then_some(()) }
+            })
+            .await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_poisoned_session_blocks_no_other() {
+        let s = super::store(1000).await;
+        let w = writer(&s);
+        let bad = SessionId::generate();
+        let (node, _) = super::cluster().node_of(&s.history_key(&bad));
+        cli(node, &["SET", &s.history_key(&bad), "not a list"]);
+        let good: Vec<SessionId> = (0..12).map(|_| SessionId::generate()).collect();
+        for round in 0..3 {
+            w.enqueue(bad, vec![event(round)]);
+            for sid in &good {
+                w.enqueue(*sid, vec![event(round)]);
+            }
+        }
+        wait_for_entries(&s, &good, 3).await;
+        let stats = w.stats();
+        assert!(stats.session_failures > 0, "{stats:?}");
+        assert_eq!(stats.sessions_backing_off, 1, "{stats:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shard_that_is_down_holds_only_its_own_sessions() {
+        // A cluster of its own: one of its masters is killed.
+        let mut cluster = RedisCluster::start();
+        for n in &cluster.nodes {
+            n.cli(&["CONFIG", "SET", "cluster-require-full-coverage", "no"]);
+        }
+        let s = RedisStore::builder(cluster.url())
+            .key_prefix(format!("down-{}", SessionId::generate()))
+            .response_timeout(Duration::from_millis(300))
+            .connection_timeout(Duration::from_millis(300))
+            .connect()
+            .await
+            .unwrap();
+        let w = writer(&s);
+        let dead_port = cluster.nodes[0].port;
+        let sessions: Vec<SessionId> = (0..30).map(|_| SessionId::generate()).collect();
+        let (on_dead, healthy): (Vec<SessionId>, Vec<SessionId>) = sessions
+            .iter()
+            .partition(|sid| cluster.node_of(&s.history_key(sid)).0 == dead_port);
+        assert!(!on_dead.is_empty() && !healthy.is_empty());
+        cluster.nodes[0].kill9();
+        for round in 0..2 {
+            for sid in &sessions {
+                w.enqueue(*sid, vec![event(round)]);
+            }
+        }
+        wait_for_entries(&s, &healthy, 2).await;
+        assert!(w.stats().queue_depth >= on_dead.len() as u64);
+    }
+}
