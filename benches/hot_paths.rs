@@ -26,7 +26,7 @@ use tower::{Layer, ServiceExt, service_fn};
 const FLUSH_EVERY: u64 = 8_192;
 
 fn key() -> Key {
-    Key::from_bytes(&[42; 32]).unwrap()
+    Key::from_bytes(b"0123456789abcdef0123456789abcdef").unwrap()
 }
 
 fn current_thread() -> Runtime {

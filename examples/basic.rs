@@ -8,6 +8,8 @@
 //! curl -c jar -b jar -X POST localhost:3000/logout
 //! ```
 
+use std::net::SocketAddr;
+
 use axum::extract::Path;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -53,6 +55,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .layer(layer);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("listening on http://{}", listener.local_addr()?);
+    // With the peer address (ConnectInfo) the layer records each session's
+    // network and flags a session used from another one (`network_changed`).
+    // Behind a proxy, use `.client_address(ClientAddress::Header(..))`.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -245,7 +245,7 @@ fn history(session: Session, req: HistoryRequest) -> BoxFut<Result<HistoryReply,
         let limit = req.limit.clamp(1, 1000) as usize;
         let page = session.history(limit).await.map_err(status)?;
         Ok(HistoryReply {
-            session: page.session.to_string(),
+            session: page.session.map(|s| s.to_string()).unwrap_or_default(),
             entries: page
                 .entries
                 .iter()

@@ -34,8 +34,9 @@ pub struct SessionInfo {
 }
 
 impl SessionInfo {
-    /// As JSON: `{"session", "created", "last_seen", "device", "current"}`
-    /// with RFC 3339 times.
+    /// As JSON: `{"session", "created", "last_seen", "device", "current"}`:
+    /// the public id, RFC 3339 times, the device or `null`, and a boolean.
+    /// Its [`Serialize`](serde::Serialize) output is the same.
     pub fn to_json(&self) -> Value {
         json!({
             "session": self.id,
@@ -47,9 +48,19 @@ impl SessionInfo {
     }
 }
 
+/// Serializes as [`to_json`](SessionInfo::to_json) does, so a
+/// `SessionInfo` can be a field of an application's own response type.
+impl serde::Serialize for SessionInfo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.to_json(), s)
+    }
+}
+
 /// What [`Session::erase_history`] removed. It names the user by pseudonym
 /// only, and is also written to the tracing output (target
 /// `session_trail::erasure`).
+///
+/// It serializes as `{"user", "sessions", "entries", "at"}`, its fields.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ErasureReceipt {
     /// The user's keyed pseudonym.
@@ -255,8 +266,19 @@ impl Session {
             }
         }
         // What this process still holds for them is written first, then
-        // erased with the rest.
-        writer.flush_sessions(sessions.clone()).await?;
+        // erased with the rest. A session whose appends keep failing (a
+        // corrupt history) must not make erasure impossible: the delete
+        // below clears it, and what it held is forgotten.
+        match writer.flush_sessions(sessions.clone()).await {
+            Err(e) if e.kind() == ErrorKind::Timeout => {
+                tracing::warn!(
+                    target: "session_trail::erasure",
+                    user = %pseudonym,
+                    "erasing although some of the user's entries could not be written first"
+                );
+            }
+            other => other?,
+        }
         let mut entries = 0;
         let mut erased = 0;
         for sid in &sessions {

@@ -239,7 +239,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn ring() -> KeyRing {
-        KeyRing::new(Key::from_bytes(&[3u8; 32]).unwrap())
+        KeyRing::new(Key::from_bytes(b"0123456789abcdef0123456789abcdef").unwrap())
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub enum ErrorKind {
     Timeout,
     /// Stored data could not be decoded.
     Corrupt,
+    /// The store refused this client's configuration: wrong credentials,
+    /// a missing permission, a database that does not exist. Unlike
+    /// [`Unavailable`](Self::Unavailable), retrying does not help: fix the
+    /// configuration. Maps to `500` (gRPC `INTERNAL`).
+    Misconfigured,
 }
 
 impl ErrorKind {
@@ -43,6 +48,7 @@ impl ErrorKind {
             Self::Closed => "history writer closed",
             Self::Timeout => "timed out",
             Self::Corrupt => "stored data is corrupt",
+            Self::Misconfigured => "session store refused the configuration",
         }
     }
 
@@ -58,6 +64,7 @@ impl ErrorKind {
             Self::NotFound => "not found",
             Self::Unauthenticated => "no user is logged in",
             Self::Refused => "refused by policy (for example a session limit)",
+            Self::Misconfigured => "session service misconfigured",
             Self::Corrupt => "session data could not be read",
         }
     }
@@ -97,10 +104,37 @@ impl Error {
         Self::with_source(ErrorKind::Unavailable, source)
     }
 
-    /// Adds a message that explains the context of the source.
+    /// Adds a message that explains the context: it comes before the
+    /// error's own message (`loading the session: redis … (HGETALL)`); the
+    /// source stays the cause.
     pub fn context(mut self, message: impl Into<String>) -> Self {
-        self.message = Some(message.into().into_boxed_str());
+        let mut message = message.into();
+        if let Some(old) = &self.message {
+            message.push_str(": ");
+            message.push_str(old);
+        }
+        self.message = Some(message.into_boxed_str());
         self
+    }
+
+    /// The error and all its causes on one line (`a: b: c`), for logs:
+    /// [`Display`](fmt::Display) describes this level only, as the Rust API
+    /// guidelines ask, and the causes are reached through
+    /// [`source`](std::error::Error::source).
+    ///
+    /// ```
+    /// use session_trail::{Error, ErrorKind};
+    ///
+    /// let io = std::io::Error::other("connection refused");
+    /// let e = Error::unavailable(io).context("loading the session");
+    /// assert_eq!(e.to_string(), "session store unavailable: loading the session");
+    /// assert_eq!(
+    ///     e.report().to_string(),
+    ///     "session store unavailable: loading the session: connection refused"
+    /// );
+    /// ```
+    pub fn report(&self) -> impl fmt::Display + '_ {
+        Report(self)
     }
 
     /// The class of this error.
@@ -123,25 +157,34 @@ impl Error {
     ///
     /// let e = Error::unavailable("READONLY You can't write against a read only replica.");
     /// assert_eq!(e.client_message(), "session store unavailable; try again shortly");
-    /// assert!(e.to_string().contains("READONLY"));
+    /// assert!(e.report().to_string().contains("READONLY"));
     /// ```
     pub fn client_message(&self) -> &'static str {
         self.kind.client_message()
     }
 
-    /// Logs the error's full text when only its
-    /// [`client_message`](Self::client_message) is answered: as a warning
-    /// when the server side failed, at debug level otherwise.
-    #[cfg_attr(not(any(feature = "axum", feature = "tonic")), allow(dead_code))]
+    /// Logs the error with its causes when the crate answers a client with
+    /// it, on the target [`ANSWER_TARGET`]: `WARN` for a server-side
+    /// failure (a `5xx`: the store is down, misconfigured, corrupt), `DEBUG`
+    /// for the client's own (`4xx`). Each answer is logged once.
     pub(crate) fn log_answered(&self) {
-        match self.kind {
-            ErrorKind::Unavailable
-            | ErrorKind::Closed
-            | ErrorKind::Timeout
-            | ErrorKind::Corrupt => {
-                tracing::warn!(error = %self, "session error answered to a client");
-            }
-            _ => tracing::debug!(error = %self, "session error answered to a client"),
+        let status = self.status().as_u16();
+        if status >= 500 {
+            tracing::warn!(
+                target: ANSWER_TARGET,
+                status,
+                kind = ?self.kind,
+                error = %self.report(),
+                "session error answered to a client"
+            );
+        } else {
+            tracing::debug!(
+                target: ANSWER_TARGET,
+                status,
+                kind = ?self.kind,
+                error = %self.report(),
+                "session error answered to a client"
+            );
         }
     }
 
@@ -156,7 +199,7 @@ impl Error {
             ErrorKind::NotFound => S::NOT_FOUND,
             ErrorKind::Unauthenticated => S::UNAUTHORIZED,
             ErrorKind::Refused => S::CONFLICT,
-            ErrorKind::Corrupt => S::INTERNAL_SERVER_ERROR,
+            ErrorKind::Corrupt | ErrorKind::Misconfigured => S::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -170,7 +213,7 @@ impl Error {
             ErrorKind::NotFound => 5,
             ErrorKind::Unauthenticated => 16,
             ErrorKind::Refused => 9,
-            ErrorKind::Corrupt => 13,
+            ErrorKind::Corrupt | ErrorKind::Misconfigured => 13,
         }
     }
 }
@@ -190,13 +233,32 @@ impl fmt::Debug for Error {
 }
 
 impl fmt::Display for Error {
+    /// This level only: the kind and the message. The cause is the
+    /// [`source`](std::error::Error::source); [`Error::report`] prints the
+    /// whole chain.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.kind.as_str())?;
         if let Some(m) = &self.message {
             write!(f, ": {m}")?;
         }
-        if let Some(s) = &self.source {
-            write!(f, ": {s}")?;
+        Ok(())
+    }
+}
+
+/// The log target of every error the crate answers to a client (the
+/// extractor's rejections, `IntoResponse for Error`, the layer's own `503`
+/// when a save fails, gRPC statuses).
+pub const ANSWER_TARGET: &str = "session_trail::answer";
+
+struct Report<'a>(&'a Error);
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = StdError::source(self.0);
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
         }
         Ok(())
     }

@@ -34,14 +34,20 @@ const LABEL_ID: &[u8] = b"session-trail v1 key id";
 
 /// A master secret of at least [`MIN_KEY_LEN`] bytes.
 ///
+/// A secret that is one byte repeated (all zeros, all `0xff`, `AAAA…`) is
+/// refused: it is a placeholder or an unfilled buffer, not a secret. This
+/// is a guard against such mistakes, not a measure of entropy: generate
+/// secrets with a CSPRNG (`openssl rand -hex 32`).
+///
 /// Its `Debug` output names only its public key id, never the secret.
 ///
 /// ```
 /// use session_trail::Key;
 ///
-/// let key = Key::try_from(&[7u8; 32][..]).unwrap();
+/// let key = Key::try_from(&b"0123456789abcdef0123456789abcdef"[..]).unwrap();
 /// assert!(Key::try_from(&b"too short"[..]).is_err());
-/// assert!(!format!("{key:?}").contains("07"));
+/// assert!(Key::try_from(&[0u8; 32][..]).is_err());
+/// assert!(!format!("{key:?}").contains("30313233")); // "0123" in hex
 /// ```
 #[derive(Clone)]
 pub struct Key {
@@ -60,7 +66,8 @@ impl Key {
     ///
     /// # Errors
     ///
-    /// Fails when `secret` is shorter than [`MIN_KEY_LEN`] bytes.
+    /// Fails when `secret` is shorter than [`MIN_KEY_LEN`] bytes, or is one
+    /// byte repeated (all zeros, all `0xff`, …).
     pub fn from_bytes(secret: &[u8]) -> Result<Self, ConfigError> {
         if secret.len() < MIN_KEY_LEN {
             return Err(ConfigError::new(
@@ -68,6 +75,16 @@ impl Key {
                 format!(
                     "the master secret is {} bytes; at least {MIN_KEY_LEN} are required",
                     secret.len()
+                ),
+            ));
+        }
+        if secret.iter().all(|&b| b == secret[0]) {
+            return Err(ConfigError::new(
+                "key",
+                format!(
+                    "the master secret is the byte 0x{:02x} repeated, a placeholder rather \
+                     than a secret; generate one with a CSPRNG (`openssl rand -hex 32`)",
+                    secret[0]
                 ),
             ));
         }
@@ -94,14 +111,33 @@ impl Key {
         })
     }
 
-    /// Builds a key from a hexadecimal master secret (at least 64 hex digits).
+    /// Builds a key from a hexadecimal master secret (at least 64 hex
+    /// digits, either case).
+    ///
+    /// Whitespace around the digits is ignored (the trailing newline of a
+    /// secret read from a file or an environment variable), and so is a
+    /// `0x` or `0X` prefix. Whitespace between digits is not.
+    ///
+    /// ```
+    /// use session_trail::Key;
+    ///
+    /// let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    /// let key = Key::from_hex(hex).unwrap();
+    /// assert_eq!(Key::from_hex(&format!("0x{hex}\n")).unwrap().id(), key.id());
+    /// assert!(Key::from_hex(&"00".repeat(32)).is_err()); // one byte repeated
+    /// ```
     ///
     /// # Errors
     ///
-    /// Fails when the text is not hexadecimal or decodes to fewer than
-    /// [`MIN_KEY_LEN`] bytes.
+    /// Fails when the text is not hexadecimal, or decodes to a secret that
+    /// [`from_bytes`](Self::from_bytes) refuses (fewer than [`MIN_KEY_LEN`]
+    /// bytes, or one byte repeated).
     pub fn from_hex(hex: &str) -> Result<Self, ConfigError> {
         let hex = hex.trim();
+        let hex = hex
+            .strip_prefix("0x")
+            .or_else(|| hex.strip_prefix("0X"))
+            .unwrap_or(hex);
         if !hex.len().is_multiple_of(2) {
             return Err(ConfigError::new(
                 "key",
@@ -124,8 +160,13 @@ impl Key {
     /// demos, and load a persistent secret in production.
     pub fn generate() -> Self {
         let mut secret = [0u8; 32];
-        crate::util::fill_random(&mut secret);
-        Self::from_bytes(&secret).expect("32 random bytes are a valid key")
+        loop {
+            crate::util::fill_random(&mut secret);
+            // Refused only when one byte repeats 32 times (odds 2^-248).
+            if let Ok(key) = Self::from_bytes(&secret) {
+                return key;
+            }
+        }
     }
 
     /// The public identifier of this key, written into credentials and
@@ -277,10 +318,13 @@ mod tests {
         assert!(msg.contains("31"), "{msg}");
     }
 
+    const SECRET: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
+    const HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
     #[test]
     fn derived_keys_differ_per_purpose_and_ids_are_stable() {
-        let a = Key::from_bytes(&[9u8; 32]).unwrap();
-        let b = Key::from_bytes(&[9u8; 32]).unwrap();
+        let a = Key::from_bytes(SECRET).unwrap();
+        let b = Key::from_bytes(SECRET).unwrap();
         assert_eq!(a.id(), b.id());
         let tag = |m: &HmacSha256| m.clone().finalize().into_bytes();
         let d = a.derived();
@@ -290,10 +334,59 @@ mod tests {
 
     #[test]
     fn hex_keys_parse_and_bad_hex_is_refused() {
-        let hex = "00".repeat(32);
-        assert!(Key::from_hex(&hex).is_ok());
+        let key = Key::from_hex(HEX).unwrap();
+        assert_eq!(key.id(), Key::from_hex(&HEX.to_uppercase()).unwrap().id());
         assert!(Key::from_hex("zz").is_err());
-        assert!(Key::from_hex(&"00".repeat(16)).is_err());
+        assert!(Key::from_hex(&HEX[..32]).is_err(), "16 bytes");
+        assert!(Key::from_hex(&HEX[1..]).is_err(), "odd number of digits");
+        assert!(Key::from_hex(&HEX.replace('a', "g")).is_err());
+        assert!(Key::from_hex(&format!("{} {}", &HEX[..32], &HEX[32..])).is_err());
+        assert!(Key::from_hex(&format!("0x0x{HEX}")).is_err());
+        assert!(Key::from_hex(&format!("é{}", &HEX[2..])).is_err());
+    }
+
+    #[test]
+    fn degenerate_key_is_refused() {
+        for byte in [0x00, 0xff, 0x41, 0x07] {
+            for len in [32, 33, 64] {
+                let secret = vec![byte; len];
+                let err = Key::from_bytes(&secret).unwrap_err();
+                assert_eq!(err.setting(), "key");
+                let msg = err.to_string();
+                assert!(msg.contains(&format!("0x{byte:02x} repeated")), "{msg}");
+                let hex = format!("{byte:02x}").repeat(len);
+                assert_eq!(Key::from_hex(&hex).unwrap_err().setting(), "key");
+                assert!(Key::try_from(&secret[..]).is_err());
+            }
+        }
+        // One byte apart from the rest is enough to be a (bad) secret, not a
+        // placeholder: the check refuses mistakes, it does not grade secrets.
+        let mut secret = [0u8; 32];
+        secret[31] = 1;
+        assert!(Key::from_bytes(&secret).is_ok());
+    }
+
+    #[test]
+    fn hex_key_with_0x_prefix_and_newline_is_accepted() {
+        let id = Key::from_hex(HEX).unwrap().id();
+        assert_eq!(id, Key::from_bytes(&unhex(HEX)).unwrap().id());
+        for text in [
+            format!("0x{HEX}"),
+            format!("0X{HEX}"),
+            format!("{HEX}\n"),
+            format!("0x{HEX}\n"),
+            format!("  0x{HEX}\r\n"),
+            format!("\t{}\n", HEX.to_uppercase()),
+        ] {
+            assert_eq!(Key::from_hex(&text).unwrap().id(), id, "{text:?}");
+        }
+    }
+
+    fn unhex(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]
@@ -320,8 +413,8 @@ mod tests {
 
     #[test]
     fn debug_hides_the_secret() {
-        let k = Key::from_bytes(&[0xAB; 32]).unwrap();
+        let k = Key::from_bytes(&[0xAB, 0xCD].repeat(16)).unwrap();
         let s = format!("{k:?}");
-        assert!(!s.to_lowercase().contains("abab"), "{s}");
+        assert!(!s.to_lowercase().contains("abcd"), "{s}");
     }
 }

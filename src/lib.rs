@@ -114,7 +114,9 @@
 //! - A store that loses acknowledged writes (Redis without persistence
 //!   restarting, a failover to a lagging replica) loses entries; the writer
 //!   that had them acknowledged records a `gap{store_lost}` when it next
-//!   appends to that session, other writers cannot know.
+//!   appends to that session, other writers cannot know. Within the
+//!   retention TTL after a history was erased, a shorter chain is taken for
+//!   the erasure: a loss in that time is not recorded as a gap.
 //! - Requests of a session that was loaded and checked are recorded even if
 //!   the session is revoked in the milliseconds between that check and the
 //!   append.
@@ -133,7 +135,16 @@
 //!    the privilege changed, deletes the record on
 //!    [`destroy`](Session::destroy), slides the idle deadline when part of
 //!    the window has passed (reads count as activity), and sets or clears
-//!    the credential when it changed.
+//!    the credential when it changed. A handler that answered a server
+//!    error (`5xx`) leaves none of its changes (what it recorded is still
+//!    written to the history of the session it had), unless
+//!    [`save_on_server_error`](SessionLayerBuilder::save_on_server_error);
+//!    any other status saves (a `400` after a validation error, a `401`
+//!    that counted a failed attempt). A credential the load found dead
+//!    (its session ended, expired or lost; a token replaced longer ago than
+//!    the grace window) is cleared from the client with a removal cookie, so
+//!    it stops being sent; a request that never loads its session cannot
+//!    know, and keeps it.
 //! 4. It enqueues the request's history entries (lifecycle, events, the
 //!    request) without waiting; the writer chains, signs and stores them.
 //!    When saving fails, the events and the request entry (with the error's
@@ -151,6 +162,9 @@
 //!
 //! Anonymous visitors get no stored session and no cookie until something
 //! is written, unless [`issue_on_first_visit`](SessionLayerBuilder::issue_on_first_visit).
+//! [`Session::record`] writes (it creates a session to record into); record
+//! events of visitors who may have none, such as failed logins, with
+//! [`Session::record_if_session`], which never creates one.
 //!
 //! # Retention
 //!
@@ -161,7 +175,7 @@
 //! | session idle timeout (sliding; reads count) | 30 minutes | [`SessionLayerBuilder::idle_timeout`] | the layer on load, and the store's TTL |
 //! | part of the idle window before a read slides it | 0.1 | [`SessionLayerBuilder::idle_refresh_fraction`] | the layer |
 //! | session absolute timeout | 12 hours | [`SessionLayerBuilder::absolute_timeout`] | the layer on load, and the store's TTL |
-//! | replaced-token grace window (and the rate limit of dead-credential `suspicious` entries: one per session per window) | 10 seconds | [`SessionLayerBuilder::rotation_grace`] | the layer, the writer |
+//! | replaced-token grace window (and the rate limit of dead-credential `suspicious` entries: one per session per window, never under 10 s) | 10 seconds | [`SessionLayerBuilder::rotation_grace`] | the layer, the writer |
 //! | an expired record, kept to record why the session ended | 1 hour after its deadline | [`store::EXPIRED_RECORD_LINGER`] | the store |
 //! | an erasure marker (tells other app servers a history was erased, not lost) | the history TTL | — | the store |
 //! | history TTL (sliding: from the last entry) | 30 days | `history_retention` on [`store::MemoryStore`] and `store::RedisStoreBuilder` | the store |
@@ -175,6 +189,66 @@
 //! [`Session::erase_history`] deletes a user's history at once; the user's
 //! live sessions stay in the index, so what they record afterwards can be
 //! erased again.
+//!
+//! # Errors
+//!
+//! Every fallible call answers an [`Error`]; match on its [`ErrorKind`]:
+//!
+//! | kind | means | retry? | answered as |
+//! |---|---|---|---|
+//! | `Unavailable` | the store is down, slow or failed | yes, with backoff | `503` + `Retry-After` / `UNAVAILABLE` |
+//! | `Misconfigured` | the store refused this client (wrong password, missing ACL permission, no such database) | no: fix the configuration | `500` / `INTERNAL` |
+//! | `Timeout`, `Closed` | a deadline passed; the writer shut down | yes | `503` / `DEADLINE_EXCEEDED`, `UNAVAILABLE` |
+//! | `InvalidInput`, `Serialization` | the application's input was refused | no | `400` / `INVALID_ARGUMENT` |
+//! | `NotFound`, `Unauthenticated`, `Refused` | as named | no | `404`, `401`, `409` |
+//! | `Corrupt` | stored data does not decode | no | `500` / `INTERNAL` |
+//!
+//! Its [`Display`](std::fmt::Display) describes its own level (`session
+//! store unavailable: loading the session`) and its cause is its
+//! [`source`](std::error::Error::source), so `{:#}` in anyhow or
+//! [`Error::report`] prints each text once. Clients never see that text:
+//! `IntoResponse for Error`, the extractor's rejections, the layer's own
+//! `503` and `From<Error> for tonic::Status` answer
+//! [`Error::client_message`] (short and stable per kind) with
+//! [`Error::status`] or [`Error::grpc_code`], and log the full error once.
+//! To answer in your own shape, map the error in your handler:
+//!
+//! ```
+//! use axum::{Json, http::StatusCode};
+//! use session_trail::{Error, ErrorKind};
+//!
+//! fn to_response(e: Error) -> (StatusCode, Json<serde_json::Value>) {
+//!     let code = match e.kind() {
+//!         ErrorKind::Unauthenticated => "login_required",
+//!         ErrorKind::Unavailable | ErrorKind::Timeout => "try_again",
+//!         _ => "internal",
+//!     };
+//!     (e.status(), Json(serde_json::json!({ "code": code })))
+//! }
+//!
+//! let (status, body) = to_response(Error::new(ErrorKind::Unauthenticated, "log in first"));
+//! assert_eq!(status, StatusCode::UNAUTHORIZED);
+//! assert_eq!(body.0["code"], "login_required");
+//! ```
+//!
+//! # Logging
+//!
+//! The crate logs with [`tracing`]; every target starts with
+//! `session_trail` (filter with `RUST_LOG=session_trail=info`). It never
+//! logs a token, a credential, a cookie, a password, a raw user name, a
+//! client address, a query string or a body: sessions appear by public id,
+//! users and networks as keyed pseudonyms.
+//!
+//! | target | level | event |
+//! |---|---|---|
+//! | `session_trail::answer` ([`ANSWER_TARGET`]) | `WARN` (5xx) / `DEBUG` (4xx) | an error answered to a client (the extractor's `503`, the layer's own `503` after a failed save, `IntoResponse for Error`, gRPC statuses), once, with its cause |
+//! | `session_trail::suspicious` | `WARN` | a suspicious use of a session (signal and the response chosen) |
+//! | `session_trail::history::worker` | `WARN` | history writes failing (the first failure, then a summary every 30 s), `INFO` when they recover; one session's appends failing (first, then every 30 s); a store that lost acknowledged entries |
+//! | `session_trail::history::writer` | `WARN` | entries dropped at a full queue (once per burst; `gap` entries record the counts) |
+//! | `session_trail::erasure` | `INFO` | a history erased: the user's pseudonym and the counts (the receipt) |
+//! | `session_trail::anonymous` | `INFO` | an event of a visitor without a session ([`Session::record_if_session`]) |
+//! | `session_trail::session` | `WARN`, `DEBUG` | a session's history could not be indexed under its user; concurrent changes not applied |
+//! | `session_trail::store::redis::*` | `WARN`, `DEBUG` | the local cache's tracking connection |
 //!
 //! # Where the layer goes
 //!
@@ -191,6 +265,76 @@
 //! TraceLayer → TimeoutLayer → CorsLayer → SessionLayer → auth → routes
 //! ```
 //!
+//! # Testing your application
+//!
+//! - **A store per test.** [`store::MemoryStore`] needs no set-up: give each
+//!   test its own `MemoryStore::new()` and tests never see each other's
+//!   sessions or history. On a shared Redis, give each test its own
+//!   `key_prefix` (on `store::RedisStoreBuilder`): tests that share a
+//!   prefix share its user indexes, so one test's `alice` sees and revokes
+//!   the other's `alice` sessions, counts towards their session limit and,
+//!   with the same key, exports and erases their history.
+//! - **Flush before asserting on history.** The writer stores entries in the
+//!   background; [`HistoryWriter::flush`](history::HistoryWriter::flush)
+//!   resolves once everything enqueued before it is stored. (Inside a
+//!   request, [`Session::history`] reads its own writes without it.)
+//! - **Failure paths without breaking a server.** `MemoryStore` injects
+//!   faults: [`session_faults`](store::MemoryStore::session_faults) and
+//!   [`history_faults`](store::MemoryStore::history_faults) fail the next
+//!   *n* operations, take the store down, slow it or lose acknowledgements
+//!   ([`store::Faults`]); [`wipe`](store::MemoryStore::wipe) is a Redis
+//!   restart without persistence; [`poison_history`](store::MemoryStore::poison_history)
+//!   makes one session's appends fail.
+//! - **Keys.** [`Key::generate`], or a constant that is not one byte
+//!   repeated (refused: see [`Key`]) where a test needs the same key twice.
+//!
+//! Drive the layer without a server, with `tower::ServiceExt::oneshot`:
+//!
+//! ```
+//! use axum::{Router, body::Body, routing::post};
+//! use http::{Request, StatusCode};
+//! use http_body_util::BodyExt;
+//! use session_trail::history::{Entry, EntryKind};
+//! use session_trail::store::{HistoryStore, MemoryStore};
+//! use session_trail::{Key, Session, SessionId, SessionLayer};
+//! use tower::ServiceExt;
+//!
+//! async fn add_to_cart(session: Session) -> Result<String, session_trail::Error> {
+//!     session.record("add_to_cart", serde_json::json!({"item": "book"})).await?;
+//!     Ok(session.id().await?.map(|id| id.to_string()).unwrap_or_default())
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let store = MemoryStore::new(); // this test's own
+//! let layer = SessionLayer::builder(store.clone(), Key::generate()).build().unwrap();
+//! let writer = layer.history_writer().unwrap().clone();
+//! let app = Router::new().route("/cart", post(add_to_cart)).layer(layer);
+//! let cart = || Request::post("/cart").body(Body::empty()).unwrap();
+//!
+//! let res = app.clone().oneshot(cart()).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::OK);
+//! let body = res.into_body().collect().await.unwrap().to_bytes();
+//! let sid: SessionId = std::str::from_utf8(&body).unwrap().parse().unwrap();
+//!
+//! // Written in the background: flush, then read what the store holds.
+//! writer.flush().await.unwrap();
+//! let kinds: Vec<EntryKind> = store
+//!     .read_all(&sid)
+//!     .await
+//!     .unwrap()
+//!     .iter()
+//!     .map(|bytes| Entry::decode(bytes).unwrap().kind)
+//!     .collect();
+//! assert_eq!(kinds, [EntryKind::Started, EntryKind::Event, EntryKind::Request]);
+//!
+//! // A store outage: the new session cannot be saved, the layer answers 503.
+//! store.session_faults().set_down(true);
+//! let res = app.clone().oneshot(cart()).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+//! store.session_faults().set_down(false);
+//! # });
+//! ```
+//!
 //! # Limits
 //!
 //! - A request whose handler never touches its session makes no store
@@ -203,9 +347,10 @@
 //!   the store confirms its token is the current one when the entry is
 //!   written.
 //! - Recorded routes: the matched template when there is one; a request
-//!   that matched no route (a `404` without a template) is recorded as
-//!   `(unmatched)`; any other recorded path is cut at 256 bytes and ends
-//!   with `…`.
+//!   that matched no route and answered `404` is recorded as
+//!   `(unmatched)`. A fallback that answers something else (a single-page
+//!   app's index, a static file service) has its path recorded. Any
+//!   recorded route is cut at 256 bytes and ends with `…`.
 //! - When saving fails after the handler answered, the layer itself answers
 //!   `503` with `Retry-After` and an empty body (it only knows the response
 //!   body type implements `Default`); the extractor's rejections and
@@ -217,6 +362,7 @@
 //!   token check rather than applied to the rotated session.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod body;
 mod client;
 mod controls;
 mod credential;
@@ -232,10 +378,11 @@ mod extract;
 pub mod history;
 pub mod store;
 
+pub use body::ErrorBody;
 pub use controls::{ErasureReceipt, HistoryExport, SessionInfo};
 pub use cookie::SameSite;
 pub use credential::SessionId;
-pub use error::{ConfigError, Error, ErrorKind};
+pub use error::{ANSWER_TARGET, ConfigError, Error, ErrorKind};
 #[cfg(feature = "axum")]
 pub use extract::SessionRejection;
 pub use key::{Key, KeyRing, MIN_KEY_LEN};

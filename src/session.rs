@@ -116,6 +116,9 @@ struct State {
     /// A place claimed among the user's sessions (user, session), to give
     /// back if the login is not saved.
     claim: Option<(String, SessionId)>,
+    /// Events recorded on the session this request left for a new one (a
+    /// change of user): they stay in the old session's history.
+    left_events: Vec<Draft>,
     /// Suspicious-use entries for the presented session.
     signals: Vec<Draft>,
     /// New device / network baseline after a recorded change.
@@ -253,6 +256,9 @@ struct Recorded {
     /// The session the request acted on (live or new): its entries.
     sid: Option<SessionId>,
     events: Vec<Draft>,
+    /// The session the request left for a new one, with the events
+    /// recorded on it before.
+    left: Option<(SessionId, Vec<Draft>)>,
     request: Option<RequestEntry>,
     /// The request erased its user's history: it records nothing.
     suppress: bool,
@@ -269,6 +275,11 @@ impl Recorded {
         if let Some((old, reason)) = self.ended.take() {
             self.shared
                 .enqueue(old, vec![crate::manager::ended(reason)]);
+        }
+        if let Some((old, events)) = self.left.take()
+            && !events.is_empty()
+        {
+            self.shared.enqueue(old, events);
         }
         let signals = std::mem::take(&mut self.signals);
         let mut drafts = Vec::new();
@@ -378,13 +389,23 @@ impl Session {
         };
         if let Some(reason) = expired {
             {
+                // Once per session, not once per parallel request racing
+                // the delete below.
+                let first = self
+                    .inner
+                    .shared
+                    .writer
+                    .as_ref()
+                    .is_some_and(|w| w.allow_dead_signal(sid));
                 let mut st = self.state();
                 st.origin = Origin::Stale;
-                st.ended = Some((sid, reason));
+                if first {
+                    st.ended = Some((sid, reason));
+                }
             }
             // Best effort: the store's TTL removes it anyway.
             if let Err(e) = self.inner.shared.store.delete(&sid).await {
-                tracing::debug!(session = %sid, error = %e, "could not delete an expired session");
+                tracing::debug!(session = %sid, error = %e.report(), "could not delete an expired session");
             }
             return Ok(());
         }
@@ -623,12 +644,14 @@ impl Session {
     ///
     /// A session's history never spans two users: when the session already
     /// has a user and it changes (to another user, or to `None`), the
-    /// request moves to a **new session** with a new public id, its data
-    /// carried over and its privilege cleared (set it again after this
-    /// call); the old session ends (`ended` with reason `user_changed`, or
-    /// `logout` for `None`). Logging in from an anonymous session keeps the
-    /// session (and its id). Call [`destroy`](Self::destroy) instead to
-    /// start from nothing.
+    /// request moves to a **new, empty session** with a new public id:
+    /// nothing of the old user's carries over (data, privilege, the events
+    /// this request recorded before the change, which stay in the old
+    /// session's history); the old session ends (`ended` with reason
+    /// `user_changed`, or `logout` for `None`). Set the new session's
+    /// privilege and data after this call. Logging in from an anonymous
+    /// session keeps the session, its id and its data (a cart survives the
+    /// login).
     ///
     /// With [`max_sessions_per_user`](crate::SessionLayerBuilder::max_sessions_per_user),
     /// a login first claims a place among the user's sessions in the store
@@ -686,15 +709,23 @@ impl Session {
                 }
             }
         }
-        let mut st = self.state();
-        if let Some(old) = std::mem::replace(&mut st.claim, claim) {
+        let (earlier, earlier_evict) = {
+            let mut st = self.state();
+            (
+                std::mem::replace(&mut st.claim, claim),
+                std::mem::replace(&mut st.evict, evict),
+            )
+        };
+        if let Some((u, sid)) = earlier {
             // Claimed by an earlier call of this request: give it back.
-            let store = Arc::clone(&self.inner.shared.store);
-            tokio::spawn(async move {
-                let _ = store.release_user_slot(&old.0, &old.1).await;
-            });
+            let _ = self
+                .inner
+                .shared
+                .store
+                .release_user_slot(&u, &sid, &earlier_evict)
+                .await;
         }
-        st.evict = evict;
+        let mut st = self.state();
         if switch {
             let old = st.sid.expect("a session with a user has an id");
             let reason = if user.is_some() {
@@ -706,9 +737,14 @@ impl Session {
             st.sid = Some(target);
             st.new = true;
             st.record = None;
+            // Nothing of the old user's carries over: not their data, not
+            // their privilege, not what this request recorded for them.
             st.set.clear();
             st.removed.clear();
+            st.data.clear();
             st.privilege = None;
+            let mut events = std::mem::take(&mut st.events);
+            st.left_events.append(&mut events);
         } else {
             self.ensure_session_as(&mut st, Some(target));
         }
@@ -827,13 +863,50 @@ impl Session {
         Ok(())
     }
 
+    /// Records a domain event in the session's history **if the request
+    /// has a session**, without ever creating one; answers whether it did.
+    /// Without a session the event goes to the application's log instead:
+    /// an `INFO` event on the target `session_trail::anonymous` with the
+    /// event's name, its data and a keyed pseudonym of the client's network
+    /// (never its address).
+    ///
+    /// Use it for events of visitors who may have no session, above all
+    /// **failed logins**: [`record`](Self::record) would store a session and
+    /// set a cookie for every unauthenticated caller (a password-spraying
+    /// client would fill the store), while this records a failed login in
+    /// the history of a session that exists (a signed-in user confirming
+    /// their password) and logs the rest.
+    ///
+    /// # Errors
+    ///
+    /// As [`record`](Self::record).
+    pub async fn record_if_session(&self, name: &str, data: impl Serialize) -> Result<bool, Error> {
+        crate::history::entry::check_event_name(name)?;
+        self.load().await?;
+        if !self.exists().await? {
+            let data = serde_json::to_value(&data)?;
+            tracing::info!(
+                target: "session_trail::anonymous",
+                event = name,
+                data = %data,
+                network = self.network().as_deref().unwrap_or("-"),
+                "event without a session"
+            );
+            return Ok(false);
+        }
+        self.record(name, data).await?;
+        Ok(true)
+    }
+
     /// The session's newest `limit` history entries (newest first), with the
     /// chain's verification. Entries this process has queued but not yet
     /// written are included, so a session reads its own writes.
     ///
+    /// A visitor without a session gets an empty page (`session` is
+    /// `None`); asking creates no session.
+    ///
     /// # Errors
     ///
-    /// [`ErrorKind::NotFound`] when the request has no session;
     /// [`ErrorKind::InvalidInput`] when the layer records no history; store
     /// errors.
     pub async fn history(&self, limit: usize) -> Result<HistoryPage, Error> {
@@ -843,11 +916,14 @@ impl Session {
                 "history is not enabled on this layer",
             ));
         };
-        let sid = self
-            .id()
-            .await?
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, "this request has no session"))?;
-        crate::history::read_page(writer, sid, limit).await
+        match self.id().await? {
+            Some(sid) => crate::history::read_page(writer, sid, limit).await,
+            _ => Ok(HistoryPage {
+                session: None,
+                entries: Vec::new(),
+                verification: crate::history::Verification::default(),
+            }),
+        }
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
@@ -977,6 +1053,9 @@ impl Session {
             } else {
                 Vec::new()
             },
+            left: st
+                .end_live
+                .map(|(old, _)| (old, std::mem::take(&mut st.left_events))),
             request: Some(request),
             suppress: st.suppress_history,
         };
@@ -1026,16 +1105,33 @@ impl Session {
             ended: st.ended.take(),
             sid: entry_sid,
             events: std::mem::take(&mut st.events),
+            left: st
+                .end_live
+                .map(|(old, _)| (old, std::mem::take(&mut st.left_events))),
             request: Some(request),
             suppress: st.suppress_history,
         };
         let claim = st.claim.take();
+        let status = recorded.request.as_ref().map_or(0, |r| r.status);
+        if status >= 500 && !shared.config.save_on_server_error {
+            // The handler failed: its changes are not saved (what it
+            // recorded is, on the session it had).
+            if let Some((user, sid)) = &claim {
+                let _ = shared.store.release_user_slot(user, sid, &st.evict).await;
+            }
+            recorded.sid = self.presented_sid().filter(|_| st.origin == Origin::Live);
+            if recorded.sid.is_none() {
+                recorded.events.clear();
+            }
+            recorded.emit(status, None, Vec::new(), Vec::new());
+            return Ok(CredentialAction::Keep);
+        }
         match self.save(&mut st, now).await {
             Ok(saved) => {
                 if !saved.login_saved
                     && let Some((user, sid)) = &claim
                 {
-                    let _ = shared.store.release_user_slot(user, sid).await;
+                    let _ = shared.store.release_user_slot(user, sid, &st.evict).await;
                 }
                 let user = st
                     .user
@@ -1048,7 +1144,7 @@ impl Session {
             }
             Err(e) => {
                 if let Some((user, sid)) = &claim {
-                    let _ = shared.store.release_user_slot(user, sid).await;
+                    let _ = shared.store.release_user_slot(user, sid, &st.evict).await;
                 }
                 recorded.emit(e.status().as_u16(), None, Vec::new(), Vec::new());
                 Err(e)
@@ -1091,14 +1187,13 @@ impl Session {
                 .await
                 .map_err(|e| e.context("creating the session"))?;
             saved.login_saved = true;
-            // The session this one replaces ends once this one exists.
+            // The session this one replaces ends once this one exists. The
+            // new session is saved: a failure from here on must not fail
+            // the response (its client would never get the new cookie).
             if let Some((old, reason)) = st.end_live {
-                shared
-                    .end_session(old, reason)
-                    .await
-                    .map_err(|e| e.context("ending the session"))?;
+                self.end_best_effort(old, reason).await;
             }
-            self.end_evicted(st).await?;
+            self.end_evicted(st).await;
             saved.before.push(Draft::lifecycle(
                 EntryKind::Started,
                 &json!({
@@ -1121,6 +1216,12 @@ impl Session {
                     .map_err(|e| e.context("ending the session"))?;
                 saved.action = CredentialAction::Clear;
             }
+        } else if st.origin == Origin::Stale {
+            // The credential names no live session (ended, expired, lost,
+            // or a token replaced long ago): take it from the client, so it
+            // stops being sent. A token replaced within the grace window is
+            // `Replaced` and keeps its cookie.
+            saved.action = CredentialAction::Clear;
         } else if st.origin == Origin::Live {
             let sid = st.sid.expect("a live session has an id");
             let record = st.record.take().expect("a live session has its record");
@@ -1174,7 +1275,7 @@ impl Session {
             match outcome {
                 UpdateOutcome::Applied => {
                     saved.login_saved = true;
-                    self.end_evicted(st).await?;
+                    self.end_evicted(st).await;
                     if privilege_changed {
                         saved.after.push(self.privilege_entry(
                             record.user.as_deref(),
@@ -1217,15 +1318,19 @@ impl Session {
 
     /// Ends the sessions the session limit made room with, once the login
     /// that needed the room is saved.
-    async fn end_evicted(&self, st: &mut State) -> Result<(), Error> {
+    async fn end_evicted(&self, st: &mut State) {
         for other in std::mem::take(&mut st.evict) {
-            self.inner
-                .shared
-                .end_session(other, "session_limit")
-                .await
-                .map_err(|e| e.context("ending the oldest session"))?;
+            self.end_best_effort(other, "session_limit").await;
         }
-        Ok(())
+    }
+
+    /// Ends another session after this request's own save succeeded: a
+    /// failure is logged (and the session expires by itself), never
+    /// answered, since the client must get the credential just saved.
+    async fn end_best_effort(&self, session: SessionId, reason: &'static str) {
+        if let Err(e) = self.inner.shared.end_session(session, reason).await {
+            tracing::warn!(%session, reason, error = %e.report(), "could not end a session after a login; it ends at its deadline");
+        }
     }
 
     /// Indexes the session's history under its user, for export and
@@ -1238,7 +1343,7 @@ impl Session {
         let pseudonym = shared.user_pseudonym(user);
         let ends = now + shared.config.absolute_timeout.as_millis() as i64;
         if let Err(e) = w.store().link_user(&pseudonym, &sid, ends).await {
-            tracing::warn!(session = %sid, error = %e, "could not index the session's history under its user");
+            tracing::warn!(session = %sid, error = %e.report(), "could not index the session's history under its user");
         }
     }
 

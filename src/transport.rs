@@ -179,11 +179,21 @@ pub(crate) fn write<B>(
 }
 
 /// The layer's own answer when the session cannot be saved: 503 with
-/// `Retry-After`, or for gRPC requests a trailers-only response with the
-/// error's gRPC status and its [`Error::client_message`] (never the
-/// error's own text, which may quote the store).
-pub(crate) fn error_response<B: Default>(err: &Error, grpc: bool) -> Response<B> {
-    let mut res = Response::new(B::default());
+/// `Retry-After` and the JSON body every error of this crate has, or for
+/// gRPC requests a trailers-only response with the error's gRPC status and
+/// its [`Error::client_message`] (never the error's own text, which may
+/// quote the store). Logged once, with its cause.
+pub(crate) fn error_response<B: crate::ErrorBody>(err: &Error, grpc: bool) -> Response<B> {
+    err.log_answered();
+    let mut res = if grpc {
+        Response::new(B::default())
+    } else {
+        let json = serde_json::json!({ "error": err.client_message() }).to_string();
+        let mut res = Response::new(B::from_json(json));
+        res.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        res
+    };
     if grpc {
         let h = res.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));

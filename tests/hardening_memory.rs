@@ -16,7 +16,7 @@ use common::app::eventually;
 hardening_suite!(|| async { MemoryStore::new() });
 
 fn ring() -> KeyRing {
-    KeyRing::from(Key::from_bytes(&[5; 32]).unwrap())
+    KeyRing::from(Key::from_bytes(&common::secret(5)).unwrap())
 }
 
 fn event(i: usize) -> Draft {
@@ -132,4 +132,29 @@ async fn a_lost_ack_and_another_servers_append_leave_no_duplicates() {
         },
     );
     assert!(v.is_ok(), "{v:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alternating_live_and_dead_cookies_cost_no_append_per_entry() {
+    use common::app::{Client, router};
+    use session_trail::SessionLayer;
+    let store = MemoryStore::new();
+    let layer = SessionLayer::builder(store.clone(), Key::from_bytes(&common::secret(8)).unwrap())
+        .history_writer(WriterConfig::default().flush_interval(Duration::from_millis(20)))
+        .build()
+        .unwrap();
+    let mut live = Client::new(router(layer.clone()));
+    live.send("GET", "/visits").await;
+    let mut dead = live.fork();
+    live.send("POST", "/regenerate").await;
+    layer.history_writer().unwrap().flush().await.unwrap();
+    let before = store.history_faults().calls();
+    for _ in 0..100 {
+        live.send("GET", "/ping").await;
+        dead.send("GET", "/ping").await;
+    }
+    layer.history_writer().unwrap().flush().await.unwrap();
+    let appends = store.history_faults().calls() - before;
+    assert!(appends < 40, "{appends} store calls for 200 requests");
+    assert!(layer.history_writer().unwrap().stats().refused >= 90);
 }

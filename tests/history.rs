@@ -4,20 +4,23 @@
 mod common;
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
+use axum::routing::get;
 use bytes::Bytes;
-use common::app::{Client, eventually, router};
+use common::app::{Client, eventually, router, router_with};
 use http::StatusCode;
 use serde_json::{Value, json};
 use session_trail::history::{
-    Draft, Entry, EntryKind, HistoryWriter, Options, WriterConfig, verify,
+    Draft, Entry, EntryKind, HistoryPage, HistoryWriter, Options, WriterConfig, verify,
 };
 use session_trail::store::{HistoryStore, MemoryStore};
-use session_trail::{Key, KeyRing, SessionId, SessionLayer};
+use session_trail::{Key, KeyRing, Session, SessionId, SessionInfo, SessionLayer};
 
 fn key() -> Key {
-    Key::from_bytes(&[5; 32]).unwrap()
+    Key::from_bytes(&common::secret(5)).unwrap()
 }
 
 fn fast() -> WriterConfig {
@@ -451,6 +454,66 @@ async fn counters_are_readable() {
     assert_eq!(s.written, 6);
     assert_eq!(s.queue_depth, 0);
     assert_eq!(s.oldest_pending_ms, 0);
+}
+
+/// `HistoryPage`, `Entry` and `SessionInfo` implement `Serialize` with
+/// exactly the JSON of their `to_json()`, so an application can put them in
+/// its own typed responses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_page_entries_and_session_info_serialize_as_their_json() {
+    type Seen = Arc<Mutex<Option<(HistoryPage, Vec<SessionInfo>)>>>;
+    let seen: Seen = Arc::default();
+    let grab = {
+        let seen = seen.clone();
+        get(move |session: Session| async move {
+            let page = session.history(100).await?;
+            let sessions = session.sessions().await?;
+            *seen.lock().unwrap() = Some((page, sessions));
+            Ok::<_, session_trail::Error>(StatusCode::OK)
+        })
+    };
+    let store = MemoryStore::new();
+    let layer = layer_with(&store, fast());
+    let mut c = Client::new(router_with(layer, Router::new().route("/grab", grab)));
+    c.send("POST", "/login/alice").await;
+    c.send_body("POST", "/event/add_to_cart", Some(json!({"item": "book"})))
+        .await;
+    c.send("GET", "/visits").await;
+    assert_eq!(c.send("GET", "/grab").await.status(), StatusCode::OK);
+    let (page, sessions) = seen.lock().unwrap().take().unwrap();
+
+    assert_eq!(serde_json::to_value(&page).unwrap(), page.to_json());
+    let kinds: HashSet<EntryKind> = page.entries.iter().map(|e| e.kind).collect();
+    for kind in [
+        EntryKind::Request,
+        EntryKind::Event,
+        EntryKind::Started,
+        EntryKind::PrivilegeChanged,
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} entry in {kinds:?}");
+    }
+    for e in &page.entries {
+        assert_eq!(serde_json::to_value(e).unwrap(), e.to_json(), "{e:?}");
+    }
+    assert_eq!(sessions.len(), 1);
+    for s in &sessions {
+        assert_eq!(serde_json::to_value(s).unwrap(), s.to_json());
+    }
+
+    // Embedded in an application's own type, unchanged.
+    #[derive(serde::Serialize)]
+    struct Dashboard<'a> {
+        history: &'a HistoryPage,
+        sessions: &'a [SessionInfo],
+    }
+    let typed = serde_json::to_value(Dashboard {
+        history: &page,
+        sessions: &sessions,
+    })
+    .unwrap();
+    assert_eq!(typed["history"], page.to_json());
+    assert_eq!(typed["sessions"][0], sessions[0].to_json());
+    assert_eq!(typed["history"]["chain"]["trimmed_before"], Value::Null);
 }
 
 #[test]

@@ -13,7 +13,7 @@ use session_trail::{Key, SessionLayer};
 use tower::ServiceExt;
 
 fn layer(store: &MemoryStore) -> SessionLayer {
-    SessionLayer::builder(store.clone(), Key::from_bytes(&[42; 32]).unwrap())
+    SessionLayer::builder(store.clone(), Key::from_bytes(&common::secret(42)).unwrap())
         .without_history()
         .build()
         .unwrap()
@@ -498,8 +498,8 @@ async fn save_failure_is_503_not_a_silent_loss() {
 #[tokio::test]
 async fn old_keys_still_verify_and_credentials_are_re_signed() {
     let store = MemoryStore::new();
-    let old = Key::from_bytes(&[1; 32]).unwrap();
-    let new = Key::from_bytes(&[2; 32]).unwrap();
+    let old = Key::from_bytes(&common::secret(1)).unwrap();
+    let new = Key::from_bytes(&common::secret(2)).unwrap();
     let l_old = SessionLayer::builder(store.clone(), old.clone())
         .without_history()
         .build()
@@ -593,7 +593,7 @@ async fn invalid_configuration_fails_at_build_naming_the_setting() {
 #[tokio::test]
 async fn debug_output_reveals_no_secret() {
     let store = MemoryStore::new();
-    let key = Key::from_bytes(&[0xAB; 32]).unwrap();
+    let key = Key::from_bytes(&[0xAB, 0xCD].repeat(16)).unwrap();
     let l = SessionLayer::builder(store.clone(), key)
         .without_history()
         .build()
@@ -603,7 +603,7 @@ async fn debug_output_reveals_no_secret() {
     let token = c.cookie.clone().unwrap();
     let dbg = format!("{l:?} {store:?}");
     assert!(!dbg.contains(&token));
-    assert!(!dbg.to_lowercase().contains("abab"));
+    assert!(!dbg.to_lowercase().contains("abcdabcd"));
 }
 
 proptest! {

@@ -68,7 +68,12 @@ async fn malformed_urls_are_config_errors_naming_the_url() {
     }
     let err = RedisStore::connect("nope://x").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    assert!(err.to_string().contains("`url`"), "{err}");
+    // The setting is named in the cause, printed with the chain.
+    assert!(
+        err.report().to_string().contains("`url`"),
+        "{}",
+        err.report()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -544,10 +544,14 @@ impl Entry {
         })
     }
 
-    /// The entry as JSON: `seq`, `ts` (RFC 3339), `kind`, `id`, `prev` and
-    /// `mac` (hex), and the body's fields (`method`, `path`, `status`,
-    /// `latency_us`, `user` for requests; `event` and `data` for events; the
-    /// details for the rest).
+    /// The entry as JSON: `seq`, `ts` (RFC 3339), `kind`, `id` (hex), `key`
+    /// (the signing key's id, 8 hex digits), `prev` and `mac` (hex), and the
+    /// body's fields (`method`, `path`, `status`, `latency_us`, and `user`
+    /// when a user was logged in, for requests; `event` and `data` for
+    /// events; the details' fields for the rest, except any that would
+    /// replace one above, or the details under `details` when they are not
+    /// a JSON object). Its [`Serialize`](serde::Serialize) output is the
+    /// same.
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("seq".into(), json!(self.seq));
@@ -590,6 +594,14 @@ impl Entry {
     }
 }
 
+/// Serializes as [`to_json`](Entry::to_json) does, so an entry can be a
+/// field of an application's own response type.
+impl serde::Serialize for Entry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.to_json(), s)
+    }
+}
+
 fn put_request(
     b: &mut BytesMut,
     method: &str,
@@ -599,7 +611,7 @@ fn put_request(
     user: Option<[u8; 8]>,
 ) {
     put_str(b, method);
-    put_str(b, route);
+    put_str(b, cap_route(route).as_ref());
     b.put_u16(status);
     put_varint(b, latency_us);
     match user {
@@ -609,6 +621,20 @@ fn put_request(
         }
         None => b.put_u8(0),
     }
+}
+
+/// A route as recorded: at most [`MAX_RECORDED_PATH`] bytes, cut at a
+/// character boundary and marked with [`CUT_MARK`] (matched templates are
+/// capped here too).
+fn cap_route(route: &str) -> std::borrow::Cow<'_, str> {
+    if route.len() <= MAX_RECORDED_PATH {
+        return std::borrow::Cow::Borrowed(route);
+    }
+    let mut end = MAX_RECORDED_PATH - CUT_MARK.len();
+    while !route.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{CUT_MARK}", &route[..end]))
 }
 
 fn put_varint(b: &mut BytesMut, mut v: u64) {
@@ -701,6 +727,27 @@ mod tests {
         let e = Entry::decode(&l.sign(&key, &sid, 2, &[0; 16])).unwrap();
         assert_eq!(e.to_json()["reason"], "logout");
         assert_eq!(e.to_json()["kind"], "ended");
+    }
+
+    #[test]
+    fn entries_serialize_exactly_as_their_json() {
+        let key = Key::generate();
+        let sid = SessionId::generate();
+        let drafts = [
+            Draft::request("GET", "/cart", 200, 77, Some([3; 8])),
+            Draft::request("GET", "/", 404, 5, None),
+            Draft::event("add_to_cart", &json!({"item": "book", "n": 2})).unwrap(),
+            Draft::lifecycle(EntryKind::Ended, &json!({"reason": "logout"})),
+            // Details that are not an object, and a field named like a
+            // header field.
+            Draft::lifecycle(EntryKind::Gap, &json!(3)),
+            Draft::lifecycle(EntryKind::Suspicious, &json!({"seq": 99, "why": "x"})),
+        ];
+        for (seq, d) in (1..).zip(&drafts) {
+            let e = Entry::decode(&d.sign(&key, &sid, seq, &[0; 16])).unwrap();
+            assert_eq!(serde_json::to_value(&e).unwrap(), e.to_json(), "{e:?}");
+            assert_eq!(e.to_json()["key"], format!("{:08x}", key.id()));
+        }
     }
 
     #[test]

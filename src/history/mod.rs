@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 pub use chain::{Break, BreakKind, Options, Verification, verify};
 pub use entry::{Body, DecodeError, Draft, Entry, EntryKind};
+pub(crate) use writer::MIN_DEAD_SIGNAL_EVERY;
 pub use writer::{HistoryWriter, WriterConfig, WriterStats};
 
 use crate::{Error, SessionId};
@@ -30,8 +31,8 @@ use entry::{TAG_LEN, parse};
 /// the chain it was read from.
 #[derive(Clone, Debug)]
 pub struct HistoryPage {
-    /// The session.
-    pub session: SessionId,
+    /// The session; `None` for a visitor without one (the page is empty).
+    pub session: Option<SessionId>,
     /// The entries, newest first.
     pub entries: Vec<Entry>,
     /// The verification of the entries read.
@@ -40,13 +41,73 @@ pub struct HistoryPage {
 
 impl HistoryPage {
     /// The page as JSON: `{"session", "entries": [...], "chain": {"ok",
-    /// "error", "breaks"}}`.
+    /// "error", "breaks": [{"position", "seq", "kind", "text"}],
+    /// "trimmed_before"}}`, each entry as [`Entry::to_json`] gives it.
+    /// `error` is the first break as text or `null`; `trimmed_before` is
+    /// [`Verification::trimmed_before`] (`null` unless retention removed
+    /// older entries). Its [`Serialize`](serde::Serialize) output is the
+    /// same.
     pub fn to_json(&self) -> Value {
         json!({
             "session": self.session,
             "entries": self.entries.iter().map(Entry::to_json).collect::<Vec<_>>(),
             "chain": chain_json(&self.verification),
         })
+    }
+
+    /// The page's entries of one kind, newest first.
+    ///
+    /// It filters this page: of a page read with
+    /// [`Session::history(limit)`](crate::Session::history), the entries of
+    /// that kind among the newest `limit`. For lifecycle entries of every
+    /// kind, filter [`entries`](Self::entries) with
+    /// [`EntryKind::is_lifecycle`].
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use session_trail::history::{Draft, Entry, EntryKind, HistoryPage, Options, verify};
+    /// use session_trail::{Key, KeyRing, SessionId};
+    ///
+    /// // A chain of four entries, signed as the history writer would.
+    /// let key = Key::generate();
+    /// let session = SessionId::generate();
+    /// let drafts = [
+    ///     Draft::lifecycle(EntryKind::Started, &json!({})),
+    ///     Draft::event("add_to_cart", &json!({"item": "book"})).unwrap(),
+    ///     Draft::request("POST", "/cart", 200, 310, None),
+    ///     Draft::event("checkout", &json!({})).unwrap(),
+    /// ];
+    /// let mut prev = [0; 16];
+    /// let mut stored = Vec::new();
+    /// for (seq, draft) in (1..).zip(&drafts) {
+    ///     let bytes = draft.sign(&key, &session, seq, &prev);
+    ///     prev = Entry::decode(&bytes).unwrap().tag;
+    ///     stored.push(bytes);
+    /// }
+    /// let page = HistoryPage {
+    ///     session: Some(session),
+    ///     verification: verify(&KeyRing::new(key), &session, &stored, Options::default()),
+    ///     entries: stored.iter().rev().map(|b| Entry::decode(b).unwrap()).collect(),
+    /// };
+    ///
+    /// let events: Vec<String> = page
+    ///     .of_kind(EntryKind::Event)
+    ///     .map(|e| e.to_json()["event"].as_str().unwrap().to_owned())
+    ///     .collect();
+    /// assert_eq!(events, ["checkout", "add_to_cart"]); // newest first
+    /// assert_eq!(page.of_kind(EntryKind::Request).count(), 1);
+    /// assert_eq!(page.of_kind(EntryKind::Ended).count(), 0);
+    /// ```
+    pub fn of_kind(&self, kind: EntryKind) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(move |e| e.kind == kind)
+    }
+}
+
+/// Serializes as [`to_json`](HistoryPage::to_json) does, so a page can be a
+/// field of an application's own response type.
+impl serde::Serialize for HistoryPage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.to_json(), s)
     }
 }
 
@@ -104,7 +165,7 @@ pub(crate) async fn read_page(
         .filter_map(|b| Entry::decode(b).ok())
         .collect();
     Ok(HistoryPage {
-        session,
+        session: Some(session),
         entries,
         verification,
     })

@@ -29,8 +29,7 @@ pub(crate) enum Msg {
         until: Instant,
         reply: oneshot::Sender<usize>,
     },
-    /// The session's history was erased: drop what is queued for it and
-    /// its cached head (an empty list is then not a loss).
+    /// The session's history was erased: drop its cached head.
     Forget(SessionId),
 }
 
@@ -62,10 +61,14 @@ fn gap_draft(dropped: u64) -> Draft {
     )
 }
 
-/// Most entries a session that is backing off may hold; later ones are
-/// dropped into its gap count, so one failing session cannot take the
-/// whole queue.
-const PARKED_CAP: usize = 1024;
+/// Most entries one session may hold in the writer; later ones are dropped
+/// into its gap count, so one session (failing, or fed by a client that
+/// alternates a live and a dead credential) cannot take the whole queue.
+const SESSION_CAP: usize = 1024;
+
+/// How many dead tokens a session remembers, to refuse their entries
+/// without asking the store again.
+const DEAD_TOKENS: usize = 4;
 
 /// How often a persisting outage or failing session is logged again.
 const LOG_EVERY: Duration = Duration::from_secs(30);
@@ -90,6 +93,14 @@ struct Sess {
     /// answer: before re-chaining after a conflict, the stored tail is
     /// checked for them.
     maybe_applied: bool,
+    /// Tokens the store said are not the session's (newest last).
+    dead: Vec<TokenHash>,
+}
+
+impl Sess {
+    fn is_dead(&self, token: Option<TokenHash>) -> bool {
+        token.is_some_and(|t| self.dead.iter().any(|d| d.ct_eq(&t)))
+    }
 }
 
 struct Part {
@@ -366,27 +377,22 @@ impl Worker {
         }
     }
 
+    /// The session's history was erased. Its entries written before the
+    /// erase were flushed by it first; what is queued now came after, and
+    /// is kept: only the cached head is dropped, so the next append starts
+    /// a new chain instead of conflicting (an erasure is never a loss).
     fn forget(&mut self, session: SessionId) {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
-        let dropped: Vec<Item> = s.pending.drain(..).collect();
+        if s.in_flight {
+            // Its answer sets the head; a conflict with the erasure marker
+            // re-chains it.
+            return;
+        }
         s.head = None;
         s.acked_seq = 0;
-        s.dropped = 0;
         s.maybe_applied = false;
-        let parked = s.parked.is_some();
-        if dropped.iter().any(|i| i.gap) {
-            self.gap_sessions -= 1;
-        }
-        self.pending_total -= dropped.len();
-        if parked {
-            self.parked_items -= dropped.len();
-        }
-        self.release(&dropped);
-        if self.sendable() == 0 {
-            self.first_pending_at = None;
-        }
     }
 
     /// Gives back the queue space of accepted entries that are done
@@ -410,9 +416,15 @@ impl Worker {
 
     fn push(&mut self, session: SessionId, item: Item) {
         let s = self.sessions.entry(session).or_default();
-        if s.parked.is_some() && s.pending.len() >= PARKED_CAP && item.ordinal.is_some() {
-            // A failing session keeps at most its share; the rest becomes
-            // its gap count.
+        if s.is_dead(item.draft.token) {
+            // The store already refused this token for this session.
+            self.shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+            self.release(std::slice::from_ref(&item));
+            return;
+        }
+        if s.pending.len() >= SESSION_CAP && item.ordinal.is_some() {
+            // A session keeps at most its share; the rest becomes its gap
+            // count.
             s.dropped += 1;
             let needs_gap = !s.pending.iter().any(|i| i.gap);
             self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -466,8 +478,12 @@ impl Worker {
             std::mem::take(&mut *map)
         };
         for (session, dropped) in drops {
-            let s = self.sessions.entry(session).or_default();
-            let has_gap = s.pending.iter().any(|i| i.gap);
+            let has_gap = self
+                .sessions
+                .get(&session)
+                .is_some_and(|s| s.pending.iter().any(|i| i.gap));
+            // Checked before a session is added: the writer's memory stays
+            // bounded however long an outage lasts.
             if !has_gap && self.gap_sessions >= MAX_DROP_SESSIONS {
                 self.shared
                     .counters
@@ -475,6 +491,7 @@ impl Worker {
                     .fetch_add(dropped, Ordering::Relaxed);
                 continue;
             }
+            let s = self.sessions.entry(session).or_default();
             s.dropped += dropped;
             if !has_gap {
                 self.push_gap(session);
@@ -633,7 +650,7 @@ impl Worker {
             other => {
                 let reason = match other {
                     Ok(Ok(_)) => "the store answered the wrong number of outcomes".to_owned(),
-                    Ok(Err(e)) => e.to_string(),
+                    Ok(Err(e)) => e.report().to_string(),
                     Err(_) => format!("no answer within {timeout:?}"),
                 };
                 f.attempts += 1;
@@ -683,7 +700,10 @@ impl Worker {
     /// For conflicts of appends that may have been applied before without
     /// an answer: the ids of the stored tail, so entries already there are
     /// not appended a second time under new `seq`s.
-    async fn tails(&self, outcomes: &[AppendOutcome]) -> HashMap<SessionId, HashSet<[u8; 16]>> {
+    async fn tails(
+        &self,
+        outcomes: &[AppendOutcome],
+    ) -> HashMap<SessionId, Option<HashSet<[u8; 16]>>> {
         let mut tails = HashMap::new();
         let Some(f) = &self.in_flight else {
             return tails;
@@ -697,13 +717,17 @@ impl Worker {
             if !conflicted || !part.maybe_applied {
                 continue;
             }
-            if let Ok(stored) = self.shared.store.read_newest(&part.session, depth).await {
-                let ids = stored
-                    .iter()
-                    .filter_map(|b| parse(b).ok().map(|p| p.id))
-                    .collect();
-                tails.insert(part.session, ids);
-            }
+            let ids = match self.shared.store.read_newest(&part.session, depth).await {
+                Ok(stored) => Some(
+                    stored
+                        .iter()
+                        .filter_map(|b| parse(b).ok().map(|p| p.id))
+                        .collect(),
+                ),
+                // Unknown: the session waits rather than risk a duplicate.
+                Err(_) => None,
+            };
+            tails.insert(part.session, ids);
         }
         tails
     }
@@ -711,7 +735,7 @@ impl Worker {
     fn complete(
         &mut self,
         outcomes: Vec<AppendOutcome>,
-        mut tails: HashMap<SessionId, HashSet<[u8; 16]>>,
+        mut tails: HashMap<SessionId, Option<HashSet<[u8; 16]>>>,
     ) {
         let Some(f) = self.in_flight.take() else {
             return;
@@ -743,9 +767,27 @@ impl Worker {
                 }
                 AppendOutcome::TokenMismatch { replaced_at } => {
                     let token = part.token;
-                    let (refused, keep): (Vec<Item>, Vec<Item>) = part.items.into_iter().partition(
-                        |i| matches!((i.draft.token, token), (Some(a), Some(b)) if a.ct_eq(&b)),
-                    );
+                    s.maybe_applied |= part.maybe_applied;
+                    let is_token = |t: Option<TokenHash>| matches!((t, token), (Some(a), Some(b)) if a.ct_eq(&b));
+                    if let Some(t) = token {
+                        if s.dead.len() >= DEAD_TOKENS {
+                            s.dead.remove(0);
+                        }
+                        s.dead.push(t);
+                    }
+                    // Its entries still queued would be refused too.
+                    let (later, rest): (Vec<Item>, Vec<Item>) =
+                        s.pending.drain(..).partition(|i| is_token(i.draft.token));
+                    s.pending.extend(rest);
+                    self.pending_total -= later.len();
+                    if s.parked.is_some() {
+                        self.parked_items -= later.len();
+                    }
+                    let (refused, keep): (Vec<Item>, Vec<Item>) = part
+                        .items
+                        .into_iter()
+                        .partition(|i| is_token(i.draft.token));
+                    let refused: Vec<Item> = refused.into_iter().chain(later).collect();
                     let window = self.shared.config.dead_token_window.as_millis() as i64;
                     // Requests in flight when their token was rotated are
                     // not suspicious: they end within the grace window.
@@ -796,7 +838,17 @@ impl Worker {
                     let store_head = parsed.and_then(Result::ok).map(|p| (p.seq, p.tag));
                     let store_seq = store_head.map_or(0, |h| h.0);
                     let mut items = part.items;
-                    if let Some(ids) = tails.remove(&part.session) {
+                    let tail = tails.remove(&part.session);
+                    if let Some(None) = tail {
+                        self.fail_session(
+                            part.session,
+                            items,
+                            "could not read the stored tail to check for entries already appended",
+                            now,
+                        );
+                        continue;
+                    }
+                    if let Some(Some(ids)) = tail {
                         let (done, rest): (Vec<Item>, Vec<Item>) =
                             items.into_iter().partition(|i| ids.contains(&i.draft.id));
                         self.shared
@@ -892,9 +944,10 @@ impl Worker {
             );
         }
         self.requeue_front(session, items);
-        // Longer than a whole-batch retry: this session is the problem.
+        // Longer than a whole-batch retry (this session is the problem):
+        // from half a second, doubling, up to eight times `backoff_max`.
         let max = self.shared.config.backoff_max.saturating_mul(8);
-        self.park(session, now + backoff(failures, max));
+        self.park(session, now + session_backoff(failures, max));
     }
 
     /// The oldest unfinished ordinal among a session's entries.
@@ -1009,6 +1062,18 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// A failing session's pause: exponential from 500 ms, capped (at least
+/// at 500 ms), with jitter in the upper half.
+fn session_backoff(failures: u32, max: Duration) -> Duration {
+    let first = Duration::from_millis(500);
+    let base = first.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    let capped = base.min(max.max(first));
+    let mut r = [0u8; 4];
+    crate::util::fill_random(&mut r);
+    let frac = f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX);
+    capped.mul_f64(0.5 + 0.5 * frac)
 }
 
 /// Exponential from 10 ms, capped, with jitter in the upper half.

@@ -42,6 +42,9 @@ pub struct WriterConfig {
     /// it to its rotation grace). Also the rate limit of dead-token
     /// `suspicious` entries: one per session per window.
     pub(crate) dead_token_window: Duration,
+    /// At most one dead-credential `suspicious` entry per session per this
+    /// long: the grace window, but never under [`MIN_DEAD_SIGNAL_EVERY`].
+    pub(crate) dead_signal_every: Duration,
 }
 
 impl Default for WriterConfig {
@@ -55,6 +58,7 @@ impl Default for WriterConfig {
             backoff_max: Duration::from_secs(2),
             flush_timeout: Duration::from_secs(10),
             dead_token_window: Duration::from_secs(10),
+            dead_signal_every: Duration::from_secs(10),
         }
     }
 }
@@ -493,8 +497,7 @@ impl HistoryWriter {
         rx.await.ok()
     }
 
-    /// Drops what is queued for `session` and its cached chain head, after
-    /// its history was erased.
+    /// Drops `session`'s cached chain head after its history was erased.
     pub(crate) fn forget(&self, session: SessionId) {
         let _ = self.tx.send(Msg::Forget(session));
     }
@@ -507,6 +510,10 @@ impl HistoryWriter {
         &self.shared.store
     }
 }
+
+/// The shortest rate limit of dead-credential `suspicious` entries, so a
+/// short (or zero) rotation grace cannot let an old cookie fill a history.
+pub(crate) const MIN_DEAD_SIGNAL_EVERY: Duration = Duration::from_secs(10);
 
 /// Most sessions whose drops wait for a `gap` entry at once; drops of
 /// further sessions are counted as unattributed, so a long outage cannot
@@ -538,7 +545,7 @@ impl Shared {
     }
 
     pub(crate) fn allow_dead_signal(&self, session: SessionId, now: Instant) -> bool {
-        let window = self.config.dead_token_window;
+        let window = self.config.dead_signal_every;
         let mut seen = self.dead_signals.lock().unwrap_or_else(|e| e.into_inner());
         if seen
             .get(&session)
@@ -547,10 +554,11 @@ impl Shared {
             return false;
         }
         if seen.len() >= MAX_DROP_SESSIONS {
+            // Amortised: once per this many sessions. A session forgotten
+            // here may get one more entry in its window, no more.
             seen.retain(|_, t| now.saturating_duration_since(*t) < window);
-            if seen.len() >= MAX_DROP_SESSIONS {
-                // Every slot is recent: refuse rather than grow.
-                return false;
+            if seen.len() >= MAX_DROP_SESSIONS / 2 {
+                seen.clear();
             }
         }
         seen.insert(session, now);

@@ -51,6 +51,38 @@ impl Default for CookieConfig {
 ///
 /// The network is compared as a /24 (IPv4) or /48 (IPv6) prefix and stored
 /// as a keyed pseudonym, never as an address.
+///
+/// # Without an address
+///
+/// When the chosen source yields no address (the default
+/// [`ConnectInfo`](Self::ConnectInfo) on a server that does not provide
+/// the peer address, a missing or malformed header, or
+/// [`None`](Self::None)), nothing fails, but the signal is off: a new
+/// session gets no network baseline (its `started` entry has
+/// `"network": null`) and, lacking one, raises no `network_changed`
+/// signal. Nothing warns about it.
+///
+/// # Providing it
+///
+/// - axum: serve the router with its peer address,
+///   `axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())`
+///   (a bare `axum::serve(listener, app)` provides none).
+/// - Other servers (hyper, tonic, a custom accept loop): insert the peer's
+///   `std::net::SocketAddr` as a request extension before the layer.
+/// - Behind a reverse proxy or load balancer the peer is the proxy: use
+///   [`Header`](Self::Header) with the header the proxy sets.
+///
+/// ```
+/// use session_trail::{ClientAddress, Key, SessionLayer, store::MemoryStore};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let behind_proxy = SessionLayer::builder(MemoryStore::new(), Key::generate())
+///     .client_address(ClientAddress::Header(http::HeaderName::from_static("x-forwarded-for")))
+///     .build()
+///     .unwrap();
+/// # let _ = behind_proxy;
+/// # });
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientAddress {
@@ -82,7 +114,7 @@ impl SuspicionHook {
             Some(f) => f(sid, signal),
             None => crate::SuspicionResponse::Record,
         };
-        tracing::warn!(session = %sid, signal = signal.kind, ?response, "suspicious session use");
+        tracing::warn!(target: "session_trail::suspicious", session = %sid, signal = signal.kind, ?response, "suspicious session use");
         response
     }
 }
@@ -107,6 +139,7 @@ pub(crate) struct Config {
     pub(crate) session_limit: Option<(usize, crate::SessionLimit)>,
     pub(crate) on_suspicious: SuspicionHook,
     pub(crate) client_address: ClientAddress,
+    pub(crate) save_on_server_error: bool,
 }
 
 impl Default for Config {
@@ -135,6 +168,9 @@ impl Default for Config {
             // network or browser update.
             on_suspicious: SuspicionHook(None),
             client_address: ClientAddress::ConnectInfo,
+            // A handler that failed half-way must not leave half its
+            // changes behind (tower-sessions and Django agree).
+            save_on_server_error: false,
         }
     }
 }
@@ -389,6 +425,28 @@ impl SessionLayerBuilder {
         self
     }
 
+    /// Whether the changes a handler made are saved when it answers with a
+    /// server error (`5xx`). Default off: a handler that failed half-way
+    /// leaves none of its changes (data, login, privilege, rotation,
+    /// logout), while what it recorded (events, the request entry) is kept
+    /// in the history of the session it had. Responses below 500 (a `400`
+    /// after a validation error, a `401` that counted a failed attempt)
+    /// always save.
+    ///
+    /// ```
+    /// use session_trail::{Key, SessionLayer, store::MemoryStore};
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let layer = SessionLayer::builder(MemoryStore::new(), Key::generate())
+    ///     .save_on_server_error(true)
+    ///     .build();
+    /// assert!(layer.is_ok());
+    /// # });
+    /// ```
+    pub fn save_on_server_error(mut self, on: bool) -> Self {
+        self.config.save_on_server_error = on;
+        self
+    }
+
     /// Where the client's address comes from (for the network-change
     /// signal). Default [`ClientAddress::ConnectInfo`].
     pub fn client_address(mut self, source: ClientAddress) -> Self {
@@ -423,9 +481,9 @@ impl SessionLayerBuilder {
     /// use session_trail::{Key, SessionLayer, store::MemoryStore};
     ///
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-    /// let first = Key::from_bytes(&[1; 32]).unwrap(); // the deployment's first key
-    /// let second = Key::from_bytes(&[2; 32]).unwrap();
-    /// let third = Key::from_bytes(&[3; 32]).unwrap();
+    /// let first = Key::generate(); // the deployment's first key
+    /// let second = Key::generate();
+    /// let third = Key::generate();
     ///
     /// // Rotation: `second` signs, `first` still verifies and, as the
     /// // oldest key, still makes the pseudonyms.
@@ -528,6 +586,12 @@ impl SessionLayerBuilder {
         }
         let mut writer_config = self.writer;
         writer_config.dead_token_window = self.config.rotation_grace;
+        writer_config.dead_signal_every = self
+            .config
+            .rotation_grace
+            .max(crate::history::MIN_DEAD_SIGNAL_EVERY);
+        let checks_tokens = self.history_is_session_store
+            && self.history.as_ref().is_some_and(|h| h.checks_tokens());
         let writer = match self.history {
             Some(store) => Some(HistoryWriter::start_dyn(
                 store,
@@ -541,7 +605,7 @@ impl SessionLayerBuilder {
             self.ring,
             self.config,
             writer,
-            self.history_is_session_store,
+            checks_tokens,
         )))
     }
 }

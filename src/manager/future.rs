@@ -111,7 +111,7 @@ impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
 impl<F, B, E> Future for ResponseFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
-    B: Default + Send + 'static,
+    B: crate::ErrorBody + Send + 'static,
 {
     type Output = Result<Response<B>, E>;
 
@@ -160,7 +160,7 @@ where
     }
 }
 
-async fn finish<B: Default>(ctx: Ctx, mut res: Response<B>) -> Response<B> {
+async fn finish<B: crate::ErrorBody>(ctx: Ctx, mut res: Response<B>) -> Response<B> {
     let request = ctx.request_entry(res.status().as_u16());
     match ctx.session.commit(request).await {
         Ok(action) => {
@@ -173,9 +173,7 @@ async fn finish<B: Default>(ctx: Ctx, mut res: Response<B>) -> Response<B> {
             );
             res
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "session could not be saved; answering 503");
-            transport::error_response(&e, ctx.grpc)
-        }
+        // Logged once, with its cause, by `error_response`.
+        Err(e) => transport::error_response(&e, ctx.grpc),
     }
 }

@@ -43,7 +43,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ResBody: Default + Send + 'static,
+    ResBody: crate::ErrorBody + Send + 'static,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;

@@ -64,6 +64,8 @@ struct Sessions {
     users: HashMap<String, HashSet<SessionId>>,
     /// Places claimed by logins not saved yet: session → (user, until).
     claims: HashMap<SessionId, (String, i64)>,
+    /// Sessions being ended to make room for a claimed login: → until.
+    ending: HashMap<SessionId, i64>,
 }
 
 #[derive(Debug, Default)]
@@ -213,6 +215,7 @@ impl Sessions {
                 self.claims.remove(&id);
                 self.unclaim(&user, &id);
             }
+            self.ending.retain(|_, until| *until > now);
         }
     }
 
@@ -333,6 +336,7 @@ impl SessionStore for MemoryStore {
             Some(rec) => {
                 s.expiry.remove(&(rec.evict_at(), rec.id));
                 s.unindex(&rec);
+                s.ending.remove(id);
                 true
             }
             None => false,
@@ -374,62 +378,74 @@ impl SessionStore for MemoryStore {
         s.evict(now, EVICT_PER_CALL);
         // Decided and reserved under one lock: concurrent logins see each
         // other's places. A place claimed by a login still being saved
-        // counts as the newest session.
+        // counts (and cannot be ended); sessions being ended to make room
+        // for another login no longer count.
         let mut others: Vec<Record> = Vec::new();
         let mut claimed = 0;
         for id in s.users.get(user).into_iter().flatten() {
-            if id == session {
+            if id == session || s.ending.get(id).is_some_and(|until| *until > now) {
                 continue;
             }
             match s.map.get(id) {
                 Some(r) if !r.is_expired(now) && r.user.as_deref() == Some(user) => {
                     others.push(r.clone());
                 }
-                Some(_) => {}
-                None => {
+                _ => {
                     if s.claims.get(id).is_some_and(|(_, until)| *until > now) {
                         claimed += 1;
                     }
                 }
             }
         }
-        let claim = if others.len() + claimed < max {
+        let count = others.len() + claimed;
+        let claim = if count < max {
             Claim::Granted { end: Vec::new() }
         } else {
+            let n = count + 1 - max;
             match policy {
-                crate::SessionLimit::RefuseNew => Claim::Refused,
-                crate::SessionLimit::EndOldest => {
+                crate::SessionLimit::EndOldest if others.len() >= n => {
                     others.sort_by_key(|r| (r.created, r.id));
-                    let n = (others.len() + claimed + 1 - max).min(others.len());
                     Claim::Granted {
                         end: others.iter().take(n).map(|r| r.id).collect(),
                     }
                 }
+                _ => Claim::Refused,
             }
         };
         if let Claim::Granted { end } = &claim {
+            // A claim, and the ending of its victims, lapse if its login
+            // never completes.
+            let until = absolute_deadline.min(now.saturating_add(60_000));
             for id in end {
-                if let Some(set) = s.users.get_mut(user) {
-                    set.remove(id);
-                }
+                s.ending.insert(*id, until);
             }
             s.users.entry(user.to_owned()).or_default().insert(*session);
-            // A claim lapses if its login never completes.
-            let until = absolute_deadline.min(now.saturating_add(60_000));
             s.claims.insert(*session, (user.to_owned(), until));
         }
         Ok(claim)
     }
 
-    async fn release_user_slot(&self, user: &str, session: &SessionId) -> Result<(), Error> {
+    async fn release_user_slot(
+        &self,
+        user: &str,
+        session: &SessionId,
+        ended: &[SessionId],
+    ) -> Result<(), Error> {
         let mut s = lock(&self.inner.sessions);
         s.claims.remove(session);
         s.unclaim(user, session);
+        for id in ended {
+            s.ending.remove(id);
+        }
         Ok(())
     }
 }
 
 impl HistoryStore for MemoryStore {
+    fn checks_tokens(&self) -> bool {
+        true
+    }
+
     fn retention(&self) -> Retention {
         Retention {
             keep: self.inner.keep,

@@ -414,9 +414,13 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Reserves a place for `session` among `user`'s sessions before a
     /// login is saved, enforcing at most `max` live sessions per user.
     /// A store should decide and reserve in one atomic step, so concurrent
-    /// logins cannot exceed the limit; with
+    /// logins cannot exceed the limit: a claimed place counts until its
+    /// login is saved (then the session itself counts) or it lapses. With
     /// [`SessionLimit::EndOldest`](crate::SessionLimit::EndOldest) the
-    /// sessions it answers are already taken out of the count.
+    /// sessions it answers no longer count (they stay listed until the
+    /// caller ends them, after the login is saved); logins still in
+    /// progress cannot be ended, so when they alone fill the limit the
+    /// answer is [`Claim::Refused`] whatever the policy.
     ///
     /// The default implementation reads [`sessions_of_user`](Self::sessions_of_user)
     /// and is *not* atomic: override it. [`MemoryStore`] and the Redis
@@ -446,7 +450,8 @@ pub trait SessionStore: Send + Sync + 'static {
     }
 
     /// Gives back a place taken by [`claim_user_slot`](Self::claim_user_slot)
-    /// for a login that was not saved. Best effort.
+    /// for a login that was not saved; `ended` are the sessions the claim
+    /// answered, which count again. Best effort.
     ///
     /// # Errors
     ///
@@ -455,8 +460,9 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         user: &str,
         session: &SessionId,
+        ended: &[SessionId],
     ) -> impl Future<Output = Result<(), Error>> + Send {
-        let _ = (user, session);
+        let _ = (user, session, ended);
         async { Ok(()) }
     }
 }
@@ -552,6 +558,16 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// The retention this store enforces (the verifier needs `keep` to tell
     /// trimmed history from deleted history).
     fn retention(&self) -> Retention;
+
+    /// Whether this store honours [`Append::token`]: it keeps the session
+    /// records too and checks the token atomically with the append. Default
+    /// `false`: the layer then never relies on it, and does not record
+    /// requests whose handler did not load the session (their credential
+    /// was never checked). [`MemoryStore`] and the Redis store answer
+    /// `true`.
+    fn checks_tokens(&self) -> bool {
+        false
+    }
 
     /// Compare-and-append for many sessions at once, in one round trip where
     /// the backend allows. The outcomes are in the order of `batch`.
@@ -661,6 +677,7 @@ pub(crate) trait DynSessionStore: Send + Sync + 'static {
         &'a self,
         user: &'a str,
         session: &'a SessionId,
+        ended: &'a [SessionId],
     ) -> BoxFuture<'a, Result<(), Error>>;
 }
 
@@ -705,14 +722,16 @@ impl<T: SessionStore> DynSessionStore for T {
         &'a self,
         user: &'a str,
         session: &'a SessionId,
+        ended: &'a [SessionId],
     ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(SessionStore::release_user_slot(self, user, session))
+        Box::pin(SessionStore::release_user_slot(self, user, session, ended))
     }
 }
 
 /// Object-safe form of [`HistoryStore`], used by the writer.
 pub(crate) trait DynHistoryStore: Send + Sync + 'static {
     fn retention(&self) -> Retention;
+    fn checks_tokens(&self) -> bool;
     fn append<'a>(
         &'a self,
         batch: &'a [Append],
@@ -741,6 +760,9 @@ pub(crate) trait DynHistoryStore: Send + Sync + 'static {
 impl<T: HistoryStore> DynHistoryStore for T {
     fn retention(&self) -> Retention {
         HistoryStore::retention(self)
+    }
+    fn checks_tokens(&self) -> bool {
+        HistoryStore::checks_tokens(self)
     }
     fn append<'a>(
         &'a self,

@@ -77,6 +77,7 @@ pub const DEFAULT_LOCAL_CACHE_MAX_AGE: Duration = Duration::from_secs(5);
 /// | `<prefix>:{<sid>}:e` | string | set when the session's history was erased (for the history TTL) |
 /// | `<prefix>:user:{<hash of user>}` | sorted set | the user's live session ids, scored by absolute deadline |
 /// | `<prefix>:user-claims:{<hash of user>}` | sorted set | logins in progress under the session limit, scored by when the claim lapses |
+/// | `<prefix>:user-ending:{<hash of user>}` | sorted set | sessions being ended to make room for such a login (they no longer count) |
 /// | `<prefix>:user-history:{<hash of pseudonym>}` | sorted set | the sessions whose history belongs to a user, scored by first link |
 ///
 /// The record hash has one field per piece of metadata (`tok`, `rtok`,
@@ -118,6 +119,48 @@ pub const DEFAULT_LOCAL_CACHE_MAX_AGE: Duration = Duration::from_secs(5);
 /// its own call, routed to its slot's node; the calls are sent at once and
 /// share each node's multiplexed connection. Calls answered with `NOSCRIPT`
 /// did not run: the script is loaded again and they are resent.
+///
+/// # Restarts and persistence
+///
+/// Everything this store keeps lives in Redis's memory. When Redis
+/// restarts without persistence (or with RDB snapshots only, which lose
+/// what was written since the last one):
+///
+/// - **Everyone is logged out.** The session records are gone. Cookies
+///   still carry a valid MAC but name no session, so their requests are
+///   served as anonymous visitors, and a write starts a new session.
+/// - **History is lost**, with the user indexes behind export and erasure.
+///   A history writer that had entries of a session acknowledged records a
+///   signed `gap` entry with reason `store_lost` (and the lost `seq`
+///   range) when it next appends to that session; other app servers'
+///   writers cannot know, and a session nobody appends to again keeps no
+///   trace of the loss.
+///
+/// The local cache, if on, is cleared when its tracking connection drops,
+/// so it does not serve records the restart lost.
+///
+/// To avoid it, turn on the append-only file:
+///
+/// - `appendonly yes` with `appendfsync everysec` (the usual choice): a
+///   restart or a crash of the Redis process loses nothing (its writes
+///   are in the operating system's cache); a crash of the machine (power,
+///   kernel) loses up to about the last second or two of writes.
+/// - `appendonly yes` with `appendfsync always`: a write is on disk before
+///   Redis acknowledges it, so nothing acknowledged is lost, at the cost of
+///   an fsync per write (Redis shares one among the writes it handles
+///   together, such as a pipelined history batch): latency follows the
+///   disk, and throughput drops on slow disks.
+///
+/// Replicas do not close the gap on their own: replication is
+/// asynchronous, so a failover (Sentinel, Redis Cluster) can promote a
+/// replica that lacks the latest acknowledged writes, which are then lost
+/// as above (recent logins and rotations undone, recent entries gone,
+/// `gap{store_lost}` where a writer notices). `min-replicas-to-write`
+/// narrows that window without closing it. Also keep `maxmemory-policy
+/// noeviction`: an evicting policy drops records and histories the same
+/// way, silently, when memory runs out (every key here has a TTL, so the
+/// `volatile-*` policies evict them too); with `noeviction` writes fail
+/// with an error instead.
 ///
 /// # Example
 ///
@@ -351,15 +394,48 @@ impl RedisStore {
         format!("{}:user-claims:{{{}}}", self.inner.prefix, name_hash(user))
     }
 
+    /// The key of a user's sessions being ended to make room for a login
+    /// under the session limit (a sorted set; the same hash tag as
+    /// [`user_key`](Self::user_key)).
+    pub fn user_ending_key(&self, user: &str) -> String {
+        format!("{}:user-ending:{{{}}}", self.inner.prefix, name_hash(user))
+    }
+
     /// The key of a user's history index (a sorted set of session ids,
     /// see [`HistoryStore::link_user`]); `user` is the user's pseudonym.
     pub fn user_history_key(&self, user: &str) -> String {
         format!("{}:user-history:{{{}}}", self.inner.prefix, name_hash(user))
     }
 
+    /// A Redis error as the crate's: [`ErrorKind::Misconfigured`](crate::ErrorKind::Misconfigured)
+    /// when Redis refused this client's configuration (retrying cannot
+    /// help), else [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable).
     fn unavailable(&self, e: ::redis::RedisError, what: &str) -> Error {
-        Error::unavailable(e).context(format!("redis {} ({what})", self.inner.target))
+        let kind = if is_misconfiguration(&e) {
+            crate::ErrorKind::Misconfigured
+        } else {
+            crate::ErrorKind::Unavailable
+        };
+        Error::with_source(kind, e).context(format!("redis {} ({what})", self.inner.target))
     }
+}
+
+/// Whether Redis refused the client's configuration rather than failing:
+/// wrong or missing credentials, an ACL without the permission, a database
+/// index the server does not have.
+fn is_misconfiguration(e: &::redis::RedisError) -> bool {
+    use ::redis::ErrorKind as K;
+    if matches!(e.kind(), K::AuthenticationFailed | K::InvalidClientConfig) {
+        return true;
+    }
+    if matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM")) {
+        return true;
+    }
+    let text = e.to_string();
+    text.contains("DB index is out of range")
+        || text.contains("WRONGPASS")
+        || text.contains("NOAUTH")
+        || text.contains("NOPERM")
 }
 
 /// Builds a [`RedisStore`]; from [`RedisStore::builder`].
@@ -616,9 +692,10 @@ impl RedisStoreBuilder {
     /// cannot be reached. [`build`](Self::build) makes no I/O and checks
     /// neither.
     pub async fn connect(self) -> Result<RedisStore, Error> {
-        let store = self
-            .build()
-            .map_err(|e| Error::with_source(crate::ErrorKind::InvalidInput, e))?;
+        let store = self.build().map_err(|e| {
+            Error::with_source(crate::ErrorKind::InvalidInput, e)
+                .context("the Redis store's settings are invalid")
+        })?;
         store.ping().await.map_err(|e| {
             let target = store.inner.target.clone();
             e.context(format!("could not reach Redis at {target}"))
@@ -690,12 +767,21 @@ impl SessionStore for RedisStore {
         record::claim_user_slot(self, user, session, absolute_deadline, max, policy).await
     }
 
-    async fn release_user_slot(&self, user: &str, session: &SessionId) -> Result<(), Error> {
-        record::release_user_slot(self, user, session).await
+    async fn release_user_slot(
+        &self,
+        user: &str,
+        session: &SessionId,
+        ended: &[SessionId],
+    ) -> Result<(), Error> {
+        record::release_user_slot(self, user, session, ended).await
     }
 }
 
 impl HistoryStore for RedisStore {
+    fn checks_tokens(&self) -> bool {
+        true
+    }
+
     fn retention(&self) -> Retention {
         Retention {
             keep: self.inner.keep,

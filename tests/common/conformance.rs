@@ -586,8 +586,44 @@ pub async fn claims_enforce_the_session_limit<S: SessionStore>(store: S) {
             .unwrap(),
         Claim::Granted { end: vec![a.id] }
     );
-    store.release_user_slot(&user, &c).await.unwrap();
-    store.release_user_slot(&user, &d).await.unwrap();
+    // A session being ended for a login stays listed until it is ended,
+    // but no longer counts.
+    let listed: Vec<SessionId> = store
+        .sessions_of_user(&user)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert!(listed.contains(&a.id), "{listed:?}");
+    let e = SessionId::generate();
+    assert_eq!(
+        store
+            .claim_user_slot(&user, &e, abs, 3, EndOldest)
+            .await
+            .unwrap(),
+        Claim::Granted { end: vec![b.id] }
+    );
+    // Only logins in progress fill the limit now: they cannot be ended.
+    assert_eq!(
+        store
+            .claim_user_slot(&user, &SessionId::generate(), abs, 3, EndOldest)
+            .await
+            .unwrap(),
+        Claim::Refused
+    );
+    // Logins that were not saved give their places back, and the sessions
+    // they were to end count again.
+    store.release_user_slot(&user, &d, &[a.id]).await.unwrap();
+    store.release_user_slot(&user, &e, &[b.id]).await.unwrap();
+    store.release_user_slot(&user, &c, &[]).await.unwrap();
+    assert_eq!(
+        store
+            .claim_user_slot(&user, &c, abs, 2, RefuseNew)
+            .await
+            .unwrap(),
+        Claim::Refused
+    );
     assert_eq!(
         store
             .claim_user_slot(&user, &c, abs, 3, RefuseNew)

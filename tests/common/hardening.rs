@@ -78,7 +78,7 @@ impl Faulty for session_trail::store::RedisStore {
 }
 
 fn key() -> Key {
-    Key::from_bytes(&[91; 32]).unwrap()
+    Key::from_bytes(&super::secret(91)).unwrap()
 }
 
 fn writer() -> WriterConfig {
@@ -151,6 +151,16 @@ fn extra(breaker: Breaker) -> Router {
         .route(
             "/users/{id}",
             get(|Path(_id): Path<String>| async { "a profile" }),
+        )
+        .route(
+            "/switch-to/{user}",
+            post(|session: Session, Path(user): Path<String>| async move {
+                session
+                    .record("said_goodbye", serde_json::json!({}))
+                    .await?;
+                session.set_user(Some(user)).await?;
+                Ok::<_, session_trail::Error>(StatusCode::OK)
+            }),
         )
 }
 
@@ -356,11 +366,33 @@ pub async fn user_switch_starts_a_new_session<S: Faulty>(store: S) {
         "bob's erase reached alice's history"
     );
     assert!(alices.iter().any(|e| e["kind"] == "ended"));
-    // A direct switch (bob to carol) too.
-    c.send("POST", &format!("/login/{carol}")).await;
+    // A direct switch (bob to carol) too, in a request that recorded an
+    // event for bob first and after bob wrote data: nothing of bob's
+    // reaches carol's session.
+    c.send("POST", "/set/bobs_secret/s3").await;
+    c.send("POST", &format!("/switch-to/{carol}")).await;
     let carol_sid = session_of(&mut c).await;
     assert_ne!(carol_sid, bob_sid);
     assert_eq!(c.json("GET", "/me").await["user"], carol.as_str());
+    let carols = SessionStore::load(&store, &carol_sid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(carols.data.is_empty(), "{:?}", carols.data.keys());
+    flush(&layer).await;
+    assert!(
+        entries(&store, &bob_sid)
+            .await
+            .iter()
+            .any(|e| e["event"] == "said_goodbye"),
+        "the event recorded before the switch belongs to bob's session"
+    );
+    assert!(
+        !entries(&store, &carol_sid)
+            .await
+            .iter()
+            .any(|e| e["event"] == "said_goodbye")
+    );
 }
 
 pub async fn events_survive_a_failed_save<S: Faulty>(store: S) {
@@ -584,6 +616,37 @@ pub async fn session_limit_holds_under_concurrent_logins<S: Faulty>(store: S) {
         2,
         "the store holds more sessions than the limit"
     );
+    // A saved login settles its claim: after a logout, a login has room.
+    let mut one = Client::new(app.clone());
+    let mut again = Client::new(app);
+    let sessions = store.sessions_of_user(&user).await.unwrap();
+    for r in &sessions {
+        SessionStore::delete(&store, &r.id).await.unwrap();
+    }
+    one.send("POST", &format!("/login/{user}")).await;
+    one.send("POST", "/logout").await;
+    let res = again.send("POST", &format!("/login/{user}")).await;
+    assert!(res.status().is_success(), "{}", res.status());
+}
+
+pub async fn a_zero_grace_still_rate_limits_dead_cookies<S: Faulty>(store: S) {
+    let layer = SessionLayer::builder(store.clone(), key())
+        .history_writer(writer())
+        .rotation_grace(Duration::ZERO)
+        .build()
+        .unwrap();
+    let mut c = Client::new(app(&store, layer.clone()));
+    c.send("GET", "/visits").await;
+    let mut old = c.fork();
+    c.send("POST", &format!("/login/{}", user_name())).await;
+    let sid = session_of(&mut c).await;
+    for i in 0..30 {
+        old.send("GET", if i % 2 == 0 { "/ping" } else { "/me" })
+            .await;
+    }
+    flush(&layer).await;
+    let stored = entries(&store, &sid).await;
+    assert!(count(&stored, "suspicious") <= 2, "{stored:#?}");
 }
 
 pub async fn end_oldest_waits_for_the_login_to_be_saved<S: Faulty>(store: S) {
@@ -666,6 +729,7 @@ macro_rules! hardening_suite {
             session_limit_holds_under_concurrent_logins,
             end_oldest_waits_for_the_login_to_be_saved,
             writes_after_the_response_are_an_error,
+            a_zero_grace_still_rate_limits_dead_cookies,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

@@ -226,7 +226,9 @@ impl RedisServer {
     pub fn wait_ready(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if probe(self.port, "PING").as_deref() == Some("+PONG") {
+            // A server with a password answers -NOAUTH: it is up too.
+            let reply = probe(self.port, "PING").unwrap_or_default();
+            if reply == "+PONG" || reply.starts_with("-NOAUTH") {
                 return true;
             }
             if let Some(p) = &self.current {

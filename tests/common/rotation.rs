@@ -65,8 +65,8 @@ async fn session_of(c: &mut Client) -> String {
 /// pseudonym: the same client raises no `network_changed`, and export and
 /// erasure still find every session the user had before the rotation.
 pub async fn key_rotation_keeps_pseudonyms<S: SessionStore + HistoryStore + Clone>(store: S) {
-    let key_a = Key::from_bytes(&[0xA1; 32]).unwrap();
-    let key_b = Key::from_bytes(&[0xB2; 32]).unwrap();
+    let key_a = Key::from_bytes(&super::secret(0xA1)).unwrap();
+    let key_b = Key::from_bytes(&super::secret(0xB2)).unwrap();
     let addr: SocketAddr = "203.0.113.7:40000".parse().unwrap();
     let user = format!("user-{}", SessionId::generate());
 

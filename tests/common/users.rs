@@ -10,7 +10,7 @@ use session_trail::{Key, SessionLayer, SessionLimit};
 use super::app::{Client, body_json, router};
 
 fn key() -> Key {
-    Key::from_bytes(&[77; 32]).unwrap()
+    Key::from_bytes(&super::secret(77)).unwrap()
 }
 
 pub fn layer<S: SessionStore + HistoryStore + Clone>(store: &S) -> SessionLayer {

@@ -42,7 +42,10 @@ local a = 4
 
 local function one(key, record, marker, expected, refresh, token, first, last_arg)
   if token ~= '' then
-    local r = redis.call('HMGET', record, 'tok', 'rtok', 'rat', 'idle', 'abs')
+    local r = redis.pcall('HMGET', record, 'tok', 'rtok', 'rat', 'idle', 'abs')
+    if r.err then
+      return {err = 'WRONGTYPE session record ' .. record .. ' is not a hash'}
+    end
     local live = r[1] == token and tonumber(r[4] or '0') > now and tonumber(r[5] or '0') > now
     if not live then
       if r[2] == token then

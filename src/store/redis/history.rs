@@ -337,7 +337,7 @@ async fn append_cluster(
             Err(e) => {
                 failures += 1;
                 out.push(AppendOutcome::Failed {
-                    reason: e.to_string(),
+                    reason: e.report().to_string(),
                 });
                 last_error = Some(e);
             }

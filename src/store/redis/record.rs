@@ -238,6 +238,7 @@ async fn index_add(
         .scripts
         .index
         .key(store.user_key(user))
+        .key(store.user_claims_key(user))
         .arg(clamp_ms(absolute))
         .arg(id.to_string())
         .invoke_async::<()>(&mut c)
@@ -250,11 +251,17 @@ async fn index_add(
 /// expires with the session.
 async fn index_remove(store: &RedisStore, user: &str, id: &SessionId) {
     let mut c = store.inner.conn.clone();
-    let res = ::redis::cmd("ZREM")
+    let member = id.to_string();
+    let mut pipe = ::redis::pipe();
+    pipe.cmd("ZREM")
         .arg(store.user_key(user))
-        .arg(id.to_string())
-        .query_async::<()>(&mut c)
-        .await;
+        .arg(&member)
+        .ignore()
+        .cmd("ZREM")
+        .arg(store.user_ending_key(user))
+        .arg(&member)
+        .ignore();
+    let res = pipe.query_async::<()>(&mut c).await;
     if let Err(e) = res {
         tracing::debug!(session = %id, error = %e, "could not remove a session from its user's index");
     }
@@ -297,8 +304,9 @@ pub(super) async fn create(store: &RedisStore, record: &Record) -> Result<(), Er
     if let Some(user) = index_here {
         pipe.cmd("EVAL")
             .arg(super::conn::INDEX_LUA)
-            .arg(1)
+            .arg(2)
             .arg(store.user_key(user))
+            .arg(store.user_claims_key(user))
             .arg(clamp_ms(record.absolute_deadline))
             .arg(record.id.to_string())
             .ignore();
@@ -508,6 +516,7 @@ pub(super) async fn claim_user_slot(
         .claim
         .key(store.user_key(user))
         .key(store.user_claims_key(user))
+        .key(store.user_ending_key(user))
         .arg(now)
         .arg(session.to_string())
         .arg(lapses)
@@ -538,11 +547,13 @@ pub(super) async fn claim_user_slot(
 }
 
 /// Gives back a claimed place whose login was not saved (unless the record
-/// names the user after all: an answer lost after the save).
+/// names the user after all: an answer lost after the save), and counts the
+/// sessions it was to end again.
 pub(super) async fn release_user_slot(
     store: &RedisStore,
     user: &str,
     session: &SessionId,
+    ended: &[SessionId],
 ) -> Result<(), Error> {
     let mut c = store.inner.conn.clone();
     let named: Option<String> = ::redis::cmd("HGET")
@@ -551,11 +562,20 @@ pub(super) async fn release_user_slot(
         .query_async(&mut c)
         .await
         .map_err(|e| store.unavailable(e, "HGET"))?;
-    let _ = ::redis::cmd("ZREM")
+    let mut pipe = ::redis::pipe();
+    pipe.cmd("ZREM")
         .arg(store.user_claims_key(user))
         .arg(session.to_string())
-        .query_async::<()>(&mut c)
-        .await;
+        .ignore();
+    if !ended.is_empty() {
+        pipe.cmd("ZREM")
+            .arg(store.user_ending_key(user))
+            .arg(ended.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut c)
+        .await
+        .map_err(|e| store.unavailable(e, "release a claimed place"))?;
     if named.as_deref() != Some(user) {
         index_remove(store, user, session).await;
     }
