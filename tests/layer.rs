@@ -822,3 +822,16 @@ async fn http_error_body_hides_internal_settings() {
     assert!(!msg.contains("16"), "{body}");
     assert_eq!(msg, "invalid input");
 }
+
+#[test]
+fn update_debug_hides_user_and_values() {
+    let u = session_trail::store::Update {
+        set: vec![("address".into(), serde_json::json!("221B Baker Street"))],
+        user: Some(Some("sherlock@example.com".into())),
+        ..Default::default()
+    };
+    let text = format!("{u:?}");
+    assert!(text.contains("address"), "{text}");
+    assert!(!text.contains("Baker"), "{text}");
+    assert!(!text.contains("sherlock"), "{text}");
+}

@@ -76,6 +76,14 @@ impl Logs {
         tracing::subscriber::set_default(subscriber)
     }
 
+    /// The warnings about errors answered to clients.
+    fn answered_warnings(&self) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.contains("WARN") && l.contains(session_trail::ANSWER_TARGET))
+            .collect()
+    }
+
     fn lines(&self) -> Vec<String> {
         String::from_utf8_lossy(&self.0.lock().unwrap())
             .lines()
@@ -129,11 +137,7 @@ async fn the_layers_own_503_has_a_json_body_and_is_logged_once() {
         body["error"],
         "session store unavailable; try again shortly"
     );
-    let warned: Vec<String> = logs
-        .lines()
-        .into_iter()
-        .filter(|l| l.contains("WARN") && l.contains(session_trail::ANSWER_TARGET))
-        .collect();
+    let warned = logs.answered_warnings();
     assert_eq!(warned.len(), 1, "{warned:#?}");
     assert!(
         warned[0].contains("acknowledgement lost"),
@@ -151,11 +155,7 @@ async fn an_extractor_503_is_logged_once_at_warn() {
     store.session_faults().set_down(true);
     let res = c.send("GET", "/visits").await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let warned: Vec<String> = logs
-        .lines()
-        .into_iter()
-        .filter(|l| l.contains("WARN") && l.contains(session_trail::ANSWER_TARGET))
-        .collect();
+    let warned = logs.answered_warnings();
     assert_eq!(warned.len(), 1, "{warned:#?}");
     assert!(warned[0].contains("injected fault"), "{warned:?}");
 }

@@ -435,16 +435,7 @@ impl Worker {
             return;
         }
         s.pending.push_back(item);
-        self.pending_total += 1;
-        if s.parked.is_some() {
-            self.parked_items += 1;
-            return;
-        }
-        if !s.queued {
-            s.queued = true;
-            self.order.push_back(session);
-        }
-        self.first_pending_at.get_or_insert_with(Instant::now);
+        self.counted_pending(session);
     }
 
     /// Adds the session's (single) pending gap entry.
@@ -457,7 +448,16 @@ impl Worker {
             gap: true,
         };
         s.pending.push_front(item);
+        self.counted_pending(session);
+    }
+
+    /// Counts one entry just added to `session`'s pending ones, and queues
+    /// the session to be sent unless it is backing off.
+    fn counted_pending(&mut self, session: SessionId) {
         self.pending_total += 1;
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
         if s.parked.is_some() {
             self.parked_items += 1;
             return;

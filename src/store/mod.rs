@@ -276,7 +276,10 @@ pub struct Rotation {
 }
 
 /// The changes one request made to a session, applied atomically.
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// Its `Debug` output names the data keys written and removed, never their
+/// values, the user's name or token hashes.
+#[derive(Clone, Default, PartialEq)]
 pub struct Update {
     /// The update applies only if the record's current token hash is this.
     pub token_hash: TokenHash,
@@ -351,6 +354,24 @@ impl Update {
         if let Some(network) = &self.network {
             record.network.clone_from(network);
         }
+    }
+}
+
+impl std::fmt::Debug for Update {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let changed = |v: bool| v.then_some(format_args!("<changed>"));
+        let set: Vec<&str> = self.set.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("Update")
+            .field("token_hash", &format_args!("<hidden>"))
+            .field("set_keys", &set)
+            .field("remove", &self.remove)
+            .field("user", &changed(self.user.is_some()))
+            .field("privilege", &self.privilege)
+            .field("rotate", &self.rotate.map(|r| r.at))
+            .field("touch", &self.touch)
+            .field("device", &self.device)
+            .field("network", &changed(self.network.is_some()))
+            .finish()
     }
 }
 

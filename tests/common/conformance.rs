@@ -557,33 +557,25 @@ pub async fn claims_enforce_the_session_limit<S: SessionStore>(store: S) {
     store.create(&b).await.unwrap();
     let (c, d) = (SessionId::generate(), SessionId::generate());
     let abs = now + 3_000_000;
+    let claim = |id: &SessionId, max, policy| {
+        let id = *id;
+        let (store, user) = (&store, &user);
+        async move {
+            store
+                .claim_user_slot(user, &id, abs, max, policy)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(claim(&c, 2, RefuseNew).await, Claim::Refused);
     assert_eq!(
-        store
-            .claim_user_slot(&user, &c, abs, 2, RefuseNew)
-            .await
-            .unwrap(),
-        Claim::Refused
-    );
-    assert_eq!(
-        store
-            .claim_user_slot(&user, &c, abs, 3, RefuseNew)
-            .await
-            .unwrap(),
+        claim(&c, 3, RefuseNew).await,
         Claim::Granted { end: vec![] }
     );
     // The claimed place counts before its login is saved.
+    assert_eq!(claim(&d, 3, RefuseNew).await, Claim::Refused);
     assert_eq!(
-        store
-            .claim_user_slot(&user, &d, abs, 3, RefuseNew)
-            .await
-            .unwrap(),
-        Claim::Refused
-    );
-    assert_eq!(
-        store
-            .claim_user_slot(&user, &d, abs, 3, EndOldest)
-            .await
-            .unwrap(),
+        claim(&d, 3, EndOldest).await,
         Claim::Granted { end: vec![a.id] }
     );
     // A session being ended for a login stays listed until it is ended,
@@ -598,18 +590,12 @@ pub async fn claims_enforce_the_session_limit<S: SessionStore>(store: S) {
     assert!(listed.contains(&a.id), "{listed:?}");
     let e = SessionId::generate();
     assert_eq!(
-        store
-            .claim_user_slot(&user, &e, abs, 3, EndOldest)
-            .await
-            .unwrap(),
+        claim(&e, 3, EndOldest).await,
         Claim::Granted { end: vec![b.id] }
     );
     // Only logins in progress fill the limit now: they cannot be ended.
     assert_eq!(
-        store
-            .claim_user_slot(&user, &SessionId::generate(), abs, 3, EndOldest)
-            .await
-            .unwrap(),
+        claim(&SessionId::generate(), 3, EndOldest).await,
         Claim::Refused
     );
     // Logins that were not saved give their places back, and the sessions
@@ -617,18 +603,9 @@ pub async fn claims_enforce_the_session_limit<S: SessionStore>(store: S) {
     store.release_user_slot(&user, &d, &[a.id]).await.unwrap();
     store.release_user_slot(&user, &e, &[b.id]).await.unwrap();
     store.release_user_slot(&user, &c, &[]).await.unwrap();
+    assert_eq!(claim(&c, 2, RefuseNew).await, Claim::Refused);
     assert_eq!(
-        store
-            .claim_user_slot(&user, &c, abs, 2, RefuseNew)
-            .await
-            .unwrap(),
-        Claim::Refused
-    );
-    assert_eq!(
-        store
-            .claim_user_slot(&user, &c, abs, 3, RefuseNew)
-            .await
-            .unwrap(),
+        claim(&c, 3, RefuseNew).await,
         Claim::Granted { end: vec![] }
     );
 }
