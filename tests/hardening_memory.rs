@@ -140,7 +140,9 @@ async fn alternating_live_and_dead_cookies_cost_no_append_per_entry() {
     use session_trail::SessionLayer;
     let store = MemoryStore::new();
     let layer = SessionLayer::builder(store.clone(), Key::from_bytes(&common::secret(8)).unwrap())
-        .history_writer(WriterConfig::default().flush_interval(Duration::from_millis(20)))
+        // Batches form only when flushed: the count of store calls does not
+        // depend on how fast the requests run.
+        .history_writer(WriterConfig::default().flush_interval(Duration::from_secs(30)))
         .build()
         .unwrap();
     let mut live = Client::new(router(layer.clone()));
@@ -155,6 +157,6 @@ async fn alternating_live_and_dead_cookies_cost_no_append_per_entry() {
     }
     layer.history_writer().unwrap().flush().await.unwrap();
     let appends = store.history_faults().calls() - before;
-    assert!(appends < 40, "{appends} store calls for 200 requests");
+    assert!(appends <= 10, "{appends} store calls for 200 requests");
     assert!(layer.history_writer().unwrap().stats().refused >= 90);
 }
