@@ -1,5 +1,10 @@
 //! The bodies of the layer's own answers.
 
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
+use http_body_util::{Empty, Full};
+
 /// A response body type the layer can answer with on its own.
 ///
 /// When saving a session fails after the handler answered, the layer
@@ -11,8 +16,10 @@
 ///
 /// Implemented for axum's body (feature `axum`), tonic's (feature `tonic`:
 /// gRPC errors are trailers-only, so the body stays empty), `String`,
-/// `Vec<u8>` and `Bytes`. For a body type of your own, implement it in one
-/// line: the provided method answers an empty body, or override it.
+/// `Vec<u8>`, `Bytes`, and `http-body-util`'s `Full<Bytes>`, `Empty<Bytes>`,
+/// `BoxBody<Bytes, E>` and `UnsyncBoxBody<Bytes, E>`. For a body type of
+/// your own, implement it: the provided method answers no text (an empty
+/// body, and no `content-type`).
 ///
 /// ```
 /// use session_trail::ErrorBody;
@@ -21,46 +28,75 @@
 /// struct MyBody(Vec<u8>);
 ///
 /// impl ErrorBody for MyBody {
-///     fn from_json(json: String) -> Self {
-///         MyBody(json.into_bytes())
+///     fn from_json(json: String) -> Option<Self> {
+///         Some(MyBody(json.into_bytes()))
 ///     }
 /// }
 ///
-/// let body = MyBody::from_json(r#"{"error":"x"}"#.to_owned());
+/// let body = MyBody::from_json(r#"{"error":"x"}"#.to_owned()).unwrap();
 /// assert_eq!(body.0, br#"{"error":"x"}"#);
-/// assert_eq!(<String as ErrorBody>::from_json("{}".into()), "{}");
+/// assert_eq!(<String as ErrorBody>::from_json("{}".into()).as_deref(), Some("{}"));
 /// ```
 pub trait ErrorBody: Default {
-    /// A body holding `json` (an object with an `error` message). The
-    /// provided method ignores it and answers an empty body.
-    fn from_json(json: String) -> Self {
+    /// A body holding `json` (an object with an `error` message), or `None`
+    /// when this type cannot carry it (the answer then has an empty body).
+    /// The provided method answers `None`.
+    fn from_json(json: String) -> Option<Self> {
         let _ = json;
-        Self::default()
+        None
     }
 }
 
 impl ErrorBody for String {
-    fn from_json(json: String) -> Self {
-        json
+    fn from_json(json: String) -> Option<Self> {
+        Some(json)
     }
 }
 
 impl ErrorBody for Vec<u8> {
-    fn from_json(json: String) -> Self {
-        json.into_bytes()
+    fn from_json(json: String) -> Option<Self> {
+        Some(json.into_bytes())
     }
 }
 
-impl ErrorBody for bytes::Bytes {
-    fn from_json(json: String) -> Self {
-        bytes::Bytes::from(json)
+impl ErrorBody for Bytes {
+    fn from_json(json: String) -> Option<Self> {
+        Some(Bytes::from(json))
+    }
+}
+
+impl ErrorBody for Full<Bytes> {
+    fn from_json(json: String) -> Option<Self> {
+        Some(Full::new(Bytes::from(json)))
+    }
+}
+
+impl ErrorBody for Empty<Bytes> {}
+
+impl<E: 'static> ErrorBody for BoxBody<Bytes, E> {
+    fn from_json(json: String) -> Option<Self> {
+        Some(
+            Full::new(Bytes::from(json))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+    }
+}
+
+impl<E: 'static> ErrorBody for UnsyncBoxBody<Bytes, E> {
+    fn from_json(json: String) -> Option<Self> {
+        Some(
+            Full::new(Bytes::from(json))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
     }
 }
 
 #[cfg(feature = "axum")]
 impl ErrorBody for axum_core::body::Body {
-    fn from_json(json: String) -> Self {
-        axum_core::body::Body::from(json)
+    fn from_json(json: String) -> Option<Self> {
+        Some(axum_core::body::Body::from(json))
     }
 }
 

@@ -247,6 +247,8 @@ impl Session {
         let user = self.require_user().await?;
         let writer = self.writer()?.clone();
         let pseudonym = self.shared().user_pseudonym(&user);
+        // Entries accepted before this point belong to the erased history.
+        let mark = writer.enqueued_mark();
         let store = writer.store();
         let linked = store.user_sessions(&pseudonym).await?;
         let current = self.id().await?;
@@ -268,7 +270,8 @@ impl Session {
         // What this process still holds for them is written first, then
         // erased with the rest. A session whose appends keep failing (a
         // corrupt history) must not make erasure impossible: the delete
-        // below clears it, and what it held is forgotten.
+        // below clears it, and the entries it held from before the erase
+        // are dropped from the queue (`forget` with the mark).
         match writer.flush_sessions(sessions.clone()).await {
             Err(e) if e.kind() == ErrorKind::Timeout => {
                 tracing::warn!(
@@ -287,7 +290,7 @@ impl Session {
                 erased += 1;
             }
             entries += n;
-            writer.forget(*sid);
+            writer.forget(*sid, mark);
         }
         // Ended sessions leave the index; every live one stays (or is
         // linked now), so later entries of every device can be erased too.

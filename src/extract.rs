@@ -47,7 +47,8 @@ impl std::fmt::Display for SessionRejection {
             None => f.write_str(
                 "no session in the request: is `SessionLayer` installed around this router?",
             ),
-            Some(e) => write!(f, "{e}"),
+            // This level only: the cause is the source.
+            Some(_) => f.write_str("the session could not be loaded"),
         }
     }
 }

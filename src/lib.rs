@@ -120,6 +120,11 @@
 //! - Requests of a session that was loaded and checked are recorded even if
 //!   the session is revoked in the milliseconds between that check and the
 //!   append.
+//! - On Redis Cluster, one session's failing append (a key of the wrong
+//!   type, a slot that moved) holds only that session. A master that is
+//!   down without a replica to fail over to can make the cluster client
+//!   fail commands for every node once it refreshes its view of the
+//!   cluster; history then waits in the queue until the cluster is whole.
 //! - With a history store apart from the session store
 //!   ([`history`](SessionLayerBuilder::history)), tokens cannot be checked at
 //!   append time, so requests whose handler never loads the session are not
@@ -143,8 +148,9 @@
 //!    that counted a failed attempt). A credential the load found dead
 //!    (its session ended, expired or lost; a token replaced longer ago than
 //!    the grace window) is cleared from the client with a removal cookie, so
-//!    it stops being sent; a request that never loads its session cannot
-//!    know, and keeps it.
+//!    it stops being sent; a token the record does not know at all (replaced
+//!    twice within the grace window) keeps its cookie, and a request that
+//!    never loads its session cannot know, and keeps it.
 //! 4. It enqueues the request's history entries (lifecycle, events, the
 //!    request) without waiting; the writer chains, signs and stores them.
 //!    When saving fails, the events and the request entry (with the error's

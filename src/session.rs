@@ -119,12 +119,35 @@ struct State {
     /// Events recorded on the session this request left for a new one (a
     /// change of user): they stay in the old session's history.
     left_events: Vec<Draft>,
+    /// The presented credential is known dead (its session is gone or
+    /// expired, or its token was replaced past the grace window).
+    dead: bool,
     /// Suspicious-use entries for the presented session.
     signals: Vec<Draft>,
     /// New device / network baseline after a recorded change.
     rebaseline: Option<(Option<String>, Option<String>)>,
     /// The request erased its user's history: record nothing for it.
     suppress_history: bool,
+}
+
+impl State {
+    /// Whether the request ends the session or reduces what it allows (a
+    /// logout, a change of user, a rotation, a dropped privilege): saved
+    /// even when the handler answered a server error.
+    fn reduces_access(&self) -> bool {
+        let (user, privilege) = match &self.record {
+            Some(r) => (r.user.is_some(), r.privilege.is_some()),
+            None => (false, false),
+        };
+        self.destroy
+            || self.regenerate
+            // A logout that keeps the session; a change to another user
+            // is a login too, and a failed handler logs no one in.
+            || self.end_live.is_some_and(|(_, reason)| reason == "logout")
+            || (user && self.user.is_none())
+            || (privilege
+                && self.privilege != self.record.as_ref().and_then(|r| r.privilege.clone()))
+    }
 }
 
 /// The length of a value's JSON text, counted without building it.
@@ -376,7 +399,11 @@ impl Session {
         let now = now_ms();
         let hash = presented.credential.token.hash();
         let Some(record) = record else {
-            self.state().origin = Origin::Stale;
+            {
+                let mut st = self.state();
+                st.origin = Origin::Stale;
+                st.dead = true;
+            }
             self.check_ended_use(sid).await;
             return Ok(());
         };
@@ -396,9 +423,10 @@ impl Session {
                     .shared
                     .writer
                     .as_ref()
-                    .is_some_and(|w| w.allow_dead_signal(sid));
+                    .is_some_and(|w| w.allow_expiry_entry(sid));
                 let mut st = self.state();
                 st.origin = Origin::Stale;
+                st.dead = true;
                 if first {
                     st.ended = Some((sid, reason));
                 }
@@ -454,7 +482,11 @@ impl Session {
                     "replaced_token_reused",
                     json!({"replaced_ms_ago": now.saturating_sub(r.at)}),
                 );
-                self.state().origin = Origin::Stale;
+                {
+                    let mut st = self.state();
+                    st.origin = Origin::Stale;
+                    st.dead = true;
+                }
                 // The presenter does not hold the live token, so rotating
                 // the live session amounts to ending it.
                 if self.judge_dead(&sid, &signal) != SuspicionResponse::Record {
@@ -543,6 +575,7 @@ impl Session {
         self.inner.shared.store.delete(&sid).await?;
         let mut st = self.state();
         st.origin = Origin::Stale;
+        st.dead = true;
         st.ended = Some((sid, "suspicious"));
         Ok(())
     }
@@ -651,7 +684,9 @@ impl Session {
     /// `user_changed`, or `logout` for `None`). Set the new session's
     /// privilege and data after this call. Logging in from an anonymous
     /// session keeps the session, its id and its data (a cart survives the
-    /// login).
+    /// login). The old session is ended before the new one is stored: when
+    /// that fails, the request fails (`503`) and nobody is logged in or
+    /// out.
     ///
     /// With [`max_sessions_per_user`](crate::SessionLayerBuilder::max_sessions_per_user),
     /// a login first claims a place among the user's sessions in the store
@@ -882,9 +917,19 @@ impl Session {
     /// As [`record`](Self::record).
     pub async fn record_if_session(&self, name: &str, data: impl Serialize) -> Result<bool, Error> {
         crate::history::entry::check_event_name(name)?;
+        let data = serde_json::to_value(&data)?;
+        let max = self.inner.shared.config.max_event_bytes;
+        let size = json_size(&data);
+        if size > max {
+            // The same bound as `record`: what an attacker sends in a failed
+            // login must not flood the log either.
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("event data is {size} bytes; max_event_bytes is {max}"),
+            ));
+        }
         self.load().await?;
         if !self.exists().await? {
-            let data = serde_json::to_value(&data)?;
             tracing::info!(
                 target: "session_trail::anonymous",
                 event = name,
@@ -1035,6 +1080,16 @@ impl Session {
         }
         let mut st = std::mem::take(&mut *self.state());
         self.state().committed = true;
+        if let Some((user, sid)) = st.claim.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            // The login will not be saved: give its place back.
+            let store = Arc::clone(&self.inner.shared.store);
+            let ended = std::mem::take(&mut st.evict);
+            rt.spawn(async move {
+                let _ = store.release_user_slot(&user, &sid, &ended).await;
+            });
+        }
         let sid = if st.origin == Origin::Live && !st.new {
             st.sid
         } else {
@@ -1098,29 +1153,45 @@ impl Session {
             // entry (only the signals about the presented session).
             None
         };
+        // Events recorded on a new session that is destroyed again belong
+        // to no stored session: they are not moved to another one.
+        let events = if st.new && st.destroy {
+            Vec::new()
+        } else {
+            std::mem::take(&mut st.events)
+        };
         let mut recorded = Recorded {
             shared: Arc::clone(&shared),
             presented: self.presented_sid(),
             signals: std::mem::take(&mut st.signals),
             ended: st.ended.take(),
             sid: entry_sid,
-            events: std::mem::take(&mut st.events),
-            left: st
-                .end_live
-                .map(|(old, _)| (old, std::mem::take(&mut st.left_events))),
+            events,
+            left: None,
             request: Some(request),
             suppress: st.suppress_history,
         };
+        // What was recorded on a session this request left (a change of
+        // user) is queued now, before that session's `ended` entry.
+        if let Some((old, _)) = st.end_live
+            && !st.left_events.is_empty()
+            && !st.suppress_history
+        {
+            shared.enqueue(old, std::mem::take(&mut st.left_events));
+        }
         let claim = st.claim.take();
         let status = recorded.request.as_ref().map_or(0, |r| r.status);
-        if status >= 500 && !shared.config.save_on_server_error {
+        if status >= 500 && !shared.config.save_on_server_error && !st.reduces_access() {
             // The handler failed: its changes are not saved (what it
-            // recorded is, on the session it had).
+            // recorded is, on the session it had). A request that ends or
+            // reduces the session (a logout, a rotation, a dropped
+            // privilege) is saved whatever its status.
             if let Some((user, sid)) = &claim {
                 let _ = shared.store.release_user_slot(user, sid, &st.evict).await;
             }
             recorded.sid = self.presented_sid().filter(|_| st.origin == Origin::Live);
-            if recorded.sid.is_none() {
+            if recorded.sid.is_none() || st.new {
+                // Recorded for a session that will not exist.
                 recorded.events.clear();
             }
             recorded.emit(status, None, Vec::new(), Vec::new());
@@ -1181,18 +1252,23 @@ impl Session {
                 device: self.device(),
                 network: self.network(),
             };
+            // The session this one replaces (a logout, a change of user)
+            // ends first, and its failure fails the request: a logout
+            // never leaves the old credential working.
+            if let Some((old, reason)) = st.end_live {
+                shared
+                    .end_session(old, reason)
+                    .await
+                    .map_err(|e| e.context("ending the session"))?;
+            }
             shared
                 .store
                 .create(&record)
                 .await
                 .map_err(|e| e.context("creating the session"))?;
             saved.login_saved = true;
-            // The session this one replaces ends once this one exists. The
-            // new session is saved: a failure from here on must not fail
-            // the response (its client would never get the new cookie).
-            if let Some((old, reason)) = st.end_live {
-                self.end_best_effort(old, reason).await;
-            }
+            // Sessions ended for the session limit go once the login is
+            // saved, best effort: its client must get the new cookie.
             self.end_evicted(st).await;
             saved.before.push(Draft::lifecycle(
                 EntryKind::Started,
@@ -1216,11 +1292,12 @@ impl Session {
                     .map_err(|e| e.context("ending the session"))?;
                 saved.action = CredentialAction::Clear;
             }
-        } else if st.origin == Origin::Stale {
-            // The credential names no live session (ended, expired, lost,
-            // or a token replaced long ago): take it from the client, so it
-            // stops being sent. A token replaced within the grace window is
-            // `Replaced` and keeps its cookie.
+        } else if st.origin == Origin::Stale && st.dead {
+            // The credential's session is gone (ended, expired, lost) or its
+            // token was replaced longer ago than the grace window: take it
+            // from the client, so it stops being sent. A token the record
+            // does not know at all (replaced twice within the grace window,
+            // or a local cache not yet told of a rotation) keeps its cookie.
             saved.action = CredentialAction::Clear;
         } else if st.origin == Origin::Live {
             let sid = st.sid.expect("a live session has an id");

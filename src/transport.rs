@@ -185,14 +185,15 @@ pub(crate) fn write<B>(
 /// quote the store). Logged once, with its cause.
 pub(crate) fn error_response<B: crate::ErrorBody>(err: &Error, grpc: bool) -> Response<B> {
     err.log_answered();
-    let mut res = if grpc {
-        Response::new(B::default())
-    } else {
-        let json = serde_json::json!({ "error": err.client_message() }).to_string();
-        let mut res = Response::new(B::from_json(json));
-        res.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        res
+    let json = serde_json::json!({ "error": err.client_message() }).to_string();
+    let mut res = match B::from_json(json).filter(|_| !grpc) {
+        Some(body) => {
+            let mut res = Response::new(body);
+            res.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            res
+        }
+        None => Response::new(B::default()),
     };
     if grpc {
         let h = res.headers_mut();

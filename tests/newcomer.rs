@@ -305,3 +305,21 @@ async fn a_visitor_without_a_session_gets_an_empty_history_page() {
     assert_eq!(page["chain"]["ok"], true);
     assert_eq!(store.session_count(), 0);
 }
+
+#[tokio::test]
+async fn a_request_with_a_token_replaced_twice_keeps_its_cookie() {
+    let store = MemoryStore::new();
+    let mut c = Client::new(router_with(layer(&store), extra()));
+    c.send("GET", "/visits").await;
+    let mut in_flight = c.fork();
+    // Two rotations within the grace window: the record knows only the
+    // token it replaced last.
+    c.send("POST", "/login/fay").await;
+    c.send("POST", "/elevate").await;
+    let res = in_flight.send("GET", "/me").await;
+    assert!(
+        common::app::session_cookie(&res, "session").is_none(),
+        "a request in flight must not clear the browser's live cookie"
+    );
+    assert_eq!(c.json("GET", "/me").await["user"], "fay");
+}

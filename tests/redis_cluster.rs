@@ -183,7 +183,7 @@ mod failures {
     use session_trail::{Key, KeyRing, SessionId};
 
     use super::common::app::eventually;
-    use super::common::redis::{RedisCluster, cli};
+    use super::common::redis::cli;
 
     fn writer(store: &RedisStore) -> HistoryWriter {
         let config = WriterConfig::default()
@@ -216,46 +216,18 @@ mod failures {
         let (node, _) = super::cluster().node_of(&s.history_key(&bad));
         cli(node, &["SET", &s.history_key(&bad), "not a list"]);
         let good: Vec<SessionId> = (0..12).map(|_| SessionId::generate()).collect();
+        // Rounds apart in time, so the poisoned session fails (and would
+        // hold everyone up) between them.
         for round in 0..3 {
             w.enqueue(bad, vec![event(round)]);
             for sid in &good {
                 w.enqueue(*sid, vec![event(round)]);
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         wait_for_entries(&s, &good, 3).await;
         let stats = w.stats();
         assert!(stats.session_failures > 0, "{stats:?}");
         assert_eq!(stats.sessions_backing_off, 1, "{stats:?}");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_shard_that_is_down_holds_only_its_own_sessions() {
-        // A cluster of its own: one of its masters is killed.
-        let mut cluster = RedisCluster::start();
-        for n in &cluster.nodes {
-            n.cli(&["CONFIG", "SET", "cluster-require-full-coverage", "no"]);
-        }
-        let s = RedisStore::builder(cluster.url())
-            .key_prefix(format!("down-{}", SessionId::generate()))
-            .response_timeout(Duration::from_millis(300))
-            .connection_timeout(Duration::from_millis(300))
-            .connect()
-            .await
-            .unwrap();
-        let w = writer(&s);
-        let dead_port = cluster.nodes[0].port;
-        let sessions: Vec<SessionId> = (0..30).map(|_| SessionId::generate()).collect();
-        let (on_dead, healthy): (Vec<SessionId>, Vec<SessionId>) = sessions
-            .iter()
-            .partition(|sid| cluster.node_of(&s.history_key(sid)).0 == dead_port);
-        assert!(!on_dead.is_empty() && !healthy.is_empty());
-        cluster.nodes[0].kill9();
-        for round in 0..2 {
-            for sid in &sessions {
-                w.enqueue(*sid, vec![event(round)]);
-            }
-        }
-        wait_for_entries(&s, &healthy, 2).await;
-        assert!(w.stats().queue_depth >= on_dead.len() as u64);
     }
 }

@@ -29,8 +29,9 @@ pub(crate) enum Msg {
         until: Instant,
         reply: oneshot::Sender<usize>,
     },
-    /// The session's history was erased: drop its cached head.
-    Forget(SessionId),
+    /// The session's history was erased: drop its cached head, and its
+    /// entries enqueued up to the mark (before the erase began).
+    Forget { session: SessionId, mark: u64 },
 }
 
 struct Item {
@@ -95,6 +96,9 @@ struct Sess {
     maybe_applied: bool,
     /// Tokens the store said are not the session's (newest last).
     dead: Vec<TokenHash>,
+    /// The session's history was erased: entries with ordinals up to this
+    /// were enqueued before, and are dropped rather than written.
+    erased_upto: u64,
 }
 
 impl Sess {
@@ -373,26 +377,43 @@ impl Worker {
             Msg::Shutdown { until, reply } => {
                 self.shutdown = Some((until, reply));
             }
-            Msg::Forget(session) => self.forget(session),
+            Msg::Forget { session, mark } => self.forget(session, mark),
         }
     }
 
-    /// The session's history was erased. Its entries written before the
-    /// erase were flushed by it first; what is queued now came after, and
-    /// is kept: only the cached head is dropped, so the next append starts
-    /// a new chain instead of conflicting (an erasure is never a loss).
-    fn forget(&mut self, session: SessionId) {
+    /// The session's history was erased. Entries enqueued before the erase
+    /// began (ordinals up to `mark`: the erase flushed them first, unless
+    /// the session's appends were failing) are dropped, with its pending
+    /// gap, and so are those of an append in flight if they come back;
+    /// what was enqueued after is kept. The cached head is dropped, so the
+    /// next append starts a new chain (an erasure is never a loss).
+    fn forget(&mut self, session: SessionId, mark: u64) {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
-        if s.in_flight {
-            // Its answer sets the head; a conflict with the erasure marker
-            // re-chains it.
-            return;
+        s.erased_upto = s.erased_upto.max(mark);
+        let (old, keep): (Vec<Item>, Vec<Item>) = s
+            .pending
+            .drain(..)
+            .partition(|i| i.gap || i.ordinal.is_some_and(|o| o <= mark));
+        s.pending.extend(keep);
+        if old.iter().any(|i| i.gap) {
+            s.dropped = 0;
+            self.gap_sessions -= 1;
         }
-        s.head = None;
-        s.acked_seq = 0;
-        s.maybe_applied = false;
+        let parked = s.parked.is_some();
+        if !s.in_flight {
+            // In flight, its answer sets the head; a conflict with the
+            // erasure marker then re-chains it.
+            s.head = None;
+            s.acked_seq = 0;
+            s.maybe_applied = false;
+        }
+        self.pending_total -= old.len();
+        if parked {
+            self.parked_items -= old.len();
+        }
+        self.release(&old);
     }
 
     /// Gives back the queue space of accepted entries that are done
@@ -900,6 +921,12 @@ impl Worker {
     /// Puts entries back at the front of a session's queue (they were
     /// taken for an append that did not apply).
     fn requeue_front(&mut self, session: SessionId, items: Vec<Item>) {
+        let upto = self.sessions.get(&session).map_or(0, |s| s.erased_upto);
+        // Entries of a history erased while they were in flight are gone.
+        let (erased, items): (Vec<Item>, Vec<Item>) = items
+            .into_iter()
+            .partition(|i| i.ordinal.is_some_and(|o| o <= upto));
+        self.release(&erased);
         let s = self.sessions.entry(session).or_default();
         let n = items.len();
         for item in items.into_iter().rev() {

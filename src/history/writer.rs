@@ -260,6 +260,8 @@ pub(crate) struct Shared {
     pub(crate) drops: Mutex<HashMap<SessionId, u64>>,
     /// When each session last got a dead-token `suspicious` entry.
     pub(crate) dead_signals: Mutex<HashMap<SessionId, Instant>>,
+    /// When each session last got an `ended` entry for its expiry.
+    pub(crate) expiry_entries: Mutex<HashMap<SessionId, Instant>>,
     pub(crate) epoch: Instant,
     pub(crate) store: Arc<dyn DynHistoryStore>,
     pub(crate) ring: KeyRing,
@@ -329,6 +331,7 @@ impl HistoryWriter {
             config,
             drops: Mutex::default(),
             dead_signals: Mutex::default(),
+            expiry_entries: Mutex::default(),
             epoch: Instant::now(),
             store,
             ring,
@@ -393,6 +396,12 @@ impl HistoryWriter {
     /// `session` now: at most one per session per rotation grace window.
     pub(crate) fn allow_dead_signal(&self, session: SessionId) -> bool {
         self.shared.allow_dead_signal(session, Instant::now())
+    }
+
+    /// Whether an expired session's `ended` entry may be recorded now (once
+    /// per session, however many requests race the delete of its record).
+    pub(crate) fn allow_expiry_entry(&self, session: SessionId) -> bool {
+        self.shared.allow_expiry_entry(session)
     }
 
     /// Resolves when every entry enqueued before this call is acknowledged
@@ -498,8 +507,14 @@ impl HistoryWriter {
     }
 
     /// Drops `session`'s cached chain head after its history was erased.
-    pub(crate) fn forget(&self, session: SessionId) {
-        let _ = self.tx.send(Msg::Forget(session));
+    pub(crate) fn forget(&self, session: SessionId, mark: u64) {
+        let _ = self.tx.send(Msg::Forget { session, mark });
+    }
+
+    /// How many entries were accepted so far: the ordinal of the last one.
+    /// Entries enqueued after this call have higher ordinals.
+    pub(crate) fn enqueued_mark(&self) -> u64 {
+        self.shared.queue().enqueued
     }
 
     pub(crate) fn ring(&self) -> &KeyRing {
@@ -545,8 +560,36 @@ impl Shared {
     }
 
     pub(crate) fn allow_dead_signal(&self, session: SessionId, now: Instant) -> bool {
-        let window = self.config.dead_signal_every;
-        let mut seen = self.dead_signals.lock().unwrap_or_else(|e| e.into_inner());
+        once_per(
+            &self.dead_signals,
+            session,
+            now,
+            self.config.dead_signal_every,
+        )
+    }
+
+    /// Whether an expired session's `ended` entry may be recorded now: once,
+    /// however many requests race the delete of its record.
+    pub(crate) fn allow_expiry_entry(&self, session: SessionId) -> bool {
+        once_per(
+            &self.expiry_entries,
+            session,
+            Instant::now(),
+            self.config.dead_signal_every,
+        )
+    }
+}
+
+/// Whether `session` may have one more of something now: at most once per
+/// `window`, with a map bounded by [`MAX_DROP_SESSIONS`].
+fn once_per(
+    map: &Mutex<HashMap<SessionId, Instant>>,
+    session: SessionId,
+    now: Instant,
+    window: Duration,
+) -> bool {
+    let mut seen = map.lock().unwrap_or_else(|e| e.into_inner());
+    {
         if seen
             .get(&session)
             .is_some_and(|t| now.saturating_duration_since(*t) < window)

@@ -431,7 +431,10 @@ impl SessionLayerBuilder {
     /// logout), while what it recorded (events, the request entry) is kept
     /// in the history of the session it had. Responses below 500 (a `400`
     /// after a validation error, a `401` that counted a failed attempt)
-    /// always save.
+    /// always save, and so does a request that ends or reduces the session
+    /// whatever its status (a logout, `destroy`, a rotation, a dropped user
+    /// or privilege): a failed handler never keeps a session more open
+    /// than it asked for.
     ///
     /// ```
     /// use session_trail::{Key, SessionLayer, store::MemoryStore};

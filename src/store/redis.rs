@@ -423,9 +423,15 @@ impl RedisStore {
 /// Whether Redis refused the client's configuration rather than failing:
 /// wrong or missing credentials, an ACL without the permission, a database
 /// index the server does not have.
+///
+/// Decided on the server's error codes, and on the client library's
+/// authentication failure (it reports a refused `AUTH` that way, without
+/// the server's code). A client-side configuration error such as a host
+/// that does not resolve right now stays `Unavailable`, so retries go on.
+/// One case is misread: a proxy that answers `AUTH` with a transient error
+/// during a failover is reported as `Misconfigured`.
 fn is_misconfiguration(e: &::redis::RedisError) -> bool {
-    use ::redis::ErrorKind as K;
-    if matches!(e.kind(), K::AuthenticationFailed | K::InvalidClientConfig) {
+    if e.kind() == ::redis::ErrorKind::AuthenticationFailed {
         return true;
     }
     if matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM")) {

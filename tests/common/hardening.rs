@@ -28,6 +28,9 @@ pub trait Faulty: SessionStore + HistoryStore + Clone {
     fn break_next_save(&self, sid: &SessionId);
     /// Every append to `sid`'s history fails on its own.
     fn poison_history(&self, sid: &SessionId);
+    /// Undoes [`poison_history`](Self::poison_history) where a history
+    /// delete does not (the memory store's injected fault).
+    fn heal_history(&self, sid: &SessionId);
     /// Puts an element shorter than a tag at the end of `sid`'s history.
     fn corrupt_tail(&self, sid: &SessionId) -> impl std::future::Future<Output = ()> + Send;
 }
@@ -39,6 +42,10 @@ impl Faulty for MemoryStore {
 
     fn poison_history(&self, sid: &SessionId) {
         MemoryStore::poison_history(self, *sid, true);
+    }
+
+    fn heal_history(&self, sid: &SessionId) {
+        MemoryStore::poison_history(self, *sid, false);
     }
 
     async fn corrupt_tail(&self, sid: &SessionId) {
@@ -72,6 +79,8 @@ impl Faulty for session_trail::store::RedisStore {
         srv.cli(&["SET", &self.history_key(sid), "not a list"]);
     }
 
+    fn heal_history(&self, _sid: &SessionId) {}
+
     async fn corrupt_tail(&self, sid: &SessionId) {
         super::redis::shared_server().cli(&["RPUSH", &self.history_key(sid), "short"]);
     }
@@ -96,8 +105,14 @@ fn layer<S: Faulty>(store: &S) -> SessionLayer {
 
 type Breaker = Arc<dyn Fn(SessionId) + Send + Sync>;
 
+/// The tasks `/late-write` spawns, for the test to await.
+static LATE_WRITES: std::sync::Mutex<Vec<tokio::task::JoinHandle<bool>>> =
+    std::sync::Mutex::new(Vec::new());
+
 /// Routes these tests need beyond the shared app's.
 fn extra(breaker: Breaker) -> Router {
+    let breaker2 = Arc::clone(&breaker);
+    let breaker3 = Arc::clone(&breaker);
     Router::new()
         .route(
             "/logout-keep",
@@ -134,23 +149,63 @@ fn extra(breaker: Breaker) -> Router {
             "/late-write",
             post(|session: Session| async move {
                 let clone = session.clone();
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     // Once the response has left, a write is an error.
                     for _ in 0..500 {
                         if clone.insert("late", 1).await.is_err() {
                             let _ = clone.record("late_event", serde_json::json!({})).await;
-                            return;
+                            return true;
                         }
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
-                    panic!("a write after the response was accepted");
+                    false
                 });
+                LATE_WRITES.lock().unwrap().push(task);
                 Ok::<_, session_trail::Error>(StatusCode::OK)
             }),
         )
         .route(
             "/users/{id}",
             get(|Path(_id): Path<String>| async { "a profile" }),
+        )
+        .route(
+            "/switch-then-fail/{user}",
+            post(|session: Session, Path(user): Path<String>| async move {
+                session.set_user(Some(user)).await?;
+                session
+                    .record("new_users_event", serde_json::json!({}))
+                    .await?;
+                Ok::<_, session_trail::Error>(StatusCode::INTERNAL_SERVER_ERROR)
+            }),
+        )
+        .route(
+            "/logout-then-fail",
+            post(|session: Session| async move {
+                session.destroy().await?;
+                Ok::<_, session_trail::Error>(StatusCode::INTERNAL_SERVER_ERROR)
+            }),
+        )
+        .route(
+            "/broken-logout-keep",
+            post(move |session: Session| {
+                let breaker = Arc::clone(&breaker2);
+                async move {
+                    breaker(session.id().await?.unwrap());
+                    session.set_user(None).await?;
+                    Ok::<_, session_trail::Error>(StatusCode::OK)
+                }
+            }),
+        )
+        .route(
+            "/login-broken/{user}",
+            post(move |session: Session, Path(user): Path<String>| {
+                let breaker = Arc::clone(&breaker3);
+                async move {
+                    session.set_user(Some(user)).await?;
+                    breaker(session.id().await?.unwrap());
+                    Ok::<_, session_trail::Error>(StatusCode::OK)
+                }
+            }),
         )
         .route(
             "/switch-to/{user}",
@@ -380,12 +435,12 @@ pub async fn user_switch_starts_a_new_session<S: Faulty>(store: S) {
         .unwrap();
     assert!(carols.data.is_empty(), "{:?}", carols.data.keys());
     flush(&layer).await;
+    let bobs = entries(&store, &bob_sid).await;
+    let goodbye = bobs.iter().position(|e| e["event"] == "said_goodbye");
+    let ended = bobs.iter().position(|e| e["kind"] == "ended");
     assert!(
-        entries(&store, &bob_sid)
-            .await
-            .iter()
-            .any(|e| e["event"] == "said_goodbye"),
-        "the event recorded before the switch belongs to bob's session"
+        goodbye.is_some() && goodbye < ended,
+        "the event recorded before the switch belongs to bob's session, before its end: {bobs:#?}"
     );
     assert!(
         !entries(&store, &carol_sid)
@@ -598,15 +653,18 @@ pub async fn session_limit_holds_under_concurrent_logins<S: Faulty>(store: S) {
         .unwrap();
     let app = app(&store, layer);
     let user = user_name();
-    let logins = (0..8).map(|_| {
-        let app = app.clone();
-        let user = user.clone();
-        tokio::spawn(async move {
-            let mut c = Client::new(app);
-            c.send("POST", &format!("/login/{user}")).await.status()
+    // All spawned before any is awaited: they race.
+    let logins: Vec<_> = (0..8)
+        .map(|_| {
+            let app = app.clone();
+            let user = user.clone();
+            tokio::spawn(async move {
+                let mut c = Client::new(app);
+                c.send("POST", &format!("/login/{user}")).await.status()
+            })
         })
-    });
-    let statuses: Vec<StatusCode> = futures_join(logins).await;
+        .collect();
+    let statuses: Vec<StatusCode> = futures_join(logins.into_iter()).await;
     let ok = statuses.iter().filter(|s| s.is_success()).count();
     assert_eq!(ok, 2, "{statuses:?}");
     assert_eq!(
@@ -625,6 +683,73 @@ pub async fn session_limit_holds_under_concurrent_logins<S: Faulty>(store: S) {
     one.send("POST", "/logout").await;
     let res = again.send("POST", &format!("/login/{user}")).await;
     assert!(res.status().is_success(), "{}", res.status());
+}
+
+pub async fn a_failed_switch_or_logout_fails_closed<S: Faulty>(store: S) {
+    let layer = layer(&store);
+    let app = app(&store, layer.clone());
+    let (alice, bob) = (user_name(), user_name());
+    let mut c = Client::new(app.clone());
+    c.send("POST", &format!("/login/{alice}")).await;
+    let alice_sid = session_of(&mut c).await;
+    // A server error after a switch: bob's events never reach alice.
+    let res = c.send("POST", &format!("/switch-then-fail/{bob}")).await;
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(c.json("GET", "/me").await["user"], alice.as_str());
+    flush(&layer).await;
+    assert!(
+        !entries(&store, &alice_sid)
+            .await
+            .iter()
+            .any(|e| e["event"] == "new_users_event")
+    );
+    // A logout that cannot end the old session answers an error, never a
+    // success that leaves the old credential working.
+    let mut old = c.fork();
+    let res = c.send("POST", "/broken-logout-keep").await;
+    assert!(res.status().is_server_error(), "{}", res.status());
+    // A logout is saved even when the handler then fails.
+    let mut d = Client::new(app);
+    d.send("POST", &format!("/login/{}", user_name())).await;
+    let mut kept = d.fork();
+    let res = d.send("POST", "/logout-then-fail").await;
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(kept.json("GET", "/me").await["anonymous"], true);
+    let _ = old.send("GET", "/me").await;
+}
+
+pub async fn an_erase_drops_what_a_failing_session_held<S: Faulty>(store: S) {
+    let layer = SessionLayer::builder(store.clone(), key())
+        .history_writer(writer().flush_timeout(Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    let mut c = Client::new(app(&store, layer.clone()));
+    c.send("POST", &format!("/login/{}", user_name())).await;
+    let sid = session_of(&mut c).await;
+    flush(&layer).await;
+    store.poison_history(&sid);
+    c.send_body("POST", "/event/before_erase", Some(serde_json::json!({})))
+        .await;
+    let receipt = c.json("DELETE", "/history").await;
+    assert!(receipt["at"].is_string());
+    // The session heals (the delete cleared a Redis key of the wrong type;
+    // on memory, the fault is lifted) and writes again.
+    store.heal_history(&sid);
+    c.send_body("POST", "/event/after_erase", Some(serde_json::json!({})))
+        .await;
+    let store2 = store.clone();
+    let stored = eventually(10, "the entries after the erase", move || {
+        let store = store2.clone();
+        async move {
+            let e = entries(&store, &sid).await;
+            e.iter().any(|e| e["event"] == "after_erase").then_some(e)
+        }
+    })
+    .await;
+    assert!(
+        !stored.iter().any(|e| e["event"] == "before_erase"),
+        "an erased event came back: {stored:#?}"
+    );
 }
 
 pub async fn a_zero_grace_still_rate_limits_dead_cookies<S: Faulty>(store: S) {
@@ -657,12 +782,11 @@ pub async fn end_oldest_waits_for_the_login_to_be_saved<S: Faulty>(store: S) {
     let user = user_name();
     let mut first = Client::new(app.clone());
     first.send("POST", &format!("/login/{user}")).await;
-    // A login whose save fails ends no one.
+    // A login whose save fails (after the session limit made room) ends
+    // no one.
     let mut second = Client::new(app.clone());
     second.send("GET", "/visits").await;
-    let anon = session_of(&mut second).await;
-    store.break_next_save(&anon);
-    let res = second.send("POST", &format!("/login/{user}")).await;
+    let res = second.send("POST", &format!("/login-broken/{user}")).await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(first.json("GET", "/me").await["user"], user.as_str());
     // One that is saved ends the oldest.
@@ -679,9 +803,12 @@ pub async fn writes_after_the_response_are_an_error<S: Faulty>(store: S) {
     let sid = session_of(&mut c).await;
     let res = c.send("POST", "/late-write").await;
     assert!(res.status().is_success());
-    // The spawned task sees its write refused (it panics otherwise); the
-    // value never appears.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The spawned task sees its write refused; the value never appears.
+    let task = LATE_WRITES.lock().unwrap().pop().unwrap();
+    assert!(
+        task.await.unwrap(),
+        "a write after the response was accepted"
+    );
     flush(&layer).await;
     let me = c.json("GET", "/me").await;
     assert_eq!(me["session"], sid.to_string());
@@ -728,6 +855,8 @@ macro_rules! hardening_suite {
             end_oldest_waits_for_the_login_to_be_saved,
             writes_after_the_response_are_an_error,
             a_zero_grace_still_rate_limits_dead_cookies,
+            a_failed_switch_or_logout_fails_closed,
+            an_erase_drops_what_a_failing_session_held,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

@@ -52,8 +52,11 @@ if count >= max then
     ended[i] = candidates[i]
     redis.call('ZADD', ending, ARGV[3], candidates[i])
   end
-  redis.call('PEXPIREAT', ending, ARGV[3])
+  local top = redis.call('ZRANGE', ending, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', ending, top[2])
 end
 redis.call('ZADD', claims, ARGV[3], me)
-redis.call('PEXPIREAT', claims, ARGV[3])
+-- Each set lives as long as its longest-lived member.
+local top = redis.call('ZRANGE', claims, -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', claims, top[2])
 return {1, unpack(ended)}

@@ -218,6 +218,7 @@ pub(super) struct Scripts {
     pub(super) delete: Script,
     pub(super) index: Script,
     pub(super) claim: Script,
+    pub(super) erase: Script,
 }
 
 impl Scripts {
@@ -228,6 +229,7 @@ impl Scripts {
             delete: Script::new(include_str!("delete.lua")),
             index: Script::new(INDEX_LUA),
             claim: Script::new(include_str!("claim.lua")),
+            erase: Script::new(include_str!("erase.lua")),
         }
     }
 }

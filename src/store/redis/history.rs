@@ -372,26 +372,19 @@ pub(super) async fn read_newest(
 }
 
 pub(super) async fn delete(store: &RedisStore, session: &SessionId) -> Result<u64, Error> {
-    let key = store.history_key(session);
     // The erasure marker lives as long as a history could: a writer that
     // still knows the old head learns of the erasure, not of a loss.
     let ttl = ttl_ms(store.inner.ttl).saturating_add(refresh_every(store.inner.ttl));
-    let mut pipe = ::redis::pipe();
-    pipe.atomic()
-        .cmd("LLEN")
-        .arg(&key)
-        .cmd("DEL")
-        .arg(&key)
-        .ignore()
-        .cmd("SET")
-        .arg(store.erased_key(session))
-        .arg(now_ms())
-        .arg("PX")
-        .arg(ttl)
-        .ignore();
     let mut c = store.inner.conn.clone();
-    let (n,): (u64,) = pipe
-        .query_async(&mut c)
+    let n: u64 = store
+        .inner
+        .scripts
+        .erase
+        .key(store.history_key(session))
+        .key(store.erased_key(session))
+        .arg(now_ms())
+        .arg(ttl)
+        .invoke_async(&mut c)
         .await
         .map_err(|e| store.unavailable(e, "delete history"))?;
     store

@@ -556,12 +556,14 @@ pub(super) async fn release_user_slot(
     ended: &[SessionId],
 ) -> Result<(), Error> {
     let mut c = store.inner.conn.clone();
+    // A record that cannot be read (a key of the wrong type) names no one.
     let named: Option<String> = ::redis::cmd("HGET")
         .arg(store.record_key(session))
         .arg(USER)
         .query_async(&mut c)
         .await
-        .map_err(|e| store.unavailable(e, "HGET"))?;
+        .ok()
+        .flatten();
     let mut pipe = ::redis::pipe();
     pipe.cmd("ZREM")
         .arg(store.user_claims_key(user))
