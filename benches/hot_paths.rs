@@ -117,6 +117,43 @@ fn layer(c: &mut Criterion) {
         0,
         "the benched cookie did not verify"
     );
+    drop(svc);
+    layer_with_history(c, &rt);
+}
+
+/// The same untouched request with history on: the request entry is
+/// built and handed to the writer on the condition of the credential's
+/// token (one SHA-256 of the token), without any store call.
+fn layer_with_history(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let _guard = rt.enter();
+    let store = MemoryStore::new();
+    let layer = SessionLayer::builder(store, key()).build().unwrap();
+    let res = rt
+        .block_on(
+            layer
+                .layer(service_fn(writes))
+                .oneshot(Request::new(String::new())),
+        )
+        .unwrap();
+    let pair = res.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let cookie = HeaderValue::from_str(&pair).unwrap();
+    let svc = layer.layer(service_fn(untouched));
+    let mut g = c.benchmark_group("layer");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("untouched_with_cookie_and_history", |b| {
+        b.to_async(rt).iter(|| {
+            let mut req = Request::new(String::new());
+            req.headers_mut().insert(COOKIE, cookie.clone());
+            svc.clone().oneshot(req)
+        });
+    });
+    g.finish();
 }
 
 /// Building a request entry and chaining and signing it.
