@@ -285,12 +285,15 @@ impl Session {
         let mut entries = 0;
         let mut erased = 0;
         for sid in &sessions {
+            // This server drops what it queued before the erase, and waits
+            // for an append in flight, before the history is deleted: none
+            // of the erased entries lands after the delete.
+            writer.forget(*sid, mark).await;
             let n = store.delete(sid).await?;
             if n > 0 {
                 erased += 1;
             }
             entries += n;
-            writer.forget(*sid, mark);
         }
         // Ended sessions leave the index; every live one stays (or is
         // linked now), so later entries of every device can be erased too.

@@ -145,12 +145,17 @@
 //!    written to the history of the session it had), unless
 //!    [`save_on_server_error`](SessionLayerBuilder::save_on_server_error);
 //!    any other status saves (a `400` after a validation error, a `401`
-//!    that counted a failed attempt). A credential the load found dead
-//!    (its session ended, expired or lost; a token replaced longer ago than
-//!    the grace window) is cleared from the client with a removal cookie, so
-//!    it stops being sent; a token the record does not know at all (replaced
-//!    twice within the grace window) keeps its cookie, and a request that
-//!    never loads its session cannot know, and keeps it.
+//!    that counted a failed attempt); a request that ends or reduces the
+//!    session is saved whatever its status, and a failed one never grants
+//!    anything. A credential the load found dead (its session ended longer
+//!    ago than the grace window, expired or lost; a token replaced longer
+//!    ago than the grace window) is cleared from the client with a removal
+//!    cookie, so it stops being sent. The grace window is measured from the
+//!    request's arrival: a request in flight when its session rotated or
+//!    ended keeps its cookie (a removal cookie landing after the new one
+//!    would log the browser out), and so does a token the record does not
+//!    know at all (replaced twice within the window); a request that never
+//!    loads its session cannot know, and keeps it.
 //! 4. It enqueues the request's history entries (lifecycle, events, the
 //!    request) without waiting; the writer chains, signs and stores them.
 //!    When saving fails, the events and the request entry (with the error's

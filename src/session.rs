@@ -72,6 +72,9 @@ pub(crate) struct Presented {
 pub(crate) struct RequestMeta {
     pub(crate) user_agent: Option<http::HeaderValue>,
     pub(crate) client_ip: Option<std::net::IpAddr>,
+    /// When the request arrived (Unix ms): the rotation grace window is
+    /// measured from it, not from a load late in a slow handler.
+    pub(crate) started_ms: i64,
 }
 
 #[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
@@ -136,17 +139,20 @@ impl State {
     /// even when the handler answered a server error.
     fn reduces_access(&self) -> bool {
         let (user, privilege) = match &self.record {
-            Some(r) => (r.user.is_some(), r.privilege.is_some()),
-            None => (false, false),
+            Some(r) => (r.user.clone(), r.privilege.clone()),
+            None => (None, None),
         };
-        self.destroy
-            || self.regenerate
-            // A logout that keeps the session; a change to another user
-            // is a login too, and a failed handler logs no one in.
-            || self.end_live.is_some_and(|(_, reason)| reason == "logout")
-            || (user && self.user.is_none())
-            || (privilege
-                && self.privilege != self.record.as_ref().and_then(|r| r.privilege.clone()))
+        // A request that grants anything (a login, a change to another
+        // user, a new or raised privilege) is never saved by a failed
+        // handler, whatever else it does.
+        let grants = (self.user.is_some() && self.user != user)
+            || (self.privilege.is_some() && self.privilege != privilege);
+        !grants
+            && (self.destroy
+                || self.regenerate
+                || self.end_live.is_some_and(|(_, reason)| reason == "logout")
+                || (user.is_some() && self.user.is_none())
+                || (privilege.is_some() && self.privilege.is_none()))
     }
 }
 
@@ -285,6 +291,9 @@ struct Recorded {
     request: Option<RequestEntry>,
     /// The request erased its user's history: it records nothing.
     suppress: bool,
+    /// A place claimed for a login not yet settled: (user, session, the
+    /// sessions it was to end). Given back unless the login was saved.
+    claim: Option<(String, SessionId, Vec<SessionId>)>,
 }
 
 impl Recorded {
@@ -326,6 +335,16 @@ impl Drop for Recorded {
     fn drop(&mut self) {
         if self.request.is_some() {
             self.emit(STATUS_CLIENT_GONE, None, Vec::new(), Vec::new());
+        }
+        // Dropped mid-save: the login's place goes back (a login that was
+        // saved all the same is recognised by the store and kept).
+        if let Some((user, sid, ended)) = self.claim.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let store = Arc::clone(&self.shared.store);
+            rt.spawn(async move {
+                let _ = store.release_user_slot(&user, &sid, &ended).await;
+            });
         }
     }
 }
@@ -399,12 +418,15 @@ impl Session {
         let now = now_ms();
         let hash = presented.credential.token.hash();
         let Some(record) = record else {
-            {
-                let mut st = self.state();
-                st.origin = Origin::Stale;
-                st.dead = true;
-            }
-            self.check_ended_use(sid).await;
+            // Gone: ended (logout, revocation, a change of user), expired
+            // and evicted, or lost. Ended moments ago, this request was in
+            // flight then: it keeps its cookie, as a replaced token does.
+            let ended_at = self.check_ended_use(sid).await;
+            let grace = self.inner.shared.config.rotation_grace.as_millis() as i64;
+            let started = self.inner.meta.started_ms;
+            let mut st = self.state();
+            st.origin = Origin::Stale;
+            st.dead = ended_at.is_none_or(|at| started.saturating_sub(at) > grace);
             return Ok(());
         };
         let expired = if record.absolute_deadline <= now {
@@ -438,6 +460,7 @@ impl Session {
             return Ok(());
         }
         let grace = self.inner.shared.config.rotation_grace.as_millis() as i64;
+        let started = self.inner.meta.started_ms;
         if record.token_hash.ct_eq(&hash) {
             // Compare with the baseline only where the record has one.
             let device = record.device.as_ref().and_then(|_| self.device());
@@ -474,7 +497,7 @@ impl Session {
             st.privilege.clone_from(&record.privilege);
             st.record = Some(record);
         } else if let Some(r) = record.replaced.filter(|r| r.token_hash.ct_eq(&hash)) {
-            if now.saturating_sub(r.at) <= grace {
+            if started.saturating_sub(r.at) <= grace {
                 self.state().origin = Origin::Replaced;
             } else {
                 // A token replaced long ago: a copy of an old credential.
@@ -501,35 +524,49 @@ impl Session {
 
     /// A verified credential whose session is gone: if its history says it
     /// was ended on purpose (logout, revocation), its use is suspicious.
-    async fn check_ended_use(&self, sid: SessionId) {
-        let Some(writer) = &self.inner.shared.writer else {
-            return;
-        };
-        let Ok(newest) = writer.store().read_newest(&sid, 8).await else {
-            return;
-        };
+    /// Answers when the session ended, if its history says so (entries this
+    /// process still queues included).
+    async fn check_ended_use(&self, sid: SessionId) -> Option<i64> {
+        let writer = self.inner.shared.writer.as_ref()?;
+        let is_lifecycle = |k: EntryKind| !matches!(k, EntryKind::Request | EntryKind::Suspicious);
         // The newest lifecycle entry, past the requests (and earlier
-        // signals) recorded after it.
-        let Some(entry) = newest
-            .iter()
+        // signals) recorded after it: queued here first, then stored.
+        let queued = writer
+            .pending(sid)
+            .await
+            .unwrap_or_default()
+            .into_iter()
             .rev()
-            .filter_map(|b| crate::history::Entry::decode(b).ok())
-            .find(|e| !matches!(e.kind, EntryKind::Request | EntryKind::Suspicious))
-        else {
-            return;
+            .find(|d| is_lifecycle(d.kind));
+        let entry = match queued {
+            Some(d) => {
+                crate::history::Entry::decode(&d.sign(writer.ring().current(), &sid, 1, &[0; 16]))
+                    .ok()?
+            }
+            None => {
+                let newest = writer.store().read_newest(&sid, 8).await.ok()?;
+                newest
+                    .iter()
+                    .rev()
+                    .filter_map(|b| crate::history::Entry::decode(b).ok())
+                    .find(|e| is_lifecycle(e.kind))?
+            }
         };
         if entry.kind != EntryKind::Ended {
-            return;
+            return None;
         }
+        let grace = self.inner.shared.config.rotation_grace.as_millis() as i64;
         let reason = entry.to_json()["reason"].clone();
-        if !matches!(
+        let deliberate = matches!(
             reason.as_str(),
-            Some("logout" | "revoked" | "session_limit" | "suspicious")
-        ) {
-            return;
+            Some("logout" | "revoked" | "session_limit" | "suspicious" | "user_changed")
+        );
+        // A request in flight when its session ended is no replay.
+        if deliberate && self.inner.meta.started_ms.saturating_sub(entry.ts) > grace {
+            let signal = Signal::new("ended_session_used", json!({"ended": reason}));
+            self.judge_dead(&sid, &signal);
         }
-        let signal = Signal::new("ended_session_used", json!({"ended": reason}));
-        self.judge_dead(&sid, &signal);
+        Some(entry.ts)
     }
 
     /// Asks the `on_suspicious` hook about each signal, queues a signed
@@ -685,8 +722,9 @@ impl Session {
     /// privilege and data after this call. Logging in from an anonymous
     /// session keeps the session, its id and its data (a cart survives the
     /// login). The old session is ended before the new one is stored: when
-    /// that fails, the request fails (`503`) and nobody is logged in or
-    /// out.
+    /// ending it fails, the request fails (`503`) and the old session stays;
+    /// when storing the new one fails after that, the request fails and the
+    /// old user is logged out (fail closed).
     ///
     /// With [`max_sessions_per_user`](crate::SessionLayerBuilder::max_sessions_per_user),
     /// a login first claims a place among the user's sessions in the store
@@ -1043,6 +1081,9 @@ impl Session {
             && let Some(sid) = st.sid
         {
             st.end_live = Some((sid, "logout"));
+            // What was recorded before the logout stays with that session.
+            let mut events = std::mem::take(&mut st.events);
+            st.left_events.append(&mut events);
         }
         st.sid = Some(id.unwrap_or_else(SessionId::generate));
         st.new = true;
@@ -1113,6 +1154,7 @@ impl Session {
                 .map(|(old, _)| (old, std::mem::take(&mut st.left_events))),
             request: Some(request),
             suppress: st.suppress_history,
+            claim: None,
         };
         recorded.emit(status, None, Vec::new(), Vec::new());
     }
@@ -1170,6 +1212,7 @@ impl Session {
             left: None,
             request: Some(request),
             suppress: st.suppress_history,
+            claim: None,
         };
         // What was recorded on a session this request left (a change of
         // user) is queued now, before that session's `ended` entry.
@@ -1179,15 +1222,18 @@ impl Session {
         {
             shared.enqueue(old, std::mem::take(&mut st.left_events));
         }
-        let claim = st.claim.take();
+        recorded.claim = st
+            .claim
+            .take()
+            .map(|(user, sid)| (user, sid, st.evict.clone()));
         let status = recorded.request.as_ref().map_or(0, |r| r.status);
         if status >= 500 && !shared.config.save_on_server_error && !st.reduces_access() {
             // The handler failed: its changes are not saved (what it
             // recorded is, on the session it had). A request that ends or
             // reduces the session (a logout, a rotation, a dropped
             // privilege) is saved whatever its status.
-            if let Some((user, sid)) = &claim {
-                let _ = shared.store.release_user_slot(user, sid, &st.evict).await;
+            if let Some((user, sid, ended)) = recorded.claim.take() {
+                let _ = shared.store.release_user_slot(&user, &sid, &ended).await;
             }
             recorded.sid = self.presented_sid().filter(|_| st.origin == Origin::Live);
             if recorded.sid.is_none() || st.new {
@@ -1199,10 +1245,10 @@ impl Session {
         }
         match self.save(&mut st, now).await {
             Ok(saved) => {
-                if !saved.login_saved
-                    && let Some((user, sid)) = &claim
+                if let Some((user, sid, ended)) = recorded.claim.take()
+                    && !saved.login_saved
                 {
-                    let _ = shared.store.release_user_slot(user, sid, &st.evict).await;
+                    let _ = shared.store.release_user_slot(&user, &sid, &ended).await;
                 }
                 let user = st
                     .user
@@ -1214,8 +1260,8 @@ impl Session {
                 Ok(saved.action)
             }
             Err(e) => {
-                if let Some((user, sid)) = &claim {
-                    let _ = shared.store.release_user_slot(user, sid, &st.evict).await;
+                if let Some((user, sid, ended)) = recorded.claim.take() {
+                    let _ = shared.store.release_user_slot(&user, &sid, &ended).await;
                 }
                 recorded.emit(e.status().as_u16(), None, Vec::new(), Vec::new());
                 Err(e)

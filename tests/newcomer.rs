@@ -223,7 +223,13 @@ async fn a_server_error_discards_changes_but_keeps_the_history() {
 #[tokio::test]
 async fn a_dead_cookie_is_cleared_but_a_just_replaced_one_is_not() {
     let store = MemoryStore::new();
-    let app = router_with(layer(&store), extra());
+    let grace = Duration::from_millis(200);
+    let layer = SessionLayer::builder(store.clone(), key())
+        .history_writer(WriterConfig::default().flush_interval(Duration::from_millis(5)))
+        .rotation_grace(grace)
+        .build()
+        .unwrap();
+    let app = router_with(layer, extra());
     let mut phone = Client::new(app.clone());
     phone.send("POST", "/login/dora").await;
     let mut laptop = Client::new(app.clone());
@@ -237,6 +243,9 @@ async fn a_dead_cookie_is_cleared_but_a_just_replaced_one_is_not() {
         .send("DELETE", &format!("/sessions/{phone_sid}"))
         .await;
     assert!(res.status().is_success());
+    // Past the grace window (a request in flight at the revocation keeps
+    // its cookie).
+    tokio::time::sleep(grace + Duration::from_millis(50)).await;
     let res = phone.send("GET", "/me").await;
     let set = common::app::session_cookie(&res, "session");
     assert_eq!(set.as_deref(), Some(""), "a removal cookie is set");

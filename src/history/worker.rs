@@ -31,7 +31,13 @@ pub(crate) enum Msg {
     },
     /// The session's history was erased: drop its cached head, and its
     /// entries enqueued up to the mark (before the erase began).
-    Forget { session: SessionId, mark: u64 },
+    Forget {
+        session: SessionId,
+        mark: u64,
+        /// Answered once no append in flight holds the session's entries
+        /// (so none of them can land after the caller deletes the history).
+        reply: oneshot::Sender<()>,
+    },
 }
 
 struct Item {
@@ -160,6 +166,8 @@ pub(crate) struct Worker {
     closed: bool,
     outage: Option<Outage>,
     failing_logged: Option<Instant>,
+    /// Erasures waiting for a session's append in flight to finish.
+    forget_waits: Vec<(SessionId, oneshot::Sender<()>)>,
 }
 
 impl Worker {
@@ -182,6 +190,7 @@ impl Worker {
             closed: false,
             outage: None,
             failing_logged: None,
+            forget_waits: Vec::new(),
         }
     }
 
@@ -377,7 +386,21 @@ impl Worker {
             Msg::Shutdown { until, reply } => {
                 self.shutdown = Some((until, reply));
             }
-            Msg::Forget { session, mark } => self.forget(session, mark),
+            Msg::Forget {
+                session,
+                mark,
+                reply,
+            } => {
+                // Drops counted before the erase belong to the erased
+                // history: take them in first, so its gap goes too.
+                self.collect_drops();
+                self.forget(session, mark);
+                if self.sessions.get(&session).is_some_and(|s| s.in_flight) {
+                    self.forget_waits.push((session, reply));
+                } else {
+                    let _ = reply.send(());
+                }
+            }
         }
     }
 
@@ -908,6 +931,16 @@ impl Worker {
         }
         if self.sendable() > 0 && self.first_pending_at.is_none() {
             self.first_pending_at = Some(Instant::now());
+        }
+        let mut i = 0;
+        while i < self.forget_waits.len() {
+            let session = self.forget_waits[i].0;
+            if self.sessions.get(&session).is_some_and(|s| s.in_flight) {
+                i += 1;
+            } else {
+                let (_, reply) = self.forget_waits.swap_remove(i);
+                let _ = reply.send(());
+            }
         }
         // Forget idle sessions now and then so the head cache stays bounded
         // (a forgotten head costs one conflict round trip when it returns).

@@ -507,8 +507,24 @@ impl HistoryWriter {
     }
 
     /// Drops `session`'s cached chain head after its history was erased.
-    pub(crate) fn forget(&self, session: SessionId, mark: u64) {
-        let _ = self.tx.send(Msg::Forget { session, mark });
+    ///
+    /// Resolves once no append in flight holds the session's entries, so
+    /// none of those enqueued before `mark` can land after the caller
+    /// deletes the history; at most the flush timeout (an append that keeps
+    /// failing is then left to the marker and the erase's own delete).
+    pub(crate) async fn forget(&self, session: SessionId, mark: u64) {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Msg::Forget {
+                session,
+                mark,
+                reply: tx,
+            })
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(self.shared.config.flush_timeout, rx).await;
+        }
     }
 
     /// How many entries were accepted so far: the ordinal of the last one.

@@ -74,9 +74,8 @@ pin_project! {
     impl<F, B, E> PinnedDrop for ResponseFuture<F, B, E> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(ctx) = this.ctx.take()
-                && ctx.shared.writer.is_some()
-            {
+            // Without history too: a login's claimed place goes back.
+            if let Some(ctx) = this.ctx.take() {
                 let request = ctx.request_entry(crate::session::STATUS_CLIENT_GONE);
                 ctx.session.abandon(request);
             }
@@ -125,9 +124,7 @@ where
                         Err(e) => {
                             // The inner service failed: nothing to save, but
                             // what the handler recorded is kept.
-                            if let Some(ctx) = this.ctx.take()
-                                && ctx.shared.writer.is_some()
-                            {
+                            if let Some(ctx) = this.ctx.take() {
                                 ctx.session.abandon(ctx.request_entry(500));
                             }
                             return Poll::Ready(Err(e));

@@ -59,6 +59,7 @@ where
         let meta = RequestMeta {
             user_agent: read.user_agent,
             client_ip: transport::client_ip(&shared.config.client_address, &req),
+            started_ms: crate::util::now_ms(),
         };
         let session = Session::new(Arc::clone(shared), read.presented, meta);
         req.extensions_mut().insert(session.clone());

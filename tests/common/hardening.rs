@@ -179,6 +179,25 @@ fn extra(breaker: Breaker) -> Router {
             }),
         )
         .route(
+            "/logout-then-login/{user}",
+            post(|session: Session, Path(user): Path<String>| async move {
+                session
+                    .record("before_logout", serde_json::json!({"card": "4111"}))
+                    .await?;
+                session.destroy().await?;
+                session.set_user(Some(user)).await?;
+                Ok::<_, session_trail::Error>(StatusCode::OK)
+            }),
+        )
+        .route(
+            "/grant-then-fail",
+            post(|session: Session| async move {
+                session.regenerate().await?;
+                session.set_privilege(Some("admin".into())).await?;
+                Ok::<_, session_trail::Error>(StatusCode::INTERNAL_SERVER_ERROR)
+            }),
+        )
+        .route(
             "/logout-then-fail",
             post(|session: Session| async move {
                 session.destroy().await?;
@@ -752,6 +771,68 @@ pub async fn an_erase_drops_what_a_failing_session_held<S: Faulty>(store: S) {
     );
 }
 
+pub async fn events_never_cross_a_logout_in_one_request<S: Faulty>(store: S) {
+    let layer = layer(&store);
+    let mut c = Client::new(app(&store, layer.clone()));
+    c.send("POST", &format!("/login/{}", user_name())).await;
+    let alice_sid = session_of(&mut c).await;
+    c.send("POST", &format!("/logout-then-login/{}", user_name()))
+        .await;
+    let bob_sid = session_of(&mut c).await;
+    assert_ne!(bob_sid, alice_sid);
+    flush(&layer).await;
+    assert!(
+        !entries(&store, &bob_sid)
+            .await
+            .iter()
+            .any(|e| e["event"] == "before_logout"),
+        "alice's event reached bob's history"
+    );
+    assert!(
+        entries(&store, &alice_sid)
+            .await
+            .iter()
+            .any(|e| e["event"] == "before_logout")
+    );
+}
+
+pub async fn a_failed_handler_grants_nothing<S: Faulty>(store: S) {
+    let layer = layer(&store);
+    let mut c = Client::new(app(&store, layer.clone()));
+    c.send("POST", &format!("/login/{}", user_name())).await;
+    let res = c.send("POST", "/grant-then-fail").await;
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(c.json("GET", "/me").await["privilege"], Value::Null);
+}
+
+pub async fn a_request_in_flight_at_a_logout_keeps_the_new_cookie<S: Faulty>(store: S) {
+    let grace = Duration::from_millis(400);
+    let layer = SessionLayer::builder(store.clone(), key())
+        .history_writer(writer())
+        .rotation_grace(grace)
+        .build()
+        .unwrap();
+    let mut c = Client::new(app(&store, layer.clone()));
+    c.send("POST", &format!("/login/{}", user_name())).await;
+    let mut in_flight = c.fork();
+    c.send("POST", "/logout-keep").await;
+    let ended = Instant::now();
+    // Its session ended moments ago: no removal cookie that could land
+    // after the new one and log the browser out.
+    let res = in_flight.send("GET", "/me").await;
+    if ended.elapsed() < grace {
+        assert!(super::app::session_cookie(&res, "session").is_none());
+    }
+    // Long after, the stale cookie is taken back.
+    let mut stale = in_flight.fork();
+    wait_past(ended, grace + Duration::from_millis(100)).await;
+    let res = stale.send("GET", "/me").await;
+    assert_eq!(
+        super::app::session_cookie(&res, "session").as_deref(),
+        Some("")
+    );
+}
+
 pub async fn a_zero_grace_still_rate_limits_dead_cookies<S: Faulty>(store: S) {
     let layer = SessionLayer::builder(store.clone(), key())
         .history_writer(writer())
@@ -857,6 +938,9 @@ macro_rules! hardening_suite {
             a_zero_grace_still_rate_limits_dead_cookies,
             a_failed_switch_or_logout_fails_closed,
             an_erase_drops_what_a_failing_session_held,
+            events_never_cross_a_logout_in_one_request,
+            a_failed_handler_grants_nothing,
+            a_request_in_flight_at_a_logout_keeps_the_new_cookie,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

@@ -556,14 +556,19 @@ pub(super) async fn release_user_slot(
     ended: &[SessionId],
 ) -> Result<(), Error> {
     let mut c = store.inner.conn.clone();
-    // A record that cannot be read (a key of the wrong type) names no one.
-    let named: Option<String> = ::redis::cmd("HGET")
+    // A record that cannot be read because it is not a hash (a broken key)
+    // names no one; any other failure is the store's, and nothing is
+    // changed (a transient error must not unindex a live session).
+    let named: Option<String> = match ::redis::cmd("HGET")
         .arg(store.record_key(session))
         .arg(USER)
         .query_async(&mut c)
         .await
-        .ok()
-        .flatten();
+    {
+        Ok(named) => named,
+        Err(e) if e.code() == Some("WRONGTYPE") => None,
+        Err(e) => return Err(store.unavailable(e, "HGET")),
+    };
     let mut pipe = ::redis::pipe();
     pipe.cmd("ZREM")
         .arg(store.user_claims_key(user))
