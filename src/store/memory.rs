@@ -73,11 +73,20 @@ struct Histories {
     map: HashMap<SessionId, History>,
     expiry: BTreeSet<(i64, SessionId)>,
     /// User pseudonym → sessions (with their link order), and expiry.
-    users: HashMap<String, (HashMap<SessionId, u64>, i64)>,
+    users: HashMap<String, UserHistory>,
     /// Erasure markers: session → until.
     erased: HashMap<SessionId, i64>,
     /// Sessions whose appends fail (fault injection).
     poisoned: HashSet<SessionId>,
+}
+
+/// A user's history index: the linked sessions with their link order,
+/// when the index expires, and the next link's order.
+#[derive(Debug, Default)]
+struct UserHistory {
+    sessions: HashMap<SessionId, u64>,
+    expires: i64,
+    next: u64,
 }
 
 #[derive(Debug, Default)]
@@ -263,7 +272,7 @@ impl Histories {
             self.map.remove(&id);
         }
         if self.users.len() > 1024 || max == usize::MAX {
-            self.users.retain(|_, (_, exp)| *exp > now);
+            self.users.retain(|_, u| u.expires > now);
         }
         if self.erased.len() > 1024 || max == usize::MAX {
             self.erased.retain(|_, until| *until > now);
@@ -569,10 +578,14 @@ impl HistoryStore for MemoryStore {
         self.inner.history_faults.before().await?;
         let expires = session_ends.max(now_ms()).saturating_add(self.inner.ttl_ms);
         let mut h = lock(&self.inner.history);
-        let (sessions, exp) = h.users.entry(user.to_owned()).or_default();
-        let order = sessions.values().max().map_or(0, |o| o + 1);
-        sessions.entry(*session).or_insert(order);
-        *exp = (*exp).max(expires);
+        let u = h.users.entry(user.to_owned()).or_default();
+        // Link order from a counter: constant time however many sessions
+        // the user has.
+        if let std::collections::hash_map::Entry::Vacant(v) = u.sessions.entry(*session) {
+            v.insert(u.next);
+            u.next += 1;
+        }
+        u.expires = u.expires.max(expires);
         Ok(())
     }
 
@@ -580,7 +593,9 @@ impl HistoryStore for MemoryStore {
         self.inner.history_faults.before().await?;
         let h = lock(&self.inner.history);
         Ok(match h.users.get(user) {
-            Some((sessions, exp)) if *exp > now_ms() => {
+            Some(UserHistory {
+                sessions, expires, ..
+            }) if *expires > now_ms() => {
                 let mut linked: Vec<(u64, SessionId)> =
                     sessions.iter().map(|(s, o)| (*o, *s)).collect();
                 linked.sort_unstable();
@@ -593,7 +608,10 @@ impl HistoryStore for MemoryStore {
     async fn unlink_sessions(&self, user: &str, sessions: &[SessionId]) -> Result<(), Error> {
         self.inner.history_faults.before().await?;
         let mut h = lock(&self.inner.history);
-        if let Some((linked, _)) = h.users.get_mut(user) {
+        if let Some(UserHistory {
+            sessions: linked, ..
+        }) = h.users.get_mut(user)
+        {
             for s in sessions {
                 linked.remove(s);
             }
@@ -683,4 +701,24 @@ fn take_one(counter: &AtomicU64) -> bool {
     counter
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn link_order_survives_unlinking_and_stays_oldest_first() {
+        let store = MemoryStore::new();
+        let [a, b, c, d] = [(); 4].map(|()| SessionId::generate());
+        let ends = now_ms() + 60_000;
+        for s in [a, b, c] {
+            store.link_user("u", &s, ends).await.unwrap();
+        }
+        store.unlink_sessions("u", &[b]).await.unwrap();
+        store.link_user("u", &d, ends).await.unwrap();
+        // Linking again keeps the first place.
+        store.link_user("u", &a, ends).await.unwrap();
+        assert_eq!(store.user_sessions("u").await.unwrap(), vec![a, c, d]);
+    }
 }
