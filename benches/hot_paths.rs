@@ -64,16 +64,8 @@ async fn reads(req: Request<String>) -> Result<Response<String>, Infallible> {
     Ok(Response::new(format!("{visits:?}")))
 }
 
-/// The whole layer around a handler that does not touch the session: with
-/// a valid cookie (verify the credential, no store call) and without one.
-fn layer(c: &mut Criterion) {
-    let rt = current_thread();
-    let layer = SessionLayer::builder(MemoryStore::new(), key())
-        .without_history()
-        .build()
-        .unwrap();
-
-    // A valid cookie, issued by a first request that writes to the session.
+/// A valid cookie, issued by a first request that writes to the session.
+fn issue_cookie(rt: &Runtime, layer: &SessionLayer) -> HeaderValue {
     let res = rt
         .block_on(
             layer
@@ -89,7 +81,19 @@ fn layer(c: &mut Criterion) {
         .unwrap();
     let pair = set_cookie.split(';').next().unwrap().to_owned();
     assert!(pair.starts_with("session="), "{set_cookie}");
-    let cookie = HeaderValue::from_str(&pair).unwrap();
+    HeaderValue::from_str(&pair).unwrap()
+}
+
+/// The whole layer around a handler that does not touch the session: with
+/// a valid cookie (verify the credential, no store call) and without one.
+fn layer(c: &mut Criterion) {
+    let rt = current_thread();
+    let layer = SessionLayer::builder(MemoryStore::new(), key())
+        .without_history()
+        .build()
+        .unwrap();
+
+    let cookie = issue_cookie(&rt, &layer);
     let with_cookie = || {
         let mut req = Request::new(String::new());
         req.headers_mut().insert(COOKIE, cookie.clone());
@@ -124,25 +128,11 @@ fn layer(c: &mut Criterion) {
 /// The same untouched request with history on: the request entry is
 /// built and handed to the writer on the condition of the credential's
 /// token (one SHA-256 of the token), without any store call.
-fn layer_with_history(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+fn layer_with_history(c: &mut Criterion, rt: &Runtime) {
     let _guard = rt.enter();
     let store = MemoryStore::new();
     let layer = SessionLayer::builder(store, key()).build().unwrap();
-    let res = rt
-        .block_on(
-            layer
-                .layer(service_fn(writes))
-                .oneshot(Request::new(String::new())),
-        )
-        .unwrap();
-    let pair = res.headers()[SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let cookie = HeaderValue::from_str(&pair).unwrap();
+    let cookie = issue_cookie(rt, &layer);
     let svc = layer.layer(service_fn(untouched));
     let mut g = c.benchmark_group("layer");
     g.throughput(Throughput::Elements(1));
