@@ -538,35 +538,34 @@ impl Session {
             .into_iter()
             .rev()
             .find(|d| is_lifecycle(d.kind));
-        let entry = match queued {
-            Some(d) => {
-                crate::history::Entry::decode(&d.sign(writer.ring().current(), &sid, 1, &[0; 16]))
-                    .ok()?
-            }
+        let (kind, ts, details) = match queued {
+            // A queued draft answers directly: no signing just to read it.
+            Some(d) => (d.kind, d.ts, d.details().unwrap_or_default()),
             None => {
                 let newest = writer.store().read_newest(&sid, 8).await.ok()?;
-                newest
+                let e = newest
                     .iter()
                     .rev()
                     .filter_map(|b| crate::history::Entry::decode(b).ok())
-                    .find(|e| is_lifecycle(e.kind))?
+                    .find(|e| is_lifecycle(e.kind))?;
+                (e.kind, e.ts, e.to_json())
             }
         };
-        if entry.kind != EntryKind::Ended {
+        if kind != EntryKind::Ended {
             return None;
         }
         let grace = self.inner.shared.config.rotation_grace.as_millis() as i64;
-        let reason = entry.to_json()["reason"].clone();
+        let reason = details["reason"].clone();
         let deliberate = matches!(
             reason.as_str(),
             Some("logout" | "revoked" | "session_limit" | "suspicious" | "user_changed")
         );
         // A request in flight when its session ended is no replay.
-        if deliberate && self.inner.meta.started_ms.saturating_sub(entry.ts) > grace {
+        if deliberate && self.inner.meta.started_ms.saturating_sub(ts) > grace {
             let signal = Signal::new("ended_session_used", json!({"ended": reason}));
             self.judge_dead(&sid, &signal);
         }
-        Some(entry.ts)
+        Some(ts)
     }
 
     /// Asks the `on_suspicious` hook about each signal, queues a signed

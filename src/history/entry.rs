@@ -267,6 +267,14 @@ impl Draft {
         self.kind
     }
 
+    /// A lifecycle draft's details (its JSON body), without signing it.
+    pub(crate) fn details(&self) -> Option<Value> {
+        match &self.body {
+            DraftBody::Encoded(b) if self.kind.is_lifecycle() => serde_json::from_slice(b).ok(),
+            _ => None,
+        }
+    }
+
     /// A request entry: method, route (template, or path without query
     /// string), status, latency, and the user's keyed pseudonym.
     pub fn request(

@@ -138,7 +138,7 @@ where
                         // Fast path: nothing was touched. The request is
                         // recorded if it carried a credential, on the
                         // condition that its token is still the session's.
-                        if ctx.shared.writer.is_some() {
+                        if ctx.shared.writer.is_some() && ctx.session.presented_sid().is_some() {
                             let status = res.status().as_u16();
                             ctx.session
                                 .record_unloaded(&ctx.request_entry(status), status);

@@ -111,12 +111,17 @@ fn session_keys(store: &RedisStore, id: &SessionId) -> [String; 3] {
     ]
 }
 
+/// The token hash an append names, as the record stores it (hex), or ""
+/// for none.
+fn token_arg(a: &Append) -> String {
+    a.token
+        .map(|t| crate::util::hex(t.as_bytes()))
+        .unwrap_or_default()
+}
+
 /// The script's arguments for one session.
 fn session_args(cmd: &mut Cmd, a: &Append, refresh: bool) {
-    let token = a
-        .token
-        .map(|t| crate::util::hex(t.as_bytes()))
-        .unwrap_or_default();
+    let token = token_arg(a);
     cmd.arg(a.expected_head.as_ref().map_or(&[][..], |h| &h[..]))
         .arg(if refresh { "1" } else { "0" })
         .arg(token)
@@ -308,10 +313,7 @@ async fn append_cluster(
         for key in session_keys(store, &a.session) {
             inv.key(key);
         }
-        let token = a
-            .token
-            .map(|t| crate::util::hex(t.as_bytes()))
-            .unwrap_or_default();
+        let token = token_arg(a);
         inv.arg(store.inner.keep)
             .arg(ttl_with_slack)
             .arg(now)
