@@ -284,11 +284,11 @@ impl Session {
         }
         let mut entries = 0;
         let mut erased = 0;
+        // This server drops what it queued before the erase, and waits for
+        // appends in flight, before the histories are deleted: none of the
+        // erased entries lands after the delete.
+        writer.forget(&sessions, mark).await;
         for sid in &sessions {
-            // This server drops what it queued before the erase, and waits
-            // for an append in flight, before the history is deleted: none
-            // of the erased entries lands after the delete.
-            writer.forget(*sid, mark).await;
             let n = store.delete(sid).await?;
             if n > 0 {
                 erased += 1;

@@ -147,10 +147,12 @@
 //!    any other status saves (a `400` after a validation error, a `401`
 //!    that counted a failed attempt); a request that ends or reduces the
 //!    session is saved whatever its status, and a failed one never grants
-//!    anything. A credential the load found dead (its session ended longer
-//!    ago than the grace window, expired or lost; a token replaced longer
-//!    ago than the grace window) is cleared from the client with a removal
-//!    cookie, so it stops being sent. The grace window is measured from the
+//!    anything. A credential the load found dead (its history shows its
+//!    session ended longer ago than the grace window, or it has no history
+//!    left: lost or long expired; it expired; a token replaced longer ago
+//!    than the grace window) is cleared from the client with a removal
+//!    cookie, so it stops being sent. When the end cannot be told (history
+//!    off, or the end still queued on another server) the cookie stays. The grace window is measured from the
 //!    request's arrival: a request in flight when its session rotated or
 //!    ended keeps its cookie (a removal cookie landing after the new one
 //!    would log the browser out), and so does a token the record does not

@@ -156,6 +156,10 @@ impl State {
     }
 }
 
+/// How long the request path waits for the history writer's queue when it
+/// checks how a gone session ended (the store is read instead after it).
+const PENDING_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The length of a value's JSON text, counted without building it.
 fn json_size(value: &Value) -> usize {
     struct Count(usize);
@@ -421,12 +425,10 @@ impl Session {
             // Gone: ended (logout, revocation, a change of user), expired
             // and evicted, or lost. Ended moments ago, this request was in
             // flight then: it keeps its cookie, as a replaced token does.
-            let ended_at = self.check_ended_use(sid).await;
-            let grace = self.inner.shared.config.rotation_grace.as_millis() as i64;
-            let started = self.inner.meta.started_ms;
+            let dead = self.check_ended_use(sid).await;
             let mut st = self.state();
             st.origin = Origin::Stale;
-            st.dead = ended_at.is_none_or(|at| started.saturating_sub(at) > grace);
+            st.dead = dead;
             return Ok(());
         };
         let expired = if record.absolute_deadline <= now {
@@ -522,18 +524,34 @@ impl Session {
         Ok(())
     }
 
-    /// A verified credential whose session is gone: if its history says it
-    /// was ended on purpose (logout, revocation), its use is suspicious.
-    /// Answers when the session ended, if its history says so (entries this
-    /// process still queues included).
-    async fn check_ended_use(&self, sid: SessionId) -> Option<i64> {
-        let writer = self.inner.shared.writer.as_ref()?;
-        let is_lifecycle = |k: EntryKind| !matches!(k, EntryKind::Request | EntryKind::Suspicious);
-        // The newest lifecycle entry, past the requests (and earlier
-        // signals) recorded after it: queued here first, then stored.
-        let queued = writer
-            .pending(sid)
+    /// A verified credential whose session is gone: answers whether it is
+    /// known dead, so its cookie may be taken back. Its history decides:
+    /// an `ended` entry older than the grace window (measured from this
+    /// request's arrival), or no history at all (lost, or expired long
+    /// ago). Ended within the window, or unknown (history off, unreadable,
+    /// or its end still queued on another server), the cookie stays: a
+    /// removal cookie landing after a new one would log the browser out. A
+    /// deliberate end (logout, revocation, …) used past the window is
+    /// suspicious.
+    async fn check_ended_use(&self, sid: SessionId) -> bool {
+        let Some(writer) = &self.inner.shared.writer else {
+            return false;
+        };
+        let is_lifecycle = |k: EntryKind| {
+            matches!(
+                k,
+                EntryKind::Started
+                    | EntryKind::Rotated
+                    | EntryKind::PrivilegeChanged
+                    | EntryKind::Ended
+            )
+        };
+        // The newest lifecycle entry: queued here first (with a short
+        // bound: this is the request path), then stored.
+        let queued = tokio::time::timeout(PENDING_WAIT, writer.pending(sid))
             .await
+            .ok()
+            .flatten()
             .unwrap_or_default()
             .into_iter()
             .rev()
@@ -542,30 +560,41 @@ impl Session {
             // A queued draft answers directly: no signing just to read it.
             Some(d) => (d.kind, d.ts, d.details().unwrap_or_default()),
             None => {
-                let newest = writer.store().read_newest(&sid, 8).await.ok()?;
-                let e = newest
+                let Ok(newest) = writer.store().read_newest(&sid, 8).await else {
+                    return false;
+                };
+                if newest.is_empty() {
+                    return true;
+                }
+                let Some(e) = newest
                     .iter()
                     .rev()
                     .filter_map(|b| crate::history::Entry::decode(b).ok())
-                    .find(|e| is_lifecycle(e.kind))?;
+                    .find(|e| is_lifecycle(e.kind))
+                else {
+                    return false;
+                };
                 (e.kind, e.ts, e.to_json())
             }
         };
         if kind != EntryKind::Ended {
-            return None;
+            return false;
         }
         let grace = self.inner.shared.config.rotation_grace.as_millis() as i64;
+        // A request in flight when its session ended is no replay.
+        if self.inner.meta.started_ms.saturating_sub(ts) <= grace {
+            return false;
+        }
         let reason = details["reason"].clone();
         let deliberate = matches!(
             reason.as_str(),
             Some("logout" | "revoked" | "session_limit" | "suspicious" | "user_changed")
         );
-        // A request in flight when its session ended is no replay.
-        if deliberate && self.inner.meta.started_ms.saturating_sub(ts) > grace {
+        if deliberate {
             let signal = Signal::new("ended_session_used", json!({"ended": reason}));
             self.judge_dead(&sid, &signal);
         }
-        Some(ts)
+        true
     }
 
     /// Asks the `on_suspicious` hook about each signal, queues a signed
@@ -1231,9 +1260,11 @@ impl Session {
             // recorded is, on the session it had). A request that ends or
             // reduces the session (a logout, a rotation, a dropped
             // privilege) is saved whatever its status.
-            if let Some((user, sid, ended)) = recorded.claim.take() {
-                let _ = shared.store.release_user_slot(&user, &sid, &ended).await;
+            if let Some((user, sid, ended)) = &recorded.claim {
+                let _ = shared.store.release_user_slot(user, sid, ended).await;
             }
+            // Taken only now: dropped during the await, `Drop` releases.
+            recorded.claim = None;
             recorded.sid = self.presented_sid().filter(|_| st.origin == Origin::Live);
             if recorded.sid.is_none() || st.new {
                 // Recorded for a session that will not exist.
@@ -1244,11 +1275,12 @@ impl Session {
         }
         match self.save(&mut st, now).await {
             Ok(saved) => {
-                if let Some((user, sid, ended)) = recorded.claim.take()
+                if let Some((user, sid, ended)) = &recorded.claim
                     && !saved.login_saved
                 {
-                    let _ = shared.store.release_user_slot(&user, &sid, &ended).await;
+                    let _ = shared.store.release_user_slot(user, sid, ended).await;
                 }
+                recorded.claim = None;
                 let user = st
                     .user
                     .as_deref()
@@ -1259,9 +1291,10 @@ impl Session {
                 Ok(saved.action)
             }
             Err(e) => {
-                if let Some((user, sid, ended)) = recorded.claim.take() {
-                    let _ = shared.store.release_user_slot(&user, &sid, &ended).await;
+                if let Some((user, sid, ended)) = &recorded.claim {
+                    let _ = shared.store.release_user_slot(user, sid, ended).await;
                 }
+                recorded.claim = None;
                 recorded.emit(e.status().as_u16(), None, Vec::new(), Vec::new());
                 Err(e)
             }

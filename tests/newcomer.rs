@@ -332,3 +332,31 @@ async fn a_request_with_a_token_replaced_twice_keeps_its_cookie() {
     );
     assert_eq!(c.json("GET", "/me").await["user"], "fay");
 }
+
+#[tokio::test]
+async fn a_cookie_lost_with_the_store_is_cleared_an_unknown_end_is_not() {
+    // Lost in a store restart: no record and no history. Cleared.
+    let store = MemoryStore::new();
+    let l = layer(&store);
+    let mut c = Client::new(router_with(l.clone(), extra()));
+    c.send("POST", "/login/gus").await;
+    l.history_writer().unwrap().flush().await.unwrap();
+    store.wipe();
+    let res = c.send("GET", "/me").await;
+    assert_eq!(
+        common::app::session_cookie(&res, "session").as_deref(),
+        Some("")
+    );
+    // Without history the layer cannot tell when a session ended: the
+    // cookie stays (a removal could land after a newer cookie).
+    let store = MemoryStore::new();
+    let layer = SessionLayer::builder(store.clone(), key())
+        .without_history()
+        .build()
+        .unwrap();
+    let mut c = Client::new(router_with(layer, extra()));
+    c.send("POST", "/login/gus").await;
+    store.wipe();
+    let res = c.send("GET", "/me").await;
+    assert!(common::app::session_cookie(&res, "session").is_none());
+}

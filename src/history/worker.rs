@@ -673,6 +673,7 @@ impl Worker {
     }
 
     async fn attempt(&mut self) {
+        self.take_back_erased();
         let Some(f) = &mut self.in_flight else { return };
         let mut timeout = self.shared.config.attempt_timeout;
         if let Some((until, _)) = &self.shutdown {
@@ -932,16 +933,7 @@ impl Worker {
         if self.sendable() > 0 && self.first_pending_at.is_none() {
             self.first_pending_at = Some(Instant::now());
         }
-        let mut i = 0;
-        while i < self.forget_waits.len() {
-            let session = self.forget_waits[i].0;
-            if self.sessions.get(&session).is_some_and(|s| s.in_flight) {
-                i += 1;
-            } else {
-                let (_, reply) = self.forget_waits.swap_remove(i);
-                let _ = reply.send(());
-            }
-        }
+        self.answer_forgets();
         // Forget idle sessions now and then so the head cache stays bounded
         // (a forgotten head costs one conflict round trip when it returns).
         if self.sessions.len() > 100_000 {
@@ -949,6 +941,56 @@ impl Worker {
                 s.queued || s.in_flight || s.parked.is_some() || !s.pending.is_empty()
             });
         }
+    }
+
+    /// Answers the erasures waiting for appends in flight that are done (and
+    /// forgets those whose caller stopped waiting).
+    fn answer_forgets(&mut self) {
+        let mut i = 0;
+        while i < self.forget_waits.len() {
+            let session = self.forget_waits[i].0;
+            let waiting = !self.forget_waits[i].1.is_closed();
+            if waiting && self.sessions.get(&session).is_some_and(|s| s.in_flight) {
+                i += 1;
+            } else {
+                let (_, reply) = self.forget_waits.swap_remove(i);
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Before an append in flight is tried again: if it holds entries of a
+    /// history erased meanwhile, it is taken back and its entries requeued
+    /// (the erased ones dropped), to be re-formed and signed afresh. A
+    /// retried append that started its chain from nothing would otherwise
+    /// write them into the emptied list.
+    fn take_back_erased(&mut self) {
+        let Some(f) = &self.in_flight else { return };
+        if f.attempts == 0 {
+            return;
+        }
+        let erased = f.parts.iter().any(|p| {
+            let upto = self.sessions.get(&p.session).map_or(0, |s| s.erased_upto);
+            p.items.iter().any(|i| i.ordinal.is_some_and(|o| o <= upto))
+        });
+        if !erased {
+            return;
+        }
+        let Some(f) = self.in_flight.take() else {
+            return;
+        };
+        for part in f.parts {
+            if let Some(s) = self.sessions.get_mut(&part.session) {
+                s.in_flight = false;
+                // It may have been applied without an answer.
+                s.maybe_applied = true;
+            }
+            self.requeue_front(part.session, part.items);
+        }
+        if self.sendable() > 0 && self.first_pending_at.is_none() {
+            self.first_pending_at = Some(Instant::now());
+        }
+        self.answer_forgets();
     }
 
     /// Puts entries back at the front of a session's queue (they were

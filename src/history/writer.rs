@@ -506,25 +506,30 @@ impl HistoryWriter {
         rx.await.ok()
     }
 
-    /// Drops `session`'s cached chain head after its history was erased.
+    /// Before `sessions`' histories are erased: drops what is queued for
+    /// them up to `mark` and their cached heads.
     ///
-    /// Resolves once no append in flight holds the session's entries, so
-    /// none of those enqueued before `mark` can land after the caller
-    /// deletes the history; at most the flush timeout (an append that keeps
-    /// failing is then left to the marker and the erase's own delete).
-    pub(crate) async fn forget(&self, session: SessionId, mark: u64) {
-        let (tx, rx) = oneshot::channel();
-        if self
-            .tx
-            .send(Msg::Forget {
+    /// Resolves once no append in flight holds their entries, so none of
+    /// those enqueued before `mark` can land after the caller deletes the
+    /// histories; at most the flush timeout for all of them together (an
+    /// append still failing then is taken back and re-formed without the
+    /// erased entries before it is tried again).
+    pub(crate) async fn forget(&self, sessions: &[SessionId], mark: u64) {
+        let mut replies = Vec::with_capacity(sessions.len());
+        for &session in sessions {
+            let (tx, rx) = oneshot::channel();
+            let msg = Msg::Forget {
                 session,
                 mark,
                 reply: tx,
-            })
-            .is_ok()
-        {
-            let _ = tokio::time::timeout(self.shared.config.flush_timeout, rx).await;
+            };
+            if self.tx.send(msg).is_err() {
+                return;
+            }
+            replies.push(rx);
         }
+        let all = futures_util::future::join_all(replies);
+        let _ = tokio::time::timeout(self.shared.config.flush_timeout, all).await;
     }
 
     /// How many entries were accepted so far: the ordinal of the last one.
