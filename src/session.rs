@@ -15,7 +15,7 @@ use crate::error::{Error, ErrorKind};
 use crate::history::HistoryPage;
 use crate::history::entry::{Draft, EntryKind, Route};
 use crate::manager::Shared;
-use crate::store::{Record, Rotation, Update, UpdateOutcome};
+use crate::store::{HistoryLink, Record, Rotation, Update, UpdateOutcome};
 use crate::util::now_ms;
 
 /// A request's session.
@@ -1339,11 +1339,24 @@ impl Session {
                     .await
                     .map_err(|e| e.context("ending the session"))?;
             }
-            shared
-                .store
-                .create(&record)
-                .await
-                .map_err(|e| e.context("creating the session"))?;
+            // With history kept in the session store, the user's history
+            // index is written with the record (one operation, not two).
+            let pseudonym = st
+                .user
+                .as_deref()
+                .filter(|_| shared.writer.is_some() && shared.history_is_session_store)
+                .map(|u| shared.user_pseudonym(u));
+            let linked = match &pseudonym {
+                Some(user) => {
+                    let link = HistoryLink {
+                        user,
+                        session_ends: record.absolute_deadline,
+                    };
+                    shared.store.create_linked(&record, &link).await
+                }
+                None => shared.store.create(&record).await.map(|()| false),
+            }
+            .map_err(|e| e.context("creating the session"))?;
             saved.login_saved = true;
             // Sessions ended for the session limit go once the login is
             // saved, best effort: its client must get the new cookie.
@@ -1359,7 +1372,9 @@ impl Session {
             if st.user.is_some() || st.privilege.is_some() {
                 saved.after.push(self.privilege_entry(None, None, st));
             }
-            self.link_user(sid, st, now).await;
+            if !linked {
+                self.link_user(sid, st, now).await;
+            }
             saved.action = CredentialAction::Set(Credential { sid, token }.encode(key));
         } else if st.new {
             // Created and destroyed again within this request.

@@ -63,6 +63,22 @@ async fn a_sessions_record_and_history_share_one_slot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_create_leaves_the_history_link_to_the_layer() {
+    let s = store(1000).await;
+    let r = record(Some("sam"));
+    let link = session_trail::store::HistoryLink {
+        user: "pseudonym-sam",
+        session_ends: r.absolute_deadline,
+    };
+    // The user's indexes live in other slots: the record and the session
+    // index are written, the history link is not (the layer makes it).
+    assert!(!s.create_linked(&r, &link).await.unwrap());
+    assert_eq!(s.load(&r.id).await.unwrap().map(|x| x.id), Some(r.id));
+    assert_eq!(s.sessions_of_user("sam").await.unwrap().len(), 1);
+    assert!(s.user_sessions("pseudonym-sam").await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_over_many_nodes_appends_every_session_in_order() {
     let s = store(1000).await;
     let key = Key::generate();

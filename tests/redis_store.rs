@@ -448,3 +448,53 @@ async fn a_create_whose_user_cannot_be_indexed_leaves_no_session() {
     let listed = s.sessions_of_user("alice").await.unwrap();
     assert_eq!(listed.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ok.id]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_create_writes_record_and_both_indexes_in_one_call_or_nothing() {
+    use session_trail::store::HistoryLink;
+    let s = store(1000).await;
+    let r = record(Some("alice"));
+    let link = HistoryLink {
+        user: "pseudonym-alice",
+        session_ends: r.absolute_deadline,
+    };
+    assert!(
+        s.create_linked(&r, &link).await.unwrap(),
+        "linked on a single node"
+    );
+    assert_eq!(s.load(&r.id).await.unwrap().map(|x| x.id), Some(r.id));
+    let listed = s.sessions_of_user("alice").await.unwrap();
+    assert_eq!(listed.iter().map(|x| x.id).collect::<Vec<_>>(), vec![r.id]);
+    assert_eq!(
+        s.user_sessions("pseudonym-alice").await.unwrap(),
+        vec![r.id]
+    );
+    let ttl: i64 = server()
+        .cli(&["PTTL", &s.user_history_key("pseudonym-alice")])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        ttl > 3_600_000,
+        "the history index outlives the session: {ttl}"
+    );
+
+    // A history index of the wrong type fails the whole call: no record.
+    let bad = record(Some("bob"));
+    server().cli(&[
+        "SET",
+        &s.user_history_key("pseudonym-bob"),
+        "not a sorted set",
+    ]);
+    let link = HistoryLink {
+        user: "pseudonym-bob",
+        session_ends: bad.absolute_deadline,
+    };
+    let err = s.create_linked(&bad, &link).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert_eq!(
+        server().cli(&["EXISTS", &s.record_key(&bad.id)]).trim(),
+        "0"
+    );
+    assert!(s.sessions_of_user("bob").await.unwrap().is_empty());
+}

@@ -593,8 +593,8 @@ impl SessionLayerBuilder {
             .config
             .rotation_grace
             .max(crate::history::MIN_DEAD_SIGNAL_EVERY);
-        let checks_tokens = self.history_is_session_store
-            && self.history.as_ref().is_some_and(|h| h.checks_tokens());
+        let same_store = self.history_is_session_store && self.history.is_some();
+        let checks_tokens = same_store && self.history.as_ref().is_some_and(|h| h.checks_tokens());
         let writer = match self.history {
             Some(store) => Some(HistoryWriter::start_dyn(
                 store,
@@ -609,6 +609,7 @@ impl SessionLayerBuilder {
             self.config,
             writer,
             checks_tokens,
+            same_store,
         )))
     }
 }

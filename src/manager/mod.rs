@@ -38,6 +38,10 @@ pub(crate) struct Shared {
     /// The history store is the session store, so it can check a token
     /// atomically with an append (see [`crate::store::Append::token`]).
     pub(crate) history_checks_tokens: bool,
+    /// The history store is the session store: a new session's history is
+    /// linked to its user when the record is created
+    /// ([`crate::store::SessionStore::create_linked`]).
+    pub(crate) history_is_session_store: bool,
 }
 
 impl Shared {
@@ -47,6 +51,7 @@ impl Shared {
         config: Config,
         writer: Option<HistoryWriter>,
         history_checks_tokens: bool,
+        history_is_session_store: bool,
     ) -> Self {
         Self {
             store,
@@ -55,6 +60,7 @@ impl Shared {
             writer,
             invalid_credentials: AtomicU64::new(0),
             history_checks_tokens,
+            history_is_session_store,
         }
     }
 

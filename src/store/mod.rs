@@ -384,6 +384,16 @@ pub enum UpdateOutcome {
     Missing,
 }
 
+/// A session's history, to be indexed under its user (see
+/// [`SessionStore::create_linked`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryLink<'a> {
+    /// The user's keyed pseudonym (never the user id itself).
+    pub user: &'a str,
+    /// The session's absolute deadline, Unix milliseconds.
+    pub session_ends: i64,
+}
+
 /// Where sessions are kept.
 ///
 /// See the [module documentation](self) for the contract and a complete
@@ -403,6 +413,31 @@ pub trait SessionStore: Send + Sync + 'static {
     ///
     /// When the store cannot answer.
     fn create(&self, record: &Record) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// [`create`](Self::create), and in the same operation, when it can,
+    /// links the session's history under the user's pseudonym the way
+    /// [`HistoryStore::link_user`] does. Answers whether it linked.
+    ///
+    /// The layer calls it for a new session that has a user when this
+    /// store is also its history store, so that a login costs one store
+    /// operation instead of two. The default creates the record and
+    /// answers `false`: the layer then calls `link_user` itself. The Redis
+    /// store links on a single node (one script, one round trip), not on a
+    /// cluster (the user's index lives in another slot).
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer; then neither happened, or only the
+    /// link (an index member without a session is harmless: readers skip
+    /// it, and it expires).
+    fn create_linked(
+        &self,
+        record: &Record,
+        link: &HistoryLink<'_>,
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        let _ = link;
+        async move { self.create(record).await.map(|()| false) }
+    }
 
     /// Applies `update` if the record exists and its token hash matches.
     ///
@@ -679,6 +714,11 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) trait DynSessionStore: Send + Sync + 'static {
     fn load<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<Option<Record>, Error>>;
     fn create<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<(), Error>>;
+    fn create_linked<'a>(
+        &'a self,
+        record: &'a Record,
+        link: &'a HistoryLink<'a>,
+    ) -> BoxFuture<'a, Result<bool, Error>>;
     fn update<'a>(
         &'a self,
         id: &'a SessionId,
@@ -708,6 +748,13 @@ impl<T: SessionStore> DynSessionStore for T {
     }
     fn create<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(SessionStore::create(self, record))
+    }
+    fn create_linked<'a>(
+        &'a self,
+        record: &'a Record,
+        link: &'a HistoryLink<'a>,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(SessionStore::create_linked(self, record, link))
     }
     fn update<'a>(
         &'a self,

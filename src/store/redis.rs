@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    Append, AppendOutcome, DEFAULT_HISTORY_KEEP, DEFAULT_HISTORY_TTL, HistoryStore, Record,
-    Retention, SessionStore, Update, UpdateOutcome,
+    Append, AppendOutcome, DEFAULT_HISTORY_KEEP, DEFAULT_HISTORY_TTL, HistoryLink, HistoryStore,
+    Record, Retention, SessionStore, Update, UpdateOutcome,
 };
 use crate::SessionId;
 use crate::error::{ConfigError, Error};
@@ -747,7 +747,11 @@ impl SessionStore for RedisStore {
     }
 
     async fn create(&self, record: &Record) -> Result<(), Error> {
-        record::create(self, record).await
+        record::create(self, record, None).await.map(|_| ())
+    }
+
+    async fn create_linked(&self, record: &Record, link: &HistoryLink<'_>) -> Result<bool, Error> {
+        record::create(self, record, Some((link.user, link.session_ends))).await
     }
 
     async fn update(&self, id: &SessionId, update: &Update) -> Result<UpdateOutcome, Error> {

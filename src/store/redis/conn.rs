@@ -207,13 +207,10 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// The user-index script's source, also sent whole (`EVAL`) inside the
-/// transaction that creates a session on a single node.
-pub(super) const INDEX_LUA: &str = include_str!("index.lua");
-
 /// The store's Lua scripts (run by SHA1; loaded again after `NOSCRIPT`).
 pub(super) struct Scripts {
     pub(super) append: Script,
+    pub(super) create: Script,
     pub(super) update: Script,
     pub(super) delete: Script,
     pub(super) index: Script,
@@ -225,9 +222,10 @@ impl Scripts {
     pub(super) fn new() -> Self {
         Self {
             append: Script::new(include_str!("append.lua")),
+            create: Script::new(include_str!("create.lua")),
             update: Script::new(include_str!("update.lua")),
             delete: Script::new(include_str!("delete.lua")),
-            index: Script::new(INDEX_LUA),
+            index: Script::new(include_str!("index.lua")),
             claim: Script::new(include_str!("claim.lua")),
             erase: Script::new(include_str!("erase.lua")),
         }

@@ -399,6 +399,14 @@ pub(super) async fn delete(store: &RedisStore, session: &SessionId) -> Result<u6
     Ok(n)
 }
 
+/// Until when a user's history index must live once it names a session
+/// ending at `session_ends`: as long as the histories it names, the history
+/// TTL (with the same slack) after the latest end of any linked session.
+pub(super) fn link_until(store: &RedisStore, session_ends: i64) -> i64 {
+    let ttl = ttl_ms(store.inner.ttl).saturating_add(refresh_every(store.inner.ttl));
+    session_ends.max(now_ms()).saturating_add(ttl)
+}
+
 pub(super) async fn link_user(
     store: &RedisStore,
     user: &str,
@@ -406,11 +414,8 @@ pub(super) async fn link_user(
     session_ends: i64,
 ) -> Result<(), Error> {
     let key = store.user_history_key(user);
-    // The index lives as long as the histories it names: the history TTL
-    // (with the same slack) after the latest end of any linked session.
     // NX sets an expiry on a new index; GT only ever lengthens it.
-    let ttl = ttl_ms(store.inner.ttl).saturating_add(refresh_every(store.inner.ttl));
-    let until = session_ends.max(now_ms()).saturating_add(ttl);
+    let until = link_until(store, session_ends);
     let mut pipe = ::redis::pipe();
     pipe.atomic()
         .cmd("ZADD")

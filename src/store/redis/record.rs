@@ -75,66 +75,78 @@ fn encode(record: &Record) -> Result<Vec<(String, String)>, Error> {
     Ok(f)
 }
 
-fn decode(id: &SessionId, mut fields: HashMap<String, String>) -> Result<Option<Record>, Error> {
+/// A record's hash as `HGETALL` answers it: field/value pairs, read in one
+/// pass (no map is built).
+type Fields = Vec<(String, String)>;
+
+/// Decodes a record and its version (`ver`, 0 when absent).
+fn decode(id: &SessionId, fields: Fields) -> Result<Option<(Record, i64)>, Error> {
     if fields.is_empty() {
         return Ok(None);
     }
+    let int = |v: Option<String>, name: &str| -> Result<i64, Error> {
+        v.and_then(|v| v.parse().ok())
+            .ok_or_else(|| corrupt(id, name))
+    };
     let token = |v: Option<String>, what: &str| -> Result<TokenHash, Error> {
         v.as_deref()
             .and_then(unhex::<32>)
             .map(TokenHash::from_bytes)
             .ok_or_else(|| corrupt(id, what))
     };
-    let mut int = |name: &str| -> Result<i64, Error> {
-        fields
-            .remove(name)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| corrupt(id, name))
-    };
-    let created = int(CREATED)?;
-    let last_seen = int(LAST_SEEN)?;
-    let idle_deadline = int(IDLE)?;
-    let absolute_deadline = int(ABSOLUTE)?;
-    let token_hash = token(fields.remove(TOKEN), TOKEN)?;
-    let replaced = match fields.remove(REPLACED) {
+    let (mut tok, mut rtok, mut rat, mut created, mut seen, mut idle, mut abs) =
+        (None, None, None, None, None, None, None);
+    let (mut user, mut privilege, mut device, mut network) = (None, None, None, None);
+    let mut version = 0;
+    let mut data = HashMap::new();
+    for (k, v) in fields {
+        match k.as_str() {
+            TOKEN => tok = Some(v),
+            REPLACED => rtok = Some(v),
+            REPLACED_AT => rat = Some(v),
+            CREATED => created = Some(v),
+            LAST_SEEN => seen = Some(v),
+            IDLE => idle = Some(v),
+            ABSOLUTE => abs = Some(v),
+            USER => user = Some(v),
+            PRIVILEGE => privilege = Some(v),
+            DEVICE => device = Some(v),
+            NETWORK => network = Some(v),
+            VERSION => version = v.parse().unwrap_or(0),
+            _ => {
+                if let Some(key) = k.strip_prefix(DATA) {
+                    let value = serde_json::from_str(&v).map_err(|_| corrupt(id, &k))?;
+                    data.insert(key.to_owned(), value);
+                }
+            }
+        }
+    }
+    let replaced = match rtok {
         Some(v) => Some(Replaced {
             token_hash: token(Some(v), REPLACED)?,
-            at: fields
-                .remove(REPLACED_AT)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| corrupt(id, REPLACED_AT))?,
+            at: int(rat, REPLACED_AT)?,
         }),
         None => None,
     };
-    let user = fields.remove(USER);
-    let privilege = fields.remove(PRIVILEGE);
-    let device = fields.remove(DEVICE);
-    let network = fields.remove(NETWORK);
-    let mut data = HashMap::new();
-    for (k, v) in fields {
-        if let Some(key) = k.strip_prefix(DATA) {
-            let value = serde_json::from_str(&v).map_err(|_| corrupt(id, &k))?;
-            data.insert(key.to_owned(), value);
-        }
-    }
-    Ok(Some(Record {
+    let record = Record {
         id: *id,
-        token_hash,
+        token_hash: token(tok, TOKEN)?,
         replaced,
         user,
         privilege,
         data,
-        created,
-        last_seen,
-        idle_deadline,
-        absolute_deadline,
+        created: int(created, CREATED)?,
+        last_seen: int(seen, LAST_SEEN)?,
+        idle_deadline: int(idle, IDLE)?,
+        absolute_deadline: int(abs, ABSOLUTE)?,
         device,
         network,
-    }))
+    };
+    Ok(Some((record, version)))
 }
 
 async fn load_many(store: &RedisStore, ids: &[SessionId]) -> Result<Vec<Option<Record>>, Error> {
-    let raw: Vec<HashMap<String, String>> = if store.inner.conn.is_cluster() {
+    let raw: Vec<Fields> = if store.inner.conn.is_cluster() {
         let futs = ids.iter().map(|id| {
             let mut c = store.inner.conn.clone();
             let key = store.record_key(id);
@@ -158,7 +170,11 @@ async fn load_many(store: &RedisStore, ids: &[SessionId]) -> Result<Vec<Option<R
     let now = now_ms();
     ids.iter()
         .zip(raw)
-        .map(|(id, fields)| Ok(decode(id, fields)?.filter(|r| !r.is_expired(now))))
+        .map(|(id, fields)| {
+            Ok(decode(id, fields)?
+                .map(|(r, _)| r)
+                .filter(|r| !r.is_expired(now)))
+        })
         .collect()
 }
 
@@ -176,7 +192,7 @@ pub(super) async fn load(store: &RedisStore, id: &SessionId) -> Result<Option<Re
     };
     let reply = ::redis::cmd("HGETALL")
         .arg(store.record_key(id))
-        .query_async::<HashMap<String, String>>(&mut c)
+        .query_async::<Fields>(&mut c)
         .await;
     let fields = match reply {
         Ok(fields) => fields,
@@ -185,15 +201,13 @@ pub(super) async fn load(store: &RedisStore, id: &SessionId) -> Result<Option<Re
             return Err(store.unavailable(e, "HGETALL"));
         }
     };
-    let version = fields
-        .get(VERSION)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let record = decode(id, fields)?;
-    if let (Some(ticket), Some(record), Some(cache)) = (ticket, &record, &store.inner.cache) {
-        cache.fill(ticket, record, version);
+    let Some((record, version)) = decode(id, fields)? else {
+        return Ok(None);
+    };
+    if let (Some(ticket), Some(cache)) = (ticket, &store.inner.cache) {
+        cache.fill(ticket, &record, version);
     }
-    Ok(record)
+    Ok(Some(record))
 }
 
 /// Starts a write of `id`: the connection to send it on (the local cache's
@@ -267,72 +281,93 @@ async fn index_remove(store: &RedisStore, user: &str, id: &SessionId) {
     }
 }
 
-/// Writes the record, then indexes its user. The record comes first so that
-/// a reader of the index never drops the member of a session still being
-/// created (members whose record is gone are dropped); no one holds the new
+/// Creates a session. On a single node one script writes the user's
+/// session index, the user's history index (when `link` names the user's
+/// pseudonym and the session's absolute deadline) and the record,
+/// atomically, in one round trip; it answers whether it linked the history.
+///
+/// On a cluster the user's indexes live in other slots: the record is
+/// written first, then the session index, and the history is not linked
+/// here (the layer links it). The record comes first there so that a reader
+/// of the index never drops the member of a session still being created
+/// (members whose record is gone are dropped); no one holds the new
 /// session's token until both writes succeeded, so a failure in between
 /// leaves nothing usable behind.
-///
-/// On a single node both go in one transaction (one round trip; the index
-/// script is sent whole, so it cannot meet `NOSCRIPT` there). On a cluster
-/// the user's index lives in another slot, so it is a second call.
-pub(super) async fn create(store: &RedisStore, record: &Record) -> Result<(), Error> {
+pub(super) async fn create(
+    store: &RedisStore,
+    record: &Record,
+    link: Option<(&str, i64)>,
+) -> Result<bool, Error> {
     let fields = encode(record)?;
     let key = store.record_key(&record.id);
-    let index_here = record
-        .user
-        .as_ref()
-        .filter(|_| !store.inner.conn.is_cluster());
+    if store.inner.conn.is_cluster() {
+        create_cluster(store, record, &key, fields).await?;
+        return Ok(false);
+    }
+    let link = link.filter(|_| record.user.is_some());
+    let mut inv = store.inner.scripts.create.key(&key);
+    if let Some(user) = &record.user {
+        inv.key(store.user_key(user))
+            .key(store.user_claims_key(user));
+        if let Some((pseudonym, _)) = link {
+            inv.key(store.user_history_key(pseudonym));
+        }
+    }
+    let until = link.map_or(0, |(_, ends)| super::history::link_until(store, ends));
+    inv.arg(clamp_ms(record.evict_at()))
+        .arg(clamp_ms(record.absolute_deadline))
+        .arg(record.id.to_string())
+        .arg(now_ms())
+        .arg(until);
+    for (f, v) in &fields {
+        inv.arg(f).arg(v);
+    }
+    let (mut c, ticket, unsettled) = begin_write(store, &record.id);
+    if let Err(e) = inv.invoke_async::<()>(&mut c).await {
+        store.tracking_failed(ticket, &e);
+        return Err(store.unavailable(e, "create a session"));
+    }
+    if let (Some(ticket), Some(cache)) = (ticket, &store.inner.cache) {
+        cache.fill(ticket, record, 0);
+    }
+    unsettled.settle();
+    Ok(link.is_some())
+}
+
+async fn create_cluster(
+    store: &RedisStore,
+    record: &Record,
+    key: &str,
+    fields: Vec<(String, String)>,
+) -> Result<(), Error> {
     let mut pipe = ::redis::pipe();
     pipe.atomic()
         .cmd("DEL")
-        .arg(&key)
+        .arg(key)
         .ignore()
         .cmd("HSET")
-        .arg(&key)
+        .arg(key)
         .arg(fields)
         .ignore()
         .cmd("PEXPIREAT")
-        .arg(&key)
+        .arg(key)
         .arg(clamp_ms(record.evict_at()))
         .ignore()
         // A read, so that a tracking connection tracks the new record.
         .cmd("HGET")
-        .arg(&key)
+        .arg(key)
         .arg(VERSION)
         .ignore();
-    if let Some(user) = index_here {
-        pipe.cmd("EVAL")
-            .arg(super::conn::INDEX_LUA)
-            .arg(2)
-            .arg(store.user_key(user))
-            .arg(store.user_claims_key(user))
-            .arg(clamp_ms(record.absolute_deadline))
-            .arg(record.id.to_string())
-            .ignore();
-    }
     let (mut c, ticket, unsettled) = begin_write(store, &record.id);
     if let Err(e) = pipe.query_async::<()>(&mut c).await {
         store.tracking_failed(ticket, &e);
-        if index_here.is_some() {
-            // The transaction ran, or not at all; an error inside it (the
-            // index key of the wrong type) leaves a record to take back.
-            let _ = ::redis::cmd("DEL")
-                .arg(&key)
-                .query_async::<()>(&mut c)
-                .await;
-        }
         return Err(store.unavailable(e, "create a session"));
     }
-    if index_here.is_none()
-        && let Some(user) = &record.user
+    if let Some(user) = &record.user
         && let Err(e) = index_add(store, user, &record.id, record.absolute_deadline).await
     {
         // Unindexed, the session must not be used: take it back.
-        let _ = ::redis::cmd("DEL")
-            .arg(&key)
-            .query_async::<()>(&mut c)
-            .await;
+        let _ = ::redis::cmd("DEL").arg(key).query_async::<()>(&mut c).await;
         return Err(e);
     }
     if let (Some(ticket), Some(cache)) = (ticket, &store.inner.cache) {
