@@ -1,6 +1,6 @@
 //! The in-memory store: the zero set-up default.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -46,6 +46,10 @@ pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
+/// Ordered maps (B-trees) throughout, not hash maps: a B-tree grows a node
+/// at a time, where a hash table that doubles copies every entry while its
+/// lock is held, a pause that grows with the store (tens of milliseconds at
+/// a million sessions).
 #[derive(Debug)]
 struct Inner {
     sessions: Mutex<Sessions>,
@@ -58,33 +62,33 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Sessions {
-    map: HashMap<SessionId, Record>,
+    map: BTreeMap<SessionId, Record>,
     /// By [`Record::evict_at`].
     expiry: BTreeSet<(i64, SessionId)>,
-    users: HashMap<String, HashSet<SessionId>>,
+    users: BTreeMap<String, BTreeSet<SessionId>>,
     /// Places claimed by logins not saved yet: session → (user, until).
-    claims: HashMap<SessionId, (String, i64)>,
+    claims: BTreeMap<SessionId, (String, i64)>,
     /// Sessions being ended to make room for a claimed login: → until.
-    ending: HashMap<SessionId, i64>,
+    ending: BTreeMap<SessionId, i64>,
 }
 
 #[derive(Debug, Default)]
 struct Histories {
-    map: HashMap<SessionId, History>,
+    map: BTreeMap<SessionId, History>,
     expiry: BTreeSet<(i64, SessionId)>,
     /// User pseudonym → sessions (with their link order), and expiry.
-    users: HashMap<String, UserHistory>,
+    users: BTreeMap<String, UserHistory>,
     /// Erasure markers: session → until.
-    erased: HashMap<SessionId, i64>,
+    erased: BTreeMap<SessionId, i64>,
     /// Sessions whose appends fail (fault injection).
-    poisoned: HashSet<SessionId>,
+    poisoned: BTreeSet<SessionId>,
 }
 
 /// A user's history index: the linked sessions with their link order,
 /// when the index expires, and the next link's order.
 #[derive(Debug, Default)]
 struct UserHistory {
-    sessions: HashMap<SessionId, u64>,
+    sessions: BTreeMap<SessionId, u64>,
     expires: i64,
     next: u64,
 }
@@ -581,7 +585,7 @@ impl HistoryStore for MemoryStore {
         let u = h.users.entry(user.to_owned()).or_default();
         // Link order from a counter: constant time however many sessions
         // the user has.
-        if let std::collections::hash_map::Entry::Vacant(v) = u.sessions.entry(*session) {
+        if let std::collections::btree_map::Entry::Vacant(v) = u.sessions.entry(*session) {
             v.insert(u.next);
             u.next += 1;
         }
