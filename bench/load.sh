@@ -9,6 +9,17 @@
 # the server and of redis-server (from /proc/PID/stat), and ratios against
 # bare axum and tower-sessions. Raw rows go to bench/out/results.tsv.
 # It starts its own redis-server on a free loopback port.
+#
+# Routes (ROUTES=...):
+#   static        GET /static: the layer runs, the handler never loads
+#   counter       GET /: load, increment, save
+#   login-stale   POST /login presenting a cookie that is never updated from
+#                 the response: after the first, each login presents a
+#                 replaced token and logs in a new session
+#   login-new     POST /login without a cookie: a new session per login
+#   login-rotate  POST /login with the cookie kept current (bench/wrk.lua):
+#                 each login rotates a live session
+# Each route starts from 64 fresh session cookies (one per connection).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +29,7 @@ WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 VARIANTS=${VARIANTS:-"bare memory memory-nohistory ts-memory redis redis-nohistory redis-cached ts-redis"}
-ROUTES=${ROUTES:-"static counter login"}
+ROUTES=${ROUTES:-"static counter login-stale login-new login-rotate"}
 
 for tool in wrk redis-server redis-cli curl python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y wrk redis-server redis-tools curl python3" >&2; exit 1; }
@@ -84,13 +95,22 @@ for round in $(seq "$ROUNDS"); do
         port=$(free_port)
         start_server "$variant" "$port"
         cookies="$out/cookies-$variant.txt"
-        capture_cookies "$port" "$cookies"
         for route in $ROUTES; do
+            keep=1
             case $route in
                 static) path=/static; method=GET ;;
                 counter) path=/; method=GET ;;
-                login) path=/login; method=POST ;;
+                login-stale) path=/login; method=POST; keep=0 ;;
+                login-new) path=/login; method=POST ;;
+                login-rotate) path=/login; method=POST ;;
+                *) echo "unknown route $route" >&2; exit 1 ;;
             esac
+            if [ "$route" = login-new ]; then
+                : > "$cookies"
+            else
+                capture_cookies "$port" "$cookies"
+            fi
+            export KEEP_COOKIES=$keep
             COOKIES=$cookies METHOD=$method wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s bench/wrk.lua "http://127.0.0.1:$port$path" >/dev/null
             s0=$(ticks "$server_pid"); r0=$(ticks "$redis_pid")
             COOKIES=$cookies METHOD=$method wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s bench/wrk.lua "http://127.0.0.1:$port$path" > "$out/wrk.txt"

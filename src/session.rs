@@ -248,6 +248,8 @@ struct Saved {
     after: Vec<Draft>,
     /// A login (a new user) reached the store.
     login_saved: bool,
+    /// The session's user's pseudonym, computed once per request.
+    user_pseudonym: Option<[u8; 8]>,
 }
 
 /// The request's own history entry, as the layer records it.
@@ -1281,11 +1283,9 @@ impl Session {
                     let _ = shared.store.release_user_slot(user, sid, ended).await;
                 }
                 recorded.claim = None;
-                let user = st
-                    .user
-                    .as_deref()
-                    .filter(|_| saved.action != CredentialAction::Clear)
-                    .map(|u| shared.user_pseudonym_bytes(u));
+                let user = saved
+                    .user_pseudonym
+                    .filter(|_| st.user.is_some() && saved.action != CredentialAction::Clear);
                 let status = recorded.request.as_ref().map_or(0, |r| r.status);
                 recorded.emit(status, user, saved.before, saved.after);
                 Ok(saved.action)
@@ -1312,7 +1312,9 @@ impl Session {
             before: Vec::new(),
             after: Vec::new(),
             login_saved: false,
+            user_pseudonym: st.user.as_deref().map(|u| shared.user_pseudonym_bytes(u)),
         };
+        let pseudonym = saved.user_pseudonym.map(|p| crate::util::hex(&p));
         if st.new && !st.destroy {
             let sid = st.sid.expect("a new session has an id");
             let token = Token::generate();
@@ -1341,12 +1343,10 @@ impl Session {
             }
             // With history kept in the session store, the user's history
             // index is written with the record (one operation, not two).
-            let pseudonym = st
-                .user
-                .as_deref()
-                .filter(|_| shared.writer.is_some() && shared.history_is_session_store)
-                .map(|u| shared.user_pseudonym(u));
-            let linked = match &pseudonym {
+            let link_as = pseudonym
+                .as_ref()
+                .filter(|_| shared.writer.is_some() && shared.history_is_session_store);
+            let linked = match link_as {
                 Some(user) => {
                     let link = HistoryLink {
                         user,
@@ -1366,11 +1366,13 @@ impl Session {
                 &json!({
                     "device": record.device,
                     "network": record.network,
-                    "user": st.user.as_deref().map(|u| shared.user_pseudonym(u)),
+                    "user": pseudonym,
                 }),
             ));
             if st.user.is_some() || st.privilege.is_some() {
-                saved.after.push(self.privilege_entry(None, None, st));
+                saved
+                    .after
+                    .push(self.privilege_entry(None, None, pseudonym.clone(), st));
             }
             if !linked {
                 self.link_user(sid, st, now).await;
@@ -1450,6 +1452,7 @@ impl Session {
                         saved.after.push(self.privilege_entry(
                             record.user.as_deref(),
                             record.privilege.as_deref(),
+                            pseudonym.clone(),
                             st,
                         ));
                     }
@@ -1521,14 +1524,15 @@ impl Session {
         &self,
         old_user: Option<&str>,
         old_privilege: Option<&str>,
+        to_user: Option<String>,
         st: &State,
     ) -> Draft {
-        let p = |u: Option<&str>| u.map(|u| self.inner.shared.user_pseudonym(u));
+        let from_user = old_user.map(|u| self.inner.shared.user_pseudonym(u));
         Draft::lifecycle(
             EntryKind::PrivilegeChanged,
             &json!({
-                "from_user": p(old_user),
-                "to_user": p(st.user.as_deref()),
+                "from_user": from_user,
+                "to_user": to_user,
                 "from_privilege": old_privilege,
                 "to_privilege": st.privilege,
             }),

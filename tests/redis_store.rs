@@ -245,6 +245,13 @@ async fn scripts_are_reloaded_after_noscript() {
     );
     server().cli(&["SCRIPT", "FLUSH"]);
     assert!(SessionStore::delete(&s, &r.id).await.unwrap());
+    server().cli(&["SCRIPT", "FLUSH"]);
+    let created = record(Some("zoe"));
+    s.create(&created).await.unwrap();
+    assert_eq!(
+        s.load(&created.id).await.unwrap().map(|x| x.id),
+        Some(created.id)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -232,6 +232,35 @@ impl Scripts {
     }
 }
 
+/// An `EVALSHA` of `script` over `keys`, as one command the caller adds
+/// the arguments to: each argument is written once, where a
+/// `ScriptInvocation` keeps its own copy of each and copies them again into
+/// the command.
+pub(super) fn evalsha(script: &Script, keys: &[&str]) -> Cmd {
+    let mut cmd = ::redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len());
+    for k in keys {
+        cmd.arg(*k);
+    }
+    cmd
+}
+
+/// Sends a command built by [`evalsha`]; after `NOSCRIPT` (a restart, a
+/// failover, `SCRIPT FLUSH`) loads the script and sends it once more.
+pub(super) async fn invoke<T: ::redis::FromRedisValue>(
+    script: &Script,
+    cmd: &Cmd,
+    c: &mut Conn,
+) -> Result<T, RedisError> {
+    match cmd.query_async(c).await {
+        Err(e) if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) => {
+            script.load_async(c).await?;
+            cmd.query_async(c).await
+        }
+        other => other,
+    }
+}
+
 /// Whether a reply is a `NOSCRIPT` error.
 pub(super) fn is_noscript(v: &Value) -> bool {
     matches!(v, Value::ServerError(e) if e.kind() == Some(::redis::ServerErrorKind::NoScript))

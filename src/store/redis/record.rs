@@ -7,7 +7,7 @@ use futures_util::future::join_all;
 
 use super::RedisStore;
 use super::cache::{Lookup, Ticket, Unsettled};
-use super::conn::Conn;
+use super::conn::{Conn, evalsha, invoke};
 use crate::SessionId;
 use crate::error::{Error, ErrorKind};
 use crate::store::{Record, Replaced, TokenHash, Update, UpdateOutcome};
@@ -305,14 +305,16 @@ pub(super) async fn create(
         return Ok(false);
     }
     let link = link.filter(|_| record.user.is_some());
-    let mut inv = store.inner.scripts.create.key(&key);
+    let mut keys = vec![key];
     if let Some(user) = &record.user {
-        inv.key(store.user_key(user))
-            .key(store.user_claims_key(user));
+        keys.push(store.user_key(user));
+        keys.push(store.user_claims_key(user));
         if let Some((pseudonym, _)) = link {
-            inv.key(store.user_history_key(pseudonym));
+            keys.push(store.user_history_key(pseudonym));
         }
     }
+    let script = &store.inner.scripts.create;
+    let mut inv = evalsha(script, &keys.iter().map(String::as_str).collect::<Vec<_>>());
     let until = link.map_or(0, |(_, ends)| super::history::link_until(store, ends));
     inv.arg(clamp_ms(record.evict_at()))
         .arg(clamp_ms(record.absolute_deadline))
@@ -323,7 +325,7 @@ pub(super) async fn create(
         inv.arg(f).arg(v);
     }
     let (mut c, ticket, unsettled) = begin_write(store, &record.id);
-    if let Err(e) = inv.invoke_async::<()>(&mut c).await {
+    if let Err(e) = invoke::<()>(script, &inv, &mut c).await {
         store.tracking_failed(ticket, &e);
         return Err(store.unavailable(e, "create a session"));
     }
@@ -447,7 +449,8 @@ pub(super) async fn update(
         index_add(store, user, id, absolute).await?;
     }
 
-    let mut inv = store.inner.scripts.update.key(&key);
+    let script = &store.inner.scripts.update;
+    let mut inv = evalsha(script, &[&key]);
     inv.arg(&token)
         .arg(&new_token)
         .arg(&idle)
@@ -461,7 +464,7 @@ pub(super) async fn update(
     for f in &del {
         inv.arg(f);
     }
-    let reply: Vec<Value> = match inv.invoke_async(&mut c).await {
+    let reply: Vec<Value> = match invoke(script, &inv, &mut c).await {
         Ok(reply) => reply,
         Err(e) => {
             store.tracking_failed(ticket, &e);
