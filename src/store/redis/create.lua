@@ -11,30 +11,36 @@
 -- ARGV[3]   the session id (hex)
 -- ARGV[4]   now (Unix ms), the history link's score
 -- ARGV[5]   until when the history index lives at least (Unix ms)
--- ARGV[6..] the record's field/value pairs
+-- ARGV[6]   "1" when the caller tracks keys (the local cache), else "0"
+-- ARGV[7..] the record's field/value pairs
 --
 -- The indexes come first: a key of the wrong type fails the call before
 -- the record exists, and a member whose record is missing is dropped by
--- every reader of an index. The script ends with a read of the record, so
--- that a caller with client tracking on (the local cache) tracks it.
+-- every reader of an index. The session id is new (128 random bits), so
+-- the record is written without clearing a previous one first. For a
+-- caller with client tracking on, the script ends with a read of the
+-- record, so that it is tracked.
+--
+-- Each index expires with its longest-lived member: NX sets an expiry on
+-- a new index, GT only ever lengthens it.
 -- Returns 1.
 if #KEYS >= 3 then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
   redis.call('ZREM', KEYS[3], ARGV[3])
-  local top = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-  redis.call('PEXPIREAT', KEYS[2], string.format('%.0f', tonumber(top[2])))
+  redis.call('PEXPIREAT', KEYS[2], ARGV[2], 'NX')
+  redis.call('PEXPIREAT', KEYS[2], ARGV[2], 'GT')
 end
 if #KEYS == 4 then
   redis.call('ZADD', KEYS[4], 'NX', ARGV[4], ARGV[3])
-  -- NX sets an expiry on a new index; GT only ever lengthens it.
   redis.call('PEXPIREAT', KEYS[4], ARGV[5], 'NX')
   redis.call('PEXPIREAT', KEYS[4], ARGV[5], 'GT')
 end
-redis.call('DEL', KEYS[1])
 -- unpack() is bounded by Lua's C stack: write in chunks of whole pairs.
-for i = 6, #ARGV, 1000 do
+for i = 7, #ARGV, 1000 do
   redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 redis.call('PEXPIREAT', KEYS[1], ARGV[1])
-redis.call('HEXISTS', KEYS[1], 'ver')
+if ARGV[6] == '1' then
+  redis.call('HEXISTS', KEYS[1], 'ver')
+end
 return 1

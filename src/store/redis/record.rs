@@ -313,6 +313,7 @@ pub(super) async fn create(
             keys.push(store.user_history_key(pseudonym));
         }
     }
+    let (mut c, ticket, unsettled) = begin_write(store, &record.id);
     let script = &store.inner.scripts.create;
     let mut inv = evalsha(script, &keys.iter().map(String::as_str).collect::<Vec<_>>());
     let until = link.map_or(0, |(_, ends)| super::history::link_until(store, ends));
@@ -320,11 +321,11 @@ pub(super) async fn create(
         .arg(clamp_ms(record.absolute_deadline))
         .arg(record.id.to_string())
         .arg(now_ms())
-        .arg(until);
+        .arg(until)
+        .arg(if ticket.is_some() { "1" } else { "0" });
     for (f, v) in &fields {
         inv.arg(f).arg(v);
     }
-    let (mut c, ticket, unsettled) = begin_write(store, &record.id);
     if let Err(e) = invoke::<()>(script, &inv, &mut c).await {
         store.tracking_failed(ticket, &e);
         return Err(store.unavailable(e, "create a session"));
