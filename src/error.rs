@@ -23,6 +23,10 @@ pub enum ErrorKind {
     Unauthenticated,
     /// The operation is refused by policy (for example a session limit).
     Refused,
+    /// The request was refused as a cross-site request forgery (see
+    /// [`csrf`](crate::csrf)). Maps to `403 Forbidden` (gRPC
+    /// `PERMISSION_DENIED`).
+    Forbidden,
     /// The history writer has shut down.
     Closed,
     /// A deadline passed before the operation completed.
@@ -45,6 +49,7 @@ impl ErrorKind {
             Self::NotFound => "not found",
             Self::Unauthenticated => "no user is logged in",
             Self::Refused => "refused",
+            Self::Forbidden => "cross-site request refused",
             Self::Closed => "history writer closed",
             Self::Timeout => "timed out",
             Self::Corrupt => "stored data is corrupt",
@@ -64,6 +69,7 @@ impl ErrorKind {
             Self::NotFound => "not found",
             Self::Unauthenticated => "no user is logged in",
             Self::Refused => "refused by policy (for example a session limit)",
+            Self::Forbidden => "cross-site request refused",
             Self::Misconfigured => "session service misconfigured",
             Self::Corrupt => "session data could not be read",
         }
@@ -199,6 +205,7 @@ impl Error {
             ErrorKind::NotFound => S::NOT_FOUND,
             ErrorKind::Unauthenticated => S::UNAUTHORIZED,
             ErrorKind::Refused => S::CONFLICT,
+            ErrorKind::Forbidden => S::FORBIDDEN,
             ErrorKind::Corrupt | ErrorKind::Misconfigured => S::INTERNAL_SERVER_ERROR,
         }
     }
@@ -213,6 +220,7 @@ impl Error {
             ErrorKind::NotFound => 5,
             ErrorKind::Unauthenticated => 16,
             ErrorKind::Refused => 9,
+            ErrorKind::Forbidden => 7,
             ErrorKind::Corrupt | ErrorKind::Misconfigured => 13,
         }
     }

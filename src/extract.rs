@@ -156,3 +156,93 @@ fn json_error(status: StatusCode, message: &str) -> Response {
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res
 }
+
+/// The most a [`CsrfForm`] reads of a request body (axum's default body
+/// limit).
+const FORM_LIMIT: usize = 2 * 1024 * 1024;
+
+/// An `application/x-www-form-urlencoded` form whose CSRF token field
+/// (`csrf_token` unless [`Csrf::form_field`](crate::Csrf::form_field) says
+/// otherwise) must verify against the request's session; see
+/// [`crate::csrf`].
+///
+/// A missing or invalid token is refused with `403` and a JSON body (the
+/// handler does not run), and recorded as a `suspicious` entry of a live
+/// session; a body that is not such a form gets `415`, one that does not
+/// deserialize into `T` gets `400`, one over 2 MiB `413`. The token field
+/// may or may not be a field of `T` (serde ignores unknown fields unless
+/// `T` denies them). For a multipart form, read the field yourself and call
+/// [`Session::verify_csrf_token`].
+///
+/// ```
+/// use axum::{Router, routing::post};
+/// use serde::Deserialize;
+/// use session_trail::CsrfForm;
+///
+/// #[derive(Deserialize)]
+/// struct Comment {
+///     text: String,
+/// }
+///
+/// async fn comment(CsrfForm(c): CsrfForm<Comment>) -> String {
+///     c.text
+/// }
+///
+/// let app: Router = Router::new().route("/comment", post(comment));
+/// # let _ = app;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CsrfForm<T>(pub T);
+
+impl<S, T> axum_core::extract::FromRequest<S> for CsrfForm<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: http::Request<Body>, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(session) = req.extensions().get::<Session>().cloned() else {
+            return Err(SessionRejection {
+                error: None,
+                grpc: false,
+            }
+            .into_response());
+        };
+        let is_form = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| {
+                v.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        if !is_form {
+            return Err(json_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected an application/x-www-form-urlencoded form",
+            ));
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), FORM_LIMIT)
+            .await
+            .map_err(|_| json_error(StatusCode::PAYLOAD_TOO_LARGE, "form too large"))?;
+        let field = session.csrf_field();
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes)
+            .map_err(|_| json_error(StatusCode::BAD_REQUEST, "malformed form"))?;
+        let sent = pairs
+            .iter()
+            .find(|(k, _)| *k == field)
+            .map(|(_, v)| v.as_str());
+        if !sent.is_some_and(|t| session.verify_csrf_token(t)) {
+            session.record_csrf_refusal("form_token").await;
+            return Err(json_error(
+                StatusCode::FORBIDDEN,
+                "cross-site request refused",
+            ));
+        }
+        let value = serde_urlencoded::from_bytes(&bytes)
+            .map_err(|e| json_error(StatusCode::BAD_REQUEST, &format!("invalid form: {e}")))?;
+        Ok(Self(value))
+    }
+}

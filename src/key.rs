@@ -30,6 +30,7 @@ pub const MIN_KEY_LEN: usize = 32;
 const LABEL_COOKIE: &[u8] = b"session-trail v1 cookie key";
 const LABEL_HISTORY: &[u8] = b"session-trail v1 history key";
 const LABEL_PSEUDONYM: &[u8] = b"session-trail v1 pseudonym key";
+const LABEL_CSRF: &[u8] = b"session-trail v1 csrf key";
 const LABEL_ID: &[u8] = b"session-trail v1 key id";
 
 /// A master secret of at least [`MIN_KEY_LEN`] bytes.
@@ -59,6 +60,7 @@ pub(crate) struct Derived {
     pub(crate) cookie: HmacSha256,
     pub(crate) history: HmacSha256,
     pub(crate) pseudonym: HmacSha256,
+    pub(crate) csrf: HmacSha256,
 }
 
 impl Key {
@@ -107,6 +109,7 @@ impl Key {
                 cookie: mac(derive(LABEL_COOKIE)),
                 history: mac(derive(LABEL_HISTORY)),
                 pseudonym: mac(derive(LABEL_PSEUDONYM)),
+                csrf: mac(derive(LABEL_CSRF)),
             }),
         })
     }

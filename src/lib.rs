@@ -75,6 +75,11 @@
 //! - **Cookie defaults.** `HttpOnly`, `Secure`, `SameSite=Lax`, `Path=/`, no
 //!   `Domain`; `__Host-` names are checked at build time. The credential is
 //!   sent only when its value changes.
+//! - **Cross-site requests** (opt-in, [`SessionLayerBuilder::csrf`]): unsafe
+//!   requests a browser marks as cross-site are refused before the handler,
+//!   and a token derived from the session's current token (no storage,
+//!   new at every rotation, masked per response) can be required; see
+//!   [`csrf`] for what is checked and what a deployment must still do.
 //! - **History is evidence.** Entries are MAC'd (history key) over their exact
 //!   stored bytes and chained by `seq` and `prev`; [`history::verify`] reports
 //!   every modification, deletion, insertion and reordering, with its
@@ -267,8 +272,11 @@
 //!
 //! Put it *inside* layers that answer on their own without needing a session
 //! (CORS preflight, compression, timeouts, request ids, tracing) and
-//! *outside* anything that reads the session (authentication, CSRF checks,
-//! your routes). With axum, `Router::layer` wraps the routes added before
+//! *outside* anything that reads the session (authentication, your routes).
+//! Its own CSRF guard ([`SessionLayerBuilder::csrf`]) runs first inside it,
+//! before the inner service is called: a refused request reaches neither
+//! authentication nor the handler. A CORS layer outside it answers
+//! preflights; the requests it lets through are still checked. With axum, `Router::layer` wraps the routes added before
 //! it, and the layer reads the matched route template (`/users/{id}`) for
 //! every request. Outside a router (wrapping the whole `Router` with
 //! `ServiceBuilder`), templates are known only to handlers that extract the
@@ -386,6 +394,7 @@ mod session;
 mod transport;
 mod util;
 
+pub mod csrf;
 #[cfg(feature = "axum")]
 mod extract;
 pub mod history;
@@ -395,9 +404,10 @@ pub use body::ErrorBody;
 pub use controls::{ErasureReceipt, HistoryExport, SessionInfo};
 pub use cookie::SameSite;
 pub use credential::SessionId;
+pub use csrf::Csrf;
 pub use error::{ANSWER_TARGET, ConfigError, Error, ErrorKind};
 #[cfg(feature = "axum")]
-pub use extract::SessionRejection;
+pub use extract::{CsrfForm, SessionRejection};
 pub use key::{Key, KeyRing, MIN_KEY_LEN};
 pub use manager::{
     ClientAddress, ResponseFuture, SessionLayer, SessionLayerBuilder, SessionService,

@@ -131,6 +131,13 @@ struct State {
     rebaseline: Option<(Option<String>, Option<String>)>,
     /// The request erased its user's history: record nothing for it.
     suppress_history: bool,
+    /// The credential token the next save issues (a new session or a
+    /// rotation), made early when a CSRF token was minted for it.
+    next_token: Option<Token>,
+    /// Strict CSRF mode let a form through without a header token: its
+    /// field must verify ([`CsrfForm`](crate::CsrfForm)) before anything of
+    /// this request is saved.
+    csrf_pending: bool,
 }
 
 impl State {
@@ -914,6 +921,120 @@ impl Session {
         Ok(())
     }
 
+    /// A token that protects this session's unsafe requests against
+    /// cross-site request forgery (see [`crate::csrf`]), creating the
+    /// session if there is none. Send it to the page (a JSON field, a
+    /// hidden form field named `csrf_token`, a `<meta>` tag); the page
+    /// sends it back in the `X-CSRF-Token` header or the form field.
+    ///
+    /// It is bound to the session's credential token, so it changes when
+    /// the token rotates: the token this call answers is the one the
+    /// response's credential will hold, also when this request logs in or
+    /// changes the privilege before calling it (call it after such
+    /// changes). Each call answers different bytes (a fresh mask), and all
+    /// of them verify.
+    ///
+    /// # Errors
+    ///
+    /// When loading fails; [`ErrorKind::InvalidInput`] after the response
+    /// has left.
+    pub async fn csrf_token(&self) -> Result<String, Error> {
+        self.load().await?;
+        self.check_open()?;
+        let shared = &self.inner.shared;
+        let mut st = self.state();
+        self.ensure_session(&mut st);
+        let sid = st.sid.expect("ensure_session gives an id");
+        let changes_privilege = st
+            .record
+            .as_ref()
+            .is_some_and(|r| r.user != st.user || r.privilege != st.privilege);
+        let issues_token = st.new || st.regenerate || changes_privilege;
+        let token = match &self.inner.presented {
+            Some(p) if !issues_token && st.origin == Origin::Live => *p.credential.token.as_bytes(),
+            _ => *st.next_token.get_or_insert_with(Token::generate).as_bytes(),
+        };
+        Ok(crate::csrf::mint(shared.ring.current(), &sid, &token))
+    }
+
+    /// Whether `sent` is a valid CSRF token of the credential this request
+    /// presented (see [`csrf_token`](Self::csrf_token)), in constant time.
+    /// The layer checks the header itself and [`CsrfForm`](crate::CsrfForm)
+    /// checks the form field; call this for a token sent another way (a
+    /// JSON body). In strict mode, a form post let through for its field is
+    /// saved only once this (or `CsrfForm`) verified it.
+    pub fn verify_csrf_token(&self, sent: &str) -> bool {
+        let Some(p) = &self.inner.presented else {
+            return false;
+        };
+        let ok = crate::csrf::verify(
+            &self.inner.shared.ring,
+            &p.credential.sid,
+            p.credential.token.as_bytes(),
+            sent.as_bytes(),
+        );
+        if ok {
+            self.state().csrf_pending = false;
+        }
+        ok
+    }
+
+    /// The form field a CSRF token is read from.
+    #[cfg(feature = "axum")]
+    pub(crate) fn csrf_field(&self) -> &str {
+        self.inner
+            .shared
+            .config
+            .csrf
+            .as_ref()
+            .map_or(crate::csrf::DEFAULT_FORM_FIELD, |c| c.field.as_str())
+    }
+
+    /// Strict CSRF mode let this form post through for its field.
+    pub(crate) fn mark_csrf_pending(&self) {
+        self.state().csrf_pending = true;
+    }
+
+    /// Records a refused cross-site request on the presented session, when
+    /// it is live: a signed `suspicious` entry, at most one per session per
+    /// rotation grace window. Best effort: a store that cannot load the
+    /// session leaves no entry (the refusal stands).
+    pub(crate) async fn record_csrf_refusal(&self, check: &'static str) {
+        if self.inner.shared.writer.is_none()
+            || self.inner.presented.is_none()
+            || self.load().await.is_err()
+        {
+            return;
+        }
+        let sid = {
+            let st = self.state();
+            match (st.origin, st.sid) {
+                (Origin::Live, Some(sid)) => sid,
+                _ => return,
+            }
+        };
+        self.csrf_signal(sid, check);
+    }
+
+    fn csrf_signal(&self, sid: SessionId, check: &'static str) {
+        let Some(writer) = &self.inner.shared.writer else {
+            return;
+        };
+        if !writer.allow_dead_signal(sid) {
+            return;
+        }
+        let draft = Draft::lifecycle(
+            EntryKind::Suspicious,
+            &json!({
+                "signal": "csrf",
+                "reason": "csrf",
+                "detail": {"check": check},
+                "action": "recorded",
+            }),
+        );
+        self.inner.shared.enqueue(sid, vec![draft]);
+    }
+
     /// Ends the session: the record is deleted and the credential cleared
     /// when the response leaves.
     ///
@@ -1216,6 +1337,21 @@ impl Session {
         }
         let mut st = std::mem::take(&mut *self.state());
         self.state().committed = true;
+        if st.csrf_pending {
+            // Strict CSRF mode let a form through for its field, and no
+            // one verified it: nothing of this request is saved.
+            if let Some((user, sid)) = st.claim.take() {
+                let _ = shared.store.release_user_slot(&user, &sid, &st.evict).await;
+            }
+            tracing::warn!(
+                "a form post in strict CSRF mode was not verified (take the form with \
+                 CsrfForm, or call Session::verify_csrf_token); its session changes were not saved"
+            );
+            if let (Origin::Live, Some(sid), false) = (st.origin, st.sid, st.new) {
+                self.csrf_signal(sid, "form_token");
+            }
+            return Ok(CredentialAction::Keep);
+        }
         let entry_sid = if st.new && st.destroy {
             st.end_live.map(|(sid, _)| sid)
         } else if st.new || st.origin == Origin::Live {
@@ -1317,7 +1453,7 @@ impl Session {
         let pseudonym = saved.user_pseudonym.map(|p| crate::util::hex(&p));
         if st.new && !st.destroy {
             let sid = st.sid.expect("a new session has an id");
-            let token = Token::generate();
+            let token = st.next_token.take().unwrap_or_else(Token::generate);
             let record = Record {
                 id: sid,
                 token_hash: token.hash(),
@@ -1428,7 +1564,7 @@ impl Session {
                 device: st.rebaseline.as_ref().map(|r| r.0.clone()),
                 network: st.rebaseline.as_ref().map(|r| r.1.clone()),
             };
-            let new_token = rotate.then(Token::generate);
+            let new_token = rotate.then(|| st.next_token.take().unwrap_or_else(Token::generate));
             if let Some(t) = &new_token {
                 update.rotate = Some(Rotation {
                     new_token_hash: t.hash(),

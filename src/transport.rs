@@ -15,6 +15,8 @@ pub(crate) struct Read {
     pub(crate) presented: Option<Presented>,
     pub(crate) used_cookie: bool,
     pub(crate) used_header: bool,
+    /// The presented credential came from the cookie (not the header).
+    pub(crate) presented_by_cookie: bool,
     pub(crate) grpc: bool,
     pub(crate) user_agent: Option<HeaderValue>,
 }
@@ -48,6 +50,7 @@ pub(crate) fn read(shared: &Shared, headers: &HeaderMap) -> Read {
         used_header = true;
         try_value(v.as_bytes(), &mut presented, &mut seen_invalid);
     }
+    let by_header = presented.is_some();
     if let Some(ck) = &shared.config.cookie {
         // By bytes, not as text: another cookie of the site (an analytics
         // cookie with a non-ASCII byte) must not hide ours.
@@ -70,6 +73,7 @@ pub(crate) fn read(shared: &Shared, headers: &HeaderMap) -> Read {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let user_agent = headers.get(USER_AGENT).cloned();
     Read {
+        presented_by_cookie: presented.is_some() && !by_header,
         presented,
         used_cookie,
         used_header,

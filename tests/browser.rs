@@ -352,12 +352,14 @@ async fn flow(driver: &Driver, demo: &Demo) {
                  return b.dataset.ok === 'false' && b.textContent;",
             )
             .await;
-        assert_eq!(badge, "Chain broken at #2");
+        // #1 started, #2 the page's `GET /api/csrf` before it logged in,
+        // #3 the login event.
+        assert_eq!(badge, "Chain broken at #3");
         driver
             .wait(
                 "the modified entry marked",
                 "const e = document.querySelector('#timeline li.broken');\
-                 return e && e.dataset.seq === '2' && e.textContent.includes('PASSWORD');",
+                 return e && e.dataset.seq === '3' && e.textContent.includes('PASSWORD');",
             )
             .await;
         driver
@@ -475,6 +477,115 @@ async fn run(secure_cookie: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_logs_in_adds_to_cart_shows_a_verified_timeline_and_logs_out() {
     run(true).await;
+}
+
+/// A page served from another site (`http://localhost:Q` against the demo
+/// on `http://127.0.0.1:P`) posts a form and a `fetch` to the demo: both
+/// are refused (the form lands on the 403 JSON error), the logged-in
+/// user's session is untouched, and the demo's own page keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_from_another_site_cannot_post_to_the_demo() {
+    let _one = ONE_BROWSER.lock().await;
+    let chromium = binary("CHROMIUM", "/usr/bin/chromium");
+    let chromedriver = binary("CHROMEDRIVER", "/usr/bin/chromedriver");
+    let layer = app::layer(
+        MemoryStore::new(),
+        Key::generate(),
+        &app::Options::default(),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(app::serve(
+        listener,
+        app::router(&layer),
+        std::future::pending(),
+    ));
+
+    // The other site: one page with a form and a script aimed at the demo.
+    let page = format!(
+        r#"<!doctype html><html><body>
+<form id="f" method="POST" action="{base}/api/logout"><input name="x" value="1"></form>
+<script>
+window.fetchDone = false;
+fetch('{base}/api/cart', {{method: 'POST', credentials: 'include', mode: 'no-cors',
+  headers: {{'Content-Type': 'text/plain'}}, body: '{{"item":"planted"}}'}})
+  .finally(() => {{ window.fetchDone = true; }});
+</script></body></html>"#
+    );
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_url = format!("http://localhost:{}/", other.local_addr().unwrap().port());
+    let other_server = tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(move || async move { axum::response::Html(page) }),
+        );
+        axum::serve(other, app).await
+    });
+
+    let driver = Driver::start(&chromium, &chromedriver).await;
+    let outcome = std::panic::AssertUnwindSafe(async {
+        driver.goto(&format!("{base}/")).await;
+        driver.settled().await;
+        driver.click("[data-testid=login-alice]").await;
+        driver.settled().await;
+        driver
+            .wait(
+                "alice logged in",
+                "return document.querySelector('[data-testid=me-user]').textContent === 'alice';",
+            )
+            .await;
+
+        driver.goto(&other_url).await;
+        driver
+            .wait("the other site's fetch", "return window.fetchDone === true;")
+            .await;
+        driver
+            .script("document.getElementById('f').submit();")
+            .await;
+        let refused = driver
+            .wait(
+                "the form's answer",
+                &format!(
+                    "return location.href.startsWith('{base}') && document.body && document.body.innerText;"
+                ),
+            )
+            .await;
+        assert!(
+            refused.as_str().unwrap().contains("cross-site request refused"),
+            "{refused}"
+        );
+
+        // Back on the demo: still alice, and no planted item.
+        driver.goto(&format!("{base}/")).await;
+        driver.settled().await;
+        let user = driver
+            .script("return document.querySelector('[data-testid=me-user]').textContent;")
+            .await;
+        assert_eq!(user, "alice", "the forged logout had no effect");
+        let planted = driver
+            .script("return document.getElementById('timeline').textContent.includes('planted');")
+            .await;
+        assert_eq!(planted, false);
+        // The page's own unsafe requests carry the token and work.
+        driver.click("label.item:nth-child(2) span").await;
+        driver.click("[data-testid=add-to-cart]").await;
+        driver.settled().await;
+        driver
+            .wait(
+                "the page's own add_to_cart",
+                "return !!document.querySelector('#timeline li[data-event=add_to_cart]');",
+            )
+            .await;
+    })
+    .catch_unwind()
+    .await;
+    driver.quit().await;
+    server.abort();
+    other_server.abort();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 /// The same with `DEMO_INSECURE_COOKIE=1`, as used off localhost.

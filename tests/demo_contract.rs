@@ -1067,3 +1067,199 @@ async fn a_graceful_stop_then_writer_shutdown_loses_nothing() {
     // an event and a request.
     assert!(s.written >= 4 + 20 * 2, "{s:?}");
 }
+
+// ---------------------------------------------------------------------------
+// Cross-site requests (CSRF)
+
+async fn csrf_token(c: &Client, demo: &Demo) -> String {
+    let res = get(c, demo, "/api/csrf").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[reqwest::header::CACHE_CONTROL], "no-store");
+    body(res).await["token"].as_str().unwrap().to_owned()
+}
+
+/// Adds an item to the cart with extra headers; answers the status and, on
+/// success, the cart's size.
+async fn add_to_cart(c: &Client, demo: &Demo, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+    let mut req = c.post(demo.url("/api/cart")).json(&json!({"item": "book"}));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status();
+    if status == StatusCode::FORBIDDEN {
+        assert_error(res, status).await;
+        return (status, Value::Null);
+    }
+    (status, body(res).await)
+}
+
+fn csrf_entries(page: &Value) -> Vec<Value> {
+    page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "suspicious" && e["reason"] == "csrf")
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn settings_read_demo_csrf() {
+    let s = app::Settings::from_env(env(&[("DEMO_CSRF", "strict")])).unwrap();
+    assert!(s.options.csrf_strict);
+    let s = app::Settings::from_env(env(&[])).unwrap();
+    assert!(!s.options.csrf_strict);
+    assert!(app::Settings::from_env(env(&[("DEMO_CSRF", "maybe")])).is_err());
+}
+
+#[tokio::test]
+async fn cross_site_unsafe_requests_are_refused_before_the_handler_and_recorded_once() {
+    let demo = Demo::start().await;
+    let c = demo.logged_in("alice").await;
+    let own = demo.base.clone();
+    let own_page = format!("{own}/");
+    let other_scheme = own.replace("http://", "https://");
+    let other_port = format!("{own}1");
+    let cases: Vec<(Vec<(&str, &str)>, bool)> = vec![
+        (vec![("sec-fetch-site", "cross-site")], false),
+        (vec![("sec-fetch-site", "same-site")], false),
+        (
+            vec![("sec-fetch-site", "cross-site"), ("origin", &own)],
+            false,
+        ),
+        (vec![("sec-fetch-site", "same-origin")], true),
+        (vec![("sec-fetch-site", "none")], true),
+        (vec![("origin", "http://localhost:9")], false),
+        (vec![("origin", &other_scheme)], false),
+        (vec![("origin", &other_port)], false),
+        (vec![("origin", "null")], false),
+        (vec![("origin", &own)], true),
+        (vec![("referer", "http://evil.test/form")], false),
+        (vec![("referer", &own_page)], true),
+        (
+            vec![("origin", "http://evil.test"), ("referer", &own_page)],
+            false,
+        ),
+        // No browser headers: a non-browser client.
+        (vec![], true),
+    ];
+    let mut items = 0;
+    for (headers, pass) in &cases {
+        let (status, answer) = add_to_cart(&c, &demo, headers).await;
+        if *pass {
+            items += 1;
+            assert_eq!(status, StatusCode::OK, "{headers:?}");
+            assert_eq!(answer, json!({"items": items}), "{headers:?}");
+        } else {
+            assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}");
+        }
+    }
+    // The refused requests changed nothing: the cart holds the passed ones.
+    let (_, answer) = add_to_cart(&c, &demo, &[]).await;
+    assert_eq!(answer, json!({"items": items + 1}));
+    // Every method that can change state is checked; safe ones are not.
+    for method in [
+        reqwest::Method::PUT,
+        reqwest::Method::PATCH,
+        reqwest::Method::DELETE,
+    ] {
+        let res = c
+            .request(method.clone(), demo.url("/api/history"))
+            .header("sec-fetch-site", "cross-site")
+            .send()
+            .await
+            .unwrap();
+        assert_error(res, StatusCode::FORBIDDEN).await;
+    }
+    let res = c
+        .get(demo.url("/api/me"))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // The erase above was refused: history is still there, with one
+    // signed suspicious entry for all those refusals (rate-limited).
+    let page = eventually(Duration::from_secs(2), "a csrf entry", || async {
+        let page = history(&c, &demo, "?limit=1000").await;
+        (!csrf_entries(&page).is_empty()).then_some(page)
+    })
+    .await;
+    let found = csrf_entries(&page);
+    assert_eq!(found.len(), 1, "{page}");
+    assert_eq!(found[0]["signal"], "csrf");
+    assert_eq!(page["chain"]["ok"], true);
+}
+
+#[tokio::test]
+async fn the_csrf_token_is_masked_bound_to_the_session_and_changes_with_its_token() {
+    let demo = Demo::start().await;
+    let c = demo.browser();
+    let t1 = csrf_token(&c, &demo).await;
+    let t2 = csrf_token(&c, &demo).await;
+    assert_ne!(t1, t2, "masked per response");
+    for t in [&t1, &t2] {
+        let (status, _) = add_to_cart(&c, &demo, &[("x-csrf-token", t)]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // Login rotates the session's token, and with it the CSRF token.
+    let res = c
+        .post(demo.url("/api/login"))
+        .header("x-csrf-token", &t1)
+        .json(&json!({"user": "alice", "password": "alice-pw"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let (status, _) = add_to_cart(&c, &demo, &[("x-csrf-token", &t1)]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "the pre-login token");
+    let t3 = csrf_token(&c, &demo).await;
+    let res = c
+        .post(demo.url("/api/elevate"))
+        .header("x-csrf-token", &t3)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let (status, _) = add_to_cart(&c, &demo, &[("x-csrf-token", &t3)]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "the pre-elevate token");
+    let t4 = csrf_token(&c, &demo).await;
+    let (status, _) = add_to_cart(&c, &demo, &[("x-csrf-token", &t4)]).await;
+    assert_eq!(status, StatusCode::OK);
+    // Wrong, truncated and other sessions' tokens are refused.
+    let other = demo.browser();
+    let theirs = csrf_token(&other, &demo).await;
+    let truncated = &t4[..t4.len() - 1];
+    for bad in [theirs.as_str(), truncated, "garbage", ""] {
+        let (status, _) = add_to_cart(&c, &demo, &[("x-csrf-token", bad)]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{bad:?}");
+    }
+    // A token without any session is refused too.
+    let (status, _) = add_to_cart(&bare(), &demo, &[("x-csrf-token", &t4)]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn demo_csrf_strict_requires_the_token_on_every_unsafe_request_of_a_session() {
+    let demo = Demo::with(app::Options {
+        csrf_strict: true,
+        ..Default::default()
+    })
+    .await;
+    // No session yet: nothing to protect, so a login passes without one.
+    let c = demo.logged_in("bob").await;
+    let (status, _) = add_to_cart(&c, &demo, &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let t = csrf_token(&c, &demo).await;
+    let (status, answer) = add_to_cart(&c, &demo, &[("x-csrf-token", &t)]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        answer,
+        json!({"items": 1}),
+        "the refused request added nothing"
+    );
+    // A client without a session (no cookie) passes.
+    let (status, _) = add_to_cart(&bare(), &demo, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -5,7 +5,7 @@
 
 const HISTORY_LIMIT = 200;
 // The page's own refresh calls: hidden from the timeline unless asked.
-const PAGE_READS = new Set(['/api/me', '/api/history', '/api/sessions']);
+const PAGE_READS = new Set(['/api/me', '/api/history', '/api/sessions', '/api/csrf']);
 const LIFECYCLE = new Set(['started', 'rotated', 'privilege_changed', 'ended', 'suspicious', 'gap']);
 const LIFECYCLE_TITLES = {
   started: 'Session started',
@@ -48,8 +48,20 @@ function el(tag, props, ...children) {
   return node;
 }
 
+// The session's CSRF token, fetched fresh before every unsafe request: it
+// changes whenever the session's token rotates (login, elevate).
+async function csrfToken() {
+  const res = await fetch('/api/csrf', { credentials: 'same-origin', headers: { Accept: 'application/json' } });
+  if (!res.ok) return null;
+  return (await res.json()).token;
+}
+
 async function api(method, path, body) {
   const init = { method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
+  if (!['GET', 'HEAD'].includes(method)) {
+    const token = await csrfToken();
+    if (token) init.headers['X-CSRF-Token'] = token;
+  }
   if (body !== undefined) {
     init.headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);

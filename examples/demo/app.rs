@@ -21,6 +21,13 @@
 //!   store call and do not clutter history.
 //! - Every error, including axum's own rejections (bad JSON, wrong method,
 //!   unknown route) and the layer's own 503, is `{"error": "..."}`.
+//! - CSRF protection covers every unsafe request of the session layer's
+//!   routes (not only POST, PUT, PATCH and DELETE under `/api/`: any method
+//!   but GET, HEAD, OPTIONS and TRACE). The demo serves plain HTTP, so its
+//!   own origin is `http://` plus the `Host` header: an `Origin` of
+//!   `https://` the same host is another origin. `GET /api/csrf` answers
+//!   with `Cache-Control: no-store`. `DEMO_CSRF` also accepts `lenient`,
+//!   the default.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -40,7 +47,7 @@ use serde_json::{Value, json};
 use session_trail::history::HistoryWriter;
 use session_trail::store::{HistoryStore, SessionStore};
 use session_trail::{
-    ConfigError, Error, ErrorKind, Key, Session, SessionId, SessionInfo, SessionLayer,
+    ConfigError, Csrf, Error, ErrorKind, Key, Session, SessionId, SessionInfo, SessionLayer,
 };
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -84,6 +91,9 @@ pub(crate) struct Options {
     pub(crate) issue_on_first_visit: bool,
     /// `DEMO_HEADER=NAME`: the credential also travels in this header.
     pub(crate) header: Option<String>,
+    /// `DEMO_CSRF=strict`: the CSRF token is required on every unsafe
+    /// request of a session (otherwise checked whenever one is sent).
+    pub(crate) csrf_strict: bool,
 }
 
 impl Settings {
@@ -114,6 +124,16 @@ impl Settings {
             insecure_cookie: flag("DEMO_INSECURE_COOKIE")?,
             issue_on_first_visit: flag("DEMO_ISSUE_ON_FIRST_VISIT")?,
             header: var("DEMO_HEADER").map(|h| h.trim().to_owned()),
+            csrf_strict: match var("DEMO_CSRF").as_deref().map(str::trim) {
+                None => false,
+                Some(v) if v.eq_ignore_ascii_case("strict") => true,
+                Some(v) if v.eq_ignore_ascii_case("lenient") => false,
+                Some(other) => {
+                    return Err(format!(
+                        "DEMO_CSRF must be strict or lenient, not {other:?}"
+                    ));
+                }
+            },
         };
         if options.insecure_cookie {
             warnings.push(
@@ -174,9 +194,13 @@ pub(crate) fn layer<S>(store: S, key: Key, options: &Options) -> Result<SessionL
 where
     S: SessionStore + HistoryStore + Clone,
 {
+    // The demo serves plain HTTP itself (no TLS), so that is its scheme:
+    // an `Origin` of https://the-same-host is another origin.
+    let csrf = Csrf::new().scheme("http").strict(options.csrf_strict);
     let mut builder = SessionLayer::builder(store, key)
         .cookie_secure(!options.insecure_cookie)
-        .issue_on_first_visit(options.issue_on_first_visit);
+        .issue_on_first_visit(options.issue_on_first_visit)
+        .csrf(csrf);
     if let Some(name) = &options.header {
         builder = builder.header(name);
     }
@@ -199,6 +223,7 @@ pub(crate) fn router(layer: &SessionLayer) -> Router {
         .route("/api/sessions", get(sessions))
         .route("/api/sessions/{session}", delete(revoke))
         .route("/api/export", get(export))
+        .route("/api/csrf", get(csrf_token))
         .layer(layer.clone());
     Router::new()
         .merge(with_session)
@@ -233,6 +258,16 @@ pub(crate) async fn serve(
 // The JSON API
 
 type ApiResult<T> = Result<T, Error>;
+
+/// GET /api/csrf: the session's CSRF token (creating the session). Never
+/// cached: it belongs to one session and changes with its token.
+async fn csrf_token(session: Session) -> ApiResult<Response> {
+    let token = session.csrf_token().await?;
+    let mut res = Json(json!({ "token": token })).into_response();
+    res.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}
 
 fn unauthenticated() -> Error {
     Error::new(ErrorKind::Unauthenticated, "log in first")

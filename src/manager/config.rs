@@ -140,6 +140,7 @@ pub(crate) struct Config {
     pub(crate) on_suspicious: SuspicionHook,
     pub(crate) client_address: ClientAddress,
     pub(crate) save_on_server_error: bool,
+    pub(crate) csrf: Option<crate::csrf::CsrfCheck>,
 }
 
 impl Default for Config {
@@ -171,6 +172,7 @@ impl Default for Config {
             // A handler that failed half-way must not leave half its
             // changes behind (tower-sessions and Django agree).
             save_on_server_error: false,
+            csrf: None,
         }
     }
 }
@@ -208,6 +210,7 @@ pub struct SessionLayerBuilder {
     ring: KeyRing,
     config: Config,
     header_error: Option<ConfigError>,
+    csrf: Option<crate::Csrf>,
     /// History goes to the session store itself.
     history_is_session_store: bool,
 }
@@ -230,6 +233,7 @@ impl SessionLayerBuilder {
             ring: keys,
             config: Config::default(),
             header_error: None,
+            csrf: None,
             history_is_session_store: false,
         }
     }
@@ -450,6 +454,26 @@ impl SessionLayerBuilder {
         self
     }
 
+    /// Turns on CSRF protection: unsafe requests the browser marks as
+    /// cross-site are refused with 403 before the handler runs, and
+    /// [`Session::csrf_token`](crate::Session::csrf_token) issues a token
+    /// bound to the session that requests may carry (and, in strict mode,
+    /// must). See the [`csrf`](crate::csrf) module. Default off.
+    ///
+    /// ```
+    /// use session_trail::{Csrf, Key, SessionLayer, store::MemoryStore};
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let layer = SessionLayer::builder(MemoryStore::new(), Key::generate())
+    ///     .csrf(Csrf::new())
+    ///     .build();
+    /// assert!(layer.is_ok());
+    /// # });
+    /// ```
+    pub fn csrf(mut self, csrf: crate::Csrf) -> Self {
+        self.csrf = Some(csrf);
+        self
+    }
+
     /// Where the client's address comes from (for the network-change
     /// signal). Default [`ClientAddress::ConnectInfo`].
     pub fn client_address(mut self, source: ClientAddress) -> Self {
@@ -527,9 +551,12 @@ impl SessionLayerBuilder {
     /// without `Secure`, `Path=/` or with a `Domain`, no transport at all,
     /// an invalid history writer setting, or (with history) no Tokio
     /// runtime.
-    pub fn build(self) -> Result<SessionLayer, ConfigError> {
+    pub fn build(mut self) -> Result<SessionLayer, ConfigError> {
         if let Some(e) = self.header_error {
             return Err(e);
+        }
+        if let Some(csrf) = self.csrf.take() {
+            self.config.csrf = Some(csrf.build()?);
         }
         let c = &self.config;
         if c.idle_timeout.is_zero() {

@@ -54,7 +54,7 @@ impl Ctx {
     }
 }
 
-type Commit<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
+pub(crate) type Commit<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
 
 pin_project! {
     /// The response future of [`SessionService`](super::SessionService).
@@ -96,6 +96,16 @@ impl<F, B, E> ResponseFuture<F, B, E> {
         Self {
             state: State::Inner { fut },
             ctx: Some(ctx),
+            _error: PhantomData,
+        }
+    }
+
+    /// A request answered by the layer itself (a refused cross-site
+    /// request): the inner service is never called.
+    pub(crate) fn refused(fut: Commit<B>) -> Self {
+        Self {
+            state: State::Commit { fut },
+            ctx: None,
             _error: PhantomData,
         }
     }

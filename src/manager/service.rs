@@ -61,7 +61,45 @@ where
             client_ip: transport::client_ip(&shared.config.client_address, &req),
             started_ms: crate::util::now_ms(),
         };
+        let mut csrf_refused = None;
+        if let Some(csrf) = &shared.config.csrf
+            && crate::csrf::is_unsafe(req.method())
+        {
+            let presented = read.presented.as_ref().map(|p| {
+                (
+                    &shared.ring,
+                    &p.credential.sid,
+                    p.credential.token.as_bytes(),
+                )
+            });
+            match csrf.check(
+                req.uri(),
+                req.headers(),
+                presented,
+                read.presented_by_cookie,
+            ) {
+                crate::csrf::Verdict::Pass => {}
+                crate::csrf::Verdict::FormPending => csrf_refused = Some(None),
+                crate::csrf::Verdict::Refuse(check) => csrf_refused = Some(Some(check)),
+            }
+        }
+        let grpc = read.grpc;
         let session = Session::new(Arc::clone(shared), read.presented, meta);
+        match csrf_refused {
+            // Refused before the handler: the inner service is not called.
+            Some(Some(check)) => {
+                return ResponseFuture::refused(Box::pin(async move {
+                    session.record_csrf_refusal(check).await;
+                    let err = crate::Error::new(
+                        crate::ErrorKind::Forbidden,
+                        format!("cross-site request refused ({check})"),
+                    );
+                    transport::error_response(&err, grpc)
+                }));
+            }
+            Some(None) => session.mark_csrf_pending(),
+            None => {}
+        }
         req.extensions_mut().insert(session.clone());
         let (route, matched) = route_of(shared, &req);
         let ctx = Ctx {
