@@ -6,39 +6,55 @@
 //! layer refuses such requests before the handler runs, in two ways:
 //!
 //! 1. **What the browser says about the request.** A request with an
-//!    unsafe method (anything but `GET`, `HEAD`, `OPTIONS` and `TRACE`) is
-//!    refused when `Sec-Fetch-Site` is `cross-site` or `same-site`
-//!    (`same-origin` and `none`, a navigation the user typed, pass).
-//!    Without that header (older browsers), it is refused when `Origin`
-//!    is not the request's own origin; without both, when `Referer` is not.
-//!    A request with none of the three (a non-browser client: `curl`, a
-//!    server, a gRPC client) passes: it carries no ambient cookie a third
-//!    site could have made it send. This is the check of OWASP's CSRF cheat
-//!    sheet, of Go's `CrossOriginProtection` and of tower-http's
-//!    `CsrfLayer`, in the same order.
+//!    unsafe method (anything but `GET`, `HEAD` and `OPTIONS`) is refused
+//!    when `Sec-Fetch-Site` is anything but `same-origin` or `none` (a
+//!    navigation the user typed): `cross-site`, `same-site`, or a value
+//!    this crate does not know. Without that header (older browsers), it
+//!    is refused when `Origin` is not the request's own origin (`null`
+//!    included); without both, when `Referer` is not. An `Origin` or
+//!    `Referer` that is present but unreadable is refused, never taken as
+//!    absent. A request with none of the three (a non-browser client:
+//!    `curl`, a server, a gRPC client) passes: it carries no ambient cookie
+//!    a third site could have made it send. These are the checks of
+//!    OWASP's CSRF cheat sheet and of Go's `CrossOriginProtection` (which
+//!    tower-http's `CsrfLayer` ports), in the same order, with OWASP's
+//!    `Referer` fallback added.
 //! 2. **A token bound to the session.**
 //!    [`Session::csrf_token`](crate::Session::csrf_token) answers a token
 //!    the page sends back in the `X-CSRF-Token` header (or, for an HTML
-//!    form, in the `csrf_token` field, read by [`CsrfForm`](crate::CsrfForm)). The token is
-//!    an HMAC of the session's current credential token under a key of its
-//!    own (derived from the layer's [`Key`]), so it needs no
-//!    storage, and it changes whenever the credential's token rotates: at
-//!    login, at a privilege change, on
+//!    form, in the `csrf_token` field, read by [`CsrfForm`](crate::CsrfForm)).
+//!    The token is an HMAC of the session id and the session's current
+//!    credential token under a key of its own (derived from the layer's
+//!    [`Key`]), so it needs no storage, and it changes whenever the
+//!    credential's token rotates: at login, at a privilege change, on
 //!    [`regenerate`](crate::Session::regenerate). Each call masks it with
 //!    fresh random bytes, so no two responses carry the same bytes (the
 //!    BREACH attack on compressed responses), and every masked form
 //!    verifies, in constant time. A request that carries a token that does
-//!    not verify is refused, whatever its headers say. In
-//!    [`strict`](Csrf::strict) mode, every unsafe request that presents a
-//!    session must carry the token.
+//!    not verify is refused, whatever its headers say.
+//!
+//! In [`strict`](Csrf::strict) mode, every unsafe request that presents a
+//! session in the cookie must carry a valid token. The layer reads it from
+//! the header, or, for a request whose body is a urlencoded form (axum's
+//! body, up to 2 MiB), from the form's field, before the handler runs; the
+//! handler gets the same bytes. Any other request without the header is
+//! refused (a multipart form must send the token in the header). A
+//! credential sent in the layer's request header (API and gRPC clients)
+//! needs no token: browsers never attach it on their own.
 //!
 //! A refusal is answered with `403 Forbidden` and a JSON body
 //! `{"error": "..."}` (gRPC: `PERMISSION_DENIED`); the handler never runs.
 //! When the request presented a live session, the session's history gets a
 //! signed `suspicious` entry (`signal` and `reason` `csrf`, with the check
-//! that failed), at most one per session per rotation grace window, so a
-//! hostile page cannot fill a victim's history. The refusal never ends or
-//! rotates the victim's session: the request was made by a third party.
+//! that failed). The entry is appended only if the presented token is
+//! still the session's live token (the store checks it atomically, as for
+//! a request that never loads its session), and at most one is recorded
+//! per session every rotation grace window (10 s at least), per server,
+//! counted apart from the entries of replayed credentials, so a hostile
+//! page can neither fill a victim's history nor use up the entries that
+//! would record a stolen cookie's replay. A refusal changes nothing else
+//! about the session: it is not loaded, ended or rotated, since the request
+//! was made by a third party.
 //!
 //! # The request's own origin
 //!
@@ -105,6 +121,11 @@ use crate::key::{Key, KeyRing};
 pub const DEFAULT_HEADER: &str = "x-csrf-token";
 /// The default form field the token is read from (see [`CsrfForm`](crate::CsrfForm)).
 pub const DEFAULT_FORM_FIELD: &str = "csrf_token";
+
+/// The most the layer reads of a urlencoded form in strict mode (axum's
+/// default body limit).
+#[cfg(feature = "axum")]
+pub(crate) const FORM_LIMIT: usize = 2 * 1024 * 1024;
 
 const RAW_LEN: usize = 32;
 const MASKED_LEN: usize = 2 * RAW_LEN;
@@ -240,6 +261,7 @@ pub(crate) struct CsrfCheck {
     trust_forwarded: bool,
     trusted: Vec<Origin>,
     pub(crate) header: HeaderName,
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) field: String,
 }
 
@@ -254,13 +276,10 @@ pub(crate) enum Verdict {
     Refuse(&'static str),
 }
 
-/// Whether a method can change state (anything but `GET`, `HEAD`,
-/// `OPTIONS` and `TRACE`).
+/// Whether a method can change state (anything but `GET`, `HEAD` and
+/// `OPTIONS`, as Go and tower-http count them).
 pub(crate) fn is_unsafe(m: &Method) -> bool {
-    !matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    )
+    !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
 impl CsrfCheck {
@@ -291,7 +310,7 @@ impl CsrfCheck {
             // A token with no session to verify it against.
             (Some(_), None) => Verdict::Refuse("token"),
             (None, Some(_)) if self.strict && via_cookie => {
-                if is_form(headers) {
+                if is_urlencoded_form(headers) {
                     Verdict::FormPending
                 } else {
                     Verdict::Refuse("token_missing")
@@ -302,28 +321,32 @@ impl CsrfCheck {
     }
 
     fn origin_check(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), &'static str> {
-        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-        if let Some(o) = origin.and_then(Origin::parse)
+        // A header that is present but not text is treated as hostile, never
+        // as absent.
+        let origin = headers.get(header::ORIGIN).map(|v| v.to_str().ok());
+        if let Some(Some(o)) = origin
+            && let Some(o) = Origin::parse(o)
             && self.trusted.iter().any(|t| t.same(&o))
         {
             return Ok(());
         }
         if let Some(site) = headers.get("sec-fetch-site") {
-            match site.as_bytes() {
-                b"same-origin" | b"none" => return Ok(()),
-                b"cross-site" | b"same-site" => return Err("sec_fetch_site"),
-                // Unknown values: judge by Origin and Referer.
-                _ => {}
-            }
+            // Only the two values that mean "not cross-site" pass: anything
+            // else (`cross-site`, `same-site`, a value of a later
+            // specification) is refused, as Go does.
+            return match site.as_bytes() {
+                b"same-origin" | b"none" => Ok(()),
+                _ => Err("sec_fetch_site"),
+            };
         }
         if let Some(o) = origin {
-            return match Origin::parse(o) {
+            return match o.and_then(Origin::parse) {
                 Some(o) if self.is_own(&o, uri, headers) => Ok(()),
                 _ => Err("origin"),
             };
         }
-        if let Some(r) = headers.get(header::REFERER).and_then(|v| v.to_str().ok()) {
-            return match Origin::of_url(r) {
+        if let Some(r) = headers.get(header::REFERER) {
+            return match r.to_str().ok().and_then(Origin::of_url) {
                 Some(o) if self.is_own(&o, uri, headers) => Ok(()),
                 _ => Err("referer"),
             };
@@ -482,19 +505,16 @@ fn default_port(scheme: &str) -> Option<u16> {
     }
 }
 
-/// Whether the body is an HTML form (urlencoded or multipart).
-fn is_form(headers: &HeaderMap) -> bool {
+/// Whether the body is a urlencoded HTML form.
+fn is_urlencoded_form(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|ct| {
+            ct.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         })
-        .is_some_and(|ct| ct == "application/x-www-form-urlencoded" || ct == "multipart/form-data")
 }
 
 /// The unmasked token of a session's credential token under `key`.

@@ -157,10 +157,6 @@ fn json_error(status: StatusCode, message: &str) -> Response {
     res
 }
 
-/// The most a [`CsrfForm`] reads of a request body (axum's default body
-/// limit).
-const FORM_LIMIT: usize = 2 * 1024 * 1024;
-
 /// An `application/x-www-form-urlencoded` form whose CSRF token field
 /// (`csrf_token` unless [`Csrf::form_field`](crate::Csrf::form_field) says
 /// otherwise) must verify against the request's session; see
@@ -169,7 +165,8 @@ const FORM_LIMIT: usize = 2 * 1024 * 1024;
 /// A missing or invalid token is refused with `403` and a JSON body (the
 /// handler does not run), and recorded as a `suspicious` entry of a live
 /// session; a body that is not such a form gets `415`, one that does not
-/// deserialize into `T` gets `400`, one over 2 MiB `413`. The token field
+/// deserialize into `T` gets `400`, one over the route's body limit (axum's
+/// `DefaultBodyLimit`, 2 MiB unless set) `413`. The token field
 /// may or may not be a field of `T` (serde ignores unknown fields unless
 /// `T` denies them). For a multipart form, read the field yourself and call
 /// [`Session::verify_csrf_token`].
@@ -201,7 +198,7 @@ where
 {
     type Rejection = Response;
 
-    async fn from_request(req: http::Request<Body>, _state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: http::Request<Body>, state: &S) -> Result<Self, Self::Rejection> {
         let Some(session) = req.extensions().get::<Session>().cloned() else {
             return Err(SessionRejection {
                 error: None,
@@ -224,9 +221,17 @@ where
                 "expected an application/x-www-form-urlencoded form",
             ));
         }
-        let bytes = axum::body::to_bytes(req.into_body(), FORM_LIMIT)
+        // Through axum's own extractor, so the route's body limit applies.
+        let bytes = <bytes::Bytes as axum_core::extract::FromRequest<S>>::from_request(req, state)
             .await
-            .map_err(|_| json_error(StatusCode::PAYLOAD_TOO_LARGE, "form too large"))?;
+            .map_err(|rejection| {
+                let status = rejection.status();
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    json_error(status, "form too large")
+                } else {
+                    json_error(StatusCode::BAD_REQUEST, "the form could not be read")
+                }
+            })?;
         let field = session.csrf_field();
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes)
             .map_err(|_| json_error(StatusCode::BAD_REQUEST, "malformed form"))?;
@@ -235,7 +240,7 @@ where
             .find(|(k, _)| *k == field)
             .map(|(_, v)| v.as_str());
         if !sent.is_some_and(|t| session.verify_csrf_token(t)) {
-            session.record_csrf_refusal("form_token").await;
+            session.record_csrf_refusal("form_token");
             return Err(json_error(
                 StatusCode::FORBIDDEN,
                 "cross-site request refused",

@@ -134,10 +134,6 @@ struct State {
     /// The credential token the next save issues (a new session or a
     /// rotation), made early when a CSRF token was minted for it.
     next_token: Option<Token>,
-    /// Strict CSRF mode let a form through without a header token: its
-    /// field must verify ([`CsrfForm`](crate::CsrfForm)) before anything of
-    /// this request is saved.
-    csrf_pending: bool,
 }
 
 impl State {
@@ -943,6 +939,15 @@ impl Session {
         self.check_open()?;
         let shared = &self.inner.shared;
         let mut st = self.state();
+        if st.origin == Origin::Replaced && st.sid.is_none() {
+            // A request that left while a login or privilege change of its
+            // session replaced the token: a token for a new session would
+            // replace the browser's fresh cookie.
+            return Err(Error::new(
+                ErrorKind::Refused,
+                "this request's session token was just replaced; retry with the new cookie",
+            ));
+        }
         self.ensure_session(&mut st);
         let sid = st.sid.expect("ensure_session gives an id");
         let changes_privilege = st
@@ -959,24 +964,19 @@ impl Session {
 
     /// Whether `sent` is a valid CSRF token of the credential this request
     /// presented (see [`csrf_token`](Self::csrf_token)), in constant time.
-    /// The layer checks the header itself and [`CsrfForm`](crate::CsrfForm)
-    /// checks the form field; call this for a token sent another way (a
-    /// JSON body). In strict mode, a form post let through for its field is
-    /// saved only once this (or `CsrfForm`) verified it.
+    /// The layer checks the header itself (and, in strict mode, the field
+    /// of a urlencoded form) and [`CsrfForm`](crate::CsrfForm) checks the
+    /// form field; call this for a token sent another way (a JSON body).
     pub fn verify_csrf_token(&self, sent: &str) -> bool {
         let Some(p) = &self.inner.presented else {
             return false;
         };
-        let ok = crate::csrf::verify(
+        crate::csrf::verify(
             &self.inner.shared.ring,
             &p.credential.sid,
             p.credential.token.as_bytes(),
             sent.as_bytes(),
-        );
-        if ok {
-            self.state().csrf_pending = false;
-        }
-        ok
+        )
     }
 
     /// The form field a CSRF token is read from.
@@ -990,40 +990,23 @@ impl Session {
             .map_or(crate::csrf::DEFAULT_FORM_FIELD, |c| c.field.as_str())
     }
 
-    /// Strict CSRF mode let this form post through for its field.
-    pub(crate) fn mark_csrf_pending(&self) {
-        self.state().csrf_pending = true;
-    }
-
-    /// Records a refused cross-site request on the presented session, when
-    /// it is live: a signed `suspicious` entry, at most one per session per
-    /// rotation grace window. Best effort: a store that cannot load the
-    /// session leaves no entry (the refusal stands).
-    pub(crate) async fn record_csrf_refusal(&self, check: &'static str) {
-        if self.inner.shared.writer.is_none()
-            || self.inner.presented.is_none()
-            || self.load().await.is_err()
-        {
-            return;
-        }
-        let sid = {
-            let st = self.state();
-            match (st.origin, st.sid) {
-                (Origin::Live, Some(sid)) => sid,
-                _ => return,
-            }
-        };
-        self.csrf_signal(sid, check);
-    }
-
-    fn csrf_signal(&self, sid: SessionId, check: &'static str) {
-        let Some(writer) = &self.inner.shared.writer else {
+    /// Records a refused cross-site request in the presented session's
+    /// history: a signed `suspicious` entry, appended only if the presented
+    /// token is still the session's live token (checked by the store, as
+    /// for a request that never loads its session), at most one per session
+    /// per `dead_signal_every`. Nothing is loaded, so a refusal has no other
+    /// effect on the session (an expired session's `ended` entry is left to
+    /// its next real request).
+    pub(crate) fn record_csrf_refusal(&self, check: &'static str) {
+        let shared = &self.inner.shared;
+        let (Some(presented), Some(writer)) = (&self.inner.presented, &shared.writer) else {
             return;
         };
-        if !writer.allow_dead_signal(sid) {
+        let sid = presented.credential.sid;
+        if !shared.history_checks_tokens || !writer.allow_csrf_signal(sid) {
             return;
         }
-        let draft = Draft::lifecycle(
+        let mut draft = Draft::lifecycle(
             EntryKind::Suspicious,
             &json!({
                 "signal": "csrf",
@@ -1032,7 +1015,8 @@ impl Session {
                 "action": "recorded",
             }),
         );
-        self.inner.shared.enqueue(sid, vec![draft]);
+        draft.token = Some(presented.credential.token.hash());
+        writer.enqueue_one(sid, draft);
     }
 
     /// Ends the session: the record is deleted and the credential cleared
@@ -1337,21 +1321,6 @@ impl Session {
         }
         let mut st = std::mem::take(&mut *self.state());
         self.state().committed = true;
-        if st.csrf_pending {
-            // Strict CSRF mode let a form through for its field, and no
-            // one verified it: nothing of this request is saved.
-            if let Some((user, sid)) = st.claim.take() {
-                let _ = shared.store.release_user_slot(&user, &sid, &st.evict).await;
-            }
-            tracing::warn!(
-                "a form post in strict CSRF mode was not verified (take the form with \
-                 CsrfForm, or call Session::verify_csrf_token); its session changes were not saved"
-            );
-            if let (Origin::Live, Some(sid), false) = (st.origin, st.sid, st.new) {
-                self.csrf_signal(sid, "form_token");
-            }
-            return Ok(CredentialAction::Keep);
-        }
         let entry_sid = if st.new && st.destroy {
             st.end_live.map(|(sid, _)| sid)
         } else if st.new || st.origin == Origin::Live {

@@ -213,11 +213,10 @@ async fn a_form_token_is_read_by_csrf_form_and_a_bad_one_is_refused() {
 }
 
 #[tokio::test]
-async fn strict_mode_saves_a_form_post_only_once_its_field_verified() {
+async fn strict_mode_reads_a_forms_token_before_the_handler_runs() {
     let mut c = Client::new(app(Csrf::new().strict(true)));
     let token = c.text("GET", "/token").await;
-    // A JSON (non-form) request of the session without the header: refused
-    // by the layer.
+    // A JSON (non-form) request of the session without the header.
     let res = c
         .send(
             Request::builder()
@@ -228,13 +227,49 @@ async fn strict_mode_saves_a_form_post_only_once_its_field_verified() {
         )
         .await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
-    // A form to a handler that never checks the field: it runs, but
-    // nothing it changed in the session is saved.
-    let res = c.form("/raw", "x=1").await;
+    // A form without the field, or with a bad one, to a handler that never
+    // looks at it: refused before the handler runs.
+    for form in [
+        "x=1".to_owned(),
+        format!("x=1&csrf_token={}", enc(&token[1..])),
+    ] {
+        let res = c.form("/raw", &form).await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{form}");
+    }
+    // A multipart form must carry the header.
+    let res = c
+        .send(
+            Request::builder()
+                .method("POST")
+                .uri("/raw")
+                .header("content-type", "multipart/form-data; boundary=b"),
+            Body::from(format!(
+                "--b\r\nContent-Disposition: form-data; name=\"csrf_token\"\r\n\r\n{token}\r\n--b--\r\n"
+            )),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let data: Value = serde_json::from_str(&c.text("GET", "/data").await).unwrap();
+    assert_eq!(
+        data["raw"],
+        Value::Null,
+        "nothing refused had an effect: {data}"
+    );
+    // With the field, the handler runs on the same bytes and is saved.
+    let res = c
+        .form("/raw", &format!("x=1&csrf_token={}", enc(&token)))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = c
+        .form(
+            "/comment",
+            &format!("text=strict&csrf_token={}", enc(&token)),
+        )
+        .await;
     assert_eq!(res.status(), StatusCode::OK);
     let data: Value = serde_json::from_str(&c.text("GET", "/data").await).unwrap();
-    assert_eq!(data["raw"], Value::Null, "{data}");
-    // With the header, the same request is saved.
+    assert_eq!(data, json!({"comment": "strict", "raw": true}));
+    // With the header, any body.
     let res = c
         .send(
             Request::builder()
@@ -245,16 +280,6 @@ async fn strict_mode_saves_a_form_post_only_once_its_field_verified() {
         )
         .await;
     assert_eq!(res.status(), StatusCode::OK);
-    // A form read by CsrfForm is saved.
-    let res = c
-        .form(
-            "/comment",
-            &format!("text=strict&csrf_token={}", enc(&token)),
-        )
-        .await;
-    assert_eq!(res.status(), StatusCode::OK);
-    let data: Value = serde_json::from_str(&c.text("GET", "/data").await).unwrap();
-    assert_eq!(data, json!({"comment": "strict", "raw": true}));
     // A client without a session has nothing to protect: it passes.
     let mut fresh = Client::new(c.app.clone());
     let res = fresh

@@ -260,6 +260,10 @@ pub(crate) struct Shared {
     pub(crate) drops: Mutex<HashMap<SessionId, u64>>,
     /// When each session last got a dead-token `suspicious` entry.
     pub(crate) dead_signals: Mutex<HashMap<SessionId, Instant>>,
+    /// When each session last got a refused cross-site request's entry
+    /// (apart from `dead_signals`, so a third party's refused requests never
+    /// use up the allowance of a replayed credential's entries).
+    pub(crate) csrf_signals: Mutex<HashMap<SessionId, Instant>>,
     /// When each session last got an `ended` entry for its expiry.
     pub(crate) expiry_entries: Mutex<HashMap<SessionId, Instant>>,
     pub(crate) epoch: Instant,
@@ -331,6 +335,7 @@ impl HistoryWriter {
             config,
             drops: Mutex::default(),
             dead_signals: Mutex::default(),
+            csrf_signals: Mutex::default(),
             expiry_entries: Mutex::default(),
             epoch: Instant::now(),
             store,
@@ -396,6 +401,18 @@ impl HistoryWriter {
     /// `session` now: at most one per session per rotation grace window.
     pub(crate) fn allow_dead_signal(&self, session: SessionId) -> bool {
         self.shared.allow_dead_signal(session, Instant::now())
+    }
+
+    /// Whether a refused cross-site request's `suspicious` entry may be
+    /// recorded for `session` now: at most one per session per
+    /// `dead_signal_every`, counted apart from the dead-token entries.
+    pub(crate) fn allow_csrf_signal(&self, session: SessionId) -> bool {
+        once_per(
+            &self.shared.csrf_signals,
+            session,
+            Instant::now(),
+            self.shared.config.dead_signal_every,
+        )
     }
 
     /// Whether an expired session's `ended` entry may be recorded now (once

@@ -56,6 +56,10 @@ impl Ctx {
 
 pub(crate) type Commit<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
 
+/// Resolves to the inner service's future, or to the refusal answered
+/// instead of calling it.
+pub(crate) type Deferred<F, B> = Pin<Box<dyn Future<Output = Result<F, Response<B>>> + Send>>;
+
 pin_project! {
     /// The response future of [`SessionService`](super::SessionService).
     ///
@@ -86,6 +90,9 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, B> {
+        /// Strict CSRF mode: the form is read and its token verified before
+        /// the inner service is called (see `verify_form`).
+        Deferred { fut: Deferred<F, B> },
         Inner { #[pin] fut: F },
         Commit { fut: Commit<B> },
     }
@@ -95,6 +102,16 @@ impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn new(fut: F, ctx: Ctx) -> Self {
         Self {
             state: State::Inner { fut },
+            ctx: Some(ctx),
+            _error: PhantomData,
+        }
+    }
+
+    /// A request whose inner service is called once `fut` resolves (or
+    /// never, when it resolves to a refusal).
+    pub(crate) fn deferred(fut: Deferred<F, B>, ctx: Ctx) -> Self {
+        Self {
+            state: State::Deferred { fut },
             ctx: Some(ctx),
             _error: PhantomData,
         }
@@ -128,6 +145,14 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
+                StateProj::Deferred { fut } => match ready!(fut.as_mut().poll(cx)) {
+                    Ok(inner) => this.state.set(State::Inner { fut: inner }),
+                    Err(refused) => {
+                        // Nothing ran: no request entry, nothing to save.
+                        this.ctx.take();
+                        return Poll::Ready(Ok(refused));
+                    }
+                },
                 StateProj::Inner { fut } => {
                     let res = match ready!(fut.poll(cx)) {
                         Ok(res) => res,

@@ -8,6 +8,7 @@ use tower_service::Service;
 
 use super::Shared;
 use super::future::{Ctx, ResponseFuture};
+use crate::csrf::Verdict;
 use crate::history::entry::Route;
 use crate::session::{RequestMeta, Session};
 use crate::transport;
@@ -40,9 +41,10 @@ impl<S: fmt::Debug> fmt::Debug for SessionService<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    ReqBody: Send + 'static,
     ResBody: crate::ErrorBody + Send + 'static,
 {
     type Response = Response<ResBody>;
@@ -54,14 +56,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let shared = &self.shared;
-        let read = transport::read(shared, req.headers());
+        let shared = Arc::clone(&self.shared);
+        let read = transport::read(&shared, req.headers());
         let meta = RequestMeta {
             user_agent: read.user_agent,
             client_ip: transport::client_ip(&shared.config.client_address, &req),
             started_ms: crate::util::now_ms(),
         };
-        let mut csrf_refused = None;
+        let mut verdict = Verdict::Pass;
         if let Some(csrf) = &shared.config.csrf
             && crate::csrf::is_unsafe(req.method())
         {
@@ -72,50 +74,105 @@ where
                     p.credential.token.as_bytes(),
                 )
             });
-            match csrf.check(
+            verdict = csrf.check(
                 req.uri(),
                 req.headers(),
                 presented,
                 read.presented_by_cookie,
-            ) {
-                crate::csrf::Verdict::Pass => {}
-                crate::csrf::Verdict::FormPending => csrf_refused = Some(None),
-                crate::csrf::Verdict::Refuse(check) => csrf_refused = Some(Some(check)),
-            }
+            );
         }
         let grpc = read.grpc;
-        let session = Session::new(Arc::clone(shared), read.presented, meta);
-        match csrf_refused {
+        let session = Session::new(Arc::clone(&shared), read.presented, meta);
+        if let Verdict::Refuse(check) = verdict {
             // Refused before the handler: the inner service is not called.
-            Some(Some(check)) => {
-                return ResponseFuture::refused(Box::pin(async move {
-                    session.record_csrf_refusal(check).await;
-                    let err = crate::Error::new(
-                        crate::ErrorKind::Forbidden,
-                        format!("cross-site request refused ({check})"),
-                    );
-                    transport::error_response(&err, grpc)
-                }));
-            }
-            Some(None) => session.mark_csrf_pending(),
-            None => {}
+            let res = refuse(&session, check, grpc);
+            return ResponseFuture::refused(Box::pin(std::future::ready(res)));
         }
         req.extensions_mut().insert(session.clone());
-        let (route, matched) = route_of(shared, &req);
+        let (route, matched) = route_of(&shared, &req);
         let ctx = Ctx {
             method: req.method().clone(),
             route,
             matched,
-            grpc: read.grpc,
+            grpc,
             used_cookie: read.used_cookie,
             used_header: read.used_header,
             start: Instant::now(),
-            session,
-            shared: Arc::clone(shared),
+            session: session.clone(),
+            shared,
         };
+        if verdict == Verdict::FormPending {
+            // Strict mode, a form without the header token: its field is
+            // verified before the inner service is called. The instance
+            // made ready by `poll_ready` is the one called, once the form
+            // is read; a clone takes its place here.
+            let clone = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, clone);
+            return ResponseFuture::deferred(Box::pin(verify_form(inner, req, session, grpc)), ctx);
+        }
         // The inner service was made ready by `poll_ready`; call it here so
         // the instance made ready is the one called.
         ResponseFuture::new(self.inner.call(req), ctx)
+    }
+}
+
+/// The answer to a refused cross-site request, recorded in the presented
+/// session's history.
+fn refuse<B: crate::ErrorBody>(session: &Session, check: &'static str, grpc: bool) -> Response<B> {
+    session.record_csrf_refusal(check);
+    let err = crate::Error::new(
+        crate::ErrorKind::Forbidden,
+        format!("cross-site request refused ({check})"),
+    );
+    transport::error_response(&err, grpc)
+}
+
+/// Strict CSRF mode: reads a urlencoded form (axum's body, at most
+/// [`FORM_LIMIT`](crate::csrf::FORM_LIMIT) bytes), verifies its token field
+/// and calls `inner` with the same bytes; refuses the request otherwise (a
+/// missing or invalid field, a larger or unreadable body, a body type the
+/// layer cannot put back).
+async fn verify_form<S, ReqBody, B>(
+    mut inner: S,
+    req: Request<ReqBody>,
+    session: Session,
+    grpc: bool,
+) -> Result<S::Future, Response<B>>
+where
+    S: Service<Request<ReqBody>>,
+    ReqBody: Send + 'static,
+    B: crate::ErrorBody,
+{
+    #[cfg(feature = "axum")]
+    {
+        use std::any::Any;
+        let (parts, body) = req.into_parts();
+        let body: Box<dyn Any + Send> = Box::new(body);
+        let Ok(body) = body.downcast::<axum::body::Body>() else {
+            return Err(refuse(&session, "token_missing", grpc));
+        };
+        let bytes = match axum::body::to_bytes(*body, crate::csrf::FORM_LIMIT).await {
+            Ok(bytes) => bytes,
+            Err(_) => return Err(refuse(&session, "form_token", grpc)),
+        };
+        let field = session.csrf_field();
+        let verified = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes)
+            .ok()
+            .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == field))
+            .is_some_and(|(_, token)| session.verify_csrf_token(&token));
+        if !verified {
+            return Err(refuse(&session, "form_token", grpc));
+        }
+        let body: Box<dyn Any + Send> = Box::new(axum::body::Body::from(bytes));
+        let Ok(body) = body.downcast::<ReqBody>() else {
+            return Err(refuse(&session, "token_missing", grpc));
+        };
+        Ok(inner.call(Request::from_parts(parts, *body)))
+    }
+    #[cfg(not(feature = "axum"))]
+    {
+        let _ = (&mut inner, req);
+        Err(refuse(&session, "token_missing", grpc))
     }
 }
 
