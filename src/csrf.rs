@@ -35,10 +35,15 @@
 //!
 //! In [`strict`](Csrf::strict) mode, every unsafe request that presents a
 //! session in the cookie must carry a valid token. The layer reads it from
-//! the header, or, for a request whose body is a urlencoded form (axum's
-//! body, up to 2 MiB), from the form's field, before the handler runs; the
-//! handler gets the same bytes. Any other request without the header is
-//! refused (a multipart form must send the token in the header). A
+//! the header, or, for a request whose body is a urlencoded form, from the
+//! form's field, before the handler runs; the handler gets the same bytes.
+//! The form is read up to [`form_limit`](Csrf::form_limit) (2 MiB; `413`
+//! above it), as axum's request body: add the layer with `Router::layer`
+//! (or inside any layer that changes the body type), else such forms are
+//! answered `500` with a message saying so. Any other request without the
+//! header is refused (a multipart form must send the token in the header).
+//! Neither a form too large nor a body that fails while it is read is
+//! recorded as an attack. A
 //! credential sent in the layer's request header (API and gRPC clients)
 //! needs no token: browsers never attach it on their own.
 //!
@@ -124,8 +129,8 @@ pub const DEFAULT_FORM_FIELD: &str = "csrf_token";
 
 /// The most the layer reads of a urlencoded form in strict mode (axum's
 /// default body limit).
-#[cfg(feature = "axum")]
-pub(crate) const FORM_LIMIT: usize = 2 * 1024 * 1024;
+/// The default of [`Csrf::form_limit`].
+pub const DEFAULT_FORM_LIMIT: usize = 2 * 1024 * 1024;
 
 const RAW_LEN: usize = 32;
 const MASKED_LEN: usize = 2 * RAW_LEN;
@@ -139,6 +144,7 @@ pub struct Csrf {
     trusted: Vec<String>,
     header: String,
     field: String,
+    form_limit: usize,
 }
 
 impl Default for Csrf {
@@ -158,6 +164,7 @@ impl Csrf {
             trusted: Vec::new(),
             header: DEFAULT_HEADER.to_owned(),
             field: DEFAULT_FORM_FIELD.to_owned(),
+            form_limit: DEFAULT_FORM_LIMIT,
         }
     }
 
@@ -200,6 +207,16 @@ impl Csrf {
         self
     }
 
+    /// The largest urlencoded form (in bytes) the layer reads in strict
+    /// mode to find its token field; a larger form is answered `413` (and
+    /// not recorded as an attack). In strict mode this, not axum's
+    /// `DefaultBodyLimit`, bounds what is read of such a form before the
+    /// handler runs. Default 2 MiB; checked by `build` (at least 1).
+    pub fn form_limit(mut self, bytes: usize) -> Self {
+        self.form_limit = bytes;
+        self
+    }
+
     /// The form field [`CsrfForm`](crate::CsrfForm) reads the token from. Default
     /// `csrf_token`.
     pub fn form_field(mut self, name: impl Into<String>) -> Self {
@@ -224,6 +241,12 @@ impl Csrf {
                 format!("{:?} is not a valid header name", self.header),
             )
         })?;
+        if self.form_limit == 0 {
+            return Err(ConfigError::new(
+                "csrf_form_limit",
+                "must be at least 1 byte",
+            ));
+        }
         if self.field.is_empty() {
             return Err(ConfigError::new(
                 "csrf_form_field",
@@ -249,6 +272,7 @@ impl Csrf {
             trusted,
             header,
             field: self.field,
+            form_limit: self.form_limit,
         })
     }
 }
@@ -263,6 +287,8 @@ pub(crate) struct CsrfCheck {
     pub(crate) header: HeaderName,
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) field: String,
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) form_limit: usize,
 }
 
 /// What the check decided for one request.

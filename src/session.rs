@@ -933,7 +933,11 @@ impl Session {
     /// # Errors
     ///
     /// When loading fails; [`ErrorKind::InvalidInput`] after the response
-    /// has left.
+    /// has left; [`ErrorKind::Refused`] (`409`) for a request whose
+    /// credential token a concurrent login or privilege change has just
+    /// replaced (within the rotation grace window): the client retries with
+    /// the cookie it got, rather than this request creating a new session
+    /// whose cookie would replace that one.
     pub async fn csrf_token(&self) -> Result<String, Error> {
         self.load().await?;
         self.check_open()?;
@@ -979,6 +983,17 @@ impl Session {
         )
     }
 
+    /// The largest form the layer reads in strict CSRF mode.
+    #[cfg(feature = "axum")]
+    pub(crate) fn csrf_form_limit(&self) -> usize {
+        self.inner
+            .shared
+            .config
+            .csrf
+            .as_ref()
+            .map_or(crate::csrf::DEFAULT_FORM_LIMIT, |c| c.form_limit)
+    }
+
     /// The form field a CSRF token is read from.
     #[cfg(feature = "axum")]
     pub(crate) fn csrf_field(&self) -> &str {
@@ -1003,7 +1018,8 @@ impl Session {
             return;
         };
         let sid = presented.credential.sid;
-        if !shared.history_checks_tokens || !writer.allow_csrf_signal(sid) {
+        let token = presented.credential.token.hash();
+        if !shared.history_checks_tokens || !writer.allow_csrf_signal(sid, &token) {
             return;
         }
         let mut draft = Draft::lifecycle(
@@ -1015,7 +1031,7 @@ impl Session {
                 "action": "recorded",
             }),
         );
-        draft.token = Some(presented.credential.token.hash());
+        draft.token = Some(token);
         writer.enqueue_one(sid, draft);
     }
 

@@ -75,6 +75,10 @@ fn layer(
 }
 
 fn routes(layer: SessionLayer, hits: Arc<AtomicUsize>) -> Router {
+    handlers(hits).layer(layer)
+}
+
+fn handlers(hits: Arc<AtomicUsize>) -> Router {
     Router::new()
         .route(
             "/login",
@@ -115,7 +119,6 @@ fn routes(layer: SessionLayer, hits: Arc<AtomicUsize>) -> Router {
                 }
             }),
         )
-        .layer(layer)
 }
 
 async fn entries(store: &MemoryStore, sid: &str) -> Vec<Value> {
@@ -292,4 +295,150 @@ async fn unknown_fetch_metadata_unreadable_origins_and_trace_are_refused() {
     .await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
     assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+/// A session logged in through `app`: its cookie, id and a CSRF token.
+async fn logged_in(app: &Router) -> (String, String, String) {
+    let c = cookie_of(&call(app, "GET", "/login", "", &[], "").await).unwrap();
+    let sid = me(app, &c).await["id"].as_str().unwrap().to_owned();
+    let t = text(call(app, "GET", "/token", &c, &[], "").await).await;
+    (c, sid, t)
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn form_request(cookie: &str, body: Body) -> Request<Body> {
+    Request::builder()
+        .method("POST")
+        .uri("/transfer")
+        .header("host", "app.test")
+        .header("cookie", format!("session={cookie}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .unwrap()
+}
+
+fn strict(b: session_trail::SessionLayerBuilder) -> session_trail::SessionLayerBuilder {
+    b.csrf(Csrf::new().strict(true).scheme("http").form_limit(1024))
+}
+
+#[tokio::test]
+async fn strict_forms_too_large_unreadable_or_unreachable_are_not_recorded_as_attacks() {
+    use tower::Layer;
+    let store = MemoryStore::new();
+    let l = layer(store.clone(), strict);
+    let writer = l.history_writer().unwrap().clone();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let app = routes(l.clone(), hits.clone());
+    let (c, sid, t) = logged_in(&app).await;
+    // Over the limit, declared or streamed: 413.
+    let big = format!("csrf_token={t}&blob={}", "x".repeat(2048));
+    let res = call(
+        &app,
+        "POST",
+        "/transfer",
+        &c,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        &big,
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let chunks = vec![Ok::<_, std::io::Error>(bytes::Bytes::from(big.clone()))];
+    let res = app
+        .clone()
+        .oneshot(form_request(
+            &c,
+            Body::from_stream(futures_util::stream::iter(chunks)),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // A body that fails while it is read: 400.
+    let chunks = vec![
+        Ok(bytes::Bytes::from(format!("csrf_token={t}&a="))),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        )),
+    ];
+    let res = app
+        .clone()
+        .oneshot(form_request(
+            &c,
+            Body::from_stream(futures_util::stream::iter(chunks)),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    // The layer around the whole router, under a layer that changes the
+    // body type: a 500 that says so, even with a valid token.
+    let svc = tower::util::MapRequestLayer::new(|r: Request<Body>| {
+        r.map(|b| http_body_util::Limited::new(b, 1 << 20))
+    })
+    .layer(l.layer(handlers(hits.clone())));
+    let valid = format!("csrf_token={}&a=1", enc(&t));
+    let res = svc
+        .oneshot(form_request(&c, Body::from(valid)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let said = text(res).await;
+    assert!(said.contains("misconfigured"), "{said}");
+    // Dropped while the form is still arriving: nothing ran, nothing recorded.
+    let first = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(
+        bytes::Bytes::from_static(b"a=1"),
+    )]);
+    let body = Body::from_stream(futures_util::StreamExt::chain(
+        first,
+        futures_util::stream::pending(),
+    ));
+    let r = tokio::time::timeout(
+        Duration::from_millis(100),
+        app.clone().oneshot(form_request(&c, body)),
+    )
+    .await;
+    assert!(r.is_err());
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    writer.flush().await.unwrap();
+    let all = entries(&store, &sid).await;
+    assert!(signals(&all).is_empty(), "{all:?}");
+    assert!(!all.iter().any(|e| e["method"] == "POST"), "{all:?}");
+}
+
+#[tokio::test]
+async fn a_refusal_with_a_dead_token_records_nothing_and_spends_no_replay_allowance() {
+    let store = MemoryStore::new();
+    let l = layer(store.clone(), |b| {
+        b.rotation_grace(Duration::from_millis(1))
+    });
+    let writer = l.history_writer().unwrap().clone();
+    let app = routes(l, Arc::new(AtomicUsize::new(0)));
+    let c1 = cookie_of(&call(&app, "GET", "/login", "", &[], "").await).unwrap();
+    let sid = me(&app, &c1).await["id"].as_str().unwrap().to_owned();
+    call(&app, "GET", "/elevate", &c1, &[], "").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The replaced cookie makes a cross-site post (a hostile page in the
+    // browser that still holds it), then a thief replays it.
+    let res = call(
+        &app,
+        "POST",
+        "/transfer",
+        &c1,
+        &[("sec-fetch-site", "cross-site")],
+        "",
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    writer.flush().await.unwrap();
+    me(&app, &c1).await;
+    writer.flush().await.unwrap();
+    let found = signals(&entries(&store, &sid).await);
+    assert_eq!(found, vec!["replaced_token_reused".to_owned()], "{found:?}");
 }

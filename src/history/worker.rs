@@ -834,14 +834,25 @@ impl Worker {
                         .partition(|i| is_token(i.draft.token));
                     let refused: Vec<Item> = refused.into_iter().chain(later).collect();
                     let window = self.shared.config.dead_token_window.as_millis() as i64;
+                    // Only requests made with the dead token count: a
+                    // refused cross-site request's entry is dropped silently
+                    // (a third party made it, and it must not use up the
+                    // allowance of a replay's entry).
+                    let requests: Vec<&Item> = refused
+                        .iter()
+                        .filter(|i| i.draft.kind == EntryKind::Request)
+                        .collect();
                     // Requests in flight when their token was rotated are
                     // not suspicious: they end within the grace window.
                     let in_flight = replaced_at
-                        .is_some_and(|at| refused.iter().all(|i| i.draft.ts <= at + window));
-                    let n = refused.len() as u64;
-                    self.shared.counters.refused.fetch_add(n, Ordering::Relaxed);
+                        .is_some_and(|at| requests.iter().all(|i| i.draft.ts <= at + window));
+                    let n = requests.len() as u64;
+                    self.shared
+                        .counters
+                        .refused
+                        .fetch_add(refused.len() as u64, Ordering::Relaxed);
                     self.release(&refused);
-                    if !in_flight && self.shared.allow_dead_signal(part.session, now) {
+                    if n > 0 && !in_flight && self.shared.allow_dead_signal(part.session, now) {
                         back.push(Item::own(Draft::lifecycle(
                             EntryKind::Suspicious,
                             &json!({

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::entry::Draft;
 use super::worker::{Msg, Worker};
 use crate::SessionId;
+use crate::credential::TokenHash;
 use crate::error::{ConfigError, Error, ErrorKind};
 use crate::key::KeyRing;
 use crate::store::{DynHistoryStore, HistoryStore};
@@ -263,7 +264,10 @@ pub(crate) struct Shared {
     /// When each session last got a refused cross-site request's entry
     /// (apart from `dead_signals`, so a third party's refused requests never
     /// use up the allowance of a replayed credential's entries).
-    pub(crate) csrf_signals: Mutex<HashMap<SessionId, Instant>>,
+    /// Keyed by session and credential token (a prefix of its hash), so a
+    /// holder of a dead credential of the session cannot use up the live
+    /// credential's allowance.
+    pub(crate) csrf_signals: Mutex<HashMap<(SessionId, [u8; 8]), Instant>>,
     /// When each session last got an `ended` entry for its expiry.
     pub(crate) expiry_entries: Mutex<HashMap<SessionId, Instant>>,
     pub(crate) epoch: Instant,
@@ -406,10 +410,12 @@ impl HistoryWriter {
     /// Whether a refused cross-site request's `suspicious` entry may be
     /// recorded for `session` now: at most one per session per
     /// `dead_signal_every`, counted apart from the dead-token entries.
-    pub(crate) fn allow_csrf_signal(&self, session: SessionId) -> bool {
+    pub(crate) fn allow_csrf_signal(&self, session: SessionId, token: &TokenHash) -> bool {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&token.as_bytes()[..8]);
         once_per(
             &self.shared.csrf_signals,
-            session,
+            (session, prefix),
             Instant::now(),
             self.shared.config.dead_signal_every,
         )
@@ -620,9 +626,9 @@ impl Shared {
 
 /// Whether `session` may have one more of something now: at most once per
 /// `window`, with a map bounded by [`MAX_DROP_SESSIONS`].
-fn once_per(
-    map: &Mutex<HashMap<SessionId, Instant>>,
-    session: SessionId,
+fn once_per<K: std::hash::Hash + Eq>(
+    map: &Mutex<HashMap<K, Instant>>,
+    session: K,
     now: Instant,
     window: Duration,
 ) -> bool {

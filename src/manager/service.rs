@@ -127,11 +127,27 @@ fn refuse<B: crate::ErrorBody>(session: &Session, check: &'static str, grpc: boo
     transport::error_response(&err, grpc)
 }
 
-/// Strict CSRF mode: reads a urlencoded form (axum's body, at most
-/// [`FORM_LIMIT`](crate::csrf::FORM_LIMIT) bytes), verifies its token field
-/// and calls `inner` with the same bytes; refuses the request otherwise (a
-/// missing or invalid field, a larger or unreadable body, a body type the
-/// layer cannot put back).
+/// An answer of the layer's own that is not a CSRF refusal (nothing is
+/// recorded): a form too large or unreadable, a body the layer cannot read.
+fn answer<B: crate::ErrorBody>(
+    status: http::StatusCode,
+    err: crate::Error,
+    grpc: bool,
+) -> Response<B> {
+    let mut res = transport::error_response::<B>(&err, grpc);
+    if !grpc {
+        *res.status_mut() = status;
+    }
+    res
+}
+
+/// Strict CSRF mode: reads a urlencoded form (axum's body, at most the
+/// configured [`form_limit`](crate::Csrf::form_limit)), verifies its token
+/// field and calls `inner` with the same bytes. A missing or invalid field
+/// is a refusal (recorded); a form over the limit is `413`, a body that
+/// fails while it is read `400`, and a body type the layer cannot put back
+/// (the layer outside axum's router, under a layer that changes the body
+/// type) a `500` that says so; none of those is recorded as an attack.
 async fn verify_form<S, ReqBody, B>(
     mut inner: S,
     req: Request<ReqBody>,
@@ -143,17 +159,59 @@ where
     ReqBody: Send + 'static,
     B: crate::ErrorBody,
 {
+    let misplaced = || {
+        answer(
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            crate::Error::new(
+                crate::ErrorKind::Misconfigured,
+                "strict CSRF mode reads forms only as axum's request body: add the session \
+                 layer with Router::layer, inside any layer that changes the body type",
+            ),
+            grpc,
+        )
+    };
     #[cfg(feature = "axum")]
     {
         use std::any::Any;
+        let limit = session.csrf_form_limit();
+        let too_large = || {
+            answer(
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+                crate::Error::new(crate::ErrorKind::InvalidInput, "form too large"),
+                grpc,
+            )
+        };
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
         let (parts, body) = req.into_parts();
         let body: Box<dyn Any + Send> = Box::new(body);
         let Ok(body) = body.downcast::<axum::body::Body>() else {
-            return Err(refuse(&session, "token_missing", grpc));
+            return Err(misplaced());
         };
-        let bytes = match axum::body::to_bytes(*body, crate::csrf::FORM_LIMIT).await {
+        let bytes = match axum::body::to_bytes(*body, limit).await {
             Ok(bytes) => bytes,
-            Err(_) => return Err(refuse(&session, "form_token", grpc)),
+            Err(e) => {
+                let over = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                return Err(if over {
+                    too_large()
+                } else {
+                    answer(
+                        http::StatusCode::BAD_REQUEST,
+                        crate::Error::new(
+                            crate::ErrorKind::InvalidInput,
+                            "the form could not be read",
+                        ),
+                        grpc,
+                    )
+                });
+            }
         };
         let field = session.csrf_field();
         let verified = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes)
@@ -165,14 +223,14 @@ where
         }
         let body: Box<dyn Any + Send> = Box::new(axum::body::Body::from(bytes));
         let Ok(body) = body.downcast::<ReqBody>() else {
-            return Err(refuse(&session, "token_missing", grpc));
+            return Err(misplaced());
         };
         Ok(inner.call(Request::from_parts(parts, *body)))
     }
     #[cfg(not(feature = "axum"))]
     {
-        let _ = (&mut inner, req);
-        Err(refuse(&session, "token_missing", grpc))
+        let _ = (&mut inner, req, &session);
+        Err(misplaced())
     }
 }
 
