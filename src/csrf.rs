@@ -43,9 +43,9 @@
 //! answered `500` with a message saying so. Any other request without the
 //! header is refused (a multipart form must send the token in the header).
 //! Neither a form too large nor a body that fails while it is read is
-//! recorded as an attack. A
-//! credential sent in the layer's request header (API and gRPC clients)
-//! needs no token: browsers never attach it on their own.
+//! recorded as an attack. A credential sent in the layer's request header
+//! (API and gRPC clients) needs no token: browsers never attach it on
+//! their own.
 //!
 //! A refusal is answered with `403 Forbidden` and a JSON body
 //! `{"error": "..."}` (gRPC: `PERMISSION_DENIED`); the handler never runs.
