@@ -425,11 +425,17 @@ pub trait SessionStore: Send + Sync + 'static {
     /// store links on a single node (one script, one round trip), not on a
     /// cluster (the user's index lives in another slot).
     ///
+    /// Unlike a separate [`HistoryStore::link_user`], whose failure the
+    /// layer only logs, a link that fails here fails the create, and with
+    /// it the login: a session missing from its user's history index would
+    /// be missed by that user's export and erasure.
+    ///
     /// # Errors
     ///
-    /// When the store cannot answer; then neither happened, or only the
-    /// link (an index member without a session is harmless: readers skip
-    /// it, and it expires).
+    /// When the store cannot answer, or an index cannot be written; then
+    /// the session was not created (index members may be left behind
+    /// without it: readers skip a member whose session is missing, and it
+    /// expires).
     fn create_linked(
         &self,
         record: &Record,

@@ -40,6 +40,35 @@ pub fn record(user: Option<&str>) -> Record {
     }
 }
 
+/// `create` over an id that exists replaces the record (the layer never
+/// reuses an id; the contract is the same in every store): nothing of the
+/// old record (user, privilege, replaced token, data) survives.
+pub async fn create_replaces_a_record_under_the_same_id<S: SessionStore>(store: S) {
+    let mut old = record(Some("alice"));
+    old.privilege = Some("admin".into());
+    old.replaced = Some(session_trail::store::Replaced {
+        token_hash: TokenHash::from_bytes([9; 32]),
+        at: now_ms(),
+    });
+    store.create(&old).await.unwrap();
+    let mut fresh = record(None);
+    fresh.id = old.id;
+    fresh.token_hash = TokenHash::from_bytes([2; 32]);
+    fresh.data = HashMap::from([("c".to_owned(), json!(3))]);
+    fresh.device = None;
+    store.create(&fresh).await.unwrap();
+    let back = store.load(&old.id).await.unwrap().expect("the new record");
+    assert_eq!(back, fresh);
+    assert!(
+        store
+            .sessions_of_user("alice")
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.id != old.id)
+    );
+}
+
 pub async fn create_then_load_round_trips<S: SessionStore>(store: S) {
     let r = record(Some("alice"));
     store.create(&r).await.unwrap();
@@ -617,6 +646,7 @@ macro_rules! store_conformance {
     ($factory:expr) => {
         $crate::store_conformance!(@tests $factory;
             create_then_load_round_trips,
+            create_replaces_a_record_under_the_same_id,
             update_requires_the_current_token,
             concurrent_updates_to_different_keys_both_survive,
             update_after_delete_does_not_resurrect,
