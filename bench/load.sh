@@ -31,63 +31,13 @@ THREADS=${THREADS:-2}
 VARIANTS=${VARIANTS:-"bare memory memory-nohistory ts-memory redis redis-nohistory redis-cached ts-redis"}
 ROUTES=${ROUTES:-"static counter login-stale login-new login-rotate"}
 
-for tool in wrk redis-server redis-cli curl python3; do
-    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y wrk redis-server redis-tools curl python3" >&2; exit 1; }
-done
+. bench/lib.sh
 
-cargo build --release --quiet --example bench_server
-cargo build --release --quiet --manifest-path bench/peers/Cargo.toml
-OURS=target/release/examples/bench_server
-PEERS=bench/peers/target/release/session-trail-bench-peers
-
-out=bench/out
-mkdir -p "$out"
 results="$out/results.tsv"
 printf 'round\tvariant\troute\trps\tp50_us\tp99_us\tserver_us\tredis_us\trequests\n' > "$results"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-redis_port=$(free_port)
-redis_dir=$(mktemp -d)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$redis_dir" --daemonize no >"$out/redis.log" 2>&1 &
-redis_pid=$!
-server_pid=""
-cleanup() {
-    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
-    kill "$redis_pid" 2>/dev/null || true
-    rm -rf "$redis_dir"
-}
-trap cleanup EXIT
-for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
-export REDIS_URL="redis://127.0.0.1:$redis_port"
-
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 clk=$(getconf CLK_TCK)
-
-start_server() {
-    local variant=$1 port=$2
-    case $variant in
-        ts-*) "$PEERS" "$variant" "$port" >"$out/server.log" 2>&1 & ;;
-        *) "$OURS" "$variant" "$port" >"$out/server.log" 2>&1 & ;;
-    esac
-    server_pid=$!
-    for _ in $(seq 200); do
-        curl -s -o /dev/null "http://127.0.0.1:$port/static" && return 0
-        sleep 0.05
-    done
-    echo "server $variant did not start" >&2
-    cat "$out/server.log" >&2
-    exit 1
-}
-
-capture_cookies() {
-    local port=$1 file=$2
-    : > "$file"
-    for _ in $(seq "$CONNS"); do
-        curl -s -o /dev/null -D - "http://127.0.0.1:$port/" \
-            | awk 'tolower($1)=="set-cookie:" {split($2,a,";"); print a[1]}' >> "$file"
-    done
-}
 
 for round in $(seq "$ROUNDS"); do
     for variant in $VARIANTS; do
@@ -96,20 +46,8 @@ for round in $(seq "$ROUNDS"); do
         start_server "$variant" "$port"
         cookies="$out/cookies-$variant.txt"
         for route in $ROUTES; do
-            keep=1
-            case $route in
-                static) path=/static; method=GET ;;
-                counter) path=/; method=GET ;;
-                login-stale) path=/login; method=POST; keep=0 ;;
-                login-new) path=/login; method=POST ;;
-                login-rotate) path=/login; method=POST ;;
-                *) echo "unknown route $route" >&2; exit 1 ;;
-            esac
-            if [ "$route" = login-new ]; then
-                : > "$cookies"
-            else
-                capture_cookies "$port" "$cookies"
-            fi
+            route_of "$route"
+            cookies_for "$route" "$port" "$cookies"
             export KEEP_COOKIES=$keep
             COOKIES=$cookies METHOD=$method wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s bench/wrk.lua "http://127.0.0.1:$port$path" >/dev/null
             s0=$(ticks "$server_pid"); r0=$(ticks "$redis_pid")
