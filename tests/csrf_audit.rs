@@ -4,6 +4,8 @@
 //! the fresh cookie; header values the check does not know are refused.
 #![cfg(all(feature = "axum", feature = "memory-store"))]
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,15 +18,12 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use session_trail::history::WriterConfig;
-use session_trail::store::{HistoryStore, MemoryStore};
-use session_trail::{Csrf, Key, Session, SessionId, SessionLayer};
+use session_trail::store::MemoryStore;
+use session_trail::{Csrf, Key, Session, SessionLayer};
 use tower::ServiceExt;
 
 fn cookie_of(res: &Response<Body>) -> Option<String> {
-    res.headers().get_all("set-cookie").iter().find_map(|v| {
-        let rest = v.to_str().ok()?.strip_prefix("session=")?;
-        Some(rest.split(';').next().unwrap_or_default().to_owned())
-    })
+    common::app::session_cookie(res, "session")
 }
 
 async fn call(
@@ -121,15 +120,25 @@ fn handlers(hits: Arc<AtomicUsize>) -> Router {
         )
 }
 
-async fn entries(store: &MemoryStore, sid: &str) -> Vec<Value> {
-    let sid: SessionId = sid.parse().unwrap();
-    store
-        .read_all(&sid)
-        .await
-        .unwrap()
-        .iter()
-        .map(|b| session_trail::history::Entry::decode(b).unwrap().to_json())
-        .collect()
+/// `POST /transfer` as a hostile page makes the browser send it.
+async fn cross_site_post(app: &Router, cookie: &str) -> StatusCode {
+    call(
+        app,
+        "POST",
+        "/transfer",
+        cookie,
+        &[("sec-fetch-site", "cross-site")],
+        "",
+    )
+    .await
+    .status()
+}
+
+/// Logs in alice: the cookie and the session id.
+async fn login(app: &Router) -> (String, String) {
+    let c = cookie_of(&call(app, "GET", "/login", "", &[], "").await).unwrap();
+    let sid = me(app, &c).await["id"].as_str().unwrap().to_owned();
+    (c, sid)
 }
 
 fn signals(entries: &[Value]) -> Vec<String> {
@@ -172,27 +181,17 @@ async fn a_csrf_refusal_does_not_hide_a_replayed_rotated_token() {
     });
     let writer = l.history_writer().unwrap().clone();
     let app = routes(l, Arc::new(AtomicUsize::new(0)));
-    let c1 = cookie_of(&call(&app, "GET", "/login", "", &[], "").await).unwrap();
-    let sid = me(&app, &c1).await["id"].as_str().unwrap().to_owned();
+    let (c1, sid) = login(&app).await;
     let c2 = cookie_of(&call(&app, "GET", "/elevate", &c1, &[], "").await).unwrap();
     assert_ne!(c1, c2);
     // Let the grace window of the replaced token pass (1 ms).
     tokio::time::sleep(Duration::from_millis(20)).await;
     // A hostile page makes the victim's browser post cross-site...
-    let res = call(
-        &app,
-        "POST",
-        "/transfer",
-        &c2,
-        &[("sec-fetch-site", "cross-site")],
-        "",
-    )
-    .await;
-    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(cross_site_post(&app, &c2).await, StatusCode::FORBIDDEN);
     // ... and a thief replays the old cookie.
     assert_eq!(me(&app, &c1).await["user"], Value::Null);
     writer.flush().await.unwrap();
-    let found = signals(&entries(&store, &sid).await);
+    let found = signals(&common::history_json(&store, &sid).await);
     assert!(found.contains(&"csrf".to_owned()), "{found:?}");
     assert!(
         found.contains(&"replaced_token_reused".to_owned()),
@@ -208,22 +207,12 @@ async fn a_refused_request_leaves_an_expired_sessions_ended_entry_to_the_next() 
     });
     let writer = l.history_writer().unwrap().clone();
     let app = routes(l, Arc::new(AtomicUsize::new(0)));
-    let c = cookie_of(&call(&app, "GET", "/login", "", &[], "").await).unwrap();
-    let sid = me(&app, &c).await["id"].as_str().unwrap().to_owned();
+    let (c, sid) = login(&app).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let res = call(
-        &app,
-        "POST",
-        "/transfer",
-        &c,
-        &[("sec-fetch-site", "cross-site")],
-        "",
-    )
-    .await;
-    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(cross_site_post(&app, &c).await, StatusCode::FORBIDDEN);
     call(&app, "GET", "/me", &c, &[], "").await;
     writer.flush().await.unwrap();
-    let all = entries(&store, &sid).await;
+    let all = common::history_json(&store, &sid).await;
     assert!(
         all.iter()
             .any(|e| e["kind"] == "ended" && e["reason"] == "idle_timeout"),
@@ -299,19 +288,9 @@ async fn unknown_fetch_metadata_unreadable_origins_and_trace_are_refused() {
 
 /// A session logged in through `app`: its cookie, id and a CSRF token.
 async fn logged_in(app: &Router) -> (String, String, String) {
-    let c = cookie_of(&call(app, "GET", "/login", "", &[], "").await).unwrap();
-    let sid = me(app, &c).await["id"].as_str().unwrap().to_owned();
+    let (c, sid) = login(app).await;
     let t = text(call(app, "GET", "/token", &c, &[], "").await).await;
     (c, sid, t)
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn form_request(cookie: &str, body: Body) -> Request<Body> {
@@ -383,7 +362,7 @@ async fn strict_forms_too_large_unreadable_or_unreachable_are_not_recorded_as_at
         r.map(|b| http_body_util::Limited::new(b, 1 << 20))
     })
     .layer(l.layer(handlers(hits.clone())));
-    let valid = format!("csrf_token={}&a=1", enc(&t));
+    let valid = format!("csrf_token={}&a=1", common::form_value(&t));
     let res = svc
         .oneshot(form_request(&c, Body::from(valid)))
         .await
@@ -407,7 +386,7 @@ async fn strict_forms_too_large_unreadable_or_unreachable_are_not_recorded_as_at
     assert!(r.is_err());
     assert_eq!(hits.load(Ordering::SeqCst), 0);
     writer.flush().await.unwrap();
-    let all = entries(&store, &sid).await;
+    let all = common::history_json(&store, &sid).await;
     assert!(signals(&all).is_empty(), "{all:?}");
     assert!(!all.iter().any(|e| e["method"] == "POST"), "{all:?}");
 }
@@ -420,25 +399,15 @@ async fn a_refusal_with_a_dead_token_records_nothing_and_spends_no_replay_allowa
     });
     let writer = l.history_writer().unwrap().clone();
     let app = routes(l, Arc::new(AtomicUsize::new(0)));
-    let c1 = cookie_of(&call(&app, "GET", "/login", "", &[], "").await).unwrap();
-    let sid = me(&app, &c1).await["id"].as_str().unwrap().to_owned();
+    let (c1, sid) = login(&app).await;
     call(&app, "GET", "/elevate", &c1, &[], "").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     // The replaced cookie makes a cross-site post (a hostile page in the
     // browser that still holds it), then a thief replays it.
-    let res = call(
-        &app,
-        "POST",
-        "/transfer",
-        &c1,
-        &[("sec-fetch-site", "cross-site")],
-        "",
-    )
-    .await;
-    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(cross_site_post(&app, &c1).await, StatusCode::FORBIDDEN);
     writer.flush().await.unwrap();
     me(&app, &c1).await;
     writer.flush().await.unwrap();
-    let found = signals(&entries(&store, &sid).await);
+    let found = signals(&common::history_json(&store, &sid).await);
     assert_eq!(found, vec!["replaced_token_reused".to_owned()], "{found:?}");
 }

@@ -43,17 +43,6 @@ fn ndjson(text: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn entries(store: &impl HistoryStore, sid: &str) -> Vec<Value> {
-    let sid: SessionId = sid.parse().unwrap();
-    store
-        .read_all(&sid)
-        .await
-        .unwrap()
-        .iter()
-        .map(|b| session_trail::history::Entry::decode(b).unwrap().to_json())
-        .collect()
-}
-
 async fn session_of(c: &mut Client) -> String {
     c.json("GET", "/me").await["session"]
         .as_str()
@@ -106,7 +95,7 @@ pub async fn key_rotation_keeps_pseudonyms<S: SessionStore + HistoryStore + Clon
     other.send("GET", "/visits").await;
     let other_sid = session_of(&mut other).await;
     layer_a.history_writer().unwrap().flush().await.unwrap();
-    assert!(!entries(&store, &other_sid).await.is_empty());
+    assert!(!super::history_json(&store, &other_sid).await.is_empty());
 
     // The rotation: key B signs, key A still verifies.
     let layer_b = layer(&store, key_b, Some(key_a));
@@ -116,7 +105,7 @@ pub async fn key_rotation_keeps_pseudonyms<S: SessionStore + HistoryStore + Clon
     assert_eq!(me["session"], sid.as_str(), "the same session");
     c.send("GET", "/visits").await;
     layer_b.history_writer().unwrap().flush().await.unwrap();
-    let history = entries(&store, &sid).await;
+    let history = super::history_json(&store, &sid).await;
     assert!(
         history
             .iter()
@@ -156,11 +145,11 @@ pub async fn key_rotation_keeps_pseudonyms<S: SessionStore + HistoryStore + Clon
     assert!(receipt["entries"].as_u64().unwrap() > 0, "{receipt}");
     layer_b.history_writer().unwrap().flush().await.unwrap();
     assert!(
-        entries(&store, &other_sid).await.is_empty(),
+        super::history_json(&store, &other_sid).await.is_empty(),
         "the other session's history is gone"
     );
     assert!(
-        entries(&store, &sid).await.is_empty(),
+        super::history_json(&store, &sid).await.is_empty(),
         "the current session's history is gone"
     );
 }
