@@ -1433,9 +1433,16 @@ impl Session {
             before: Vec::new(),
             after: Vec::new(),
             login_saved: false,
-            user_pseudonym: st.user.as_deref().map(|u| shared.user_pseudonym_bytes(u)),
+            // Only history names the user (as a keyed pseudonym).
+            user_pseudonym: st
+                .user
+                .as_deref()
+                .filter(|_| shared.writer.is_some())
+                .map(|u| shared.user_pseudonym_bytes(u)),
         };
-        let pseudonym = saved.user_pseudonym.map(|p| crate::util::hex(&p));
+        // Its text form, made only where an entry or a link needs it.
+        let user_bytes = saved.user_pseudonym;
+        let pseudonym = move || user_bytes.map(|p| crate::util::hex(&p));
         if st.new && !st.destroy {
             let sid = st.sid.expect("a new session has an id");
             let token = st.next_token.take().unwrap_or_else(Token::generate);
@@ -1464,10 +1471,8 @@ impl Session {
             }
             // With history kept in the session store, the user's history
             // index is written with the record (one operation, not two).
-            let link_as = pseudonym
-                .as_ref()
-                .filter(|_| shared.writer.is_some() && shared.history_is_session_store);
-            let linked = match link_as {
+            let link_as = pseudonym().filter(|_| shared.history_is_session_store);
+            let linked = match &link_as {
                 Some(user) => {
                     let link = HistoryLink {
                         user,
@@ -1487,16 +1492,16 @@ impl Session {
                 &json!({
                     "device": record.device,
                     "network": record.network,
-                    "user": pseudonym,
+                    "user": pseudonym(),
                 }),
             ));
             if st.user.is_some() || st.privilege.is_some() {
                 saved
                     .after
-                    .push(self.privilege_entry(None, None, pseudonym.clone(), st));
+                    .push(self.privilege_entry(None, None, pseudonym(), st));
             }
             if !linked {
-                self.link_user(sid, st, now).await;
+                self.link_user(sid, link_as.or_else(pseudonym), now).await;
             }
             saved.action = CredentialAction::Set(Credential { sid, token }.encode(key));
         } else if st.new {
@@ -1573,12 +1578,12 @@ impl Session {
                         saved.after.push(self.privilege_entry(
                             record.user.as_deref(),
                             record.privilege.as_deref(),
-                            pseudonym.clone(),
+                            pseudonym(),
                             st,
                         ));
                     }
                     if st.user.is_some() && st.user != record.user {
-                        self.link_user(sid, st, now).await;
+                        self.link_user(sid, pseudonym(), now).await;
                     }
                     if let Some(token) = new_token {
                         let reason = if privilege_changed {
@@ -1629,12 +1634,11 @@ impl Session {
 
     /// Indexes the session's history under its user, for export and
     /// erasure.
-    async fn link_user(&self, sid: SessionId, st: &State, now: i64) {
+    async fn link_user(&self, sid: SessionId, pseudonym: Option<String>, now: i64) {
         let shared = &self.inner.shared;
-        let (Some(user), Some(w)) = (&st.user, &shared.writer) else {
+        let (Some(pseudonym), Some(w)) = (pseudonym, &shared.writer) else {
             return;
         };
-        let pseudonym = shared.user_pseudonym(user);
         let ends = now + shared.config.absolute_timeout.as_millis() as i64;
         if let Err(e) = w.store().link_user(&pseudonym, &sid, ends).await {
             tracing::warn!(session = %sid, error = %e.report(), "could not index the session's history under its user");

@@ -236,12 +236,9 @@ impl Scripts {
 /// the arguments to: each argument is written once, where a
 /// `ScriptInvocation` keeps its own copy of each and copies them again into
 /// the command.
-pub(super) fn evalsha(script: &Script, keys: &[&str]) -> Cmd {
+pub(super) fn evalsha<K: ::redis::ToRedisArgs>(script: &Script, keys: &[K]) -> Cmd {
     let mut cmd = ::redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(keys.len());
-    for k in keys {
-        cmd.arg(*k);
-    }
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
     cmd
 }
 

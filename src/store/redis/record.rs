@@ -315,7 +315,7 @@ pub(super) async fn create(
     }
     let (mut c, ticket, unsettled) = begin_write(store, &record.id);
     let script = &store.inner.scripts.create;
-    let mut inv = evalsha(script, &keys.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut inv = evalsha(script, &keys);
     let until = link.map_or(0, |(_, ends)| super::history::link_until(store, ends));
     inv.arg(clamp_ms(record.evict_at()))
         .arg(clamp_ms(record.absolute_deadline))
