@@ -72,16 +72,15 @@ pin_project! {
         #[pin]
         state: State<F, B>,
         ctx: Option<Ctx>,
-        // The inner service was not called yet (strict CSRF mode reading a
-        // form): dropped now, nothing ran and nothing is recorded.
-        deferred: bool,
         _error: PhantomData<fn() -> E>,
     }
 
     impl<F, B, E> PinnedDrop for ResponseFuture<F, B, E> {
         fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if *this.deferred {
+            let mut this = this.project();
+            // The inner service was not called yet (strict CSRF mode reading
+            // a form): nothing ran, and nothing is recorded.
+            if matches!(this.state.as_mut().project(), StateProj::Deferred { .. }) {
                 return;
             }
             // Without history too: a login's claimed place goes back.
@@ -109,7 +108,6 @@ impl<F, B, E> ResponseFuture<F, B, E> {
         Self {
             state: State::Inner { fut },
             ctx: Some(ctx),
-            deferred: false,
             _error: PhantomData,
         }
     }
@@ -120,7 +118,6 @@ impl<F, B, E> ResponseFuture<F, B, E> {
         Self {
             state: State::Deferred { fut },
             ctx: Some(ctx),
-            deferred: true,
             _error: PhantomData,
         }
     }
@@ -131,7 +128,6 @@ impl<F, B, E> ResponseFuture<F, B, E> {
         Self {
             state: State::Commit { fut },
             ctx: None,
-            deferred: false,
             _error: PhantomData,
         }
     }
@@ -155,10 +151,7 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Deferred { fut } => match ready!(fut.as_mut().poll(cx)) {
-                    Ok(inner) => {
-                        *this.deferred = false;
-                        this.state.set(State::Inner { fut: inner });
-                    }
+                    Ok(inner) => this.state.set(State::Inner { fut: inner }),
                     Err(refused) => {
                         // Nothing ran: no request entry, nothing to save.
                         this.ctx.take();
