@@ -53,11 +53,13 @@
 //! signed `suspicious` entry (`signal` and `reason` `csrf`, with the check
 //! that failed). The entry is appended only if the presented token is
 //! still the session's live token (the store checks it atomically, as for
-//! a request that never loads its session), and at most one is recorded
-//! per session every rotation grace window (10 s at least), per server,
-//! counted apart from the entries of replayed credentials, so a hostile
-//! page can neither fill a victim's history nor use up the entries that
-//! would record a stolen cookie's replay. A refusal changes nothing else
+//! a request that never loads its session; so only when the history is
+//! kept in the session store), and at most once per credential token, per
+//! server, counted apart from the entries of replayed credentials, so a
+//! hostile page can neither push the session's own history out (keep-N)
+//! nor use up the entries that would record a stolen cookie's replay.
+//! Further refusals of the same credential are answered the same way and
+//! logged at `DEBUG`, not recorded. A refusal changes nothing else
 //! about the session: it is not loaded, ended or rotated, since the request
 //! was made by a third party.
 //!
@@ -241,6 +243,13 @@ impl Csrf {
                 format!("{:?} is not a valid header name", self.header),
             )
         })?;
+        if self.strict && !cfg!(feature = "axum") {
+            return Err(ConfigError::new(
+                "csrf_strict",
+                "strict mode reads forms as axum's request body: enable the `axum` feature, \
+                 or leave strict mode off",
+            ));
+        }
         if self.form_limit == 0 {
             return Err(ConfigError::new(
                 "csrf_form_limit",
@@ -295,8 +304,9 @@ pub(crate) struct CsrfCheck {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
     Pass,
-    /// Passes the layer; in strict mode the form's token must still be
-    /// verified (by [`CsrfForm`](crate::CsrfForm)) before the session is saved.
+    /// Strict mode, a urlencoded form without the header token: the layer
+    /// reads the form and verifies its field before calling the inner
+    /// service.
     FormPending,
     /// Refused; the check that failed.
     Refuse(&'static str),

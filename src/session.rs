@@ -84,7 +84,10 @@ enum Origin {
     None,
     /// The credential names a live session.
     Live,
-    /// The credential's token was replaced moments ago (rotation grace).
+    /// The credential's token was replaced moments ago (rotation grace), or
+    /// the live record holds a token it does not know (replaced twice
+    /// within the grace window, or a local cache not yet told of a
+    /// rotation): served as anonymous, its cookie kept.
     Replaced,
     /// The credential names no live session.
     Stale,
@@ -524,7 +527,7 @@ impl Session {
                 }
             }
         } else {
-            self.state().origin = Origin::Stale;
+            self.state().origin = Origin::Replaced;
         }
         Ok(())
     }
@@ -945,8 +948,8 @@ impl Session {
         let mut st = self.state();
         if st.origin == Origin::Replaced && st.sid.is_none() {
             // A request that left while a login or privilege change of its
-            // session replaced the token: a token for a new session would
-            // replace the browser's fresh cookie.
+            // session replaced the token (once or more): a token for a new
+            // session would replace the browser's fresh cookie.
             return Err(Error::new(
                 ErrorKind::Refused,
                 "this request's session token was just replaced; retry with the new cookie",

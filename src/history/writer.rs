@@ -46,6 +46,11 @@ pub struct WriterConfig {
     /// At most one dead-credential `suspicious` entry per session per this
     /// long: the grace window, but never under [`MIN_DEAD_SIGNAL_EVERY`].
     pub(crate) dead_signal_every: Duration,
+    /// At most one refused cross-site request's `suspicious` entry per
+    /// session token per this long: the layer sets it to its absolute
+    /// timeout, so a credential token gets one such entry in its life, and a
+    /// hostile page cannot push the session's history out through keep-N.
+    pub(crate) csrf_signal_every: Duration,
 }
 
 impl Default for WriterConfig {
@@ -60,6 +65,7 @@ impl Default for WriterConfig {
             flush_timeout: Duration::from_secs(10),
             dead_token_window: Duration::from_secs(10),
             dead_signal_every: Duration::from_secs(10),
+            csrf_signal_every: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -408,8 +414,10 @@ impl HistoryWriter {
     }
 
     /// Whether a refused cross-site request's `suspicious` entry may be
-    /// recorded for `session` now: at most one per session per
-    /// `dead_signal_every`, counted apart from the dead-token entries.
+    /// recorded for `session` and its credential `token`: once per token
+    /// (per `csrf_signal_every`, its longest life), counted apart from the
+    /// dead-token entries. The map is bounded like the others: past 65,536
+    /// credentials it is cleared, and a cleared one may get one more entry.
     pub(crate) fn allow_csrf_signal(&self, session: SessionId, token: &TokenHash) -> bool {
         let mut prefix = [0u8; 8];
         prefix.copy_from_slice(&token.as_bytes()[..8]);
@@ -417,7 +425,7 @@ impl HistoryWriter {
             &self.shared.csrf_signals,
             (session, prefix),
             Instant::now(),
-            self.shared.config.dead_signal_every,
+            self.shared.config.csrf_signal_every,
         )
     }
 

@@ -616,6 +616,7 @@ impl SessionLayerBuilder {
         }
         let mut writer_config = self.writer;
         writer_config.dead_token_window = self.config.rotation_grace;
+        writer_config.csrf_signal_every = self.config.absolute_timeout;
         writer_config.dead_signal_every = self
             .config
             .rotation_grace

@@ -56,9 +56,29 @@ impl Ctx {
 
 pub(crate) type Commit<B> = Pin<Box<dyn Future<Output = Response<B>> + Send>>;
 
-/// Resolves to the inner service's future, or to the refusal answered
+/// Resolves to the inner service's future, or to what the layer answered
 /// instead of calling it.
-pub(crate) type Deferred<F, B> = Pin<Box<dyn Future<Output = Result<F, Response<B>>> + Send>>;
+pub(crate) type Deferred<F, B> = Pin<Box<dyn Future<Output = Result<F, Answered<B>>> + Send>>;
+
+/// A response the layer gave instead of calling the inner service.
+pub(crate) struct Answered<B> {
+    res: Response<B>,
+    /// Recorded as the request's entry (a form too large or unreadable is a
+    /// request of the session like any other); a refused cross-site request
+    /// is not (its `suspicious` entry says what happened).
+    record: bool,
+}
+
+impl<B> Answered<B> {
+    pub(crate) fn request(res: Response<B>) -> Self {
+        Self { res, record: true }
+    }
+
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn refusal(res: Response<B>) -> Self {
+        Self { res, record: false }
+    }
+}
 
 pin_project! {
     /// The response future of [`SessionService`](super::SessionService).
@@ -152,10 +172,19 @@ where
             match this.state.as_mut().project() {
                 StateProj::Deferred { fut } => match ready!(fut.as_mut().poll(cx)) {
                     Ok(inner) => this.state.set(State::Inner { fut: inner }),
-                    Err(refused) => {
-                        // Nothing ran: no request entry, nothing to save.
-                        this.ctx.take();
-                        return Poll::Ready(Ok(refused));
+                    Err(Answered { res, record }) => {
+                        // The handler never ran: nothing to save. The entry,
+                        // if any, is conditioned on the token, as for any
+                        // request that never loads its session.
+                        if let Some(ctx) = this.ctx.take()
+                            && record
+                            && ctx.shared.writer.is_some()
+                        {
+                            let status = res.status().as_u16();
+                            ctx.session
+                                .record_unloaded(&ctx.request_entry(status), status);
+                        }
+                        return Poll::Ready(Ok(res));
                     }
                 },
                 StateProj::Inner { fut } => {

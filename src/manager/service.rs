@@ -7,6 +7,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::Shared;
+use super::future::Answered;
 use super::future::{Ctx, ResponseFuture};
 use crate::csrf::Verdict;
 use crate::history::entry::Route;
@@ -153,7 +154,7 @@ async fn verify_form<S, ReqBody, B>(
     req: Request<ReqBody>,
     session: Session,
     grpc: bool,
-) -> Result<S::Future, Response<B>>
+) -> Result<S::Future, Answered<B>>
 where
     S: Service<Request<ReqBody>>,
     ReqBody: Send + 'static,
@@ -187,19 +188,19 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
-            return Err(too_large());
+            return Err(Answered::request(too_large()));
         }
         let (parts, body) = req.into_parts();
         let body: Box<dyn Any + Send> = Box::new(body);
         let Ok(body) = body.downcast::<axum::body::Body>() else {
-            return Err(misplaced());
+            return Err(Answered::request(misplaced()));
         };
         let bytes = match axum::body::to_bytes(*body, limit).await {
             Ok(bytes) => bytes,
             Err(e) => {
                 let over = std::error::Error::source(&e)
                     .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-                return Err(if over {
+                return Err(Answered::request(if over {
                     too_large()
                 } else {
                     answer(
@@ -210,7 +211,7 @@ where
                         ),
                         grpc,
                     )
-                });
+                }));
             }
         };
         let field = session.csrf_field();
@@ -219,18 +220,18 @@ where
             .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == field))
             .is_some_and(|(_, token)| session.verify_csrf_token(&token));
         if !verified {
-            return Err(refuse(&session, "form_token", grpc));
+            return Err(Answered::refusal(refuse(&session, "form_token", grpc)));
         }
         let body: Box<dyn Any + Send> = Box::new(axum::body::Body::from(bytes));
         let Ok(body) = body.downcast::<ReqBody>() else {
-            return Err(misplaced());
+            return Err(Answered::request(misplaced()));
         };
         Ok(inner.call(Request::from_parts(parts, *body)))
     }
     #[cfg(not(feature = "axum"))]
     {
         let _ = (&mut inner, req, &session);
-        Err(misplaced())
+        Err(Answered::request(misplaced()))
     }
 }
 
