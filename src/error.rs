@@ -33,6 +33,11 @@ pub enum ErrorKind {
     Timeout,
     /// Stored data could not be decoded.
     Corrupt,
+    /// A new session's id is taken already in the store (an id collision:
+    /// ids are 128 random bits, so in practice a broken random number
+    /// generator). The stored session was not overwritten. Maps to `500`
+    /// (gRPC `INTERNAL`).
+    Conflict,
     /// The store refused this client's configuration: wrong credentials,
     /// a missing permission, a database that does not exist. Unlike
     /// [`Unavailable`](Self::Unavailable), retrying does not help: fix the
@@ -54,6 +59,7 @@ impl ErrorKind {
             Self::Timeout => "timed out",
             Self::Corrupt => "stored data is corrupt",
             Self::Misconfigured => "session store refused the configuration",
+            Self::Conflict => "session id taken",
         }
     }
 
@@ -72,6 +78,7 @@ impl ErrorKind {
             Self::Forbidden => "cross-site request refused",
             Self::Misconfigured => "session service misconfigured",
             Self::Corrupt => "session data could not be read",
+            Self::Conflict => "session could not be created; try again",
         }
     }
 }
@@ -206,7 +213,9 @@ impl Error {
             ErrorKind::Unauthenticated => S::UNAUTHORIZED,
             ErrorKind::Refused => S::CONFLICT,
             ErrorKind::Forbidden => S::FORBIDDEN,
-            ErrorKind::Corrupt | ErrorKind::Misconfigured => S::INTERNAL_SERVER_ERROR,
+            ErrorKind::Corrupt | ErrorKind::Misconfigured | ErrorKind::Conflict => {
+                S::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -221,7 +230,7 @@ impl Error {
             ErrorKind::Unauthenticated => 16,
             ErrorKind::Refused => 9,
             ErrorKind::Forbidden => 7,
-            ErrorKind::Corrupt | ErrorKind::Misconfigured => 13,
+            ErrorKind::Corrupt | ErrorKind::Misconfigured | ErrorKind::Conflict => 13,
         }
     }
 }

@@ -419,6 +419,14 @@ pub use session::{Session, SessionLimit, Signal, SuspicionResponse};
 #[cfg(feature = "redis")]
 pub use redis;
 
+/// The `tokio-postgres` driver and the `deadpool-postgres` pool the
+/// PostgreSQL store is built on, re-exported so that an application uses
+/// the matching versions (to build its own pool for
+/// [`PostgresStore::from_pool`](store::PostgresStore::from_pool), with TLS
+/// say).
+#[cfg(feature = "postgres")]
+pub use {deadpool_postgres, tokio_postgres};
+
 /// The error's gRPC code with its [`Error::client_message`]: the error's
 /// own text (the store's reply, a setting's name and value) is logged here,
 /// never sent to the client.

@@ -658,6 +658,76 @@ fn put_str(b: &mut BytesMut, s: &str) {
     b.put_slice(s.as_bytes());
 }
 
+/// An entry's fields as the SQL stores keep them in columns beside the
+/// entry's bytes (for queries; the bytes stay the evidence).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) struct Columns<'a> {
+    pub(crate) seq: u64,
+    pub(crate) ts: i64,
+    pub(crate) kind: EntryKind,
+    /// The event's name, or the request's route.
+    pub(crate) name: Option<&'a str>,
+    pub(crate) method: Option<&'a str>,
+    pub(crate) status: Option<u16>,
+    /// The user's keyed pseudonym (hex), when the entry names one.
+    pub(crate) user: Option<String>,
+    /// JSON text: an event's data, a lifecycle entry's details, or a
+    /// request's `{"latency_us": …}`.
+    pub(crate) attrs: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// Reads the fields of [`Columns`] from an encoded entry, checking that
+/// the entry is well formed (its tag is not checked). Never panics.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) fn columns(bytes: &[u8]) -> Result<Columns<'_>, DecodeError> {
+    let p = parse(bytes)?;
+    let mut c = Columns {
+        seq: p.seq,
+        ts: p.ts,
+        kind: p.kind,
+        name: None,
+        method: None,
+        status: None,
+        user: None,
+        attrs: None,
+    };
+    match p.kind {
+        EntryKind::Request => {
+            let mut r = Reader(p.body);
+            c.method = Some(r.str()?);
+            c.name = Some(r.str()?);
+            c.status = Some(u16::from_be_bytes(r.array()?));
+            let latency_us = r.varint()?;
+            c.user = match r.u8()? {
+                0 => None,
+                1 => Some(hex(&r.array::<8>()?)),
+                _ => return Err(DecodeError),
+            };
+            c.attrs = Some(format!("{{\"latency_us\":{latency_us}}}").into());
+        }
+        EntryKind::Event => {
+            let mut r = Reader(p.body);
+            c.name = Some(r.str()?);
+            c.attrs = Some(json_text(r.0)?.into());
+        }
+        _ => {
+            let details: Value = serde_json::from_slice(p.body).map_err(|_| DecodeError)?;
+            c.user = details
+                .get("user")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            c.attrs = Some(json_text(p.body)?.into());
+        }
+    }
+    Ok(c)
+}
+
+/// Checks that `raw` is one JSON value and answers it as text.
+fn json_text(raw: &[u8]) -> Result<&str, DecodeError> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(raw).map_err(|_| DecodeError)?;
+    std::str::from_utf8(raw).map_err(|_| DecodeError)
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {

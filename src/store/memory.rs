@@ -130,18 +130,7 @@ impl MemoryStore {
     ///
     /// Fails when `keep` or `ttl` is zero.
     pub fn history_retention(self, keep: usize, ttl: Duration) -> Result<Self, ConfigError> {
-        if keep == 0 {
-            return Err(ConfigError::new(
-                "history_retention",
-                "keep must be at least 1",
-            ));
-        }
-        if ttl.is_zero() {
-            return Err(ConfigError::new(
-                "history_retention",
-                "ttl must be greater than zero",
-            ));
-        }
+        super::check_retention(keep, ttl)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 sessions: Mutex::default(),
@@ -299,9 +288,12 @@ impl SessionStore for MemoryStore {
         self.inner.session_faults.before().await?;
         let mut s = lock(&self.inner.sessions);
         s.evict(now_ms(), EVICT_PER_CALL);
-        if let Some(old) = s.map.remove(&record.id) {
-            s.expiry.remove(&(old.evict_at(), old.id));
-            s.unindex(&old);
+        if s.map.contains_key(&record.id) {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                "create a session: a session with this id exists already (an id collision); \
+                 it was not overwritten",
+            ));
         }
         s.claims.remove(&record.id);
         s.expiry.insert((record.evict_at(), record.id));

@@ -9,6 +9,10 @@
 //!
 //! A session store keeps [`Record`]s by [`SessionId`]:
 //!
+//! - [`create`](SessionStore::create) never overwrites: an id that exists
+//!   already (a collision of 128 random bits) is refused with
+//!   [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) and nothing
+//!   changes.
 //! - [`update`](SessionStore::update) applies an [`Update`] atomically, and
 //!   only when the record exists *and* its current token hash equals
 //!   [`Update::token_hash`]. It changes only the data keys listed, so two
@@ -69,7 +73,7 @@
 //! use std::collections::HashMap;
 //! use std::sync::Mutex;
 //! use session_trail::store::{Record, SessionStore, Update, UpdateOutcome};
-//! use session_trail::{Error, SessionId};
+//! use session_trail::{Error, ErrorKind, SessionId};
 //!
 //! #[derive(Default)]
 //! struct MapStore(Mutex<HashMap<SessionId, Record>>);
@@ -80,8 +84,15 @@
 //!     }
 //!
 //!     async fn create(&self, record: &Record) -> Result<(), Error> {
-//!         self.0.lock().unwrap().insert(record.id, record.clone());
-//!         Ok(())
+//!         match self.0.lock().unwrap().entry(record.id) {
+//!             std::collections::hash_map::Entry::Occupied(_) => {
+//!                 Err(Error::new(ErrorKind::Conflict, "session id taken"))
+//!             }
+//!             std::collections::hash_map::Entry::Vacant(v) => {
+//!                 v.insert(record.clone());
+//!                 Ok(())
+//!             }
+//!         }
 //!     }
 //!
 //!     async fn update(&self, id: &SessionId, update: &Update) -> Result<UpdateOutcome, Error> {
@@ -124,8 +135,18 @@ use crate::{Error, SessionId};
 
 #[cfg(feature = "memory-store")]
 mod memory;
+#[cfg(feature = "postgres")]
+mod rows;
 #[cfg(feature = "memory-store")]
 pub use memory::{Faults, MemoryStore};
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "postgres")]
+pub use self::postgres::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAINTENANCE_BATCH, DEFAULT_MAINTENANCE_INTERVAL,
+    DEFAULT_POOL_SIZE, DEFAULT_SCHEMA, DEFAULT_STATEMENT_TIMEOUT, MaintenanceReport, PostgresStore,
+    PostgresStoreBuilder, SCHEMA_VERSION,
+};
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]
@@ -157,6 +178,30 @@ impl Default for Retention {
             ttl: DEFAULT_HISTORY_TTL,
         }
     }
+}
+
+/// Refuses a retention that keeps nothing (`history_retention`).
+#[cfg_attr(
+    not(any(feature = "memory-store", feature = "redis")),
+    allow(dead_code)
+)]
+pub(crate) fn check_retention(
+    keep: usize,
+    ttl: std::time::Duration,
+) -> Result<(), crate::ConfigError> {
+    if keep == 0 {
+        return Err(crate::ConfigError::new(
+            "history_retention",
+            "keep must be at least 1",
+        ));
+    }
+    if ttl.is_zero() {
+        return Err(crate::ConfigError::new(
+            "history_retention",
+            "ttl must be greater than zero",
+        ));
+    }
+    Ok(())
 }
 
 /// A session as stored.
@@ -407,11 +452,14 @@ pub trait SessionStore: Send + Sync + 'static {
     /// store cannot answer.
     fn load(&self, id: &SessionId) -> impl Future<Output = Result<Option<Record>, Error>> + Send;
 
-    /// Stores a new record (and indexes its user, if any).
+    /// Stores a new record (and indexes its user, if any). It never
+    /// overwrites a record.
     ///
     /// # Errors
     ///
-    /// When the store cannot answer.
+    /// [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) when a record
+    /// with this id exists (nothing is changed); others when the store
+    /// cannot answer.
     fn create(&self, record: &Record) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// [`create`](Self::create), and in the same operation, when it can,

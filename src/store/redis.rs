@@ -608,18 +608,7 @@ impl RedisStoreBuilder {
     /// Tokio runtime.
     pub fn build(self) -> Result<RedisStore, ConfigError> {
         check_prefix(&self.prefix)?;
-        if self.keep == 0 {
-            return Err(ConfigError::new(
-                "history_retention",
-                "keep must be at least 1",
-            ));
-        }
-        if self.ttl.is_zero() {
-            return Err(ConfigError::new(
-                "history_retention",
-                "ttl must be greater than zero",
-            ));
-        }
+        super::check_retention(self.keep, self.ttl)?;
         if self.response_timeout.is_zero() {
             return Err(ConfigError::new(
                 "response_timeout",

@@ -40,10 +40,10 @@ pub fn record(user: Option<&str>) -> Record {
     }
 }
 
-/// `create` over an id that exists replaces the record (the layer never
-/// reuses an id; the contract is the same in every store): nothing of the
-/// old record (user, privilege, replaced token, data) survives.
-pub async fn create_replaces_a_record_under_the_same_id<S: SessionStore>(store: S) {
+/// `create` over an id that exists is refused (`ErrorKind::Conflict`, an id
+/// collision) and changes nothing: the contract is the same in every
+/// store, and none overwrites another session.
+pub async fn create_never_overwrites_an_existing_id<S: SessionStore>(store: S) {
     let mut old = record(Some("alice"));
     old.privilege = Some("admin".into());
     old.replaced = Some(session_trail::store::Replaced {
@@ -56,17 +56,13 @@ pub async fn create_replaces_a_record_under_the_same_id<S: SessionStore>(store: 
     fresh.token_hash = TokenHash::from_bytes([2; 32]);
     fresh.data = HashMap::from([("c".to_owned(), json!(3))]);
     fresh.device = None;
-    store.create(&fresh).await.unwrap();
-    let back = store.load(&old.id).await.unwrap().expect("the new record");
-    assert_eq!(back, fresh);
-    assert!(
-        store
-            .sessions_of_user("alice")
-            .await
-            .unwrap()
-            .iter()
-            .all(|r| r.id != old.id)
-    );
+    let err = store.create(&fresh).await.unwrap_err();
+    assert_eq!(err.kind(), session_trail::ErrorKind::Conflict, "{err:?}");
+    assert_eq!(err.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+    let back = store.load(&old.id).await.unwrap().expect("the old record");
+    assert_eq!(back, old);
+    let listed = store.sessions_of_user("alice").await.unwrap();
+    assert!(listed.iter().any(|r| r.id == old.id), "{listed:?}");
 }
 
 pub async fn create_then_load_round_trips<S: SessionStore>(store: S) {
@@ -646,7 +642,7 @@ macro_rules! store_conformance {
     ($factory:expr) => {
         $crate::store_conformance!(@tests $factory;
             create_then_load_round_trips,
-            create_replaces_a_record_under_the_same_id,
+            create_never_overwrites_an_existing_id,
             update_requires_the_current_token,
             concurrent_updates_to_different_keys_both_survive,
             update_after_delete_does_not_resurrect,

@@ -86,6 +86,64 @@ impl Faulty for session_trail::store::RedisStore {
     }
 }
 
+#[cfg(feature = "postgres")]
+impl Faulty for session_trail::store::PostgresStore {
+    fn break_next_save(&self, sid: &SessionId) {
+        // A trigger that refuses every later write to this record.
+        super::postgres::shared_server().psql(
+            "postgres",
+            &format!(
+                "CREATE OR REPLACE FUNCTION {s}.test_refuse_write() RETURNS trigger
+                 LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$;
+                 CREATE TRIGGER test_refuse_{h} BEFORE UPDATE OR DELETE
+                 ON {s}.session_trail_sessions FOR EACH ROW WHEN (OLD.sid = {b})
+                 EXECUTE FUNCTION {s}.test_refuse_write()",
+                s = self.schema(),
+                h = format!("{sid}")
+                    .to_lowercase()
+                    .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+                b = super::postgres::bytea(sid)
+            ),
+        );
+    }
+
+    fn poison_history(&self, sid: &SessionId) {
+        // A head naming an entry that is not there: appends to this
+        // session answer Failed, the others go on.
+        super::postgres::shared_server().psql(
+            "postgres",
+            &format!(
+                "DELETE FROM {s}.session_trail_history WHERE sid = {b};
+                 INSERT INTO {s}.session_trail_history_heads
+                     (sid, head, last_seq, low_seq, expires_at)
+                 VALUES ({b}, '\\x00112233445566778899aabbccddeeff', 7, 1, 9000000000000)
+                 ON CONFLICT (sid) DO UPDATE SET head = excluded.head,
+                     last_seq = 7, expires_at = excluded.expires_at",
+                s = self.schema(),
+                b = super::postgres::bytea(sid)
+            ),
+        );
+    }
+
+    fn heal_history(&self, _sid: &SessionId) {}
+
+    async fn corrupt_tail(&self, sid: &SessionId) {
+        super::postgres::shared_server().psql(
+            "postgres",
+            &format!(
+                "WITH h AS (
+                     UPDATE {s}.session_trail_history_heads
+                     SET head = 'short', last_seq = last_seq + 1
+                     WHERE sid = {b} RETURNING last_seq)
+                 INSERT INTO {s}.session_trail_history (sid, seq, ts, kind, entry)
+                 SELECT {b}, last_seq, now(), 'request', 'short' FROM h",
+                s = self.schema(),
+                b = super::postgres::bytea(sid)
+            ),
+        );
+    }
+}
+
 fn key() -> Key {
     Key::from_bytes(&super::secret(91)).unwrap()
 }

@@ -3,7 +3,9 @@
 
 pub mod app;
 pub mod conformance;
+pub mod faults;
 pub mod hardening;
+pub mod postgres;
 pub mod redis;
 pub mod rotation;
 pub mod users;

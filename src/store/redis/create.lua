@@ -16,14 +16,20 @@
 --
 -- The indexes come first: a key of the wrong type fails the call before
 -- the record exists, and a member whose record is missing is dropped by
--- every reader of an index. A record already under this id is replaced,
--- not merged into (the layer never reuses an id; the contract of `create`
--- is a replace, as in the other stores). For a caller with client tracking
+-- every reader of an index. An id that exists already is refused before
+-- anything is written (an id collision: the contract of `create` never
+-- overwrites, as in the other stores). For a caller with client tracking
 -- on, the script ends with a read of the record, so that it is tracked.
+--
+-- On Redis Cluster the script runs with KEYS[1] alone (the indexes live
+-- in other slots and are written beside it).
 --
 -- Each index lives at least as long as its longest-lived member: NX sets
 -- an expiry on a new index, GT only ever lengthens it.
--- Returns 1.
+-- Returns 1, or the error SESSIONEXISTS.
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.error_reply('SESSIONEXISTS a session with this id exists; it was not overwritten')
+end
 if #KEYS >= 3 then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
   redis.call('ZREM', KEYS[3], ARGV[3])
@@ -35,7 +41,6 @@ if #KEYS == 4 then
   redis.call('PEXPIREAT', KEYS[4], ARGV[5], 'NX')
   redis.call('PEXPIREAT', KEYS[4], ARGV[5], 'GT')
 end
-redis.call('DEL', KEYS[1])
 -- unpack() is bounded by Lua's C stack: write in chunks of whole pairs.
 for i = 7, #ARGV, 1000 do
   redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))

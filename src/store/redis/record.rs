@@ -300,13 +300,10 @@ pub(super) async fn create(
 ) -> Result<bool, Error> {
     let fields = encode(record)?;
     let key = store.record_key(&record.id);
-    if store.inner.conn.is_cluster() {
-        create_cluster(store, record, &key, fields).await?;
-        return Ok(false);
-    }
-    let link = link.filter(|_| record.user.is_some());
-    let mut keys = vec![key];
-    if let Some(user) = &record.user {
+    let cluster = store.inner.conn.is_cluster();
+    let link = link.filter(|_| record.user.is_some() && !cluster);
+    let mut keys = vec![key.clone()];
+    if let (Some(user), false) = (&record.user, cluster) {
         keys.push(store.user_key(user));
         keys.push(store.user_claims_key(user));
         if let Some((pseudonym, _)) = link {
@@ -328,56 +325,32 @@ pub(super) async fn create(
     }
     if let Err(e) = invoke::<()>(script, &inv, &mut c).await {
         store.tracking_failed(ticket, &e);
+        if e.code() == Some("SESSIONEXISTS") {
+            return Err(Error::new(
+                crate::ErrorKind::Conflict,
+                "create a session: a session with this id exists already (an id collision); \
+                 it was not overwritten",
+            ));
+        }
         return Err(store.unavailable(e, "create a session"));
     }
-    if let (Some(ticket), Some(cache)) = (ticket, &store.inner.cache) {
-        cache.fill(ticket, record, 0);
-    }
-    unsettled.settle();
-    Ok(link.is_some())
-}
-
-async fn create_cluster(
-    store: &RedisStore,
-    record: &Record,
-    key: &str,
-    fields: Vec<(String, String)>,
-) -> Result<(), Error> {
-    let mut pipe = ::redis::pipe();
-    pipe.atomic()
-        .cmd("DEL")
-        .arg(key)
-        .ignore()
-        .cmd("HSET")
-        .arg(key)
-        .arg(fields)
-        .ignore()
-        .cmd("PEXPIREAT")
-        .arg(key)
-        .arg(clamp_ms(record.evict_at()))
-        .ignore()
-        // A read, so that a tracking connection tracks the new record.
-        .cmd("HGET")
-        .arg(key)
-        .arg(VERSION)
-        .ignore();
-    let (mut c, ticket, unsettled) = begin_write(store, &record.id);
-    if let Err(e) = pipe.query_async::<()>(&mut c).await {
-        store.tracking_failed(ticket, &e);
-        return Err(store.unavailable(e, "create a session"));
-    }
-    if let Some(user) = &record.user
+    // On a cluster the user index lives in another slot: written beside
+    // the record, which is taken back if that fails (nobody holds its
+    // token yet).
+    if let (Some(user), true) = (&record.user, cluster)
         && let Err(e) = index_add(store, user, &record.id, record.absolute_deadline).await
     {
-        // Unindexed, the session must not be used: take it back.
-        let _ = ::redis::cmd("DEL").arg(key).query_async::<()>(&mut c).await;
+        let _ = ::redis::cmd("DEL")
+            .arg(&key)
+            .query_async::<()>(&mut c)
+            .await;
         return Err(e);
     }
     if let (Some(ticket), Some(cache)) = (ticket, &store.inner.cache) {
         cache.fill(ticket, record, 0);
     }
     unsettled.settle();
-    Ok(())
+    Ok(link.is_some())
 }
 
 pub(super) async fn update(

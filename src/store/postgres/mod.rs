@@ -1,0 +1,1307 @@
+//! The PostgreSQL store (feature `postgres`). See [`PostgresStore`].
+mod schema;
+mod sql;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use super::rows::split_batch;
+use super::{
+    Append, AppendOutcome, Claim, DEFAULT_HISTORY_KEEP, DEFAULT_HISTORY_TTL, EXPIRED_RECORD_LINGER,
+    HistoryLink, HistoryStore, Record, Replaced, Retention, SessionStore, TokenHash, Update,
+    UpdateOutcome,
+};
+use crate::SessionId;
+use crate::error::{ConfigError, Error, ErrorKind};
+use crate::util::now_ms;
+use sql::Statements;
+
+pub use schema::SCHEMA_VERSION;
+
+/// The default schema the tables are created in.
+pub const DEFAULT_SCHEMA: &str = "public";
+/// The default most connections the store's pool opens.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+/// The default time one statement may take, from sending it to its answer.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The default time opening a connection (or waiting for a free one in the
+/// pool) may take.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The default time between two rounds of maintenance.
+pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+/// The default most rows (or sessions' histories) one maintenance
+/// statement deletes.
+pub const DEFAULT_MAINTENANCE_BATCH: usize = 1_000;
+
+/// Sessions and history in PostgreSQL: one database shared by every app
+/// server, persistent, and queryable with SQL.
+///
+/// - **Sessions** are rows. An update changes only the data keys the
+///   request wrote or removed, in one statement that also checks that the
+///   record exists, is live and holds the request's token hash
+///   (`data = (data - removed) || changed … WHERE sid = $1 AND token_hash =
+///   $2`): concurrent requests that write different keys both survive, and
+///   a destroyed session is never resurrected. `create` is a plain
+///   `INSERT`: an id that exists is refused
+///   ([`ErrorKind::Conflict`]), never overwritten.
+/// - **History** is one row per entry: the exact signed bytes, which
+///   [`verify`](crate::history::verify) checks, and columns decoded from
+///   them for SQL (time, kind, event name or route, method, status, user
+///   pseudonym, attributes as `jsonb`). An append is a compare-and-append
+///   against a per-session heads row, for every session of a batch in one
+///   round trip (one function call over arrays), with the same three
+///   outcomes as the other stores.
+/// - **Retention and clean-up**: reads only ever show a list's newest
+///   *keep* entries and nothing past its TTL; a maintenance task deletes
+///   expired sessions, expired histories, entries beyond *keep*, lapsed
+///   claims and links, in bounded batches (see
+///   [`PostgresStoreBuilder::maintenance_interval`]). It logs a database
+///   error, backs off and goes on; it stops when the store is dropped.
+/// - **Failures**: while PostgreSQL cannot be reached, operations fail
+///   with [`ErrorKind::Unavailable`] (the layer answers 503, gRPC
+///   `UNAVAILABLE`; the history writer keeps its entries and retries),
+///   and the pool opens new connections once it is back. A missing or
+///   outdated schema is [`ErrorKind::Misconfigured`], naming the table.
+///
+/// # Driver
+///
+/// [`tokio_postgres`] with a [`deadpool_postgres`] pool, both re-exported
+/// by this crate so the versions match. `tokio-postgres` has had a stable
+/// API since 0.7, speaks PostgreSQL's binary protocol (arrays of `bytea`
+/// for a whole batch of entries in one statement), and leaves the
+/// connection handling to a small, widely used pool; the store caches
+/// its prepared statements per connection. TLS: build the pool with a TLS
+/// connector and hand it to [`PostgresStore::from_pool`].
+///
+/// # Schema
+///
+/// [`migrate`](PostgresStore::migrate) creates the tables in the
+/// configured schema (default `public`; created if missing), all named
+/// `session_trail_*`, and touches nothing else. It is versioned (the
+/// table `session_trail_schema` records the versions applied), idempotent,
+/// and safe when several app servers start at once: it runs in one
+/// transaction under an advisory lock. Times are Unix milliseconds
+/// (`bigint`), except the history's `ts`.
+///
+/// ```sql
+#[doc = include_str!("sql/v1.sql")]
+/// ```
+///
+/// The functions behind the atomic operations (compare-and-append,
+/// erasure, the session limit's claims, maintenance) are in
+/// `src/store/postgres/sql/v1_functions.sql`.
+///
+/// Queries over the history, for example the most used routes of the last
+/// day:
+///
+/// ```sql
+/// SELECT name, count(*) FROM session_trail_history
+/// WHERE kind = 'request' AND ts > now() - interval '1 day'
+/// GROUP BY name ORDER BY count(*) DESC LIMIT 10;
+/// ```
+///
+/// The decoded columns are what analytics trust; the evidence is the
+/// `entry` bytes, which `verify` checks (a row whose columns were edited
+/// still verifies: only its bytes are signed). Rows past a list's *keep*
+/// or TTL may linger until maintenance deletes them: query through
+/// `session_trail_history_heads` (`seq > last_seq - keep`, `expires_at >`
+/// now) to see exactly what the store would answer.
+///
+/// A large history table can be partitioned by time (`PARTITION BY RANGE
+/// (ts)`, detaching old partitions instead of deleting rows): create it
+/// yourself with the same columns and primary key including `ts`, before
+/// the first `migrate`, which then leaves it alone. The store's
+/// statements do not depend on the table's storage.
+///
+/// # Durability
+///
+/// An operation is acknowledged after PostgreSQL committed it, so with the
+/// default `synchronous_commit = on` nothing acknowledged is lost when
+/// PostgreSQL crashes or is killed; with `synchronous_commit = off` the
+/// last few hundred milliseconds of commits can be, and the history writer
+/// then records a `gap` where it notices, as with Redis.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use session_trail::{Key, SessionLayer, store::PostgresStore};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = PostgresStore::builder("postgres://app@127.0.0.1/app")
+///     .schema("sessions")
+///     .history_retention(500, Duration::from_secs(7 * 24 * 3600))
+///     .connect()
+///     .await?;
+/// store.migrate().await?;
+/// let layer = SessionLayer::builder(store, Key::generate()).build()?;
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    sql: Statements,
+    schema: String,
+    keep: usize,
+    ttl: Duration,
+    statement_timeout: Duration,
+    maintenance_batch: usize,
+    /// Where the database is, without credentials.
+    target: String,
+    /// Dropped with the store: the maintenance task then stops.
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        f.debug_struct("PostgresStore")
+            .field("target", &i.target)
+            .field("schema", &i.schema)
+            .field("keep", &i.keep)
+            .field("ttl", &i.ttl)
+            .field("statement_timeout", &i.statement_timeout)
+            .field("pool_size", &i.pool.status().max_size)
+            .finish()
+    }
+}
+
+/// Where the builder gets its connections.
+enum Source {
+    Url(String),
+    Config(Box<tokio_postgres::Config>),
+    Pool(Pool),
+}
+
+/// Builds a [`PostgresStore`].
+///
+/// ```
+/// use std::time::Duration;
+/// use session_trail::store::PostgresStore;
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// // `build` makes no I/O: the pool connects on first use.
+/// let store = PostgresStore::builder("postgres://app@127.0.0.1:5432/app")
+///     .schema("sessions")
+///     .pool_size(8)
+///     .build()
+///     .unwrap();
+/// # drop(store);
+/// let err = PostgresStore::builder("postgres://x/y").schema("no spaces").build().unwrap_err();
+/// assert_eq!(err.setting(), "schema");
+/// let err = PostgresStore::builder("mysql://x/y").build().unwrap_err();
+/// assert_eq!(err.setting(), "url");
+/// # });
+/// ```
+#[must_use]
+pub struct PostgresStoreBuilder {
+    source: Source,
+    schema: String,
+    keep: usize,
+    ttl: Duration,
+    pool_size: usize,
+    statement_timeout: Duration,
+    connect_timeout: Duration,
+    maintenance_interval: Option<Duration>,
+    maintenance_batch: usize,
+}
+
+impl fmt::Debug for PostgresStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStoreBuilder")
+            .field("schema", &self.schema)
+            .field("keep", &self.keep)
+            .field("ttl", &self.ttl)
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects with the default settings and checks that PostgreSQL
+    /// answers. `url` is a `postgres://` (or `postgresql://`) URL, or a
+    /// `key=value` connection string, as
+    /// [`tokio_postgres::Config`] parses them.
+    ///
+    /// The tables are not created: call [`migrate`](Self::migrate).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`] for a malformed URL (its source is the
+    /// [`ConfigError`] naming the setting);
+    /// [`ErrorKind::Unavailable`] when PostgreSQL cannot be reached, and
+    /// [`ErrorKind::Misconfigured`] when it refuses the connection (wrong
+    /// credentials, a database that does not exist).
+    pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
+        Self::builder(url).connect().await
+    }
+
+    /// A builder for a store at `url` (see [`connect`](Self::connect)).
+    pub fn builder(url: impl Into<String>) -> PostgresStoreBuilder {
+        PostgresStoreBuilder::new(Source::Url(url.into()))
+    }
+
+    /// A builder for a store connecting with `config`.
+    pub fn from_config(config: tokio_postgres::Config) -> PostgresStoreBuilder {
+        PostgresStoreBuilder::new(Source::Config(Box::new(config)))
+    }
+
+    /// A builder for a store using the application's own pool (its size
+    /// and timeouts are the pool's; [`PostgresStoreBuilder::pool_size`]
+    /// and [`PostgresStoreBuilder::connect_timeout`] do not apply).
+    pub fn from_pool(pool: Pool) -> PostgresStoreBuilder {
+        PostgresStoreBuilder::new(Source::Pool(pool))
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// The schema the tables are in.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// Checks that PostgreSQL answers (`SELECT 1`).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unavailable`] when it does not;
+    /// [`ErrorKind::Misconfigured`] when it refuses the connection.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.query("SELECT 1", "SELECT 1", &[]).await.map(drop)
+    }
+
+    /// Creates or upgrades the schema to [`SCHEMA_VERSION`], then checks
+    /// it (see [`check_schema`](Self::check_schema)). Idempotent; safe to
+    /// call from every app server at start-up, also at the same time (one
+    /// transaction under an advisory lock: the others wait, then find the
+    /// work done).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unavailable`] when PostgreSQL cannot be reached;
+    /// [`ErrorKind::Misconfigured`] when it refuses (no right to create
+    /// the schema or the tables), when the database holds a newer schema
+    /// version than this build knows, or when the tables differ from what
+    /// the store needs (the message names the table).
+    pub async fn migrate(&self) -> Result<(), Error> {
+        schema::migrate(self).await?;
+        self.check_schema().await
+    }
+
+    /// Checks that the schema is at [`SCHEMA_VERSION`] and that every
+    /// table has the columns the store uses, with their types.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Misconfigured`] naming the table and what is wrong
+    /// (missing, a missing column, a column of another type, an older or
+    /// newer version); [`ErrorKind::Unavailable`] when PostgreSQL cannot
+    /// be reached.
+    pub async fn check_schema(&self) -> Result<(), Error> {
+        schema::check(self).await
+    }
+
+    /// Runs one round of maintenance now: deletes expired sessions,
+    /// expired histories, entries beyond the retention's *keep*, and
+    /// lapsed claims and history links, each in batches of at most
+    /// [`PostgresStoreBuilder::maintenance_batch`], until none is left.
+    /// The maintenance task calls it at every interval.
+    ///
+    /// # Errors
+    ///
+    /// When a statement fails; what was deleted before stays deleted.
+    pub async fn run_maintenance(&self) -> Result<MaintenanceReport, Error> {
+        let mut report = MaintenanceReport::default();
+        let batch = self.inner.maintenance_batch as i64;
+        let keep = self.inner.keep as i64;
+        loop {
+            let now = now_ms();
+            let linger_cut = now.saturating_sub(EXPIRED_RECORD_LINGER.as_millis() as i64);
+            let sessions = self
+                .execute(
+                    &self.inner.sql.expire_sessions,
+                    "evict sessions",
+                    &[&linger_cut, &batch],
+                )
+                .await?;
+            let claims = self
+                .execute(
+                    &self.inner.sql.expire_claims,
+                    "drop lapsed claims",
+                    &[&now, &batch],
+                )
+                .await?;
+            let links = self
+                .execute(
+                    &self.inner.sql.expire_links,
+                    "drop lapsed links",
+                    &[&now, &batch],
+                )
+                .await?;
+            let histories = self
+                .scalar(
+                    &self.inner.sql.expire_history,
+                    "expire histories",
+                    &[&now, &(batch as i32)],
+                )
+                .await?;
+            let trimmed = self
+                .scalar(
+                    &self.inner.sql.trim_history,
+                    "trim histories",
+                    &[&keep, &(batch as i32)],
+                )
+                .await?;
+            report.sessions += sessions;
+            report.claims += claims;
+            report.links += links;
+            report.histories += histories as u64;
+            report.trimmed += trimmed as u64;
+            let full = |n: u64| n >= batch as u64;
+            if ![sessions, claims, links, histories as u64, trimmed as u64]
+                .into_iter()
+                .any(full)
+            {
+                return Ok(report);
+            }
+        }
+    }
+
+    async fn query(
+        &self,
+        sql: &str,
+        what: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        let i = &self.inner;
+        let client = i.pool.get().await.map_err(|e| self.pool_error(e, what))?;
+        let run = async {
+            let stmt = client.prepare_cached(sql).await?;
+            client.query(&stmt, params).await
+        };
+        match tokio::time::timeout(i.statement_timeout, run).await {
+            Ok(result) => result.map_err(|e| self.pg_error(e, what)),
+            Err(_) => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "PostgreSQL at {}: {what}: no answer within {:?}",
+                    i.target, i.statement_timeout
+                ),
+            )),
+        }
+    }
+
+    async fn execute(
+        &self,
+        sql: &str,
+        what: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, Error> {
+        let i = &self.inner;
+        let client = i.pool.get().await.map_err(|e| self.pool_error(e, what))?;
+        let run = async {
+            let stmt = client.prepare_cached(sql).await?;
+            client.execute(&stmt, params).await
+        };
+        match tokio::time::timeout(i.statement_timeout, run).await {
+            Ok(result) => result.map_err(|e| self.pg_error(e, what)),
+            Err(_) => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "PostgreSQL at {}: {what}: no answer within {:?}",
+                    i.target, i.statement_timeout
+                ),
+            )),
+        }
+    }
+
+    /// A statement answering one `bigint`.
+    async fn scalar(
+        &self,
+        sql: &str,
+        what: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<i64, Error> {
+        let rows = self.query(sql, what, params).await?;
+        rows.first()
+            .and_then(|r| r.try_get::<_, Option<i64>>(0).ok().flatten())
+            .ok_or_else(|| corrupt(what, "no answer"))
+    }
+
+    fn pool_error(&self, e: PoolError, what: &str) -> Error {
+        match e {
+            PoolError::Backend(e) => self.pg_error(e, what),
+            e => Error::with_source(ErrorKind::Unavailable, e.to_string()).context(format!(
+                "PostgreSQL at {}: {what}: no connection",
+                self.inner.target
+            )),
+        }
+    }
+
+    /// A database error as this crate's error: its kind from the SQLSTATE,
+    /// its message from PostgreSQL's message (never its detail, which can
+    /// quote values).
+    fn pg_error(&self, e: tokio_postgres::Error, what: &str) -> Error {
+        let target = &self.inner.target;
+        let Some(db) = e.as_db_error() else {
+            // I/O, a closed connection, a protocol error: the server is
+            // gone or going.
+            return Error::unavailable(e).context(format!("PostgreSQL at {target}: {what}"));
+        };
+        let code = db.code().code();
+        let kind = match code {
+            "23505" => ErrorKind::Conflict,
+            // A missing table, column or function: the schema.
+            "42P01" | "42703" | "42883" | "3F000" => ErrorKind::Misconfigured,
+            // Credentials, permissions, a missing database.
+            c if c.starts_with("28") || c == "42501" || c == "3D000" => ErrorKind::Misconfigured,
+            // Input that PostgreSQL cannot store (U+0000 in text or jsonb).
+            "22P05" | "22021" | "54000" => ErrorKind::InvalidInput,
+            _ => ErrorKind::Unavailable,
+        };
+        let hint = if matches!(code, "42P01" | "42703" | "42883" | "3F000") {
+            format!(
+                " (is the schema {:?} created? run PostgresStore::migrate)",
+                self.inner.schema
+            )
+        } else {
+            String::new()
+        };
+        Error::new(
+            kind,
+            format!(
+                "PostgreSQL at {target}: {what}: {} (SQLSTATE {code}){hint}",
+                db.message()
+            ),
+        )
+    }
+}
+
+fn corrupt(what: &str, why: &str) -> Error {
+    Error::new(ErrorKind::Corrupt, format!("PostgreSQL: {what}: {why}"))
+}
+
+/// What one round of maintenance deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MaintenanceReport {
+    /// Session records past their linger after expiry.
+    pub sessions: u64,
+    /// Lapsed claims of the session limit.
+    pub claims: u64,
+    /// Lapsed links of users' history indexes.
+    pub links: u64,
+    /// Expired histories (all their entries).
+    pub histories: u64,
+    /// Histories trimmed to their newest *keep* entries.
+    pub trimmed: u64,
+}
+
+impl PostgresStoreBuilder {
+    fn new(source: Source) -> Self {
+        Self {
+            source,
+            schema: DEFAULT_SCHEMA.to_owned(),
+            keep: DEFAULT_HISTORY_KEEP,
+            ttl: DEFAULT_HISTORY_TTL,
+            pool_size: DEFAULT_POOL_SIZE,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            maintenance_interval: Some(DEFAULT_MAINTENANCE_INTERVAL),
+            maintenance_batch: DEFAULT_MAINTENANCE_BATCH,
+        }
+    }
+
+    /// The schema of the tables (default `public`): letters, digits and
+    /// `_`, not starting with a digit, at most 63 bytes.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Keep the newest `keep` history entries per session, and a session's
+    /// history until `ttl` after its last entry.
+    pub fn history_retention(mut self, keep: usize, ttl: Duration) -> Self {
+        self.keep = keep;
+        self.ttl = ttl;
+        self
+    }
+
+    /// The most connections the pool opens (default
+    /// [`DEFAULT_POOL_SIZE`]).
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n;
+        self
+    }
+
+    /// How long one statement may take before the operation fails with
+    /// [`ErrorKind::Unavailable`] (default [`DEFAULT_STATEMENT_TIMEOUT`]).
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// How long opening a connection, or waiting for a free one, may take
+    /// (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How often the maintenance task runs (default
+    /// [`DEFAULT_MAINTENANCE_INTERVAL`]); `None` turns it off, for an
+    /// application that calls [`PostgresStore::run_maintenance`] itself
+    /// (from one server only, say). With several app servers each runs
+    /// its own task; they skip the rows another holds, so they share the
+    /// work instead of waiting for each other.
+    pub fn maintenance_interval(mut self, interval: Option<Duration>) -> Self {
+        self.maintenance_interval = interval;
+        self
+    }
+
+    /// The most rows one maintenance statement deletes (default
+    /// [`DEFAULT_MAINTENANCE_BATCH`]), so no statement holds locks or
+    /// writes WAL for long.
+    pub fn maintenance_batch(mut self, n: usize) -> Self {
+        self.maintenance_batch = n;
+        self
+    }
+
+    /// Builds the store without any I/O: connections open on first use.
+    /// The maintenance task, if on, is spawned on the current Tokio
+    /// runtime.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the setting: `url` (malformed, or not
+    /// PostgreSQL), `schema`, `history_retention`, `pool_size`,
+    /// `statement_timeout`, `connect_timeout`, `maintenance_interval`
+    /// (zero, or no Tokio runtime to run the task on),
+    /// `maintenance_batch`.
+    pub fn build(mut self) -> Result<PostgresStore, ConfigError> {
+        let valid_schema = !self.schema.is_empty()
+            && self.schema.len() <= 63
+            && !self.schema.as_bytes()[0].is_ascii_digit()
+            && self
+                .schema
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid_schema {
+            return Err(ConfigError::new(
+                "schema",
+                "a schema name is 1-63 letters, digits and `_`, not starting with a digit",
+            ));
+        }
+        super::check_retention(self.keep, self.ttl)?;
+        for (setting, bad) in [
+            ("pool_size", self.pool_size == 0),
+            ("statement_timeout", self.statement_timeout.is_zero()),
+            ("connect_timeout", self.connect_timeout.is_zero()),
+            ("maintenance_batch", self.maintenance_batch == 0),
+            (
+                "maintenance_interval",
+                self.maintenance_interval.is_some_and(|d| d.is_zero()),
+            ),
+        ] {
+            if bad {
+                return Err(ConfigError::new(setting, "must be greater than zero"));
+            }
+        }
+        let handle = match self.maintenance_interval {
+            Some(_) => Some(tokio::runtime::Handle::try_current().map_err(|_| {
+                ConfigError::new(
+                    "maintenance_interval",
+                    "the maintenance task needs a Tokio runtime: build the store inside one, \
+                     or turn the task off with maintenance_interval(None)",
+                )
+            })?),
+            None => None,
+        };
+        let source = std::mem::replace(&mut self.source, Source::Url(String::new()));
+        let (pool, target) = match source {
+            Source::Pool(pool) => {
+                let target = "the application's pool".to_owned();
+                (pool, target)
+            }
+            Source::Url(url) => {
+                let config = parse_url(&url)?;
+                self.pool(config)?
+            }
+            Source::Config(config) => self.pool(*config)?,
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let store = PostgresStore {
+            inner: Arc::new(Inner {
+                pool,
+                sql: Statements::new(&self.schema),
+                schema: self.schema,
+                keep: self.keep,
+                ttl: self.ttl,
+                statement_timeout: self.statement_timeout,
+                maintenance_batch: self.maintenance_batch,
+                target,
+                _stop: stop,
+            }),
+        };
+        if let (Some(interval), Some(handle)) = (self.maintenance_interval, handle) {
+            handle.spawn(maintain(Arc::downgrade(&store.inner), interval, stopped));
+        }
+        Ok(store)
+    }
+
+    fn pool(&self, mut config: tokio_postgres::Config) -> Result<(Pool, String), ConfigError> {
+        config.connect_timeout(self.connect_timeout);
+        if config.get_application_name().is_none() {
+            config.application_name("session-trail");
+        }
+        let target = target_of(&config);
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(self.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(self.connect_timeout))
+            .create_timeout(Some(self.connect_timeout))
+            .recycle_timeout(Some(self.connect_timeout))
+            .build()
+            .map_err(|e| ConfigError::new("url", e.to_string()))?;
+        Ok((pool, target))
+    }
+
+    /// [`build`](Self::build), then checks that PostgreSQL answers.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build) (as [`ErrorKind::InvalidInput`] with the
+    /// [`ConfigError`] as its source), and as
+    /// [`PostgresStore::ping`].
+    pub async fn connect(self) -> Result<PostgresStore, Error> {
+        let store = self
+            .build()
+            .map_err(|e| Error::with_source(ErrorKind::InvalidInput, e))?;
+        store.ping().await?;
+        Ok(store)
+    }
+}
+
+fn parse_url(url: &str) -> Result<tokio_postgres::Config, ConfigError> {
+    let scheme_ok = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let looks_like_kv = !url.contains("://") && url.contains('=');
+    if !scheme_ok && !looks_like_kv {
+        return Err(ConfigError::new(
+            "url",
+            "expected a postgres:// or postgresql:// URL, or a key=value connection string",
+        ));
+    }
+    // The parser's message can quote the URL, password included: not shown.
+    url.parse::<tokio_postgres::Config>()
+        .map_err(|_| ConfigError::new("url", "not a valid PostgreSQL connection URL"))
+}
+
+/// Host, port and database, never credentials.
+fn target_of(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("");
+    format!("{host}:{port}/{db}")
+}
+
+/// The maintenance task: a round every `interval`, until the store is
+/// dropped. A failed round is logged and retried sooner (from a second,
+/// doubling up to the interval).
+async fn maintain(
+    inner: Weak<Inner>,
+    interval: Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut wait = interval.min(Duration::from_secs(5));
+    let mut backoff = Duration::from_secs(1).min(interval);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stopped.changed() => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let store = PostgresStore { inner };
+        match store.run_maintenance().await {
+            Ok(report) => {
+                tracing::debug!(?report, "session store maintenance");
+                wait = interval;
+                backoff = Duration::from_secs(1).min(interval);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e.report(),
+                    retry_in = ?backoff,
+                    "session store maintenance failed"
+                );
+                wait = backoff;
+                backoff = (backoff * 2).min(interval);
+            }
+        }
+    }
+}
+
+const RECORD_COLUMNS: usize = 13;
+
+/// A record from a row of `load.sql`'s columns.
+fn record_of(row: &Row) -> Result<Record, Error> {
+    debug_assert_eq!(row.len(), RECORD_COLUMNS);
+    let bad = |what: &str| corrupt("reading a session", what);
+    let get_err = |_| bad("a column of an unexpected type");
+    let sid: &[u8] = row.try_get(0).map_err(get_err)?;
+    let id = SessionId::from_bytes(sid.try_into().map_err(|_| bad("a sid is not 16 bytes"))?);
+    let hash = |b: &[u8]| -> Result<TokenHash, Error> {
+        Ok(TokenHash::from_bytes(
+            b.try_into()
+                .map_err(|_| bad("a token hash is not 32 bytes"))?,
+        ))
+    };
+    let token_hash = hash(row.try_get(1).map_err(get_err)?)?;
+    let replaced_hash: Option<&[u8]> = row.try_get(2).map_err(get_err)?;
+    let replaced_at: Option<i64> = row.try_get(3).map_err(get_err)?;
+    let replaced = match (replaced_hash, replaced_at) {
+        (Some(h), Some(at)) => Some(Replaced {
+            token_hash: hash(h)?,
+            at,
+        }),
+        _ => None,
+    };
+    let data: &str = row.try_get(6).map_err(get_err)?;
+    let data: HashMap<String, serde_json::Value> =
+        serde_json::from_str(data).map_err(|_| bad("data is not a JSON object"))?;
+    Ok(Record {
+        id,
+        token_hash,
+        replaced,
+        user: row.try_get(4).map_err(get_err)?,
+        privilege: row.try_get(5).map_err(get_err)?,
+        data,
+        created: row.try_get(7).map_err(get_err)?,
+        last_seen: row.try_get(8).map_err(get_err)?,
+        idle_deadline: row.try_get(9).map_err(get_err)?,
+        absolute_deadline: row.try_get(10).map_err(get_err)?,
+        device: row.try_get(11).map_err(get_err)?,
+        network: row.try_get(12).map_err(get_err)?,
+    })
+}
+
+/// PostgreSQL's text and `jsonb` cannot hold U+0000: refused with a clear
+/// error instead of a database error (the layer answers 400 for it, not
+/// 503).
+fn storable(what: &str, text: &str, json: bool) -> Result<(), Error> {
+    let nul = if json {
+        text.contains("\\u0000")
+    } else {
+        text.contains('\0')
+    };
+    if nul {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("{what} contains U+0000, which PostgreSQL cannot store"),
+        ));
+    }
+    Ok(())
+}
+
+fn storable_record(record: &Record) -> Result<String, Error> {
+    for (what, v) in [
+        ("the user", &record.user),
+        ("the privilege", &record.privilege),
+        ("the device", &record.device),
+        ("the network", &record.network),
+    ] {
+        if let Some(v) = v {
+            storable(what, v, false)?;
+        }
+    }
+    let data = serde_json::to_string(&record.data)?;
+    storable("the session data", &data, true)?;
+    Ok(data)
+}
+
+impl PostgresStore {
+    async fn create_with(
+        &self,
+        record: &Record,
+        link: Option<&HistoryLink<'_>>,
+    ) -> Result<(), Error> {
+        let data = storable_record(record)?;
+        let sid = record.id.as_bytes().as_slice();
+        let token = record.token_hash.as_bytes().as_slice();
+        let replaced_hash = record.replaced.map(|r| *r.token_hash.as_bytes());
+        let replaced_hash = replaced_hash.as_ref().map(<[u8; 32]>::as_slice);
+        let replaced_at = record.replaced.map(|r| r.at);
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &sid,
+            &token,
+            &replaced_hash,
+            &replaced_at,
+            &record.user,
+            &record.privilege,
+            &data,
+            &record.created,
+            &record.last_seen,
+            &record.idle_deadline,
+            &record.absolute_deadline,
+            &record.device,
+            &record.network,
+        ];
+        let (sql, until);
+        match link {
+            Some(link) => {
+                until = self.link_until(link.session_ends);
+                params.push(&link.user);
+                params.push(&until);
+                sql = &self.inner.sql.create_linked;
+            }
+            None => sql = &self.inner.sql.create,
+        }
+        self.execute(sql, "create a session", &params)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                if e.kind() == ErrorKind::Conflict {
+                    e.context("a session with this id exists already (an id collision); it was not overwritten")
+                } else {
+                    e
+                }
+            })
+    }
+
+    /// Until when a user's history link lives: the latest the session can
+    /// end, plus the history TTL.
+    fn link_until(&self, session_ends: i64) -> i64 {
+        session_ends
+            .max(now_ms())
+            .saturating_add(self.inner.ttl.as_millis() as i64)
+    }
+
+    fn history_ttl_ms(&self) -> i64 {
+        i64::try_from(self.inner.ttl.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    async fn append_call(
+        &self,
+        call: &[super::rows::Prepared<'_>],
+        out: &mut [Option<AppendOutcome>],
+    ) -> Result<(), Error> {
+        let n = call.len();
+        let mut s_sid = Vec::with_capacity(n);
+        let mut s_expected = Vec::with_capacity(n);
+        let mut s_token = Vec::with_capacity(n);
+        let mut s_last = Vec::with_capacity(n);
+        let mut s_first_seq = Vec::with_capacity(n);
+        let mut s_last_seq = Vec::with_capacity(n);
+        let entries: usize = call.iter().map(|p| p.rows.len()).sum();
+        let mut e_i = Vec::with_capacity(entries);
+        let mut e_seq = Vec::with_capacity(entries);
+        let mut e_ts = Vec::with_capacity(entries);
+        let mut e_kind = Vec::with_capacity(entries);
+        let mut e_name = Vec::with_capacity(entries);
+        let mut e_method = Vec::with_capacity(entries);
+        let mut e_status = Vec::with_capacity(entries);
+        let mut e_user = Vec::with_capacity(entries);
+        let mut e_attrs = Vec::with_capacity(entries);
+        let mut e_entry = Vec::with_capacity(entries);
+        for (k, p) in call.iter().enumerate() {
+            let a = p.append;
+            s_sid.push(a.session.as_bytes().as_slice());
+            s_expected.push(a.expected_head.as_ref().map(<[u8; 16]>::as_slice));
+            s_token.push(a.token.as_ref().map(|t| t.as_bytes().as_slice()));
+            s_last.push(super::tag_of(a.entries.last().map_or(&[][..], |e| e)).unwrap_or([0; 16]));
+            s_first_seq.push(p.first_seq());
+            s_last_seq.push(p.last_seq());
+            for r in &p.rows {
+                e_i.push(k as i32 + 1);
+                e_seq.push(r.seq);
+                e_ts.push(r.ts);
+                e_kind.push(r.kind);
+                e_name.push(r.name.as_deref());
+                e_method.push(r.method.as_deref());
+                e_status.push(r.status);
+                e_user.push(r.user.as_deref());
+                e_attrs.push(r.attrs.as_deref());
+                e_entry.push(r.bytes);
+            }
+        }
+        let s_last: Vec<&[u8]> = s_last.iter().map(<[u8; 16]>::as_slice).collect();
+        let now = now_ms();
+        let ttl = self.history_ttl_ms();
+        let rows = self
+            .query(
+                &self.inner.sql.append,
+                "append history",
+                &[
+                    &now,
+                    &ttl,
+                    &s_sid,
+                    &s_expected,
+                    &s_token,
+                    &s_last,
+                    &s_first_seq,
+                    &s_last_seq,
+                    &e_i,
+                    &e_seq,
+                    &e_ts,
+                    &e_kind,
+                    &e_name,
+                    &e_method,
+                    &e_status,
+                    &e_user,
+                    &e_attrs,
+                    &e_entry,
+                ],
+            )
+            .await?;
+        if rows.len() != n {
+            return Err(corrupt(
+                "append history",
+                "an answer per session is missing",
+            ));
+        }
+        for row in rows {
+            let bad = |_| corrupt("append history", "an answer of an unexpected type");
+            let k: i32 = row.try_get(0).map_err(bad)?;
+            let outcome: i16 = row.try_get(1).map_err(bad)?;
+            let replaced_at: Option<i64> = row.try_get(2).map_err(bad)?;
+            let last: Option<&[u8]> = row.try_get(3).map_err(bad)?;
+            let p = usize::try_from(k - 1)
+                .ok()
+                .and_then(|k| call.get(k))
+                .ok_or_else(|| corrupt("append history", "an answer for no session"))?;
+            let last = last.map(Bytes::copy_from_slice);
+            out[p.index] = Some(match outcome {
+                1 => AppendOutcome::Appended,
+                2 => AppendOutcome::AlreadyApplied,
+                3 => AppendOutcome::TokenMismatch { replaced_at },
+                4 => AppendOutcome::Erased { last },
+                0 => AppendOutcome::Conflict { last },
+                _ => AppendOutcome::Failed {
+                    reason: "the stored head names an entry that is missing or corrupt, or \
+                             the batch's first seq does not follow it"
+                        .into(),
+                },
+            });
+        }
+        Ok(())
+    }
+}
+
+fn ids_of(rows: &[Row], column: usize, what: &str) -> Result<Vec<SessionId>, Error> {
+    rows.iter()
+        .map(|r| {
+            let b: &[u8] = r
+                .try_get(column)
+                .map_err(|_| corrupt(what, "a sid of an unexpected type"))?;
+            Ok(SessionId::from_bytes(
+                b.try_into()
+                    .map_err(|_| corrupt(what, "a sid is not 16 bytes"))?,
+            ))
+        })
+        .collect()
+}
+
+impl SessionStore for PostgresStore {
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        let sid = id.as_bytes().as_slice();
+        let since = now_ms().saturating_sub(EXPIRED_RECORD_LINGER.as_millis() as i64);
+        let rows = self
+            .query(&self.inner.sql.load, "load a session", &[&sid, &since])
+            .await?;
+        rows.first().map(record_of).transpose()
+    }
+
+    async fn create(&self, record: &Record) -> Result<(), Error> {
+        self.create_with(record, None).await
+    }
+
+    async fn create_linked(&self, record: &Record, link: &HistoryLink<'_>) -> Result<bool, Error> {
+        self.create_with(record, Some(link)).await?;
+        Ok(true)
+    }
+
+    async fn update(&self, id: &SessionId, update: &Update) -> Result<UpdateOutcome, Error> {
+        let sid = id.as_bytes().as_slice();
+        let token = update.token_hash.as_bytes().as_slice();
+        let set: serde_json::Map<String, serde_json::Value> = update.set.iter().cloned().collect();
+        let set = serde_json::to_string(&set)?;
+        storable("the session data", &set, true)?;
+        for (what, v) in [
+            ("the user", &update.user),
+            ("the privilege", &update.privilege),
+            ("the device", &update.device),
+            ("the network", &update.network),
+        ] {
+            if let Some(Some(v)) = v {
+                storable(what, v, false)?;
+            }
+        }
+        let flat = |v: &Option<Option<String>>| v.clone().flatten();
+        let new_hash = update.rotate.map(|r| *r.new_token_hash.as_bytes());
+        let new_hash = new_hash.as_ref().map(<[u8; 32]>::as_slice);
+        let rotated_at = update.rotate.map(|r| r.at);
+        let (user, privilege, device, network) = (
+            flat(&update.user),
+            flat(&update.privilege),
+            flat(&update.device),
+            flat(&update.network),
+        );
+        let now = now_ms();
+        let rows = self
+            .query(
+                &self.inner.sql.update,
+                "update a session",
+                &[
+                    &sid,
+                    &token,
+                    &update.remove,
+                    &set,
+                    &update.user.is_some(),
+                    &user,
+                    &update.privilege.is_some(),
+                    &privilege,
+                    &new_hash,
+                    &rotated_at,
+                    &update.touch.map(|t| t.0),
+                    &update.touch.map(|t| t.1),
+                    &update.device.is_some(),
+                    &device,
+                    &update.network.is_some(),
+                    &network,
+                    &now,
+                ],
+            )
+            .await?;
+        let n: i64 = rows
+            .first()
+            .and_then(|r| r.try_get(0).ok())
+            .ok_or_else(|| corrupt("update a session", "no count"))?;
+        Ok(if n > 0 {
+            UpdateOutcome::Applied
+        } else {
+            UpdateOutcome::Missing
+        })
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<bool, Error> {
+        let sid = id.as_bytes().as_slice();
+        let n = self
+            .scalar(&self.inner.sql.delete, "delete a session", &[&sid])
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn sessions_of_user(&self, user: &str) -> Result<Vec<Record>, Error> {
+        let now = now_ms();
+        let rows = self
+            .query(
+                &self.inner.sql.sessions_of_user,
+                "list a user's sessions",
+                &[&user, &now],
+            )
+            .await?;
+        rows.iter().map(record_of).collect()
+    }
+
+    async fn claim_user_slot(
+        &self,
+        user: &str,
+        session: &SessionId,
+        absolute_deadline: i64,
+        max: usize,
+        policy: crate::SessionLimit,
+    ) -> Result<Claim, Error> {
+        storable("the user", user, false)?;
+        let now = now_ms();
+        let until = absolute_deadline.min(now.saturating_add(60_000));
+        let sid = session.as_bytes().as_slice();
+        let max = i32::try_from(max).unwrap_or(i32::MAX);
+        let end_oldest = policy == crate::SessionLimit::EndOldest;
+        let rows = self
+            .query(
+                &self.inner.sql.claim,
+                "claim a place under the session limit",
+                &[&user, &sid, &now, &until, &max, &end_oldest],
+            )
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| corrupt("claim a place", "no answer"))?;
+        let granted: bool = row
+            .try_get(0)
+            .map_err(|_| corrupt("claim a place", "an answer of an unexpected type"))?;
+        if !granted {
+            return Ok(Claim::Refused);
+        }
+        let ended: Vec<&[u8]> = row
+            .try_get(1)
+            .map_err(|_| corrupt("claim a place", "an answer of an unexpected type"))?;
+        let end = ended
+            .into_iter()
+            .map(|b| {
+                b.try_into()
+                    .map(SessionId::from_bytes)
+                    .map_err(|_| corrupt("claim a place", "a sid is not 16 bytes"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Claim::Granted { end })
+    }
+
+    async fn release_user_slot(
+        &self,
+        user: &str,
+        session: &SessionId,
+        ended: &[SessionId],
+    ) -> Result<(), Error> {
+        let sid = session.as_bytes().as_slice();
+        let ended: Vec<&[u8]> = ended.iter().map(|s| s.as_bytes().as_slice()).collect();
+        self.execute(
+            &self.inner.sql.release,
+            "release a claimed place",
+            &[&user, &sid, &ended],
+        )
+        .await
+        .map(drop)
+    }
+}
+
+impl HistoryStore for PostgresStore {
+    fn checks_tokens(&self) -> bool {
+        true
+    }
+
+    fn retention(&self) -> Retention {
+        Retention {
+            keep: self.inner.keep,
+            ttl: self.inner.ttl,
+        }
+    }
+
+    async fn append(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, Error> {
+        let mut out: Vec<Option<AppendOutcome>> = vec![None; batch.len()];
+        for call in split_batch(batch, &mut out) {
+            if !call.is_empty() {
+                self.append_call(&call, &mut out).await?;
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or(AppendOutcome::Failed {
+                    reason: "no answer".into(),
+                })
+            })
+            .collect())
+    }
+
+    async fn read_newest(&self, session: &SessionId, n: usize) -> Result<Vec<Bytes>, Error> {
+        let sid = session.as_bytes().as_slice();
+        let now = now_ms();
+        let keep = self.inner.keep as i64;
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let rows = self
+            .query(
+                &self.inner.sql.read_newest,
+                "read history",
+                &[&sid, &now, &keep, &n],
+            )
+            .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                r.try_get::<_, &[u8]>(0)
+                    .map(Bytes::copy_from_slice)
+                    .map_err(|_| corrupt("read history", "an entry of an unexpected type"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn read_all(&self, session: &SessionId) -> Result<Vec<Bytes>, Error> {
+        self.read_newest(session, usize::MAX).await
+    }
+
+    async fn delete(&self, session: &SessionId) -> Result<u64, Error> {
+        let sid = session.as_bytes().as_slice();
+        let now = now_ms();
+        let keep = self.inner.keep as i64;
+        let until = now.saturating_add(self.history_ttl_ms());
+        let n = self
+            .scalar(
+                &self.inner.sql.erase,
+                "erase history",
+                &[&sid, &now, &keep, &until],
+            )
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn link_user(
+        &self,
+        user: &str,
+        session: &SessionId,
+        session_ends: i64,
+    ) -> Result<(), Error> {
+        let sid = session.as_bytes().as_slice();
+        let until = self.link_until(session_ends);
+        self.execute(
+            &self.inner.sql.link_user,
+            "link a user's history",
+            &[&user, &sid, &until],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn user_sessions(&self, user: &str) -> Result<Vec<SessionId>, Error> {
+        let now = now_ms();
+        let rows = self
+            .query(
+                &self.inner.sql.user_sessions,
+                "list a user's history",
+                &[&user, &now],
+            )
+            .await?;
+        ids_of(&rows, 0, "list a user's history")
+    }
+
+    async fn unlink_sessions(&self, user: &str, sessions: &[SessionId]) -> Result<(), Error> {
+        let sids: Vec<&[u8]> = sessions.iter().map(|s| s.as_bytes().as_slice()).collect();
+        self.execute(
+            &self.inner.sql.unlink,
+            "unlink a user's history",
+            &[&user, &sids],
+        )
+        .await
+        .map(drop)
+    }
+}

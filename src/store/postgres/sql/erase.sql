@@ -1,0 +1,1 @@
+SELECT {schema}.session_trail_erase($1, $2, $3, $4)

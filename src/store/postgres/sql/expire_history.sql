@@ -1,0 +1,1 @@
+SELECT {schema}.session_trail_expire_history($1, $2)

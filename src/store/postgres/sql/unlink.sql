@@ -1,0 +1,2 @@
+DELETE FROM {schema}.session_trail_user_history
+WHERE user_pseudonym = $1 AND sid = ANY($2)

@@ -1,0 +1,133 @@
+//! What the SQL stores share: history entries as rows (the decoded columns
+//! beside the exact bytes), and a batch of appends split into calls whose
+//! sessions are distinct.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use super::{Append, AppendOutcome};
+use crate::SessionId;
+use crate::history::entry::columns;
+
+/// One history row: the columns decoded from an entry, and the entry.
+pub(crate) struct EntryRow<'a> {
+    pub(crate) seq: i64,
+    pub(crate) ts: i64,
+    pub(crate) kind: &'static str,
+    pub(crate) name: Option<Cow<'a, str>>,
+    pub(crate) method: Option<Cow<'a, str>>,
+    pub(crate) status: Option<i16>,
+    pub(crate) user: Option<String>,
+    pub(crate) attrs: Option<Cow<'a, str>>,
+    pub(crate) bytes: &'a [u8],
+}
+
+/// The row of an encoded entry, or why it cannot be stored.
+///
+/// Text columns cannot hold U+0000 in PostgreSQL: a NUL in a name, method
+/// or route becomes U+FFFD, and so does the JSON escape `\u0000` in the
+/// attributes. Only the decoded columns change; the entry's bytes, which
+/// `verify` checks, are stored as they are.
+pub(crate) fn entry_row(bytes: &[u8]) -> Result<EntryRow<'_>, &'static str> {
+    let c = columns(bytes).map_err(|_| "an entry is malformed")?;
+    let seq = i64::try_from(c.seq).map_err(|_| "an entry's seq is out of range")?;
+    let status = match c.status {
+        Some(s) => Some(i16::try_from(s).map_err(|_| "an entry's status is out of range")?),
+        None => None,
+    };
+    Ok(EntryRow {
+        seq,
+        ts: c.ts,
+        kind: c.kind.as_str(),
+        name: c.name.map(text_column),
+        method: c.method.map(text_column),
+        status,
+        user: c.user.map(|u| text_column(&u).into_owned()),
+        attrs: c.attrs.map(|a| match a {
+            Cow::Borrowed(a) if a.contains("\\u0000") => {
+                Cow::Owned(a.replace("\\u0000", "\\ufffd"))
+            }
+            Cow::Owned(a) if a.contains("\\u0000") => Cow::Owned(a.replace("\\u0000", "\\ufffd")),
+            a => a,
+        }),
+        bytes,
+    })
+}
+
+/// `s`, with any NUL replaced by U+FFFD.
+fn text_column(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{fffd}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// One session's append, ready for a store call.
+pub(crate) struct Prepared<'a> {
+    /// Its place in the caller's batch.
+    pub(crate) index: usize,
+    pub(crate) append: &'a Append,
+    pub(crate) rows: Vec<EntryRow<'a>>,
+}
+
+impl Prepared<'_> {
+    pub(crate) fn first_seq(&self) -> i64 {
+        self.rows.first().map_or(0, |r| r.seq)
+    }
+
+    pub(crate) fn last_seq(&self) -> i64 {
+        self.rows.last().map_or(0, |r| r.seq)
+    }
+}
+
+/// Splits a batch into calls in which every session appears once, in the
+/// batch's order (a session's second append goes in the next call, after
+/// its first was applied). An append whose entries cannot be stored (a
+/// malformed entry, seqs that do not increase, no entries) is answered
+/// [`AppendOutcome::Failed`] in `out` and left out.
+pub(crate) fn split_batch<'a>(
+    batch: &'a [Append],
+    out: &mut [Option<AppendOutcome>],
+) -> Vec<Vec<Prepared<'a>>> {
+    let mut calls: Vec<Vec<Prepared<'a>>> = Vec::new();
+    // The call each session was last put in.
+    let mut last_call: HashMap<SessionId, usize> = HashMap::new();
+    for (index, append) in batch.iter().enumerate() {
+        let rows = match rows_of(append) {
+            Ok(rows) => rows,
+            Err(reason) => {
+                out[index] = Some(AppendOutcome::Failed {
+                    reason: reason.to_owned(),
+                });
+                continue;
+            }
+        };
+        let call = last_call.get(&append.session).map_or(0, |&c| c + 1);
+        last_call.insert(append.session, call);
+        if call == calls.len() {
+            calls.push(Vec::new());
+        }
+        calls[call].push(Prepared {
+            index,
+            append,
+            rows,
+        });
+    }
+    calls
+}
+
+fn rows_of(append: &Append) -> Result<Vec<EntryRow<'_>>, &'static str> {
+    if append.entries.is_empty() {
+        return Err("an append without entries");
+    }
+    let rows = append
+        .entries
+        .iter()
+        .map(|e| entry_row(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    if rows.windows(2).any(|w| w[1].seq <= w[0].seq) {
+        return Err("the entries' seqs do not increase");
+    }
+    Ok(rows)
+}

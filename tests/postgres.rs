@@ -1,0 +1,470 @@
+//! The store conformance, users', hardening and key rotation suites on a
+//! real PostgreSQL cluster this test binary starts itself (one for the
+//! whole binary; each test has a schema of its own), plus the PostgreSQL
+//! store's own behaviour: configuration errors, migrations (also two at
+//! once), schema checks, maintenance, and values PostgreSQL cannot store.
+#![cfg(feature = "postgres")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::postgres::{shared_server as server, test_schema};
+use session_trail::store::{
+    Append, AppendOutcome, HistoryStore, PostgresStore, SCHEMA_VERSION, SessionStore, Update,
+};
+use session_trail::{ErrorKind, Key, SessionId};
+
+fn url() -> String {
+    server().url("postgres")
+}
+
+async fn store_in(schema: &str, keep: usize) -> PostgresStore {
+    let store = PostgresStore::builder(url())
+        .schema(schema)
+        .history_retention(keep, Duration::from_secs(3600))
+        .pool_size(4)
+        .connect()
+        .await
+        .expect("connect to the test PostgreSQL");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+async fn store(keep: usize) -> PostgresStore {
+    store_in(&test_schema("t"), keep).await
+}
+
+store_conformance!(|keep: usize| store(keep));
+
+mod users {
+    async fn store() -> session_trail::store::PostgresStore {
+        super::store(1000).await
+    }
+    crate::users_suite!(store);
+}
+
+mod hardening {
+    async fn store() -> session_trail::store::PostgresStore {
+        super::store(1000).await
+    }
+    crate::hardening_suite!(store);
+}
+
+mod rotation {
+    async fn store() -> session_trail::store::PostgresStore {
+        super::store(1000).await
+    }
+    crate::rotation_suite!(store);
+}
+
+fn chain(sid: &SessionId, key: &Key, from_seq: u64, prev: [u8; 16], n: usize) -> Vec<bytes::Bytes> {
+    use session_trail::history::Draft;
+    let mut out = Vec::new();
+    let mut prev = prev;
+    for i in 0..n {
+        let b = Draft::request("GET", "/", 200, i as u64, None).sign(
+            key,
+            sid,
+            from_seq + i as u64,
+            &prev,
+        );
+        prev = session_trail::store::tag_of(&b).unwrap();
+        out.push(b);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_settings_name_the_setting() {
+    for (builder, setting) in [
+        (PostgresStore::builder("redis://127.0.0.1/x"), "url"),
+        (PostgresStore::builder("postgres://[::1/x"), "url"),
+        (PostgresStore::builder(url()).schema("a-b"), "schema"),
+        (PostgresStore::builder(url()).schema("1a"), "schema"),
+        (PostgresStore::builder(url()).schema(""), "schema"),
+        (
+            PostgresStore::builder(url()).history_retention(0, Duration::from_secs(1)),
+            "history_retention",
+        ),
+        (PostgresStore::builder(url()).pool_size(0), "pool_size"),
+        (
+            PostgresStore::builder(url()).statement_timeout(Duration::ZERO),
+            "statement_timeout",
+        ),
+        (
+            PostgresStore::builder(url()).maintenance_interval(Some(Duration::ZERO)),
+            "maintenance_interval",
+        ),
+        (
+            PostgresStore::builder(url()).maintenance_batch(0),
+            "maintenance_batch",
+        ),
+    ] {
+        let err = builder.build().unwrap_err();
+        assert_eq!(err.setting(), setting, "{err}");
+    }
+    // The URL's password never appears in the error.
+    let err = PostgresStore::builder("postgres://u:hunter2@[::1/x")
+        .build()
+        .unwrap_err();
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[test]
+fn the_maintenance_task_needs_a_runtime_or_is_turned_off() {
+    let err = PostgresStore::builder(url()).build().unwrap_err();
+    assert_eq!(err.setting(), "maintenance_interval", "{err}");
+    PostgresStore::builder(url())
+        .maintenance_interval(None)
+        .build()
+        .expect("no task, no runtime needed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_unavailable_and_a_missing_database_misconfigured() {
+    let port = common::postgres::free_port();
+    let err = PostgresStore::builder(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{}", err.report());
+    let err = PostgresStore::connect(server().url("no_such_database_here"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Misconfigured, "{}", err.report());
+    assert!(
+        err.report().to_string().contains("no_such_database_here"),
+        "{}",
+        err.report()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_is_idempotent_versioned_and_touches_only_its_tables() {
+    let schema = test_schema("m");
+    let store = store_in(&schema, 10).await;
+    store.migrate().await.unwrap();
+    store.check_schema().await.unwrap();
+    let versions = server().psql(
+        "postgres",
+        &format!("SELECT string_agg(version::text, ',') FROM {schema}.session_trail_schema"),
+    );
+    assert_eq!(versions.trim(), SCHEMA_VERSION.to_string());
+    let tables = server().psql(
+        "postgres",
+        &format!(
+            "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables \
+             WHERE schemaname = '{schema}'"
+        ),
+    );
+    for t in tables.trim().split(',') {
+        assert!(t.starts_with("session_trail_"), "{t}");
+    }
+    let functions = server().psql(
+        "postgres",
+        &format!(
+            "SELECT string_agg(p.proname, ',') FROM pg_proc p JOIN pg_namespace n \
+             ON n.oid = p.pronamespace WHERE n.nspname = '{schema}'"
+        ),
+    );
+    for f in functions.trim().split(',') {
+        assert!(f.starts_with("session_trail_"), "{f}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_migrating_at_once_both_succeed() {
+    let schema = test_schema("race");
+    let a = PostgresStore::builder(url())
+        .schema(&schema)
+        .build()
+        .unwrap();
+    let b = PostgresStore::builder(url())
+        .schema(&schema)
+        .build()
+        .unwrap();
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    ra.unwrap();
+    rb.unwrap();
+    let versions = server().psql(
+        "postgres",
+        &format!("SELECT count(*) FROM {schema}.session_trail_schema"),
+    );
+    assert_eq!(versions.trim(), SCHEMA_VERSION.to_string());
+    // Both work on the same tables.
+    let r = common::conformance::record(Some("alice"));
+    a.create(&r).await.unwrap();
+    assert_eq!(b.load(&r.id).await.unwrap(), Some(r));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_problems_name_the_table() {
+    let schema = test_schema("bad");
+    let store = PostgresStore::builder(url())
+        .schema(&schema)
+        .build()
+        .unwrap();
+    // Never migrated: the check, and every operation, say so.
+    let err = store.check_schema().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Misconfigured);
+    assert!(err.to_string().contains("session_trail_schema"), "{err}");
+    assert!(err.to_string().contains("migrate"), "{err}");
+    let err = store.load(&SessionId::generate()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Misconfigured, "{}", err.report());
+    assert!(err.to_string().contains("session_trail_sessions"), "{err}");
+    assert!(err.to_string().contains("migrate"), "{err}");
+
+    store.migrate().await.unwrap();
+    server().psql(
+        "postgres",
+        &format!("ALTER TABLE {schema}.session_trail_history DROP COLUMN attrs"),
+    );
+    let err = store.check_schema().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Misconfigured);
+    assert!(err.to_string().contains("session_trail_history"), "{err}");
+    assert!(err.to_string().contains("attrs"), "{err}");
+
+    // A newer schema than this build knows is refused, not downgraded.
+    server().psql(
+        "postgres",
+        &format!("INSERT INTO {schema}.session_trail_schema (version) VALUES (999)"),
+    );
+    let err = store.migrate().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Misconfigured);
+    assert!(err.to_string().contains("999"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_session_store_is_unavailable_not_a_panic() {
+    let schema = test_schema("drop");
+    let store = store_in(&schema, 10).await;
+    server().psql(
+        "postgres",
+        &format!("DROP TABLE {schema}.session_trail_sessions CASCADE"),
+    );
+    let err = store.load(&SessionId::generate()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Misconfigured, "{}", err.report());
+    assert!(err.to_string().contains("session_trail_sessions"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_postgresql_cannot_store_are_invalid_input() {
+    let store = store(10).await;
+    let r = common::conformance::record(None);
+    store.create(&r).await.unwrap();
+    let update = Update {
+        token_hash: r.token_hash,
+        set: vec![("name".into(), serde_json::json!("a\u{0}b"))],
+        ..Update::default()
+    };
+    let err = store.update(&r.id, &update).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{}", err.report());
+    assert_eq!(err.status(), http::StatusCode::BAD_REQUEST);
+    // The record is unchanged and still usable.
+    assert_eq!(store.load(&r.id).await.unwrap(), Some(r.clone()));
+
+    // An event whose data holds U+0000 is stored: its bytes as they are,
+    // its decoded attributes with U+FFFD.
+    let key = Key::generate();
+    let sid = SessionId::generate();
+    let draft =
+        session_trail::history::Draft::event("odd", &serde_json::json!({"v": "x\u{0}y"})).unwrap();
+    let entry = draft.sign(&key, &sid, 1, &[0; 16]);
+    let out = store
+        .append(&[Append {
+            session: sid,
+            expected_head: None,
+            entries: vec![entry.clone()],
+            token: None,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![AppendOutcome::Appended]);
+    assert_eq!(store.read_all(&sid).await.unwrap(), vec![entry]);
+    let attrs = server().psql(
+        "postgres",
+        &format!(
+            "SELECT attrs->>'v' FROM {}.session_trail_history WHERE sid = {}",
+            store.schema(),
+            common::postgres::bytea(&sid)
+        ),
+    );
+    assert_eq!(attrs.trim(), "x\u{fffd}y");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_rows_carry_decoded_columns_beside_the_exact_bytes() {
+    let store = store(10).await;
+    let key = Key::generate();
+    let sid = SessionId::generate();
+    use session_trail::history::Draft;
+    let user = [7u8; 8];
+    let d1 = Draft::request("POST", "/cart/{id}", 201, 1500, Some(user));
+    let e1 = d1.sign(&key, &sid, 1, &[0; 16]);
+    let d2 = Draft::event("checkout", &serde_json::json!({"total": 42})).unwrap();
+    let e2 = d2.sign(&key, &sid, 2, &session_trail::store::tag_of(&e1).unwrap());
+    let out = store
+        .append(&[Append {
+            session: sid,
+            expected_head: None,
+            entries: vec![e1.clone(), e2.clone()],
+            token: None,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![AppendOutcome::Appended]);
+    let rows = server().psql(
+        "postgres",
+        &format!(
+            "SELECT seq, kind, name, coalesce(method, '-'), coalesce(status::text, '-'), \
+                    coalesce(user_pseudonym, '-'), attrs::text, \
+                    entry = {e1b} OR entry = {e2b}, \
+                    abs(extract(epoch from ts) * 1000 - {ts}) < 1000 \
+             FROM {s}.session_trail_history WHERE sid = {b} ORDER BY seq",
+            s = store.schema(),
+            b = common::postgres::bytea(&sid),
+            e1b = common::postgres::bytea_of(&e1),
+            e2b = common::postgres::bytea_of(&e2),
+            ts = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        ),
+    );
+    let lines: Vec<&str> = rows.trim().lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "1|request|/cart/{id}|POST|201|0707070707070707|{\"latency_us\": 1500}|t|t",
+            "2|event|checkout|-|-|-|{\"total\": 42}|t|t",
+        ],
+        "{rows}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_deletes_expired_and_trimmed_rows_in_batches() {
+    let schema = test_schema("maint");
+    let store = PostgresStore::builder(url())
+        .schema(&schema)
+        .history_retention(3, Duration::from_secs(3600))
+        .maintenance_interval(None)
+        .maintenance_batch(2)
+        .connect()
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let key = Key::generate();
+    // Five sessions with 5 entries each: 2 beyond keep apiece.
+    let mut sids = Vec::new();
+    for _ in 0..5 {
+        let sid = SessionId::generate();
+        let entries = chain(&sid, &key, 1, [0; 16], 5);
+        let out = store
+            .append(&[Append {
+                session: sid,
+                expected_head: None,
+                entries,
+                token: None,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(out, vec![AppendOutcome::Appended]);
+        sids.push(sid);
+    }
+    let count = |sql: String| {
+        server()
+            .psql("postgres", &sql)
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert_eq!(
+        count(format!(
+            "SELECT count(*) FROM {schema}.session_trail_history"
+        )),
+        25
+    );
+    // Only the newest 3 are read before maintenance ran.
+    assert_eq!(store.read_all(&sids[0]).await.unwrap().len(), 3);
+
+    // Expire two sessions' records and one history, and lapse a link.
+    let mut gone = common::conformance::record(None);
+    gone.idle_deadline = 1;
+    gone.absolute_deadline = 2;
+    store.create(&gone).await.unwrap();
+    let live = common::conformance::record(None);
+    store.create(&live).await.unwrap();
+    server().psql(
+        "postgres",
+        &format!(
+            "UPDATE {schema}.session_trail_history_heads SET expires_at = 1 WHERE sid = {}",
+            common::postgres::bytea(&sids[4])
+        ),
+    );
+    store.link_user("p", &sids[0], 1).await.unwrap();
+    server().psql(
+        "postgres",
+        &format!("UPDATE {schema}.session_trail_user_history SET until = 1"),
+    );
+
+    let report = store.run_maintenance().await.unwrap();
+    assert_eq!(report.sessions, 1, "{report:?}");
+    assert_eq!(report.histories, 1, "{report:?}");
+    assert_eq!(report.trimmed, 4, "{report:?}");
+    assert_eq!(report.links, 1, "{report:?}");
+    // 4 sessions × 3 kept entries; the expired history is gone.
+    assert_eq!(
+        count(format!(
+            "SELECT count(*) FROM {schema}.session_trail_history"
+        )),
+        12
+    );
+    assert!(store.load(&gone.id).await.unwrap().is_none());
+    assert!(store.load(&live.id).await.unwrap().is_some());
+    for sid in &sids[..4] {
+        let kept = store.read_all(sid).await.unwrap();
+        assert_eq!(kept.len(), 3);
+        let v = session_trail::history::verify(
+            &session_trail::KeyRing::new(key.clone()),
+            sid,
+            &kept,
+            session_trail::history::Options {
+                keep: 3,
+                window: false,
+            },
+        );
+        assert!(v.is_ok(), "{:?}", v.breaks);
+        assert_eq!(v.trimmed_before, Some(3));
+    }
+    // Nothing left to do.
+    let again = store.run_maintenance().await.unwrap();
+    assert_eq!(again, session_trail::store::MaintenanceReport::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_maintenance_task_runs_by_itself_and_survives_errors() {
+    let schema = test_schema("task");
+    let store = PostgresStore::builder(url())
+        .schema(&schema)
+        .maintenance_interval(Some(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    // Before migrate, every round fails; the task logs and goes on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store.migrate().await.unwrap();
+    let mut gone = common::conformance::record(None);
+    gone.idle_deadline = 1;
+    gone.absolute_deadline = 2;
+    store.create(&gone).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while store.load(&gone.id).await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task never evicted the record"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
