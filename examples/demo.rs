@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example demo        # then open http://127.0.0.1:3000
+//! DATABASE_URL=postgres://localhost/demo cargo run --release --example demo --features postgres
 //! ```
 //!
 //! Plain HTTP on `127.0.0.1`/`localhost` is enough for a browser: both are
@@ -14,6 +15,7 @@
 //! |---|---|
 //! | `DEMO_ADDR` | listen address, default `127.0.0.1:3000` |
 //! | `REDIS_URL` | the Redis store (`redis://…`; `redis-cluster://h:p,h:p` or a comma-separated list: Redis Cluster); unset: the memory store |
+//! | `DATABASE_URL` | `postgres://…`: sessions and history in PostgreSQL (needs `--features postgres`; the tables are created at start-up); with `REDIS_URL` too, sessions in Redis and history in PostgreSQL |
 //! | `SESSION_KEY` | hex master key, at least 32 bytes; unset: a random key (with a warning) |
 //! | `HISTORY_KEY` | checked, but history keys derive from `SESSION_KEY` (see `app::Settings::from_env`) |
 //! | `DEMO_INSECURE_COOKIE=1` | no `Secure` attribute |
@@ -39,8 +41,6 @@ mod app;
 use std::error::Error;
 use std::process::ExitCode;
 use std::time::Duration;
-
-use session_trail::store::{HistoryStore, MemoryStore, SessionStore};
 
 /// How long the history writer may take to write what is queued at exit.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -69,48 +69,20 @@ async fn run() -> Result<(), Box<dyn Error>> {
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
-    match settings.redis_url.clone() {
-        None => {
-            tracing::info!("store: memory (REDIS_URL is not set)");
-            serve(MemoryStore::new(), settings).await
-        }
-        Some(url) => serve_redis(&url, settings).await,
-    }
+    let layer = app::open(&settings).await?;
+    serve(layer, &settings.addr).await
 }
 
-#[cfg(feature = "redis")]
-async fn serve_redis(url: &str, settings: app::Settings) -> Result<(), Box<dyn Error>> {
-    // The URL may carry a password: name the store by its redacted Debug.
-    let store = session_trail::store::RedisStore::connect(url)
-        .await
-        .map_err(|e| format!("REDIS_URL: cannot use Redis: {e}"))?;
-    tracing::info!(?store, "store: Redis");
-    serve(store, settings).await
-}
-
-#[cfg(not(feature = "redis"))]
-async fn serve_redis(_url: &str, _settings: app::Settings) -> Result<(), Box<dyn Error>> {
-    Err(
-        "REDIS_URL is set, but this build has no Redis support: build with \
-         `--features redis`, or unset REDIS_URL to use the memory store"
-            .into(),
-    )
-}
-
-async fn serve<S>(store: S, settings: app::Settings) -> Result<(), Box<dyn Error>>
-where
-    S: SessionStore + HistoryStore + Clone,
-{
-    let layer = app::layer(store, settings.key, &settings.options)?;
+async fn serve(layer: session_trail::SessionLayer, addr: &str) -> Result<(), Box<dyn Error>> {
     let writer = layer
         .history_writer()
         .cloned()
         .ok_or("the demo records history")?;
     let router = app::router(&layer);
     drop(layer);
-    let listener = tokio::net::TcpListener::bind(&settings.addr)
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("DEMO_ADDR={}: {e}", settings.addr))?;
+        .map_err(|e| format!("DEMO_ADDR={addr}: {e}"))?;
     let addr = listener.local_addr()?;
     println!("session-trail demo listening on http://{addr}");
     app::serve(listener, router, shutdown_signal()).await?;

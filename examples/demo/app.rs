@@ -45,9 +45,10 @@ use axum::{Json, Router, middleware};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use session_trail::history::HistoryWriter;
-use session_trail::store::{HistoryStore, SessionStore};
+use session_trail::store::{HistoryStore, MemoryStore, SessionStore};
 use session_trail::{
     ConfigError, Csrf, Error, ErrorKind, Key, Session, SessionId, SessionInfo, SessionLayer,
+    SessionLayerBuilder,
 };
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -74,6 +75,9 @@ pub(crate) struct Settings {
     pub(crate) addr: String,
     /// `REDIS_URL`: the Redis store; unset: the memory store.
     pub(crate) redis_url: Option<String>,
+    /// `DATABASE_URL`: the SQL store (`postgres://…`); with `REDIS_URL`
+    /// too, it keeps the history and Redis the sessions.
+    pub(crate) database_url: Option<String>,
     /// The master key (`SESSION_KEY`, or a random one).
     pub(crate) key: Key,
     /// Warnings to log at start-up.
@@ -144,6 +148,7 @@ impl Settings {
         Ok(Self {
             addr: var("DEMO_ADDR").unwrap_or_else(|| "127.0.0.1:3000".to_owned()),
             redis_url: var("REDIS_URL"),
+            database_url: var("DATABASE_URL"),
             key,
             warnings,
             options,
@@ -194,6 +199,15 @@ pub(crate) fn layer<S>(store: S, key: Key, options: &Options) -> Result<SessionL
 where
     S: SessionStore + HistoryStore + Clone,
 {
+    builder(store, key, options).build()
+}
+
+/// The demo's layer settings over `store`, for a caller that adds a
+/// history store of its own before `build`.
+pub(crate) fn builder<S>(store: S, key: Key, options: &Options) -> SessionLayerBuilder
+where
+    S: SessionStore + HistoryStore + Clone,
+{
     // The demo serves plain HTTP itself (no TLS), so that is its scheme:
     // an `Origin` of https://the-same-host is another origin.
     let csrf = Csrf::new().scheme("http").strict(options.csrf_strict);
@@ -204,7 +218,105 @@ where
     if let Some(name) = &options.header {
         builder = builder.header(name);
     }
-    builder.build()
+    builder
+}
+
+/// The demo's layer over the store the settings name: memory (neither
+/// URL set), Redis (`REDIS_URL`), PostgreSQL (`DATABASE_URL`), or sessions
+/// in Redis and history in PostgreSQL (both). The database's tables are
+/// created here (idempotent).
+pub(crate) async fn open(settings: &Settings) -> Result<SessionLayer, String> {
+    let key = settings.key.clone();
+    let options = &settings.options;
+    let built = match (
+        settings.redis_url.as_deref(),
+        settings.database_url.as_deref(),
+    ) {
+        (None, None) => {
+            tracing::info!("store: memory (neither REDIS_URL nor DATABASE_URL is set)");
+            layer(MemoryStore::new(), key, options)
+        }
+        (Some(url), None) => {
+            let store = redis_store(url).await?;
+            tracing::info!(?store, "store: Redis");
+            layer(store, key, options)
+        }
+        (redis, Some(url)) => {
+            let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+            match scheme.as_deref() {
+                Some("postgres" | "postgresql") => {}
+                Some("sqlite") => {
+                    return Err(
+                        "DATABASE_URL=sqlite://…: this build of the demo has no SQLite \
+                                store; use a postgres:// URL, or unset DATABASE_URL"
+                            .into(),
+                    );
+                }
+                _ => {
+                    return Err(
+                        "DATABASE_URL must be a postgres://, postgresql:// or sqlite:// URL".into(),
+                    );
+                }
+            }
+            let database = postgres_store(url).await?;
+            match redis {
+                None => {
+                    tracing::info!(store = ?database, "store: PostgreSQL");
+                    layer(database, key, options)
+                }
+                Some(redis) => {
+                    let sessions = redis_store(redis).await?;
+                    tracing::info!(
+                        ?sessions,
+                        history = ?database,
+                        "store: sessions in Redis, history in PostgreSQL"
+                    );
+                    builder(sessions, key, options).history(database).build()
+                }
+            }
+        }
+    };
+    built.map_err(|e| e.to_string())
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres_store(url: &str) -> Result<session_trail::store::PostgresStore, String> {
+    // The URL may carry a password: errors and logs name the store by its
+    // redacted Debug, never the URL.
+    let store = session_trail::store::PostgresStore::connect(url)
+        .await
+        .map_err(|e| format!("DATABASE_URL: cannot use PostgreSQL: {}", e.report()))?;
+    // Idempotent, and safe when several demos start at once.
+    store
+        .migrate()
+        .await
+        .map_err(|e| format!("DATABASE_URL: cannot create the tables: {}", e.report()))?;
+    Ok(store)
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres_store(_url: &str) -> Result<MemoryStore, String> {
+    Err(
+        "DATABASE_URL is a PostgreSQL URL, but this build has no PostgreSQL support: run the \
+         demo with `--features postgres`, or unset DATABASE_URL"
+            .into(),
+    )
+}
+
+#[cfg(feature = "redis")]
+async fn redis_store(url: &str) -> Result<session_trail::store::RedisStore, String> {
+    session_trail::store::RedisStore::connect(url)
+        .await
+        .map_err(|e| format!("REDIS_URL: cannot use Redis: {e}"))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis_store(_url: &str) -> Result<MemoryStore, String> {
+    Err(
+        "REDIS_URL is set, but this build has no Redis support: build with \
+         `--features redis`, or unset REDIS_URL to use the memory store"
+            .into(),
+    )
 }
 
 /// The demo's routes around `layer`.

@@ -49,6 +49,7 @@ const TABLES: &[(&str, &[(&str, &str)])] = &[
         "session_trail_history",
         &[
             ("sid", "bytea"),
+            ("session", "text"),
             ("seq", "bigint"),
             ("ts", "timestamp with time zone"),
             ("kind", "text"),

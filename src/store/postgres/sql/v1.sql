@@ -40,9 +40,10 @@ CREATE INDEX session_trail_claims_until ON {schema}.session_trail_claims (until)
 
 -- History: one row per entry. `entry` is the exact signed entry (the
 -- evidence `verify` checks); the other columns are decoded from it for
--- queries.
+-- queries. `session` is the public session id as the API shows it (hex).
 CREATE TABLE IF NOT EXISTS {schema}.session_trail_history (
     sid            bytea       NOT NULL,
+    session        text        GENERATED ALWAYS AS (encode(sid, 'hex')) STORED,
     seq            bigint      NOT NULL,
     ts             timestamptz NOT NULL,
     kind           text        NOT NULL,
