@@ -52,7 +52,30 @@
 //! | `axum` | yes | `Session` and `Option<Session>` extractors; `IntoResponse` for [`Error`] |
 //! | `memory-store` | yes | [`store::MemoryStore`]: sessions and history in memory |
 //! | `redis` | yes | [`store::RedisStore`]: Redis and Redis Cluster; re-exports the `redis` crate |
+//! | `postgres` | no | `store::PostgresStore`: PostgreSQL; re-exports `tokio_postgres` and `deadpool_postgres` |
 //! | `tonic` | no | `From<Error> for tonic::Status` |
+//!
+//! # Stores
+//!
+//! Every store has the same semantics (the conformance suite runs on each):
+//! per-key updates checked against the token hash, creates that never
+//! overwrite, compare-and-append history with keep-*N* and a sliding TTL,
+//! user and history indexes for listing, revoking, export and erasure.
+//!
+//! | | memory | Redis | PostgreSQL |
+//! |---|---|---|---|
+//! | type | [`store::MemoryStore`] | [`store::RedisStore`] | `store::PostgresStore` |
+//! | feature | `memory-store` (default) | `redis` (default) | `postgres` |
+//! | set-up | none | a Redis 7 server or cluster | a database; `migrate()` creates the tables |
+//! | shared by several app servers | no | yes | yes |
+//! | survives a restart | no | with the append-only file | yes (committed before acknowledged) |
+//! | history appends per round trip | — | a batch (one script call per 64 sessions) | a batch (one function call) |
+//! | history queryable | no | no | SQL: one row per entry, decoded columns beside the signed bytes |
+//! | expiry | on access | Redis TTLs | a maintenance task, in bounded batches |
+//!
+//! Sessions and history can live apart: `SessionLayer::builder(redis,
+//! key).history(postgres)` keeps sessions in Redis and the history in
+//! PostgreSQL.
 //!
 //! # Security model
 //!
@@ -196,10 +219,11 @@
 //! | replaced-token grace window (and the rate limit of dead-credential `suspicious` entries: one per session per window, never under 10 s) | 10 seconds | [`SessionLayerBuilder::rotation_grace`] | the layer, the writer |
 //! | an expired record, kept to record why the session ended | 1 hour after its deadline | [`store::EXPIRED_RECORD_LINGER`] | the store |
 //! | an erasure marker (tells other app servers a history was erased, not lost) | the history TTL | — | the store |
-//! | history TTL (sliding: from the last entry) | 30 days | `history_retention` on [`store::MemoryStore`] and `store::RedisStoreBuilder` | the store |
+//! | history TTL (sliding: from the last entry) | 30 days | `history_retention` on [`store::MemoryStore`], `store::RedisStoreBuilder` and `store::PostgresStoreBuilder` | the store |
 //! | history entries kept per session (newest *N*) | 1,000 | the same | the store |
 //! | a user's history index (for export and erase) | the history TTL after the user's latest session can end | — | the store |
 //! | a record in the Redis store's local cache (off by default) | until Redis reports a change, at most 5 s | `local_cache` on `store::RedisStoreBuilder` | the store |
+//! | PostgreSQL rows past their deadline, TTL or keep-*N* (never read) | until the next maintenance round, every 60 s | `maintenance_interval` on `store::PostgresStoreBuilder` | the store's maintenance task |
 //!
 //! The memory store evicts expired sessions and histories as Redis would,
 //! so memory never grows without bound. A record's store TTL follows the
@@ -215,11 +239,12 @@
 //! | kind | means | retry? | answered as |
 //! |---|---|---|---|
 //! | `Unavailable` | the store is down, slow or failed | yes, with backoff | `503` + `Retry-After` / `UNAVAILABLE` |
-//! | `Misconfigured` | the store refused this client (wrong password, missing ACL permission, no such database) | no: fix the configuration | `500` / `INTERNAL` |
+//! | `Misconfigured` | the store refused this client (wrong password, missing ACL permission, no such database), or PostgreSQL's tables are missing or differ (the message names the table) | no: fix the configuration, or run `migrate()` | `500` / `INTERNAL` |
 //! | `Timeout`, `Closed` | a deadline passed; the writer shut down | yes | `503` / `DEADLINE_EXCEEDED`, `UNAVAILABLE` |
 //! | `InvalidInput`, `Serialization` | the application's input was refused | no | `400` / `INVALID_ARGUMENT` |
 //! | `NotFound`, `Unauthenticated`, `Refused` | as named | no | `404`, `401`, `409` |
 //! | `Corrupt` | stored data does not decode | no | `500` / `INTERNAL` |
+//! | `Conflict` | a new session's id is taken (a collision; nothing was overwritten) | yes | `500` / `INTERNAL` |
 //!
 //! Its [`Display`](std::fmt::Display) describes its own level (`session
 //! store unavailable: loading the session`) and its cause is its
@@ -267,6 +292,7 @@
 //! | `session_trail::anonymous` | `INFO` | an event of a visitor without a session ([`Session::record_if_session`]) |
 //! | `session_trail::session` | `WARN`, `DEBUG` | a session's history could not be indexed under its user; concurrent changes not applied |
 //! | `session_trail::store::redis::*` | `WARN`, `DEBUG` | the local cache's tracking connection |
+//! | `session_trail::store::postgres` | `WARN`, `INFO`, `DEBUG` | a maintenance round failed (it retries with backoff); a schema version applied; what a round deleted |
 //!
 //! # Where the layer goes
 //!
