@@ -395,34 +395,80 @@ pub fn bytea_of(bytes: &[u8]) -> String {
     format!("'\\x{hex}'::bytea")
 }
 
+/// An initdb'd data directory to copy clusters from, made once per
+/// machine (per server version and user) under the temporary directory:
+/// made beside its final name, then renamed there, so a reader never sees
+/// half of one, and racing test processes each make one and keep the first.
+fn template() -> PathBuf {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| {
+            let b = bins();
+            let version = std::fs::canonicalize(&b.initdb)
+                .unwrap_or_else(|_| b.initdb.clone())
+                .display()
+                .to_string()
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+            let uid = run_as().map_or(0, |(u, _)| u);
+            let path =
+                std::env::temp_dir().join(format!("session-trail-pg-template-{version}-{uid}-v1"));
+            if path.join("PG_VERSION").exists() {
+                return path;
+            }
+            let scratch = temp_dir();
+            let data = scratch.join("data");
+            let mut initdb = server_user_command(&b.initdb, &scratch);
+            initdb.arg("-D").arg(&data).args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]);
+            if b.no_instructions {
+                initdb.arg("--no-instructions");
+            }
+            let out = initdb
+                .output()
+                .unwrap_or_else(|e| panic!("run initdb: {e}. {INSTALL_HINT}"));
+            if !out.status.success() {
+                let _ = std::fs::remove_dir_all(&scratch);
+                panic!(
+                    "initdb failed ({}):\n{}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            // Another process may have won the race: keep its template.
+            if std::fs::rename(&data, &path).is_err() && !path.join("PG_VERSION").exists() {
+                panic!("cannot keep the template cluster at {}", path.display());
+            }
+            let _ = std::fs::remove_dir_all(&scratch);
+            path
+        })
+        .clone()
+}
+
 impl PgServer {
     /// A fresh cluster, running and ready.
     pub fn start() -> Self {
-        let b = bins();
         let dir = temp_dir();
         let data = dir.join("data");
-        let mut initdb = server_user_command(&b.initdb, &dir);
-        initdb.arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ]);
-        if b.no_instructions {
-            initdb.arg("--no-instructions");
-        }
-        let out = initdb
+        // A copy of one initdb'd cluster: initdb costs most of a start, and
+        // a test binary run by nextest starts one cluster per test.
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(template())
+            .arg(&data)
             .output()
-            .unwrap_or_else(|e| panic!("run initdb: {e}. {INSTALL_HINT}"));
+            .expect("run cp");
         if !out.status.success() {
             let _ = std::fs::remove_dir_all(&dir);
             panic!(
-                "initdb failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
+                "copying the template cluster failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
