@@ -468,3 +468,198 @@ async fn the_maintenance_task_runs_by_itself_and_survives_errors() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An erase that races a session's first append leaves no row behind: the
+/// rows the store no longer answers are gone from the table too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erase_racing_a_first_append_leaves_no_rows() {
+    let store = store(1000).await;
+    let key = Key::generate();
+    for _ in 0..60 {
+        let sid = SessionId::generate();
+        let entries = chain(&sid, &key, 1, [0; 16], 3);
+        let (a, b) = (store.clone(), store.clone());
+        let append = tokio::spawn(async move {
+            a.append(&[Append {
+                session: sid,
+                expected_head: None,
+                entries,
+                token: None,
+            }])
+            .await
+        });
+        let erase = tokio::spawn(async move { HistoryStore::delete(&b, &sid).await });
+        append.await.unwrap().unwrap();
+        erase.await.unwrap().unwrap();
+        let readable = store.read_all(&sid).await.unwrap().len();
+        let rows: usize = server()
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM {}.session_trail_history WHERE sid = {}",
+                    store.schema(),
+                    common::postgres::bytea(&sid)
+                ),
+            )
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(rows, readable, "rows the store does not answer are left");
+    }
+}
+
+/// Two servers appending the first entries of the same new sessions, in
+/// opposite orders: no call fails (no deadlock, no key clash), and each
+/// session gets exactly one of the two chains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_appends_in_opposite_orders_never_fail() {
+    let schema = test_schema("race_new");
+    let a = store_in(&schema, 1000).await;
+    let b = store_in(&schema, 1000).await;
+    let key = Key::generate();
+    for _ in 0..10 {
+        let sids: Vec<SessionId> = (0..100).map(|_| SessionId::generate()).collect();
+        let batch = |sids: &[SessionId]| -> Vec<Append> {
+            sids.iter()
+                .map(|sid| Append {
+                    session: *sid,
+                    expected_head: None,
+                    entries: chain(sid, &key, 1, [0; 16], 2),
+                    token: None,
+                })
+                .collect()
+        };
+        let forward = batch(&sids);
+        let mut reversed = batch(&sids);
+        reversed.reverse();
+        let (ra, rb) = tokio::join!(a.append(&forward), b.append(&reversed));
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        for (i, sid) in sids.iter().enumerate() {
+            let (x, y) = (&ra[i], &rb[sids.len() - 1 - i]);
+            let appended = [x, y]
+                .iter()
+                .filter(|o| ***o == AppendOutcome::Appended)
+                .count();
+            assert_eq!(appended, 1, "{sid}: {x:?} {y:?}");
+            assert_eq!(store_len(&a, sid).await, 2);
+        }
+    }
+}
+
+async fn store_len(store: &PostgresStore, sid: &SessionId) -> usize {
+    store.read_all(sid).await.unwrap().len()
+}
+
+/// A statement that times out is cancelled and its connection closed: the
+/// pool's next caller is not stuck behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_statement_does_not_block_the_pool() {
+    let schema = test_schema("slow");
+    let store = PostgresStore::builder(url())
+        .schema(&schema)
+        .pool_size(1)
+        .statement_timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let r = common::conformance::record(None);
+    store.create(&r).await.unwrap();
+    // Another client holds the history table for two seconds.
+    let locker = std::thread::spawn({
+        let schema = schema.clone();
+        move || {
+            server().psql(
+                "postgres",
+                &format!(
+                    "BEGIN; LOCK TABLE {schema}.session_trail_history_heads IN ACCESS EXCLUSIVE \
+                     MODE; SELECT pg_sleep(2); COMMIT;"
+                ),
+            )
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server()
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND granted \
+             AND locktype = 'relation'",
+        )
+        .trim()
+        == "0"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock was never taken"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let err = store.read_all(&SessionId::generate()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{}", err.report());
+    // The session table is not locked: a load answers at once, on a new
+    // connection, while the lock is still held.
+    assert_eq!(store.load(&r.id).await.unwrap(), Some(r));
+    assert!(
+        !locker.is_finished(),
+        "the lock was released too early to tell"
+    );
+    // And the cancelled statement is not left waiting on the server.
+    let waiting = server().psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%session_trail_history_heads h%' \
+         AND state = 'active' AND pid <> pg_backend_pid()",
+    );
+    assert_eq!(waiting.trim(), "0");
+    locker.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_retention_settings_keep_everything() {
+    let store = PostgresStore::builder(url())
+        .schema(test_schema("keepall"))
+        .history_retention(usize::MAX, Duration::MAX)
+        .maintenance_interval(None)
+        .connect()
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let key = Key::generate();
+    let sid = SessionId::generate();
+    let entries = chain(&sid, &key, 1, [0; 16], 3);
+    let out = store
+        .append(&[Append {
+            session: sid,
+            expected_head: None,
+            entries: entries.clone(),
+            token: None,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![AppendOutcome::Appended]);
+    assert_eq!(store.read_all(&sid).await.unwrap(), entries);
+    store.run_maintenance().await.unwrap();
+    assert_eq!(store.read_all(&sid).await.unwrap(), entries);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_that_only_looks_like_a_nul_escape_is_stored() {
+    let store = store(10).await;
+    let mut r = common::conformance::record(None);
+    r.data
+        .insert("path".into(), serde_json::json!("C:\\u0000 is not a NUL"));
+    store.create(&r).await.unwrap();
+    assert_eq!(store.load(&r.id).await.unwrap(), Some(r));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_column_is_reported_with_its_table() {
+    let schema = test_schema("col");
+    let store = store_in(&schema, 10).await;
+    server().psql(
+        "postgres",
+        &format!("ALTER TABLE {schema}.session_trail_sessions DROP COLUMN network"),
+    );
+    let err = store.load(&SessionId::generate()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Misconfigured, "{}", err.report());
+    assert!(err.to_string().contains("session_trail_sessions"), "{err}");
+}

@@ -30,6 +30,13 @@ pub(crate) struct EntryRow<'a> {
 /// `verify` checks, are stored as they are.
 pub(crate) fn entry_row(bytes: &[u8]) -> Result<EntryRow<'_>, &'static str> {
     let c = columns(bytes).map_err(|_| "an entry is malformed")?;
+    // The entry's own time, within the years SQL timestamps hold (0001 to
+    // 9999); the bytes keep the exact value.
+    const LATEST: i64 = 253_402_300_799_999;
+    let ts = c.ts.clamp(0, LATEST);
+    // A request's attributes are this crate's own (its latency); an
+    // event's or a lifecycle entry's are checked once more, strictly.
+    let own_attrs = c.kind == crate::history::EntryKind::Request;
     let seq = i64::try_from(c.seq).map_err(|_| "an entry's seq is out of range")?;
     let status = match c.status {
         Some(s) => Some(i16::try_from(s).map_err(|_| "an entry's status is out of range")?),
@@ -37,21 +44,37 @@ pub(crate) fn entry_row(bytes: &[u8]) -> Result<EntryRow<'_>, &'static str> {
     };
     Ok(EntryRow {
         seq,
-        ts: c.ts,
+        ts,
         kind: c.kind.as_str(),
         name: c.name.map(text_column),
         method: c.method.map(text_column),
         status,
         user: c.user.map(|u| text_column(&u).into_owned()),
-        attrs: c.attrs.map(|a| match a {
-            Cow::Borrowed(a) if a.contains("\\u0000") => {
+        attrs: c.attrs.filter(|a| own_attrs || storable_json(a)).map(|a| {
+            if a.contains("\\u0000") {
                 Cow::Owned(a.replace("\\u0000", "\\ufffd"))
+            } else {
+                a
             }
-            Cow::Owned(a) if a.contains("\\u0000") => Cow::Owned(a.replace("\\u0000", "\\ufffd")),
-            a => a,
         }),
         bytes,
     })
+}
+
+/// Whether JSON text the entry decoder accepted is also accepted by SQL
+/// JSON types: no unpaired surrogate escape, no number beyond a double
+/// (PostgreSQL's `jsonb` refuses both). Attributes that are not are left
+/// out of the decoded column (NULL); the entry itself is stored as it is.
+fn storable_json(text: &str) -> bool {
+    fn numbers_fit(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Number(n) => n.as_f64().is_some_and(f64::is_finite),
+            serde_json::Value::Array(a) => a.iter().all(numbers_fit),
+            serde_json::Value::Object(o) => o.values().all(numbers_fit),
+            _ => true,
+        }
+    }
+    serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| numbers_fit(&v))
 }
 
 /// `s`, with any NUL replaced by U+FFFD.

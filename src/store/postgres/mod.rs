@@ -34,6 +34,8 @@ pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The default time opening a connection (or waiting for a free one in the
 /// pool) may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one maintenance statement may take (a batch of deletions).
+const MAINTENANCE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The default time between two rounds of maintenance.
 pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 /// The default most rows (or sessions' histories) one maintenance
@@ -328,46 +330,48 @@ impl PostgresStore {
     /// When a statement fails; what was deleted before stays deleted.
     pub async fn run_maintenance(&self) -> Result<MaintenanceReport, Error> {
         let mut report = MaintenanceReport::default();
-        let batch = self.inner.maintenance_batch as i64;
-        let keep = self.inner.keep as i64;
+        let batch = i64::try_from(self.inner.maintenance_batch).unwrap_or(i64::MAX);
+        let batch_i32 = i32::try_from(self.inner.maintenance_batch).unwrap_or(i32::MAX);
+        let keep = self.keep_i64();
         loop {
             let now = now_ms();
             let linger_cut = now.saturating_sub(EXPIRED_RECORD_LINGER.as_millis() as i64);
+            let sql = &self.inner.sql;
+            let t = MAINTENANCE_STATEMENT_TIMEOUT.max(self.inner.statement_timeout);
             let sessions = self
-                .execute(
-                    &self.inner.sql.expire_sessions,
+                .run_execute(
+                    &sql.expire_sessions,
                     "evict sessions",
                     &[&linger_cut, &batch],
+                    t,
                 )
                 .await?;
             let claims = self
-                .execute(
-                    &self.inner.sql.expire_claims,
-                    "drop lapsed claims",
-                    &[&now, &batch],
-                )
+                .run_execute(&sql.expire_claims, "drop lapsed claims", &[&now, &batch], t)
                 .await?;
             let links = self
-                .execute(
-                    &self.inner.sql.expire_links,
-                    "drop lapsed links",
-                    &[&now, &batch],
-                )
+                .run_execute(&sql.expire_links, "drop lapsed links", &[&now, &batch], t)
                 .await?;
-            let histories = self
-                .scalar(
-                    &self.inner.sql.expire_history,
+            let count = |rows: Vec<Row>, what| {
+                rows.first()
+                    .and_then(|r| r.try_get::<_, Option<i64>>(0).ok().flatten())
+                    .ok_or_else(|| corrupt(what, "no answer"))
+            };
+            let histories = count(
+                self.run(
+                    &sql.expire_history,
                     "expire histories",
-                    &[&now, &(batch as i32)],
+                    &[&now, &batch_i32],
+                    t,
                 )
-                .await?;
-            let trimmed = self
-                .scalar(
-                    &self.inner.sql.trim_history,
-                    "trim histories",
-                    &[&keep, &(batch as i32)],
-                )
-                .await?;
+                .await?,
+                "expire histories",
+            )?;
+            let trimmed = count(
+                self.run(&sql.trim_history, "trim histories", &[&keep, &batch_i32], t)
+                    .await?,
+                "trim histories",
+            )?;
             report.sessions += sessions;
             report.claims += claims;
             report.links += links;
@@ -389,22 +393,8 @@ impl PostgresStore {
         what: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        let i = &self.inner;
-        let client = i.pool.get().await.map_err(|e| self.pool_error(e, what))?;
-        let run = async {
-            let stmt = client.prepare_cached(sql).await?;
-            client.query(&stmt, params).await
-        };
-        match tokio::time::timeout(i.statement_timeout, run).await {
-            Ok(result) => result.map_err(|e| self.pg_error(e, what)),
-            Err(_) => Err(Error::new(
-                ErrorKind::Unavailable,
-                format!(
-                    "PostgreSQL at {}: {what}: no answer within {:?}",
-                    i.target, i.statement_timeout
-                ),
-            )),
-        }
+        self.run(sql, what, params, self.inner.statement_timeout)
+            .await
     }
 
     async fn execute(
@@ -413,22 +403,73 @@ impl PostgresStore {
         what: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
-        let i = &self.inner;
-        let client = i.pool.get().await.map_err(|e| self.pool_error(e, what))?;
+        self.run_execute(sql, what, params, self.inner.statement_timeout)
+            .await
+    }
+
+    /// Runs one statement on a pooled connection within `timeout`. A
+    /// statement that times out is cancelled on the server (a cancel
+    /// request, best effort) and its connection is closed instead of going
+    /// back to the pool, where the next caller would queue behind it.
+    async fn run(
+        &self,
+        sql: &str,
+        what: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+        timeout: Duration,
+    ) -> Result<Vec<Row>, Error> {
+        let client = self.client(what).await?;
+        let run = async {
+            let stmt = client.prepare_cached(sql).await?;
+            client.query(&stmt, params).await
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(result) => result.map_err(|e| self.pg_error(e, what)),
+            Err(_) => Err(self.timed_out(client, what, timeout)),
+        }
+    }
+
+    /// [`run`](Self::run) for a statement answering a row count.
+    async fn run_execute(
+        &self,
+        sql: &str,
+        what: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+        timeout: Duration,
+    ) -> Result<u64, Error> {
+        let client = self.client(what).await?;
         let run = async {
             let stmt = client.prepare_cached(sql).await?;
             client.execute(&stmt, params).await
         };
-        match tokio::time::timeout(i.statement_timeout, run).await {
+        match tokio::time::timeout(timeout, run).await {
             Ok(result) => result.map_err(|e| self.pg_error(e, what)),
-            Err(_) => Err(Error::new(
-                ErrorKind::Unavailable,
-                format!(
-                    "PostgreSQL at {}: {what}: no answer within {:?}",
-                    i.target, i.statement_timeout
-                ),
-            )),
+            Err(_) => Err(self.timed_out(client, what, timeout)),
         }
+    }
+
+    async fn client(&self, what: &str) -> Result<deadpool_postgres::Object, Error> {
+        self.inner
+            .pool
+            .get()
+            .await
+            .map_err(|e| self.pool_error(e, what))
+    }
+
+    fn timed_out(&self, client: deadpool_postgres::Object, what: &str, timeout: Duration) -> Error {
+        let cancel = client.cancel_token();
+        // Out of the pool: dropped, the connection closes.
+        drop(deadpool_postgres::Object::take(client));
+        tokio::spawn(async move {
+            let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+        });
+        Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "PostgreSQL at {}: {what}: no answer within {timeout:?} (cancelled)",
+                self.inner.target
+            ),
+        )
     }
 
     /// A statement answering one `bigint`.
@@ -465,20 +506,24 @@ impl PostgresStore {
             return Error::unavailable(e).context(format!("PostgreSQL at {target}: {what}"));
         };
         let code = db.code().code();
+        let schema_problem = matches!(code, "42P01" | "42703" | "42883" | "3F000");
         let kind = match code {
-            "23505" => ErrorKind::Conflict,
+            // Only a create inserts where a key can clash: an id collision.
+            "23505" if what == CREATE => ErrorKind::Conflict,
             // A missing table, column or function: the schema.
-            "42P01" | "42703" | "42883" | "3F000" => ErrorKind::Misconfigured,
+            _ if schema_problem => ErrorKind::Misconfigured,
             // Credentials, permissions, a missing database.
             c if c.starts_with("28") || c == "42501" || c == "3D000" => ErrorKind::Misconfigured,
-            // Input that PostgreSQL cannot store (U+0000 in text or jsonb).
-            "22P05" | "22021" | "54000" => ErrorKind::InvalidInput,
+            // Data PostgreSQL cannot store (class 22, data exceptions).
+            c if c.starts_with("22") || c == "54000" => ErrorKind::InvalidInput,
             _ => ErrorKind::Unavailable,
         };
-        let hint = if matches!(code, "42P01" | "42703" | "42883" | "3F000") {
+        let hint = if schema_problem {
             format!(
-                " (is the schema {:?} created? run PostgresStore::migrate)",
-                self.inner.schema
+                "; the tables of schema {:?} differ from what this build needs ({}): run \
+                 PostgresStore::migrate, or check_schema for what is wrong",
+                self.inner.schema,
+                table_of(what)
             )
         } else {
             String::new()
@@ -490,6 +535,22 @@ impl PostgresStore {
                 db.message()
             ),
         )
+    }
+}
+
+/// The operation name of a create, for telling its key clash apart.
+const CREATE: &str = "create a session";
+
+/// The table an operation is mainly about, for schema error messages.
+fn table_of(what: &str) -> &'static str {
+    if what.contains("claim") {
+        "session_trail_claims"
+    } else if what.contains("link") || what.contains("user's history") {
+        "session_trail_user_history"
+    } else if what.contains("histor") {
+        "session_trail_history"
+    } else {
+        "session_trail_sessions"
     }
 }
 
@@ -816,19 +877,35 @@ fn record_of(row: &Row) -> Result<Record, Error> {
 /// PostgreSQL's text and `jsonb` cannot hold U+0000: refused with a clear
 /// error instead of a database error (the layer answers 400 for it, not
 /// 503).
-fn storable(what: &str, text: &str, json: bool) -> Result<(), Error> {
-    let nul = if json {
-        text.contains("\\u0000")
-    } else {
-        text.contains('\0')
-    };
-    if nul {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!("{what} contains U+0000, which PostgreSQL cannot store"),
-        ));
+fn storable(what: &str, text: &str) -> Result<(), Error> {
+    if text.contains('\0') {
+        return Err(nul(what));
     }
     Ok(())
+}
+
+fn storable_value(what: &str, value: &serde_json::Value) -> Result<(), Error> {
+    use serde_json::Value;
+    let ok = match value {
+        Value::String(s) => !s.contains('\0'),
+        Value::Array(a) => return a.iter().try_for_each(|v| storable_value(what, v)),
+        Value::Object(o) => {
+            for (k, v) in o {
+                storable(what, k)?;
+                storable_value(what, v)?;
+            }
+            true
+        }
+        _ => true,
+    };
+    if ok { Ok(()) } else { Err(nul(what)) }
+}
+
+fn nul(what: &str) -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        format!("{what} contains U+0000, which PostgreSQL cannot store"),
+    )
 }
 
 fn storable_record(record: &Record) -> Result<String, Error> {
@@ -839,12 +916,14 @@ fn storable_record(record: &Record) -> Result<String, Error> {
         ("the network", &record.network),
     ] {
         if let Some(v) = v {
-            storable(what, v, false)?;
+            storable(what, v)?;
         }
     }
-    let data = serde_json::to_string(&record.data)?;
-    storable("the session data", &data, true)?;
-    Ok(data)
+    for (k, v) in &record.data {
+        storable("the session data", k)?;
+        storable_value("the session data", v)?;
+    }
+    Ok(serde_json::to_string(&record.data)?)
 }
 
 impl PostgresStore {
@@ -884,7 +963,7 @@ impl PostgresStore {
             }
             None => sql = &self.inner.sql.create,
         }
-        self.execute(sql, "create a session", &params)
+        self.execute(sql, CREATE, &params)
             .await
             .map(drop)
             .map_err(|e| {
@@ -901,7 +980,11 @@ impl PostgresStore {
     fn link_until(&self, session_ends: i64) -> i64 {
         session_ends
             .max(now_ms())
-            .saturating_add(self.inner.ttl.as_millis() as i64)
+            .saturating_add(self.history_ttl_ms())
+    }
+
+    fn keep_i64(&self) -> i64 {
+        i64::try_from(self.inner.keep).unwrap_or(i64::MAX)
     }
 
     fn history_ttl_ms(&self) -> i64 {
@@ -954,14 +1037,14 @@ impl PostgresStore {
         }
         let s_last: Vec<&[u8]> = s_last.iter().map(<[u8; 16]>::as_slice).collect();
         let now = now_ms();
-        let ttl = self.history_ttl_ms();
+        let expires = now.saturating_add(self.history_ttl_ms());
         let rows = self
             .query(
                 &self.inner.sql.append,
                 "append history",
                 &[
                     &now,
-                    &ttl,
+                    &expires,
                     &s_sid,
                     &s_expected,
                     &s_token,
@@ -1052,8 +1135,11 @@ impl SessionStore for PostgresStore {
         let sid = id.as_bytes().as_slice();
         let token = update.token_hash.as_bytes().as_slice();
         let set: serde_json::Map<String, serde_json::Value> = update.set.iter().cloned().collect();
+        for (k, v) in &set {
+            storable("the session data", k)?;
+            storable_value("the session data", v)?;
+        }
         let set = serde_json::to_string(&set)?;
-        storable("the session data", &set, true)?;
         for (what, v) in [
             ("the user", &update.user),
             ("the privilege", &update.privilege),
@@ -1061,7 +1147,7 @@ impl SessionStore for PostgresStore {
             ("the network", &update.network),
         ] {
             if let Some(Some(v)) = v {
-                storable(what, v, false)?;
+                storable(what, v)?;
             }
         }
         let flat = |v: &Option<Option<String>>| v.clone().flatten();
@@ -1139,7 +1225,7 @@ impl SessionStore for PostgresStore {
         max: usize,
         policy: crate::SessionLimit,
     ) -> Result<Claim, Error> {
-        storable("the user", user, false)?;
+        storable("the user", user)?;
         let now = now_ms();
         let until = absolute_deadline.min(now.saturating_add(60_000));
         let sid = session.as_bytes().as_slice();
@@ -1225,7 +1311,7 @@ impl HistoryStore for PostgresStore {
     async fn read_newest(&self, session: &SessionId, n: usize) -> Result<Vec<Bytes>, Error> {
         let sid = session.as_bytes().as_slice();
         let now = now_ms();
-        let keep = self.inner.keep as i64;
+        let keep = self.keep_i64();
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         let rows = self
             .query(
@@ -1253,7 +1339,7 @@ impl HistoryStore for PostgresStore {
     async fn delete(&self, session: &SessionId) -> Result<u64, Error> {
         let sid = session.as_bytes().as_slice();
         let now = now_ms();
-        let keep = self.inner.keep as i64;
+        let keep = self.keep_i64();
         let until = now.saturating_add(self.history_ttl_ms());
         let n = self
             .scalar(

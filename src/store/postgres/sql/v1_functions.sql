@@ -9,8 +9,9 @@
 -- Per session i (arrays indexed from 1): s_sid; s_expected, the head the
 -- entries were chained to (NULL: an empty list); s_token, the token hash
 -- the session's live record must hold (NULL: none); s_last, the batch's
--- last tag; s_first_seq and s_last_seq, its first and last entries' seq. Per entry: e_i, the
--- session's index, then the history row's columns.
+-- last tag; s_first_seq and s_last_seq, its first and last entries' seq.
+-- Per entry: e_i, the session's index, then the history row's columns.
+-- p_expires: when the lists appended to expire (now plus the TTL).
 --
 -- Answers one row per session: outcome 1 appended, 2 already applied
 -- (the head is the batch's last tag), 0 conflict, 4 conflict after an
@@ -19,11 +20,16 @@
 -- head names an entry that is missing or shorter than a tag, or the
 -- batch's first seq does not follow the head's).
 --
--- Locks: the heads rows FOR UPDATE, then the records FOR SHARE, each in
--- sid order, so concurrent calls never deadlock and no rotation slips
--- between the token check and the append.
+-- Every decision is made under row locks: first every session gets a
+-- heads row (an empty list where it had none; inserted in sid order, so
+-- two calls creating the same lists wait for each other instead of
+-- deadlocking), then the heads rows are locked FOR UPDATE and the records
+-- FOR SHARE, each in sid order, so concurrent calls never deadlock, never
+-- both append after one head, and no rotation slips between the token
+-- check and the append. Each statement reads a fresh snapshot (READ
+-- COMMITTED), taken after the locks before it are held.
 CREATE FUNCTION {schema}.session_trail_append(
-    p_now bigint, p_ttl bigint,
+    p_now bigint, p_expires bigint,
     s_sid bytea[], s_expected bytea[], s_token bytea[], s_last bytea[], s_first_seq bigint[], s_last_seq bigint[],
     e_i int[], e_seq bigint[], e_ts bigint[], e_kind text[], e_name text[], e_method text[],
     e_status smallint[], e_user text[], e_attrs text[], e_entry bytea[])
@@ -32,8 +38,10 @@ LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
     won int[];
-    done int[];
 BEGIN
+    INSERT INTO {schema}.session_trail_history_heads (sid, head, last_seq, low_seq, expires_at)
+    SELECT t.sid, NULL, 0, 1, 0 FROM unnest(s_sid) AS t(sid) ORDER BY t.sid
+    ON CONFLICT (sid) DO NOTHING;
     PERFORM 1 FROM {schema}.session_trail_history_heads h
         WHERE h.sid = ANY(s_sid) ORDER BY h.sid FOR UPDATE;
     PERFORM 1 FROM {schema}.session_trail_sessions s
@@ -47,7 +55,7 @@ BEGIN
     SELECT coalesce(array_agg(t.n::int), '{}') INTO won
     FROM unnest(s_sid, s_expected, s_token, s_first_seq) WITH ORDINALITY
         AS t(sid, expected, token, first_seq, n)
-    LEFT JOIN {schema}.session_trail_history_heads h ON h.sid = t.sid
+    JOIN {schema}.session_trail_history_heads h ON h.sid = t.sid
     LEFT JOIN {schema}.session_trail_sessions s ON s.sid = t.sid
     WHERE (t.token IS NULL OR (s.token_hash = t.token AND s.expires_at > p_now))
       AND (CASE WHEN h.expires_at > p_now THEN h.head END) IS NOT DISTINCT FROM t.expected
@@ -60,30 +68,14 @@ BEGIN
       AND (h.head IS NULL OR h.expires_at <= p_now)
       AND x.sid = h.sid;
 
-    WITH w AS (SELECT s_sid[n] AS sid, s_last[n] AS last, s_last_seq[n] AS last_seq, n FROM unnest(won) AS n),
-    moved AS (
-        UPDATE {schema}.session_trail_history_heads h
-        SET head = w.last,
-            last_seq = w.last_seq,
-            low_seq = CASE WHEN h.head IS NULL OR h.expires_at <= p_now THEN 1 ELSE h.low_seq END,
-            expires_at = p_now + p_ttl
-        FROM w WHERE h.sid = w.sid
-        RETURNING w.n
-    )
-    SELECT coalesce(array_agg(moved.n), '{}') INTO done FROM moved;
-
-    -- New lists; one that another call created meanwhile is a conflict.
-    WITH w AS (SELECT s_sid[n] AS sid, s_last[n] AS last, s_last_seq[n] AS last_seq, n FROM unnest(won) AS n
-               WHERE NOT n = ANY(done)),
-    created AS (
-        INSERT INTO {schema}.session_trail_history_heads (sid, head, last_seq, low_seq, expires_at)
-        SELECT w.sid, w.last, w.last_seq, 1, p_now + p_ttl
-        FROM w
-        ON CONFLICT (sid) DO NOTHING
-        RETURNING sid
-    )
-    SELECT done || coalesce(array_agg(w.n), '{}') INTO done
-    FROM w JOIN created c ON c.sid = w.sid;
+    UPDATE {schema}.session_trail_history_heads h
+    SET head = w.last,
+        last_seq = w.last_seq,
+        low_seq = CASE WHEN h.head IS NULL OR h.expires_at <= p_now THEN 1 ELSE h.low_seq END,
+        expires_at = p_expires
+    FROM (SELECT s_sid[n] AS sid, s_last[n] AS last, s_last_seq[n] AS last_seq
+          FROM unnest(won) AS n) AS w
+    WHERE h.sid = w.sid;
 
     -- The rows. No (sid, seq) can clash: a list's rows are written only
     -- with its head, under its lock; a restarted list's old rows are gone;
@@ -94,12 +86,12 @@ BEGIN
            e.status, e.usr, e.attrs::jsonb, e.entry
     FROM unnest(e_i, e_seq, e_ts, e_kind, e_name, e_method, e_status, e_user, e_attrs, e_entry)
         AS e(n, seq, ts, kind, name, method, status, usr, attrs, entry)
-    WHERE e.n = ANY(done);
+    WHERE e.n = ANY(won);
 
     RETURN QUERY
     SELECT t.n::int,
         (CASE
-            WHEN t.n = ANY(done) THEN 1
+            WHEN t.n = ANY(won) THEN 1
             WHEN t.token IS NOT NULL
                  AND NOT coalesce(s.token_hash = t.token AND s.expires_at > p_now, false) THEN 3
             WHEN h.expires_at > p_now AND h.head = t.last THEN 2
@@ -115,7 +107,7 @@ BEGIN
     LEFT JOIN {schema}.session_trail_sessions s ON s.sid = t.sid AND t.token IS NOT NULL
     LEFT JOIN {schema}.session_trail_history x
         ON x.sid = t.sid AND x.seq = h.last_seq AND h.head IS NOT NULL AND h.expires_at > p_now
-        AND NOT t.n = ANY(done)
+        AND NOT t.n = ANY(won)
     ORDER BY t.n;
 END
 $fn$;
@@ -131,16 +123,21 @@ DECLARE
     h {schema}.session_trail_history_heads;
     n bigint;
 BEGIN
+    -- A heads row first (this waits for an append that is creating one),
+    -- then its lock, then the rows: an append in flight either committed
+    -- before (its rows are deleted here) or waits and finds the erasure.
+    INSERT INTO {schema}.session_trail_history_heads
+        (sid, head, last_seq, low_seq, expires_at)
+    VALUES (p_sid, NULL, 0, 1, 0)
+    ON CONFLICT (sid) DO NOTHING;
     SELECT * INTO h FROM {schema}.session_trail_history_heads WHERE sid = p_sid FOR UPDATE;
     WITH gone AS (DELETE FROM {schema}.session_trail_history WHERE sid = p_sid RETURNING seq)
     SELECT count(*) INTO n FROM gone
     WHERE h.head IS NOT NULL AND h.expires_at > p_now
       AND gone.seq > h.last_seq - p_keep AND gone.seq <= h.last_seq;
-    INSERT INTO {schema}.session_trail_history_heads
-        (sid, head, last_seq, low_seq, expires_at, erased_until)
-    VALUES (p_sid, NULL, 0, 1, 0, p_until)
-    ON CONFLICT (sid) DO UPDATE
-    SET head = NULL, last_seq = 0, low_seq = 1, expires_at = 0, erased_until = p_until;
+    UPDATE {schema}.session_trail_history_heads
+    SET head = NULL, last_seq = 0, low_seq = 1, expires_at = 0, erased_until = p_until
+    WHERE sid = p_sid;
     RETURN n;
 END
 $fn$;
@@ -162,19 +159,24 @@ DECLARE
     ends bytea[] := '{}';
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended('session_trail_claim ' || p_user, 0));
-    -- The user's live sessions not being ended for another login.
-    SELECT coalesce(array_agg(s.sid ORDER BY s.created, s.sid), '{}') INTO others
-    FROM {schema}.session_trail_sessions s
-    WHERE s.user_id = p_user AND s.sid <> p_sid AND s.expires_at > p_now
-      AND NOT EXISTS (SELECT 1 FROM {schema}.session_trail_claims c
-                      WHERE c.sid = s.sid AND c.kind = 1 AND c.until > p_now);
-    -- Logins in progress whose session does not count yet.
-    SELECT count(*) INTO claimed
-    FROM {schema}.session_trail_claims c
-    WHERE c.user_id = p_user AND c.kind = 0 AND c.sid <> p_sid AND c.until > p_now
-      AND NOT c.sid = ANY(others)
-      AND NOT EXISTS (SELECT 1 FROM {schema}.session_trail_claims e
-                      WHERE e.sid = c.sid AND e.kind = 1 AND e.until > p_now);
+    -- In one statement, so one snapshot: a login saved meanwhile (its
+    -- claim gone and its session there, in one commit) counts once.
+    WITH ending AS (
+        SELECT c.sid FROM {schema}.session_trail_claims c
+        WHERE c.user_id = p_user AND c.kind = 1 AND c.until > p_now
+    ), live AS (
+        -- The user's live sessions not being ended for another login.
+        SELECT s.sid, s.created FROM {schema}.session_trail_sessions s
+        WHERE s.user_id = p_user AND s.sid <> p_sid AND s.expires_at > p_now
+          AND s.sid NOT IN (SELECT sid FROM ending)
+    )
+    SELECT coalesce((SELECT array_agg(sid ORDER BY created, sid) FROM live), '{}'),
+           -- Logins in progress whose session does not count yet.
+           (SELECT count(*) FROM {schema}.session_trail_claims c
+            WHERE c.user_id = p_user AND c.kind = 0 AND c.sid <> p_sid AND c.until > p_now
+              AND c.sid NOT IN (SELECT sid FROM live)
+              AND c.sid NOT IN (SELECT sid FROM ending))
+    INTO others, claimed;
     total := cardinality(others) + claimed;
     IF total >= p_max THEN
         n := total + 1 - p_max;
