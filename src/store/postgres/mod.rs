@@ -264,6 +264,14 @@ impl PostgresStore {
     /// A builder for a store using the application's own pool (its size
     /// and timeouts are the pool's; [`PostgresStoreBuilder::pool_size`]
     /// and [`PostgresStoreBuilder::connect_timeout`] do not apply).
+    ///
+    /// The store's own pools connect with `enable_seqscan=off`: its
+    /// statements are prepared once per connection, and a plan made while
+    /// a table was tiny (when a sequential scan is cheapest) would
+    /// otherwise be kept once the table is large. Give the application's
+    /// pool the same setting (`options=-c enable_seqscan=off` in the URL, or
+    /// [`tokio_postgres::Config::options`]), or `plan_cache_mode =
+    /// force_custom_plan`; the functions the store calls set it themselves.
     pub fn from_pool(pool: Pool) -> PostgresStoreBuilder {
         PostgresStoreBuilder::new(Source::Pool(pool))
     }
@@ -728,6 +736,15 @@ impl PostgresStoreBuilder {
 
     fn pool(&self, mut config: tokio_postgres::Config) -> Result<(Pool, String), ConfigError> {
         config.connect_timeout(self.connect_timeout);
+        // Every statement of the store finds its rows by index. A plan is
+        // cached per connection, and one made while a table was tiny (a
+        // sequential scan is then cheapest) would scan it whole once it is
+        // not: the store's own connections never plan one.
+        let options = match config.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} -c enable_seqscan=off"),
+            _ => "-c enable_seqscan=off".to_owned(),
+        };
+        config.options(options);
         if config.get_application_name().is_none() {
             config.application_name("session-trail");
         }
@@ -1161,35 +1178,34 @@ impl SessionStore for PostgresStore {
             flat(&update.network),
         );
         let now = now_ms();
-        let rows = self
-            .query(
-                &self.inner.sql.update,
-                "update a session",
-                &[
-                    &sid,
-                    &token,
-                    &update.remove,
-                    &set,
-                    &update.user.is_some(),
-                    &user,
-                    &update.privilege.is_some(),
-                    &privilege,
-                    &new_hash,
-                    &rotated_at,
-                    &update.touch.map(|t| t.0),
-                    &update.touch.map(|t| t.1),
-                    &update.device.is_some(),
-                    &device,
-                    &update.network.is_some(),
-                    &network,
-                    &now,
-                ],
-            )
-            .await?;
-        let n: i64 = rows
-            .first()
-            .and_then(|r| r.try_get(0).ok())
-            .ok_or_else(|| corrupt("update a session", "no count"))?;
+        let params: [&(dyn ToSql + Sync); 17] = [
+            &sid,
+            &token,
+            &update.remove,
+            &set,
+            &update.user.is_some(),
+            &user,
+            &update.privilege.is_some(),
+            &privilege,
+            &new_hash,
+            &rotated_at,
+            &update.touch.map(|t| t.0),
+            &update.touch.map(|t| t.1),
+            &update.device.is_some(),
+            &device,
+            &update.network.is_some(),
+            &network,
+            &now,
+        ];
+        // A plain UPDATE answering its row count; with a change of user,
+        // the variant that also ends the login's claim.
+        let n = if update.user.is_some() {
+            self.scalar(&self.inner.sql.update_user, "update a session", &params)
+                .await? as u64
+        } else {
+            self.execute(&self.inner.sql.update, "update a session", &params)
+                .await?
+        };
         Ok(if n > 0 {
             UpdateOutcome::Applied
         } else {

@@ -34,7 +34,11 @@ CREATE FUNCTION {schema}.session_trail_append(
     e_i int[], e_seq bigint[], e_ts bigint[], e_kind text[], e_name text[], e_method text[],
     e_status smallint[], e_user text[], e_attrs text[], e_entry bytea[])
 RETURNS TABLE (i int, outcome smallint, replaced_at bigint, last bytea)
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql
+-- Plans are cached per connection: one made while the tables were tiny
+-- must not scan them whole once they are not.
+SET enable_seqscan = off
+AS $fn$
 #variable_conflict use_column
 DECLARE
     won int[];
@@ -61,11 +65,12 @@ BEGIN
       AND (CASE WHEN h.expires_at > p_now THEN h.head END) IS NOT DISTINCT FROM t.expected
       AND (h.head IS NULL OR h.expires_at <= p_now OR t.first_seq > h.last_seq);
 
-    -- What an expired or erased list left behind goes first.
+    -- What an expired list left behind goes first (an erasure deletes
+    -- its rows itself, maintenance an expired list's with its head).
     DELETE FROM {schema}.session_trail_history x
     USING {schema}.session_trail_history_heads h
     WHERE h.sid = ANY(ARRAY(SELECT s_sid[w] FROM unnest(won) AS w))
-      AND (h.head IS NULL OR h.expires_at <= p_now)
+      AND h.head IS NOT NULL AND h.expires_at <= p_now
       AND x.sid = h.sid;
 
     UPDATE {schema}.session_trail_history_heads h
@@ -117,7 +122,11 @@ $fn$;
 -- were readable (the newest p_keep of a live list).
 CREATE FUNCTION {schema}.session_trail_erase(p_sid bytea, p_now bigint, p_keep bigint, p_until bigint)
 RETURNS bigint
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql
+-- Plans are cached per connection: one made while the tables were tiny
+-- must not scan them whole once they are not.
+SET enable_seqscan = off
+AS $fn$
 #variable_conflict use_column
 DECLARE
     h {schema}.session_trail_history_heads;
@@ -149,7 +158,11 @@ $fn$;
 CREATE FUNCTION {schema}.session_trail_claim(
     p_user text, p_sid bytea, p_now bigint, p_until bigint, p_max int, p_end_oldest bool)
 RETURNS TABLE (granted bool, ended bytea[])
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql
+-- Plans are cached per connection: one made while the tables were tiny
+-- must not scan them whole once they are not.
+SET enable_seqscan = off
+AS $fn$
 #variable_conflict use_column
 DECLARE
     others bytea[];
