@@ -4,11 +4,31 @@
 #
 #   bench/load.sh                 # 3 rounds of 10 s per variant and route
 #   ROUNDS=5 DURATION=20s bench/load.sh
+#   VARIANTS="postgres postgres-nohistory redis-postgres ts-postgres" bench/load.sh
 #
 # Prints a table of medians: req/s, p50/p99 latency, CPU µs per request of
-# the server and of redis-server (from /proc/PID/stat), and ratios against
-# bare axum and tower-sessions. Raw rows go to bench/out/results.tsv.
-# It starts its own redis-server on a free loopback port.
+# the server, of redis-server and of PostgreSQL (from /proc/PID/stat), and
+# ratios against bare axum and tower-sessions (the variant with the same
+# session store: ts-memory, ts-redis, or ts-postgres for `postgres*`; our
+# `redis-postgres` keeps sessions in Redis, so its peer is ts-redis). Raw
+# rows go to bench/out/results.tsv. It starts its own redis-server on a
+# free loopback port.
+#
+# Variants (VARIANTS=...; the default leaves PostgreSQL out):
+#   bare, memory, memory-nohistory, redis, redis-nohistory, redis-cached
+#                 examples/bench_server.rs
+#   postgres, postgres-nohistory
+#                 sessions (and history) in PostgreSQL
+#   redis-postgres
+#                 sessions in Redis, history in PostgreSQL
+#   ts-memory, ts-redis, ts-postgres
+#                 tower-sessions 0.14 (bench/peers; ts-postgres:
+#                 tower-sessions-sqlx-store 0.15)
+# With a variant whose name contains `postgres`, it also starts its own
+# PostgreSQL cluster (initdb in a temp dir, a free loopback port; fsync=off,
+# synchronous_commit=on), and gives each such variant's server a freshly
+# created database. PG_POOL sets both libraries' pool size (default 8);
+# PG_OPTS adds settings to the cluster's command line (`-c name=value`).
 #
 # Routes (ROUTES=...):
 #   static        GET /static: the layer runs, the handler never loads
@@ -21,6 +41,7 @@
 #                 each login rotates a live session
 # Each route starts from 64 fresh session cookies (one per connection).
 set -euo pipefail
+trap 'echo "bench/load.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
@@ -34,7 +55,7 @@ ROUTES=${ROUTES:-"static counter login-stale login-new login-rotate"}
 . bench/lib.sh
 
 results="$out/results.tsv"
-printf 'round\tvariant\troute\trps\tp50_us\tp99_us\tserver_us\tredis_us\trequests\n' > "$results"
+printf 'round\tvariant\troute\trps\tp50_us\tp99_us\tserver_us\tredis_us\tpg_us\trequests\n' > "$results"
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 clk=$(getconf CLK_TCK)
@@ -50,13 +71,13 @@ for round in $(seq "$ROUNDS"); do
             cookies_for "$route" "$port" "$cookies"
             export KEEP_COOKIES=$keep
             COOKIES=$cookies METHOD=$method wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s bench/wrk.lua "http://127.0.0.1:$port$path" >/dev/null
-            s0=$(ticks "$server_pid"); r0=$(ticks "$redis_pid")
+            s0=$(ticks "$server_pid"); r0=$(ticks "$redis_pid"); g0=$(pg_ticks)
             COOKIES=$cookies METHOD=$method wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s bench/wrk.lua "http://127.0.0.1:$port$path" > "$out/wrk.txt"
-            s1=$(ticks "$server_pid"); r1=$(ticks "$redis_pid")
-            python3 - "$out/wrk.txt" "$round" "$variant" "$route" "$((s1 - s0))" "$((r1 - r0))" "$clk" >> "$results" <<'PY'
+            s1=$(ticks "$server_pid"); r1=$(ticks "$redis_pid"); g1=$(pg_ticks)
+            python3 - "$out/wrk.txt" "$round" "$variant" "$route" "$((s1 - s0))" "$((r1 - r0))" "$((g1 - g0))" "$clk" >> "$results" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
-rnd, variant, route, sticks, rticks, clk = sys.argv[2:8]
+rnd, variant, route, sticks, rticks, gticks, clk = sys.argv[2:9]
 def us(v, unit):
     return float(v) * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
@@ -66,7 +87,7 @@ errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 if errors:
     print(f"warning: {variant} {route}: {errors.group(1)} non-2xx responses", file=sys.stderr)
 per = lambda t: int(t) / int(clk) * 1e6 / max(reqs, 1)
-print(f"{rnd}\t{variant}\t{route}\t{rps:.0f}\t{lat.get('50', 0):.0f}\t{lat.get('99', 0):.0f}\t{per(sticks):.1f}\t{per(rticks):.1f}\t{reqs}")
+print(f"{rnd}\t{variant}\t{route}\t{rps:.0f}\t{lat.get('50', 0):.0f}\t{lat.get('99', 0):.0f}\t{per(sticks):.1f}\t{per(rticks):.1f}\t{per(gticks):.1f}\t{reqs}")
 PY
             tail -n 1 "$results"
         done
@@ -85,9 +106,14 @@ def m(v, route, col):
     return statistics.median(float(x[col]) for x in rs) if rs else None
 variants = list(dict.fromkeys(r["variant"] for r in rows))
 routes = list(dict.fromkeys(r["route"] for r in rows))
-peer = lambda v: "ts-redis" if v.startswith("redis") else "ts-memory"
+def peer(v):
+    if v.startswith("redis"):
+        return "ts-redis"
+    if v.startswith("postgres"):
+        return "ts-postgres"
+    return "ts-memory"
 print()
-print("| route | variant | req/s | × bare | × tower-sessions | p50 µs | p99 µs | CPU µs/req server + redis |")
+print("| route | variant | req/s | × bare | × tower-sessions | p50 µs | p99 µs | CPU µs/req server + redis + postgres |")
 print("|---|---|---|---|---|---|---|---|")
 for route in routes:
     bare = m("bare", route, "rps")
@@ -98,6 +124,6 @@ for route in routes:
         xb = f"{rps / bare:.2f}" if bare else "–"
         p = m(peer(v), route, "rps") if not v.startswith("ts-") and v != "bare" else None
         xp = f"{rps / p:.2f}" if p else "–"
-        cpu = f"{m(v, route, 'server_us'):.1f} + {m(v, route, 'redis_us'):.1f}"
+        cpu = f"{m(v, route, 'server_us'):.1f} + {m(v, route, 'redis_us'):.1f} + {m(v, route, 'pg_us'):.1f}"
         print(f"| {route} | {v} | {rps:,.0f} | {xb} | {xp} | {m(v, route, 'p50_us'):.0f} | {m(v, route, 'p99_us'):.0f} | {cpu} |")
 PY

@@ -10,6 +10,15 @@
 //! `redis-cached`; `redis-cached` also turns on the Redis store's local
 //! cache (`RedisStoreBuilder::local_cache`).
 //!
+//! With the `postgres` feature (`bench/load.sh` builds with it):
+//! `postgres` (sessions and history in PostgreSQL at `DATABASE_URL`,
+//! default `postgres://postgres@127.0.0.1:5432/postgres`),
+//! `postgres-nohistory`, and `redis-postgres` (sessions in Redis at
+//! `REDIS_URL`, history in PostgreSQL at `DATABASE_URL`: a history store
+//! apart from the session store, so requests that never load the session,
+//! `GET /static`, are not recorded). Each calls `migrate()` at start-up.
+//! `PG_POOL` overrides the pool size (default `PG_POOL_SIZE`).
+//!
 //! Routes: `GET /` loads a counter from the session, increments and saves
 //! it, and answers the number; `GET /static` touches nothing; `POST /login`
 //! sets a user and rotates the token.
@@ -20,6 +29,44 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use session_trail::{Key, Session, SessionLayer, SessionLayerBuilder};
+
+/// The PostgreSQL store's pool size in the `postgres*` variants.
+///
+/// Measured on the 2-core bench machine (2026-11-30; `PG_POOL=N
+/// VARIANTS="postgres ts-postgres" ROUTES="counter login-stale login-new"
+/// ROUNDS=1 DURATION=5s bench/load.sh`, twice per size; req/s of
+/// `postgres`, counter / login-stale / login-new):
+///
+/// | pool | first run | second run |
+/// |---|---|---|
+/// | 4 | 4,167 / 2,750 / 3,896 | 3,336 / 2,301 / 4,019 |
+/// | 8 | 4,187 / 3,559 / 5,271 | 3,230 / 3,343 / 4,580 |
+/// | 16 | 4,146 / 3,570 / 4,798 | 3,341 / 3,246 / 4,609 |
+///
+/// 4 is slower on login; 8 and 16 are alike within this host's noise
+/// (±20%), and 16 had the worse p99 (up to 121 ms against 51 ms), so 8:
+/// the machine, not the pool, is the limit (PostgreSQL's backends, the
+/// server and wrk share the two cores). `ts-postgres` uses the same size.
+#[cfg(feature = "postgres")]
+const PG_POOL_SIZE: usize = 8;
+
+/// A PostgreSQL store at `DATABASE_URL`, migrated.
+#[cfg(feature = "postgres")]
+async fn postgres_store() -> Result<session_trail::store::PostgresStore, Box<dyn std::error::Error>>
+{
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let pool = match std::env::var("PG_POOL") {
+        Ok(n) => n.parse()?,
+        Err(_) => PG_POOL_SIZE,
+    };
+    let store = session_trail::store::PostgresStore::builder(url)
+        .pool_size(pool)
+        .connect()
+        .await?;
+    store.migrate().await?;
+    Ok(store)
+}
 
 async fn counter(session: Session) -> Result<String, session_trail::Error> {
     let n: u64 = session.get("n").await?.unwrap_or(0) + 1;
@@ -88,6 +135,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let store = builder.connect().await?;
             let history = variant != "redis-nohistory";
             let layer = configure(SessionLayer::builder(store, key), history).build()?;
+            let w = layer.history_writer().cloned();
+            (routes().layer(layer), w)
+        }
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgres-nohistory" => {
+            let store = postgres_store().await?;
+            let history = variant == "postgres";
+            let layer = configure(SessionLayer::builder(store, key), history).build()?;
+            let w = layer.history_writer().cloned();
+            (routes().layer(layer), w)
+        }
+        #[cfg(all(feature = "postgres", feature = "redis"))]
+        "redis-postgres" => {
+            let url =
+                std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            let sessions = session_trail::store::RedisStore::builder(url)
+                .connect()
+                .await?;
+            let history = postgres_store().await?;
+            let layer = configure(SessionLayer::builder(sessions, key), true)
+                .history(history)
+                .build()?;
             let w = layer.history_writer().cloned();
             (routes().layer(layer), w)
         }

@@ -1,6 +1,10 @@
 //! `peer_server VARIANT PORT`: tower-sessions with the same three routes as
 //! session-trail's `bench_server`. Variants: `ts-memory` (signed cookies),
-//! `ts-redis` (Redis at `REDIS_URL`, default `redis://127.0.0.1:6379`).
+//! `ts-redis` (Redis at `REDIS_URL`, default `redis://127.0.0.1:6379`),
+//! `ts-postgres` (`tower-sessions-sqlx-store`'s `PostgresStore` at
+//! `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`,
+//! migrated at start-up; a pool of `PG_POOL` connections, default
+//! `PG_POOL_SIZE`, the same as session-trail's `bench_server`).
 
 use std::net::SocketAddr;
 
@@ -8,6 +12,10 @@ use axum::Router;
 use axum::routing::{get, post};
 use tower_sessions::cookie::Key;
 use tower_sessions::{MemoryStore, Session, SessionManagerLayer, SessionStore};
+
+/// The pool size of `ts-postgres`: as session-trail's `bench_server`
+/// (see its `PG_POOL_SIZE` for the measurements).
+const PG_POOL_SIZE: u32 = 8;
 
 async fn counter(session: Session) -> String {
     let n: u64 = session.get("n").await.unwrap().unwrap_or(0) + 1;
@@ -42,11 +50,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ts-redis" => {
             use tower_sessions_redis_store::RedisStore;
             use tower_sessions_redis_store::fred::prelude::*;
-            let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            let url =
+                std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
             let pool = Pool::new(Config::from_url(&url)?, None, None, None, 6)?;
             let _ = pool.connect();
             pool.wait_for_connect().await?;
             app(RedisStore::new(pool))
+        }
+        "ts-postgres" => {
+            use tower_sessions_sqlx_store::PostgresStore;
+            use tower_sessions_sqlx_store::sqlx::postgres::PgPoolOptions;
+            let url = std::env::var("DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let size = match std::env::var("PG_POOL") {
+                Ok(n) => n.parse()?,
+                Err(_) => PG_POOL_SIZE,
+            };
+            let pool = PgPoolOptions::new()
+                .max_connections(size)
+                .connect(&url)
+                .await?;
+            let store = PostgresStore::new(pool);
+            store.migrate().await?;
+            app(store)
         }
         other => return Err(format!("unknown variant {other:?}").into()),
     };
