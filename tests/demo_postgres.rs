@@ -149,7 +149,9 @@ async fn database_urls_the_demo_cannot_use_are_refused_clearly() {
         ("postgres://postgres@127.0.0.1:1/x", "DATABASE_URL"),
     ] {
         let s = settings(&[("DATABASE_URL", url.to_owned())]).unwrap();
-        let err = app::open(&s).await.err().expect("refused");
+        let Err(err) = app::open(&s).await else {
+            panic!("{url}: refused")
+        };
         assert!(err.contains(says), "{url}: {err}");
     }
 }
