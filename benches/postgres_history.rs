@@ -11,12 +11,9 @@
 //! before it is acknowledged) and `fsync = off` (the disk's flush latency
 //! is not what is measured).
 //!
-//! Cases:
-//! - spread: 10,000 sessions × 20 entries, one entry per session per batch
-//!   (each round of 10,000 is flushed before the next, so every batch of 512
-//!   names 512 different sessions: the most sessions per entry);
-//! - hot: 16 sessions, 20,000 entries enqueued at once (many entries per
-//!   session per batch).
+//! The case: 10,000 sessions × 20 entries, one entry per session per
+//! batch (each round of 10,000 is flushed before the next, so every batch
+//! of 512 names 512 different sessions: the most sessions per entry).
 //!
 //! Target (2-core machine, local PostgreSQL): spread ≥ 50k entries/s.
 
@@ -33,8 +30,6 @@ use session_trail::{Key, KeyRing, SessionId};
 
 const SPREAD_SESSIONS: usize = 10_000;
 const SPREAD_ROUNDS: usize = 20;
-const HOT_SESSIONS: usize = 16;
-const HOT_ENTRIES: usize = 20_000;
 
 fn request_entry(i: usize) -> Draft {
     Draft::request(
@@ -57,7 +52,9 @@ async fn writer(url: &str, queue: usize) -> HistoryWriter {
     HistoryWriter::start(
         store,
         KeyRing::new(Key::generate()),
-        WriterConfig::default().queue_entries(queue),
+        WriterConfig::default()
+            .queue_entries(queue)
+            .queue_bytes(256 << 20),
     )
     .expect("start the writer")
 }
@@ -90,20 +87,6 @@ async fn spread(url: &str) -> Duration {
     elapsed
 }
 
-/// 16 new sessions, 20,000 entries at once.
-async fn hot(url: &str) -> Duration {
-    let writer = writer(url, HOT_ENTRIES + 1).await;
-    let sids: Vec<SessionId> = (0..HOT_SESSIONS).map(|_| SessionId::generate()).collect();
-    let started = Instant::now();
-    for i in 0..HOT_ENTRIES {
-        assert!(writer.enqueue(sids[i % HOT_SESSIONS], vec![request_entry(i)]));
-    }
-    writer.flush().await.expect("flush");
-    let elapsed = started.elapsed();
-    finish(writer, HOT_ENTRIES).await;
-    elapsed
-}
-
 fn bench(c: &mut Criterion) {
     let server = harness::PgServer::start();
     let url = server.url("postgres");
@@ -124,10 +107,6 @@ fn bench(c: &mut Criterion) {
                 .map(|_| rt.block_on(spread(&url)))
                 .sum::<Duration>()
         });
-    });
-    group.throughput(Throughput::Elements(HOT_ENTRIES as u64));
-    group.bench_function("hot_16_sessions", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| rt.block_on(hot(&url))).sum::<Duration>());
     });
     group.finish();
     drop(server);

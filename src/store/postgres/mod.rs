@@ -1055,6 +1055,12 @@ impl PostgresStore {
         let s_last: Vec<&[u8]> = s_last.iter().map(<[u8; 16]>::as_slice).collect();
         let now = now_ms();
         let expires = now.saturating_add(self.history_ttl_ms());
+        // A list's expiry moves only when it would come before `expires`,
+        // and then this much later: a 64th of the TTL, at most an hour (as
+        // the Redis store refreshes its TTLs).
+        let slack = (self.history_ttl_ms() / 64)
+            .min(3_600_000)
+            .min(i64::MAX - expires);
         let rows = self
             .query(
                 &self.inner.sql.append,
@@ -1062,6 +1068,7 @@ impl PostgresStore {
                 &[
                     &now,
                     &expires,
+                    &slack,
                     &s_sid,
                     &s_expected,
                     &s_token,

@@ -11,7 +11,8 @@
 -- the session's live record must hold (NULL: none); s_last, the batch's
 -- last tag; s_first_seq and s_last_seq, its first and last entries' seq.
 -- Per entry: e_i, the session's index, then the history row's columns.
--- p_expires: when the lists appended to expire (now plus the TTL).
+-- p_expires: the earliest the lists appended to may expire (now plus the
+-- TTL); p_slack: how much later than that an expiry that moves is set.
 --
 -- Answers one row per session: outcome 1 appended, 2 already applied
 -- (the head is the batch's last tag), 0 conflict, 4 conflict after an
@@ -29,7 +30,7 @@
 -- check and the append. Each statement reads a fresh snapshot (READ
 -- COMMITTED), taken after the locks before it are held.
 CREATE FUNCTION {schema}.session_trail_append(
-    p_now bigint, p_expires bigint,
+    p_now bigint, p_expires bigint, p_slack bigint,
     s_sid bytea[], s_expected bytea[], s_token bytea[], s_last bytea[], s_first_seq bigint[], s_last_seq bigint[],
     e_i int[], e_seq bigint[], e_ts bigint[], e_kind text[], e_name text[], e_method text[],
     e_status smallint[], e_user text[], e_attrs text[], e_entry bytea[])
@@ -41,10 +42,13 @@ SET enable_seqscan = off
 AS $fn$
 #variable_conflict use_column
 DECLARE
-    won int[];
+    -- ok[n]: session n appends (an array lookup, not a search per row).
+    ok bool[];
 BEGIN
     INSERT INTO {schema}.session_trail_history_heads (sid, head, last_seq, low_seq, expires_at)
-    SELECT t.sid, NULL, 0, 1, 0 FROM unnest(s_sid) AS t(sid) ORDER BY t.sid
+    SELECT t.sid, NULL, 0, 1, 0 FROM unnest(s_sid) AS t(sid)
+    WHERE NOT EXISTS (SELECT 1 FROM {schema}.session_trail_history_heads h WHERE h.sid = t.sid)
+    ORDER BY t.sid
     ON CONFLICT (sid) DO NOTHING;
     PERFORM 1 FROM {schema}.session_trail_history_heads h
         WHERE h.sid = ANY(s_sid) ORDER BY h.sid FOR UPDATE;
@@ -56,30 +60,39 @@ BEGIN
     -- Who may append: a live record with the token where one is named,
     -- the head expected (an expired list counts as empty), a seq after
     -- the head's.
-    SELECT coalesce(array_agg(t.n::int), '{}') INTO won
+    SELECT array_agg(
+        h.sid IS NOT NULL
+        AND (t.token IS NULL OR coalesce(s.token_hash = t.token AND s.expires_at > p_now, false))
+        AND (CASE WHEN h.expires_at > p_now THEN h.head END) IS NOT DISTINCT FROM t.expected
+        AND (h.head IS NULL OR h.expires_at <= p_now OR t.first_seq > h.last_seq)
+        ORDER BY t.n)
+    INTO ok
     FROM unnest(s_sid, s_expected, s_token, s_first_seq) WITH ORDINALITY
         AS t(sid, expected, token, first_seq, n)
-    JOIN {schema}.session_trail_history_heads h ON h.sid = t.sid
-    LEFT JOIN {schema}.session_trail_sessions s ON s.sid = t.sid
-    WHERE (t.token IS NULL OR (s.token_hash = t.token AND s.expires_at > p_now))
-      AND (CASE WHEN h.expires_at > p_now THEN h.head END) IS NOT DISTINCT FROM t.expected
-      AND (h.head IS NULL OR h.expires_at <= p_now OR t.first_seq > h.last_seq);
+    -- LEFT: one flag per session, in order, even for a heads row that
+    -- maintenance dropped meanwhile (that session then conflicts).
+    LEFT JOIN {schema}.session_trail_history_heads h ON h.sid = t.sid
+    LEFT JOIN {schema}.session_trail_sessions s ON s.sid = t.sid AND t.token IS NOT NULL;
 
-    -- What an expired list left behind goes first (an erasure deletes
-    -- its rows itself, maintenance an expired list's with its head).
+    -- What an expired list left behind goes first (an erasure deletes its
+    -- rows itself, maintenance an expired list's with its head).
     DELETE FROM {schema}.session_trail_history x
     USING {schema}.session_trail_history_heads h
-    WHERE h.sid = ANY(ARRAY(SELECT s_sid[w] FROM unnest(won) AS w))
+    WHERE h.sid = ANY(ARRAY(SELECT s_sid[n] FROM generate_subscripts(s_sid, 1) AS n WHERE ok[n]))
       AND h.head IS NOT NULL AND h.expires_at <= p_now
       AND x.sid = h.sid;
 
+    -- The heads move. The expiry moves only when it would come before
+    -- p_expires, and then p_slack beyond it, so most appends leave every
+    -- indexed column alone (an update in place, without index entries).
     UPDATE {schema}.session_trail_history_heads h
     SET head = w.last,
         last_seq = w.last_seq,
         low_seq = CASE WHEN h.head IS NULL OR h.expires_at <= p_now THEN 1 ELSE h.low_seq END,
-        expires_at = p_expires
+        expires_at = CASE WHEN h.expires_at < p_expires THEN p_expires + p_slack
+                          ELSE h.expires_at END
     FROM (SELECT s_sid[n] AS sid, s_last[n] AS last, s_last_seq[n] AS last_seq
-          FROM unnest(won) AS n) AS w
+          FROM generate_subscripts(s_sid, 1) AS n WHERE ok[n]) AS w
     WHERE h.sid = w.sid;
 
     -- The rows. No (sid, seq) can clash: a list's rows are written only
@@ -91,12 +104,14 @@ BEGIN
            e.status, e.usr, e.attrs::jsonb, e.entry
     FROM unnest(e_i, e_seq, e_ts, e_kind, e_name, e_method, e_status, e_user, e_attrs, e_entry)
         AS e(n, seq, ts, kind, name, method, status, usr, attrs, entry)
-    WHERE e.n = ANY(won);
+    WHERE ok[e.n];
 
+    RETURN QUERY
+    SELECT n::int, 1::smallint, NULL::bigint, NULL::bytea
+    FROM generate_subscripts(s_sid, 1) AS n WHERE ok[n];
     RETURN QUERY
     SELECT t.n::int,
         (CASE
-            WHEN t.n = ANY(won) THEN 1
             WHEN t.token IS NOT NULL
                  AND NOT coalesce(s.token_hash = t.token AND s.expires_at > p_now, false) THEN 3
             WHEN h.expires_at > p_now AND h.head = t.last THEN 2
@@ -112,8 +127,7 @@ BEGIN
     LEFT JOIN {schema}.session_trail_sessions s ON s.sid = t.sid AND t.token IS NOT NULL
     LEFT JOIN {schema}.session_trail_history x
         ON x.sid = t.sid AND x.seq = h.last_seq AND h.head IS NOT NULL AND h.expires_at > p_now
-        AND NOT t.n = ANY(won)
-    ORDER BY t.n;
+    WHERE NOT ok[t.n];
 END
 $fn$;
 
