@@ -663,3 +663,33 @@ async fn a_missing_column_is_reported_with_its_table() {
     assert_eq!(err.kind(), ErrorKind::Misconfigured, "{}", err.report());
     assert!(err.to_string().contains("session_trail_sessions"), "{err}");
 }
+
+/// A batch of many sessions is split into concurrent calls: every outcome
+/// still lands at its append's place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_answers_each_append_in_its_place() {
+    let store = store(1000).await;
+    let key = Key::generate();
+    let sids: Vec<SessionId> = (0..300).map(|_| SessionId::generate()).collect();
+    let batch: Vec<Append> = sids
+        .iter()
+        .enumerate()
+        .map(|(i, sid)| Append {
+            session: *sid,
+            // Every third one expects a head its empty list does not have.
+            expected_head: (i % 3 == 0).then_some([9; 16]),
+            entries: chain(sid, &key, 1, [0; 16], 1 + i % 4),
+            token: None,
+        })
+        .collect();
+    let out = store.append(&batch).await.unwrap();
+    for (i, (sid, o)) in sids.iter().zip(&out).enumerate() {
+        if i % 3 == 0 {
+            assert_eq!(*o, AppendOutcome::Conflict { last: None }, "{i}");
+            assert!(store.read_all(sid).await.unwrap().is_empty());
+        } else {
+            assert_eq!(*o, AppendOutcome::Appended, "{i}");
+            assert_eq!(store.read_all(sid).await.unwrap(), batch[i].entries);
+        }
+    }
+}

@@ -34,6 +34,10 @@ pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The default time opening a connection (or waiting for a free one in the
 /// pool) may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Into how many concurrent calls an append of many sessions is split.
+const APPEND_SPLIT: usize = 2;
+/// The fewest sessions worth a call of their own.
+const APPEND_SPLIT_MIN: usize = 64;
 /// How long one maintenance statement may take (a batch of deletions).
 const MAINTENANCE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The default time between two rounds of maintenance.
@@ -57,11 +61,15 @@ pub const DEFAULT_MAINTENANCE_BATCH: usize = 1_000;
 ///   [`verify`](crate::history::verify) checks, and columns decoded from
 ///   them for SQL (time, kind, event name or route, method, status, user
 ///   pseudonym, attributes as `jsonb`). An append is a compare-and-append
-///   against a per-session heads row, for every session of a batch in one
-///   round trip (one function call over arrays), with the same three
-///   outcomes as the other stores.
+///   against a per-session heads row, for every session of a batch at once
+///   (one function call over arrays; a batch of more than 64 sessions is
+///   split in two calls that run side by side on two connections), with
+///   the same three outcomes as the other stores.
 /// - **Retention and clean-up**: reads only ever show a list's newest
-///   *keep* entries and nothing past its TTL; a maintenance task deletes
+///   *keep* entries and nothing past its TTL (a history lives at least the
+///   TTL after its last entry, and at most a 64th of it longer, an hour at
+///   most: its expiry is moved only now and then, so most appends update
+///   the heads row in place); a maintenance task deletes
 ///   expired sessions, expired histories, entries beyond *keep*, lapsed
 ///   claims and links, in bounded batches (see
 ///   [`PostgresStoreBuilder::maintenance_interval`]). It logs a database
@@ -1008,11 +1016,13 @@ impl PostgresStore {
         i64::try_from(self.inner.ttl.as_millis()).unwrap_or(i64::MAX)
     }
 
+    /// One compare-and-append call for distinct sessions; the outcomes
+    /// with each append's place in the caller's batch.
     async fn append_call(
         &self,
         call: &[super::rows::Prepared<'_>],
-        out: &mut [Option<AppendOutcome>],
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<(usize, AppendOutcome)>, Error> {
+        let mut out = Vec::with_capacity(call.len());
         let n = call.len();
         let mut s_sid = Vec::with_capacity(n);
         let mut s_expected = Vec::with_capacity(n);
@@ -1105,20 +1115,23 @@ impl PostgresStore {
                 .and_then(|k| call.get(k))
                 .ok_or_else(|| corrupt("append history", "an answer for no session"))?;
             let last = last.map(Bytes::copy_from_slice);
-            out[p.index] = Some(match outcome {
-                1 => AppendOutcome::Appended,
-                2 => AppendOutcome::AlreadyApplied,
-                3 => AppendOutcome::TokenMismatch { replaced_at },
-                4 => AppendOutcome::Erased { last },
-                0 => AppendOutcome::Conflict { last },
-                _ => AppendOutcome::Failed {
-                    reason: "the stored head names an entry that is missing or corrupt, or \
+            out.push((
+                p.index,
+                match outcome {
+                    1 => AppendOutcome::Appended,
+                    2 => AppendOutcome::AlreadyApplied,
+                    3 => AppendOutcome::TokenMismatch { replaced_at },
+                    4 => AppendOutcome::Erased { last },
+                    0 => AppendOutcome::Conflict { last },
+                    _ => AppendOutcome::Failed {
+                        reason: "the stored head names an entry that is missing or corrupt, or \
                              the batch's first seq does not follow it"
-                        .into(),
+                            .into(),
+                    },
                 },
-            });
+            ));
         }
-        Ok(())
+        Ok(out)
     }
 }
 
@@ -1317,8 +1330,16 @@ impl HistoryStore for PostgresStore {
     async fn append(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, Error> {
         let mut out: Vec<Option<AppendOutcome>> = vec![None; batch.len()];
         for call in split_batch(batch, &mut out) {
-            if !call.is_empty() {
-                self.append_call(&call, &mut out).await?;
+            // A call's sessions are distinct, so its halves touch no row in
+            // common: they run at once, on two connections (two backends,
+            // two cores), each still one atomic step per session.
+            let half = call.len().div_ceil(APPEND_SPLIT).max(APPEND_SPLIT_MIN);
+            let answers = futures_util::future::try_join_all(
+                call.chunks(half).map(|chunk| self.append_call(chunk)),
+            )
+            .await?;
+            for (index, outcome) in answers.into_iter().flatten() {
+                out[index] = Some(outcome);
             }
         }
         Ok(out
