@@ -58,23 +58,6 @@ mod rotation {
     crate::rotation_suite!(store);
 }
 
-fn chain(sid: &SessionId, key: &Key, from_seq: u64, prev: [u8; 16], n: usize) -> Vec<bytes::Bytes> {
-    use session_trail::history::Draft;
-    let mut out = Vec::new();
-    let mut prev = prev;
-    for i in 0..n {
-        let b = Draft::request("GET", "/", 200, i as u64, None).sign(
-            key,
-            sid,
-            from_seq + i as u64,
-            &prev,
-        );
-        prev = session_trail::store::tag_of(&b).unwrap();
-        out.push(b);
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_settings_name_the_setting() {
     for (builder, setting) in [
@@ -361,7 +344,7 @@ async fn maintenance_deletes_expired_and_trimmed_rows_in_batches() {
     let mut sids = Vec::new();
     for _ in 0..5 {
         let sid = SessionId::generate();
-        let entries = chain(&sid, &key, 1, [0; 16], 5);
+        let entries = common::conformance::chain(&key, &sid, 1, [0; 16], 5);
         let out = store
             .append(&[Append {
                 session: sid,
@@ -477,7 +460,7 @@ async fn an_erase_racing_a_first_append_leaves_no_rows() {
     let key = Key::generate();
     for _ in 0..60 {
         let sid = SessionId::generate();
-        let entries = chain(&sid, &key, 1, [0; 16], 3);
+        let entries = common::conformance::chain(&key, &sid, 1, [0; 16], 3);
         let (a, b) = (store.clone(), store.clone());
         let append = tokio::spawn(async move {
             a.append(&[Append {
@@ -524,7 +507,7 @@ async fn concurrent_first_appends_in_opposite_orders_never_fail() {
                 .map(|sid| Append {
                     session: *sid,
                     expected_head: None,
-                    entries: chain(sid, &key, 1, [0; 16], 2),
+                    entries: common::conformance::chain(&key, sid, 1, [0; 16], 2),
                     token: None,
                 })
                 .collect()
@@ -625,7 +608,7 @@ async fn extreme_retention_settings_keep_everything() {
     store.migrate().await.unwrap();
     let key = Key::generate();
     let sid = SessionId::generate();
-    let entries = chain(&sid, &key, 1, [0; 16], 3);
+    let entries = common::conformance::chain(&key, &sid, 1, [0; 16], 3);
     let out = store
         .append(&[Append {
             session: sid,
@@ -678,7 +661,7 @@ async fn a_large_batch_answers_each_append_in_its_place() {
             session: *sid,
             // Every third one expects a head its empty list does not have.
             expected_head: (i % 3 == 0).then_some([9; 16]),
-            entries: chain(sid, &key, 1, [0; 16], 1 + i % 4),
+            entries: common::conformance::chain(&key, sid, 1, [0; 16], 1 + i % 4),
             token: None,
         })
         .collect();

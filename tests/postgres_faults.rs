@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use http::{Request, StatusCode};
-use session_trail::history::{EntryKind, HistoryWriter};
+use session_trail::history::HistoryWriter;
 use session_trail::store::PostgresStore;
 use session_trail::{Key, KeyRing, SessionId, SessionLayer};
 use tower::ServiceExt;
@@ -148,82 +148,7 @@ async fn an_unreachable_store_fails_closed_and_the_session_survives_the_outage()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_app_servers_share_sessions_and_history_chains() {
     let server = PgServer::start();
-    let key = Key::generate();
-    let layer = |store: PostgresStore| {
-        SessionLayer::builder(store, key.clone())
-            .history_writer(writer_config())
-            .build()
-            .unwrap()
-    };
-    // Two "app servers": their own pools, layers and history writers, and
-    // both run migrate at start-up.
+    // Their own pools; both run migrate at start-up.
     let (store_a, store_b) = tokio::join!(connect(&server), connect(&server));
-    let (layer_a, layer_b) = (layer(store_a.clone()), layer(store_b));
-    let app_a = common::app::router(layer_a.clone());
-    let app_b = common::app::router(layer_b.clone());
-
-    let mut clients = Vec::new();
-    for i in 0..6 {
-        let mut a = Client::new(app_a.clone());
-        assert_eq!(
-            a.send("POST", &format!("/login/user{i}")).await.status(),
-            StatusCode::OK
-        );
-        let mut b = Client::new(app_b.clone());
-        b.cookie = a.cookie.clone();
-        let me = b.json("GET", "/me").await;
-        assert_eq!(me["user"], format!("user{i}"));
-        let sid: SessionId = me["session"].as_str().unwrap().parse().unwrap();
-        assert_eq!(b.json("GET", "/visits").await["visits"], 1);
-        a.cookie = b.cookie.clone();
-        assert_eq!(a.json("GET", "/visits").await["visits"], 2);
-        clients.push((sid, a.cookie.clone().unwrap()));
-    }
-
-    let per_client = 60;
-    let mut tasks = Vec::new();
-    for (_, cookie) in &clients {
-        for j in 0..per_client {
-            let app = if j % 2 == 0 {
-                app_a.clone()
-            } else {
-                app_b.clone()
-            };
-            let cookie = cookie.clone();
-            tasks.push(tokio::spawn(async move {
-                let req = Request::builder()
-                    .uri("/ping")
-                    .header("cookie", format!("session={cookie}"))
-                    .body(Body::empty())
-                    .unwrap();
-                app.oneshot(req).await.unwrap().status()
-            }));
-        }
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), StatusCode::OK);
-    }
-    let (wa, wb) = (
-        layer_a.history_writer().unwrap(),
-        layer_b.history_writer().unwrap(),
-    );
-    flush(wa).await;
-    flush(wb).await;
-    assert!(
-        wa.stats().conflicts + wb.stats().conflicts > 0,
-        "the two writers never raced; the test proves nothing"
-    );
-    assert_eq!(wa.stats().dropped + wb.stats().dropped, 0);
-
-    let ring = KeyRing::new(key.clone());
-    for (sid, _) in &clients {
-        let c = check_chain(&store_a, &ring, sid).await;
-        let requests = c
-            .entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::Request)
-            .count();
-        assert_eq!(requests, 4 + per_client, "session {sid}");
-        assert!(gaps(&c).is_empty());
-    }
+    common::faults::two_app_servers_share_sessions_and_history_chains(store_a, store_b).await;
 }

@@ -30,29 +30,6 @@ async fn store(keep: usize) -> RedisStore {
 
 store_conformance!(|keep: usize| store(keep));
 
-fn chain(
-    sid: &SessionId,
-    key: &session_trail::Key,
-    from_seq: u64,
-    prev: [u8; 16],
-    n: usize,
-) -> Vec<bytes::Bytes> {
-    use session_trail::history::Draft;
-    let mut out = Vec::new();
-    let mut prev = prev;
-    for i in 0..n {
-        let b = Draft::request("GET", "/", 200, i as u64, None).sign(
-            key,
-            sid,
-            from_seq + i as u64,
-            &prev,
-        );
-        prev = session_trail::store::tag_of(&b).unwrap();
-        out.push(b);
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_urls_are_config_errors_naming_the_url() {
     for url in [
@@ -163,7 +140,7 @@ async fn keys_carry_the_session_hash_tag_and_no_token() {
         session: r.id,
         expected_head: None,
         token: None,
-        entries: chain(&r.id, &key, 1, [0; 16], 2),
+        entries: common::conformance::chain(&key, &r.id, 1, [0; 16], 2),
     };
     assert_eq!(s.append(&[a]).await.unwrap(), vec![AppendOutcome::Appended]);
 
@@ -207,7 +184,7 @@ async fn scripts_are_reloaded_after_noscript() {
     let r = record(None);
     s.create(&r).await.unwrap();
     let key = session_trail::Key::generate();
-    let first = chain(&r.id, &key, 1, [0; 16], 1);
+    let first = common::conformance::chain(&key, &r.id, 1, [0; 16], 1);
     let a = Append {
         session: r.id,
         expected_head: None,
@@ -217,9 +194,9 @@ async fn scripts_are_reloaded_after_noscript() {
     assert_eq!(s.append(&[a]).await.unwrap(), vec![AppendOutcome::Appended]);
     // A restart or failover forgets every script.
     assert_eq!(server().cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
-    let next = chain(
-        &r.id,
+    let next = common::conformance::chain(
         &key,
+        &r.id,
         2,
         session_trail::store::tag_of(&first[0]).unwrap(),
         1,
@@ -265,7 +242,7 @@ async fn history_ttl_is_set_on_new_lists_and_refreshed_only_when_due() {
         .unwrap();
     let sid = SessionId::generate();
     let key = session_trail::Key::generate();
-    let entries = chain(&sid, &key, 1, [0; 16], 3);
+    let entries = common::conformance::chain(&key, &sid, 1, [0; 16], 3);
     let hk = s.history_key(&sid);
     let pttl = || server().cli(&["PTTL", &hk]).trim().parse::<i64>().unwrap();
     let append = |i: usize| {

@@ -263,7 +263,9 @@ pub async fn user_index_follows_create_update_delete<S: SessionStore>(store: S) 
     assert!(store.sessions_of_user(&user).await.unwrap().is_empty());
 }
 
-fn chain(key: &Key, sid: &SessionId, from_seq: u64, prev: [u8; 16], n: usize) -> Vec<Bytes> {
+/// `n` signed request entries of `sid`, from `from_seq`, chained after
+/// `prev`.
+pub fn chain(key: &Key, sid: &SessionId, from_seq: u64, prev: [u8; 16], n: usize) -> Vec<Bytes> {
     let mut out = Vec::new();
     let mut prev = prev;
     for i in 0..n {

@@ -114,3 +114,102 @@ pub fn outage_router(layer: SessionLayer) -> Router {
         )
         .layer(layer)
 }
+
+/// Two "app servers" (their own store handles, layers and history writers)
+/// on one store: a session made through one is valid through the other,
+/// and concurrent requests through both extend the same chains, with
+/// nothing lost.
+pub async fn two_app_servers_share_sessions_and_history_chains<S>(store_a: S, store_b: S)
+where
+    S: session_trail::store::SessionStore + HistoryStore + Clone,
+{
+    use axum::body::Body;
+    use http::Request;
+    use tower::ServiceExt;
+
+    let key = session_trail::Key::generate();
+    let layer = |store: S| {
+        SessionLayer::builder(store, key.clone())
+            .history_writer(writer_config())
+            .build()
+            .unwrap()
+    };
+    let (layer_a, layer_b) = (layer(store_a.clone()), layer(store_b));
+    let app_a = super::app::router(layer_a.clone());
+    let app_b = super::app::router(layer_b.clone());
+
+    // A session made through A is valid through B, and back.
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let mut a = super::app::Client::new(app_a.clone());
+        assert_eq!(
+            a.send("POST", &format!("/login/user{i}")).await.status(),
+            StatusCode::OK
+        );
+        let mut b = super::app::Client::new(app_b.clone());
+        b.cookie = a.cookie.clone();
+        let me = b.json("GET", "/me").await;
+        assert_eq!(me["user"], format!("user{i}"));
+        let sid: SessionId = me["session"].as_str().unwrap().parse().unwrap();
+        assert_eq!(b.json("GET", "/visits").await["visits"], 1);
+        a.cookie = b.cookie.clone();
+        assert_eq!(a.json("GET", "/visits").await["visits"], 2);
+        clients.push((sid, a.cookie.clone().unwrap()));
+    }
+
+    // Concurrent requests through both servers append to the same chains.
+    let per_client = 60;
+    let mut tasks = Vec::new();
+    for (_, cookie) in &clients {
+        for j in 0..per_client {
+            let app = if j % 2 == 0 {
+                app_a.clone()
+            } else {
+                app_b.clone()
+            };
+            let cookie = cookie.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = Request::builder()
+                    .uri("/ping")
+                    .header("cookie", format!("session={cookie}"))
+                    .body(Body::empty())
+                    .unwrap();
+                app.oneshot(req).await.unwrap().status()
+            }));
+        }
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    let (wa, wb) = (
+        layer_a.history_writer().unwrap(),
+        layer_b.history_writer().unwrap(),
+    );
+    flush(wa).await;
+    flush(wb).await;
+    let conflicts = wa.stats().conflicts + wb.stats().conflicts;
+    assert!(
+        conflicts > 0,
+        "the two writers never raced; the test proves nothing"
+    );
+    assert_eq!(wa.stats().dropped + wb.stats().dropped, 0);
+
+    let ring = KeyRing::new(key.clone());
+    for (sid, _) in &clients {
+        let c = check_chain(&store_a, &ring, sid).await;
+        let requests = c
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Request)
+            .count();
+        // The login, /me, two /visits, and every /ping: nothing lost.
+        assert_eq!(requests, 4 + per_client, "session {sid}");
+        let pings = c
+            .entries
+            .iter()
+            .filter(|e| matches!(&e.body, EntryBody::Request { route, .. } if route == "/ping"))
+            .count();
+        assert_eq!(pings, per_client);
+        assert!(gaps(&c).is_empty());
+    }
+}

@@ -39,7 +39,8 @@ impl Statements {
             create: s(include_str!("sql/create.sql")),
             create_linked: s(include_str!("sql/create_linked.sql")),
             update: s(include_str!("sql/update.sql")),
-            update_user: s(include_str!("sql/update_user.sql")),
+            update_user: s(&include_str!("sql/update_user.sql")
+                .replace("{update}", include_str!("sql/update.sql").trim_end())),
             delete: s(include_str!("sql/delete.sql")),
             sessions_of_user: s(include_str!("sql/sessions_of_user.sql")),
             claim: s(include_str!("sql/claim.sql")),
