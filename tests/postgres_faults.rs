@@ -7,19 +7,13 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::body::Body;
-use http::{Request, StatusCode};
 use session_trail::history::HistoryWriter;
 use session_trail::store::PostgresStore;
-use session_trail::{Key, KeyRing, SessionId, SessionLayer};
-use tower::ServiceExt;
+use session_trail::{Key, KeyRing, SessionId};
 
-use common::app::{Client, body_json, session_cookie};
-use common::faults::{
-    assert_every_tick_once, check_chain, flush, gaps, outage_router, tick, writer_config,
-};
+use common::faults::{assert_every_tick_once, check_chain, flush, gaps, tick, writer_config};
 use common::postgres::PgServer;
 
 async fn connect(server: &PgServer) -> PostgresStore {
@@ -93,56 +87,15 @@ async fn kill_9_and_restart_during_history_writes_loses_and_duplicates_nothing()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_store_fails_closed_and_the_session_survives_the_outage() {
-    let mut server = PgServer::start();
+    let server = PgServer::start();
     let store = connect(&server).await;
-    let layer = SessionLayer::builder(store, Key::generate())
-        .build()
-        .unwrap();
-    let mut client = Client::new(outage_router(layer));
-    assert_eq!(
-        client.send("POST", "/login/alice").await.status(),
-        StatusCode::OK
-    );
-    assert_eq!(client.json("GET", "/me").await["user"], "alice");
-    let cookie = client.cookie.clone();
-    assert!(cookie.is_some());
-
-    tokio::task::block_in_place(|| server.kill9());
-
-    assert_eq!(client.send("GET", "/ping").await.status(), StatusCode::OK);
-    let res = client.send("GET", "/me").await;
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(res.headers().get("retry-after").unwrap(), "1");
-    assert!(
-        session_cookie(&res, "session").is_none(),
-        "the cookie is not touched"
-    );
-    assert_eq!(client.cookie, cookie);
-    let req = Request::builder()
-        .method("POST")
-        .uri("/shop.Cart/Add")
-        .header("content-type", "application/grpc")
-        .header("cookie", format!("session={}", cookie.as_deref().unwrap()))
-        .body(Body::empty())
-        .unwrap();
-    let res = client.app.clone().oneshot(req).await.unwrap();
-    assert_eq!(res.headers().get("grpc-status").unwrap(), "14");
-
-    tokio::task::block_in_place(|| server.restart());
-
-    // Back up: the same cookie is still logged in.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let res = client.send("GET", "/me").await;
-        if res.status() == StatusCode::OK {
-            assert_eq!(body_json(res).await["user"], "alice");
-            break;
-        }
-        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(Instant::now() < deadline, "the store did not come back");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(client.cookie, cookie);
+    let server = std::cell::RefCell::new(server);
+    common::faults::an_outage_fails_closed_and_the_session_survives(
+        store,
+        || server.borrow_mut().kill9(),
+        || server.borrow_mut().restart(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -420,7 +420,7 @@ impl SessionStore for MemoryStore {
         if let Claim::Granted { end } = &claim {
             // A claim, and the ending of its victims, lapse if its login
             // never completes.
-            let until = absolute_deadline.min(now.saturating_add(60_000));
+            let until = super::claim_lapses_at(absolute_deadline, now);
             for id in end {
                 s.ending.insert(*id, until);
             }

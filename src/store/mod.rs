@@ -180,6 +180,17 @@ impl Default for Retention {
     }
 }
 
+/// When a place claimed under the session limit lapses if its login is
+/// never saved: a minute after `now`, or the session's absolute deadline if
+/// that comes first. The same in every store.
+#[cfg_attr(
+    not(any(feature = "memory-store", feature = "redis", feature = "postgres")),
+    allow(dead_code)
+)]
+pub(crate) fn claim_lapses_at(absolute_deadline: i64, now: i64) -> i64 {
+    absolute_deadline.min(now.saturating_add(60_000))
+}
+
 /// Refuses a retention that keeps nothing (`history_retention`).
 #[cfg_attr(
     not(any(feature = "memory-store", feature = "redis")),

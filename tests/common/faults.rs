@@ -213,3 +213,79 @@ where
         assert!(gaps(&c).is_empty());
     }
 }
+
+/// An outage seen through the layer: routes that read the session answer
+/// 503 (gRPC `UNAVAILABLE`) without touching the cookie, others are served,
+/// and once the store is back (`restart`) the same cookie is still logged
+/// in. `kill` takes the store down.
+pub async fn an_outage_fails_closed_and_the_session_survives<S>(
+    store: S,
+    kill: impl FnOnce(),
+    restart: impl FnOnce(),
+) where
+    S: session_trail::store::SessionStore + HistoryStore + Clone,
+{
+    use axum::body::Body;
+    use http::Request;
+    use std::time::Instant;
+    use tower::ServiceExt;
+
+    let layer = SessionLayer::builder(store, session_trail::Key::generate())
+        .build()
+        .unwrap();
+    let mut client = super::app::Client::new(outage_router(layer));
+    assert_eq!(
+        client.send("POST", "/login/alice").await.status(),
+        StatusCode::OK
+    );
+    assert!(client.cookie.is_some());
+    assert_eq!(client.json("GET", "/me").await["user"], "alice");
+    let cookie = client.cookie.clone();
+
+    tokio::task::block_in_place(kill);
+
+    // A route that never touches the session is served as usual.
+    let res = client.send("GET", "/ping").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // A route that reads the session fails closed: 503, never a logout.
+    let started = Instant::now();
+    let res = client.send("GET", "/me").await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(res.headers().get("retry-after").unwrap(), "1");
+    assert!(
+        super::app::session_cookie(&res, "session").is_none(),
+        "the cookie is not touched"
+    );
+    assert_eq!(client.cookie, cookie);
+    // A gRPC request gets UNAVAILABLE as a gRPC status.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/shop.Cart/Add")
+        .header("content-type", "application/grpc")
+        .header("cookie", format!("session={}", cookie.as_deref().unwrap()))
+        .body(Body::empty())
+        .unwrap();
+    let res = client.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.headers().get("grpc-status").unwrap(), "14");
+
+    tokio::task::block_in_place(restart);
+
+    // Back up: the same cookie is still logged in.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let res = client.send("GET", "/me").await;
+        if res.status() == StatusCode::OK {
+            assert_eq!(super::app::body_json(res).await["user"], "alice");
+            break;
+        }
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(Instant::now() < deadline, "the store did not come back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(client.cookie, cookie);
+}

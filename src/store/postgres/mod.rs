@@ -280,6 +280,11 @@ impl PostgresStore {
     /// pool the same setting (`options=-c enable_seqscan=off` in the URL, or
     /// [`tokio_postgres::Config::options`]), or `plan_cache_mode =
     /// force_custom_plan`; the functions the store calls set it themselves.
+    ///
+    /// The setting travels as the `options` startup parameter (appended to
+    /// any the URL or config gives). A connection pooler that refuses that
+    /// parameter (PgBouncer without `ignore_startup_parameters = options`)
+    /// needs it allowed, or a pool of the application's own given here.
     pub fn from_pool(pool: Pool) -> PostgresStoreBuilder {
         PostgresStoreBuilder::new(Source::Pool(pool))
     }
@@ -1135,6 +1140,15 @@ impl PostgresStore {
     }
 }
 
+/// Key/value pairs serialized as a JSON object.
+struct JsonObject<'a>(&'a [(String, serde_json::Value)]);
+
+impl serde::Serialize for JsonObject<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
 fn ids_of(rows: &[Row], column: usize, what: &str) -> Result<Vec<SessionId>, Error> {
     rows.iter()
         .map(|r| {
@@ -1171,12 +1185,13 @@ impl SessionStore for PostgresStore {
     async fn update(&self, id: &SessionId, update: &Update) -> Result<UpdateOutcome, Error> {
         let sid = id.as_bytes().as_slice();
         let token = update.token_hash.as_bytes().as_slice();
-        let set: serde_json::Map<String, serde_json::Value> = update.set.iter().cloned().collect();
-        for (k, v) in &set {
+        for (k, v) in &update.set {
             storable("the session data", k)?;
             storable_value("the session data", v)?;
         }
-        let set = serde_json::to_string(&set)?;
+        // The changed keys as one JSON object, written straight from the
+        // update (no copy of its values).
+        let set = serde_json::to_string(&JsonObject(&update.set))?;
         for (what, v) in [
             ("the user", &update.user),
             ("the privilege", &update.privilege),
@@ -1187,7 +1202,9 @@ impl SessionStore for PostgresStore {
                 storable(what, v)?;
             }
         }
-        let flat = |v: &Option<Option<String>>| v.clone().flatten();
+        fn flat(v: &Option<Option<String>>) -> Option<&str> {
+            v.as_ref().and_then(Option::as_deref)
+        }
         let new_hash = update.rotate.map(|r| *r.new_token_hash.as_bytes());
         let new_hash = new_hash.as_ref().map(<[u8; 32]>::as_slice);
         let rotated_at = update.rotate.map(|r| r.at);
@@ -1263,7 +1280,7 @@ impl SessionStore for PostgresStore {
     ) -> Result<Claim, Error> {
         storable("the user", user)?;
         let now = now_ms();
-        let until = absolute_deadline.min(now.saturating_add(60_000));
+        let until = super::claim_lapses_at(absolute_deadline, now);
         let sid = session.as_bytes().as_slice();
         let max = i32::try_from(max).unwrap_or(i32::MAX);
         let end_oldest = policy == crate::SessionLimit::EndOldest;
@@ -1334,12 +1351,17 @@ impl HistoryStore for PostgresStore {
             // common: they run at once, on two connections (two backends,
             // two cores), each still one atomic step per session.
             let half = call.len().div_ceil(APPEND_SPLIT).max(APPEND_SPLIT_MIN);
-            let answers = futures_util::future::try_join_all(
+            // Both halves run to their end even when one fails: a half
+            // dropped mid-query would hand its busy connection back to
+            // the pool (the writer retries the whole batch either way).
+            let answers = futures_util::future::join_all(
                 call.chunks(half).map(|chunk| self.append_call(chunk)),
             )
-            .await?;
-            for (index, outcome) in answers.into_iter().flatten() {
-                out[index] = Some(outcome);
+            .await;
+            for answer in answers {
+                for (index, outcome) in answer? {
+                    out[index] = Some(outcome);
+                }
             }
         }
         Ok(out

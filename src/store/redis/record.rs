@@ -501,9 +501,6 @@ pub(super) async fn delete(store: &RedisStore, id: &SessionId) -> Result<bool, E
     Ok(existed)
 }
 
-/// How long a claimed place lasts if its login is never saved.
-const CLAIM_LAPSES_MS: i64 = 60_000;
-
 /// Claims a place among a user's sessions (see
 /// `SessionStore::claim_user_slot`): the index is cleaned of ended
 /// sessions first, then one script decides and reserves atomically in the
@@ -521,7 +518,7 @@ pub(super) async fn claim_user_slot(
     sessions_of_user(store, user).await?;
     let mut c = store.inner.conn.clone();
     let now = now_ms();
-    let lapses = clamp_ms(absolute_deadline.min(now.saturating_add(CLAIM_LAPSES_MS)));
+    let lapses = clamp_ms(super::super::claim_lapses_at(absolute_deadline, now));
     let reply: Vec<Value> = store
         .inner
         .scripts
