@@ -660,7 +660,7 @@ fn put_str(b: &mut BytesMut, s: &str) {
 
 /// An entry's fields as the SQL stores keep them in columns beside the
 /// entry's bytes (for queries; the bytes stay the evidence).
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 pub(crate) struct Columns<'a> {
     pub(crate) seq: u64,
     pub(crate) ts: i64,
@@ -678,7 +678,7 @@ pub(crate) struct Columns<'a> {
 
 /// Reads the fields of [`Columns`] from an encoded entry, checking that
 /// the entry is well formed (its tag is not checked). Never panics.
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 pub(crate) fn columns(bytes: &[u8]) -> Result<Columns<'_>, DecodeError> {
     let p = parse(bytes)?;
     let mut c = Columns {

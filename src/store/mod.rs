@@ -135,17 +135,24 @@ use crate::{Error, SessionId};
 
 #[cfg(feature = "memory-store")]
 mod memory;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod rows;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use rows::{DEFAULT_MAINTENANCE_BATCH, DEFAULT_MAINTENANCE_INTERVAL, MaintenanceReport};
 #[cfg(feature = "memory-store")]
 pub use memory::{Faults, MemoryStore};
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
 pub use self::postgres::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAINTENANCE_BATCH, DEFAULT_MAINTENANCE_INTERVAL,
-    DEFAULT_POOL_SIZE, DEFAULT_SCHEMA, DEFAULT_STATEMENT_TIMEOUT, MaintenanceReport, PostgresStore,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_SCHEMA, DEFAULT_STATEMENT_TIMEOUT, PostgresStore,
     PostgresStoreBuilder, SCHEMA_VERSION,
+};
+#[cfg(feature = "sqlite")]
+mod sqlite;
+#[cfg(feature = "sqlite")]
+pub use self::sqlite::{
+    DEFAULT_BUSY_TIMEOUT, SQLITE_SCHEMA_VERSION, SqliteStore, SqliteStoreBuilder, Synchronous,
 };
 #[cfg(feature = "redis")]
 mod redis;
@@ -184,7 +191,12 @@ impl Default for Retention {
 /// never saved: a minute after `now`, or the session's absolute deadline if
 /// that comes first. The same in every store.
 #[cfg_attr(
-    not(any(feature = "memory-store", feature = "redis", feature = "postgres")),
+    not(any(
+        feature = "memory-store",
+        feature = "redis",
+        feature = "postgres",
+        feature = "sqlite"
+    )),
     allow(dead_code)
 )]
 pub(crate) fn claim_lapses_at(absolute_deadline: i64, now: i64) -> i64 {

@@ -1,9 +1,10 @@
 //! What the SQL stores share: history entries as rows (the decoded columns
-//! beside the exact bytes), and a batch of appends split into calls whose
-//! sessions are distinct.
+//! beside the exact bytes), a batch of appends split into calls whose
+//! sessions are distinct, and the report of a maintenance round.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::time::Duration;
 
 use super::{Append, AppendOutcome};
 use crate::SessionId;
@@ -153,4 +154,26 @@ fn rows_of(append: &Append) -> Result<Vec<EntryRow<'_>>, &'static str> {
         return Err("the entries' seqs do not increase");
     }
     Ok(rows)
+}
+
+/// The default time between two rounds of maintenance.
+pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+/// The default most rows (or sessions' histories) one maintenance
+/// statement (a SQL store's) deletes.
+pub const DEFAULT_MAINTENANCE_BATCH: usize = 1_000;
+
+/// What one round of maintenance deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MaintenanceReport {
+    /// Session records past their linger after expiry.
+    pub sessions: u64,
+    /// Lapsed claims of the session limit.
+    pub claims: u64,
+    /// Lapsed links of users' history indexes.
+    pub links: u64,
+    /// Expired histories (all their entries).
+    pub histories: u64,
+    /// Histories trimmed to their newest *keep* entries.
+    pub trimmed: u64,
 }

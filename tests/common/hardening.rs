@@ -144,6 +144,58 @@ impl Faulty for session_trail::store::PostgresStore {
     }
 }
 
+#[cfg(feature = "sqlite")]
+impl Faulty for session_trail::store::SqliteStore {
+    fn break_next_save(&self, sid: &SessionId) {
+        // A trigger that refuses every later write to this record.
+        let b = super::sqlite::blob(sid);
+        let name: String = format!("{sid}")
+            .to_lowercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+        super::sqlite::exec(
+            self.path(),
+            &format!(
+                "CREATE TRIGGER test_refuse_u_{name} BEFORE UPDATE ON session_trail_sessions
+                 WHEN OLD.sid = {b} BEGIN SELECT RAISE(ABORT, 'injected fault'); END;
+                 CREATE TRIGGER test_refuse_d_{name} BEFORE DELETE ON session_trail_sessions
+                 WHEN OLD.sid = {b} BEGIN SELECT RAISE(ABORT, 'injected fault'); END;"
+            ),
+        );
+    }
+
+    fn poison_history(&self, sid: &SessionId) {
+        // A head naming an entry that is not there: appends to this
+        // session answer Failed, the others go on.
+        let b = super::sqlite::blob(sid);
+        super::sqlite::exec(
+            self.path(),
+            &format!(
+                "DELETE FROM session_trail_history WHERE sid = {b};
+                 INSERT INTO session_trail_history_heads (sid, head, last_seq, low_seq, expires_at)
+                 VALUES ({b}, X'00112233445566778899aabbccddeeff', 7, 1, 9000000000000)
+                 ON CONFLICT (sid) DO UPDATE SET head = excluded.head, last_seq = 7,
+                     expires_at = excluded.expires_at;"
+            ),
+        );
+    }
+
+    fn heal_history(&self, _sid: &SessionId) {}
+
+    async fn corrupt_tail(&self, sid: &SessionId) {
+        let b = super::sqlite::blob(sid);
+        super::sqlite::exec(
+            self.path(),
+            &format!(
+                "UPDATE session_trail_history_heads SET head = CAST('short' AS BLOB),
+                     last_seq = last_seq + 1 WHERE sid = {b};
+                 INSERT INTO session_trail_history (sid, seq, ts, kind, entry)
+                 SELECT {b}, last_seq, 0, 'request', CAST('short' AS BLOB)
+                 FROM session_trail_history_heads WHERE sid = {b};"
+            ),
+        );
+    }
+}
+
 fn key() -> Key {
     Key::from_bytes(&super::secret(91)).unwrap()
 }

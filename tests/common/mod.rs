@@ -8,6 +8,7 @@ pub mod hardening;
 pub mod postgres;
 pub mod redis;
 pub mod rotation;
+pub mod sqlite;
 pub mod users;
 
 /// A session's stored history (`sid` in its text form), decoded to JSON,

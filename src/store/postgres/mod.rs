@@ -12,7 +12,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use super::rows::split_batch;
+use super::rows::{
+    DEFAULT_MAINTENANCE_BATCH, DEFAULT_MAINTENANCE_INTERVAL, MaintenanceReport, split_batch,
+};
 use super::{
     Append, AppendOutcome, Claim, DEFAULT_HISTORY_KEEP, DEFAULT_HISTORY_TTL, EXPIRED_RECORD_LINGER,
     HistoryLink, HistoryStore, Record, Replaced, Retention, SessionStore, TokenHash, Update,
@@ -40,11 +42,6 @@ const APPEND_SPLIT: usize = 2;
 const APPEND_SPLIT_MIN: usize = 64;
 /// How long one maintenance statement may take (a batch of deletions).
 const MAINTENANCE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
-/// The default time between two rounds of maintenance.
-pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
-/// The default most rows (or sessions' histories) one maintenance
-/// statement deletes.
-pub const DEFAULT_MAINTENANCE_BATCH: usize = 1_000;
 
 /// Sessions and history in PostgreSQL: one database shared by every app
 /// server, persistent, and queryable with SQL.
@@ -577,22 +574,6 @@ fn table_of(what: &str) -> &'static str {
 
 fn corrupt(what: &str, why: &str) -> Error {
     Error::new(ErrorKind::Corrupt, format!("PostgreSQL: {what}: {why}"))
-}
-
-/// What one round of maintenance deleted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct MaintenanceReport {
-    /// Session records past their linger after expiry.
-    pub sessions: u64,
-    /// Lapsed claims of the session limit.
-    pub claims: u64,
-    /// Lapsed links of users' history indexes.
-    pub links: u64,
-    /// Expired histories (all their entries).
-    pub histories: u64,
-    /// Histories trimmed to their newest *keep* entries.
-    pub trimmed: u64,
 }
 
 impl PostgresStoreBuilder {

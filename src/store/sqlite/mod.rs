@@ -1,0 +1,1054 @@
+//! The SQLite store (feature `sqlite`). See [`SqliteStore`].
+mod schema;
+mod worker;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+use super::rows::{
+    DEFAULT_MAINTENANCE_BATCH, DEFAULT_MAINTENANCE_INTERVAL, EntryRow, MaintenanceReport,
+    split_batch,
+};
+use super::{
+    Append, AppendOutcome, Claim, DEFAULT_HISTORY_KEEP, DEFAULT_HISTORY_TTL, EXPIRED_RECORD_LINGER,
+    HistoryLink, HistoryStore, Record, Replaced, Retention, SessionStore, TokenHash, Update,
+    UpdateOutcome,
+};
+use crate::SessionId;
+use crate::error::{ConfigError, Error, ErrorKind};
+use crate::util::now_ms;
+use worker::{Fail, Job, Settings};
+
+pub use schema::SCHEMA_VERSION as SQLITE_SCHEMA_VERSION;
+
+/// The default time an operation waits for another connection's write
+/// (another process sharing the file) before it fails.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The statements, one file each.
+mod sql {
+    pub(super) const LOAD: &str = include_str!("sql/load.sql");
+    pub(super) const LOAD_LIVE: &str = include_str!("sql/load_live.sql");
+    pub(super) const CREATE: &str = include_str!("sql/create.sql");
+    pub(super) const SAVE: &str = include_str!("sql/save.sql");
+    pub(super) const UNCLAIM_LOGIN: &str = include_str!("sql/unclaim_login.sql");
+    pub(super) const DELETE: &str = include_str!("sql/delete.sql");
+    pub(super) const DELETE_UNCLAIM: &str = include_str!("sql/delete_unclaim.sql");
+    pub(super) const SESSIONS_OF_USER: &str = include_str!("sql/sessions_of_user.sql");
+    pub(super) const CLAIM_OTHERS: &str = include_str!("sql/claim_others.sql");
+    pub(super) const CLAIM_PENDING: &str = include_str!("sql/claim_pending.sql");
+    pub(super) const CLAIM: &str = include_str!("sql/claim.sql");
+    pub(super) const RELEASE: &str = include_str!("sql/release.sql");
+    pub(super) const HEAD: &str = include_str!("sql/head.sql");
+    pub(super) const TOKEN_OF: &str = include_str!("sql/token_of.sql");
+    pub(super) const SET_HEAD: &str = include_str!("sql/set_head.sql");
+    pub(super) const INSERT_ENTRY: &str = include_str!("sql/insert_entry.sql");
+    pub(super) const ENTRY_AT: &str = include_str!("sql/entry_at.sql");
+    pub(super) const DROP_ENTRIES: &str = include_str!("sql/drop_entries.sql");
+    pub(super) const READ_NEWEST: &str = include_str!("sql/read_newest.sql");
+    pub(super) const ERASE: &str = include_str!("sql/erase.sql");
+    pub(super) const COUNT_READABLE: &str = include_str!("sql/count_readable.sql");
+    pub(super) const LINK_USER: &str = include_str!("sql/link_user.sql");
+    pub(super) const USER_SESSIONS: &str = include_str!("sql/user_sessions.sql");
+    pub(super) const UNLINK: &str = include_str!("sql/unlink.sql");
+    pub(super) const EXPIRE_SESSIONS: &str = include_str!("sql/expire_sessions.sql");
+    pub(super) const EXPIRE_CLAIMS: &str = include_str!("sql/expire_claims.sql");
+    pub(super) const EXPIRE_LINKS: &str = include_str!("sql/expire_links.sql");
+    pub(super) const EXPIRED_HISTORIES: &str = include_str!("sql/expired_histories.sql");
+    pub(super) const DROP_HEAD: &str = include_str!("sql/drop_head.sql");
+    pub(super) const EMPTY_HEAD: &str = include_str!("sql/empty_head.sql");
+    pub(super) const OVERFULL_HISTORIES: &str = include_str!("sql/overfull_histories.sql");
+    pub(super) const TRIM_HISTORY: &str = include_str!("sql/trim_history.sql");
+    pub(super) const TRIMMED_HEAD: &str = include_str!("sql/trimmed_head.sql");
+}
+
+/// How SQLite makes a commit durable (its `synchronous` setting; the
+/// database is always in WAL mode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Synchronous {
+    /// `synchronous = NORMAL`: a commit is written to the write-ahead log
+    /// before it is acknowledged, and the log is synced to disk at each
+    /// checkpoint. Nothing acknowledged is lost when the **process**
+    /// crashes or is killed (the log is in the operating system's cache);
+    /// an **operating system crash or power loss** can lose the commits
+    /// since the last checkpoint (the database stays consistent). The
+    /// default, and the usual setting for WAL.
+    #[default]
+    Normal,
+    /// `synchronous = FULL`: the log is synced to disk at every commit, so
+    /// an acknowledged commit survives a power loss too, for one `fsync`
+    /// per write transaction.
+    Full,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Self::Normal => "NORMAL",
+            Self::Full => "FULL",
+        }
+    }
+}
+
+/// Sessions and history in one SQLite file: persistent across restarts,
+/// with no server to run, and queryable with SQL.
+///
+/// - **Sessions** are rows. An update reads the record, checks that it is
+///   live and holds the request's token hash, changes only the data keys
+///   the request wrote or removed, and writes it back, all in one write
+///   transaction: concurrent requests that write different keys both
+///   survive, also from two processes sharing the file, and a destroyed
+///   session is never resurrected. `create` is a plain `INSERT`: an id
+///   that exists is refused ([`ErrorKind::Conflict`]), never overwritten.
+/// - **History** is one row per entry, as in the PostgreSQL store: the
+///   exact signed bytes, which [`verify`](crate::history::verify) checks,
+///   and the same columns decoded from them for SQL (time, kind, event name
+///   or route, method, status, user pseudonym, attributes as JSON text). A
+///   batch of appends is one write transaction, in which each session's
+///   compare-and-append is decided against its heads row, with the same
+///   outcomes as the other stores.
+/// - **Retention and clean-up**: reads only ever show a list's newest
+///   *keep* entries and nothing past its TTL (a history lives at least the
+///   TTL after its last entry, and at most a 64th of it longer, an hour at
+///   most); a maintenance round deletes expired sessions, expired
+///   histories, entries beyond *keep*, lapsed claims and links, in bounded
+///   batches (see [`SqliteStoreBuilder::maintenance_interval`]). A round
+///   that fails is logged and retried later.
+///
+/// # Driver and threads
+///
+/// [`rusqlite`] with SQLite compiled in (no system library needed). SQLite
+/// calls block, so the store runs them on a **thread of its own** that
+/// owns the one connection: operations are sent to it and their answers
+/// awaited, so the async runtime never blocks, and the store works from
+/// any runtime (or several). One connection means one writer in the
+/// process, which SQLite allows anyway, and statements prepared once; each
+/// operation takes a few microseconds, so the thread is rarely the limit
+/// (see BENCHMARKS.md). The thread ends when the last clone of the store is
+/// dropped, after the operations already sent.
+///
+/// `sqlx`'s SQLite driver was the other candidate: it also runs each
+/// connection on a thread, but adds a pool and a query layer this store
+/// does not need, and cannot hold a transaction across the compare-and-
+/// append's Rust logic without a round trip to the thread per statement.
+///
+/// # File, schema and processes
+///
+/// [`open`](SqliteStore::open) creates the file when it is missing,
+/// switches it to WAL mode, and creates or upgrades the schema (versioned:
+/// the table `session_trail_schema` records the versions applied; a file
+/// of a newer version is refused). Every table is named `session_trail_*`;
+/// the file may hold the application's own tables too.
+///
+/// ```sql
+#[doc = include_str!("sql/v1.sql")]
+/// ```
+///
+/// Several processes on one host may share the file (two app servers
+/// behind a proxy, a deploy that overlaps): writes take SQLite's write
+/// lock in turn, waiting up to the
+/// [busy timeout](SqliteStoreBuilder::busy_timeout), and every decision
+/// (a token check, a compare-and-append) is made inside the write
+/// transaction, so it holds across processes. Do not put the file on a
+/// network file system: WAL needs shared memory on one host.
+///
+/// Queries over the history, for example the most used routes of the last
+/// day:
+///
+/// ```sql
+/// SELECT name, count(*) FROM session_trail_history
+/// WHERE kind = 'request' AND ts > (unixepoch() - 86400) * 1000
+/// GROUP BY name ORDER BY count(*) DESC LIMIT 10;
+/// ```
+///
+/// The decoded columns are what analytics trust; the evidence is the
+/// `entry` bytes, which `verify` checks (a row whose columns were edited
+/// still verifies: only its bytes are signed). Rows past a list's *keep*
+/// or TTL may linger until maintenance deletes them: query through
+/// `session_trail_history_heads` to see exactly what the store would
+/// answer.
+///
+/// # Durability
+///
+/// An operation is acknowledged after its transaction committed. See
+/// [`Synchronous`] for what that survives: with the default
+/// ([`Synchronous::Normal`]) a killed process loses nothing acknowledged,
+/// a power loss can lose the last commits. The history writer's queue is
+/// in memory: entries it has accepted but not yet written are lost if the
+/// process is killed (`kill -9`); shut the writer down
+/// ([`HistoryWriter::shutdown`](crate::history::HistoryWriter::shutdown)) on `SIGTERM`
+/// and they are written first.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use session_trail::{Key, SessionLayer, store::SqliteStore};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// # let dir = std::env::temp_dir().join(format!("st-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// # let path = dir.join("sessions.db");
+/// let store = SqliteStore::builder(&path)
+///     .history_retention(500, Duration::from_secs(7 * 24 * 3600))
+///     .open()
+///     .await?;
+/// let layer = SessionLayer::builder(store, Key::generate()).build()?;
+/// # let _ = layer;
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    jobs: mpsc::Sender<Job>,
+    path: PathBuf,
+    keep: usize,
+    ttl: Duration,
+    synchronous: Synchronous,
+    busy_timeout: Duration,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        f.debug_struct("SqliteStore")
+            .field("path", &i.path)
+            .field("keep", &i.keep)
+            .field("ttl", &i.ttl)
+            .field("synchronous", &i.synchronous)
+            .field("busy_timeout", &i.busy_timeout)
+            .finish()
+    }
+}
+
+/// Builds a [`SqliteStore`].
+///
+/// ```
+/// use std::time::Duration;
+/// use session_trail::store::SqliteStore;
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let err = SqliteStore::builder("sessions.db")
+///     .busy_timeout(Duration::ZERO)
+///     .open()
+///     .await
+///     .unwrap_err();
+/// assert!(err.to_string().contains("busy_timeout"), "{err}");
+/// # });
+/// ```
+#[must_use]
+#[derive(Debug)]
+pub struct SqliteStoreBuilder {
+    path: PathBuf,
+    keep: usize,
+    ttl: Duration,
+    synchronous: Synchronous,
+    busy_timeout: Duration,
+    maintenance_interval: Option<Duration>,
+    maintenance_batch: usize,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database file at `path` with the default
+    /// settings; see [`SqliteStoreBuilder::open`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SqliteStoreBuilder::open`].
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::builder(path).open().await
+    }
+
+    /// A builder for a store in the file at `path`.
+    pub fn builder(path: impl AsRef<Path>) -> SqliteStoreBuilder {
+        SqliteStoreBuilder {
+            path: path.as_ref().to_path_buf(),
+            keep: DEFAULT_HISTORY_KEEP,
+            ttl: DEFAULT_HISTORY_TTL,
+            synchronous: Synchronous::default(),
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
+            maintenance_interval: Some(DEFAULT_MAINTENANCE_INTERVAL),
+            maintenance_batch: DEFAULT_MAINTENANCE_BATCH,
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Checks that the schema is at [`SQLITE_SCHEMA_VERSION`] and that
+    /// every table has the columns the store uses (`open` does this too).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Misconfigured`] naming the table and what is wrong.
+    pub async fn check_schema(&self) -> Result<(), Error> {
+        self.call("check the schema", |db| schema::check(db.conn()))
+            .await
+    }
+
+    /// Runs maintenance now: deletes expired sessions, expired histories,
+    /// entries beyond the retention's *keep*, and lapsed claims and
+    /// history links, each in write transactions of at most
+    /// [`SqliteStoreBuilder::maintenance_batch`] rows, until none is left.
+    ///
+    /// # Errors
+    ///
+    /// When a statement fails; what was deleted before stays deleted.
+    pub async fn run_maintenance(&self) -> Result<MaintenanceReport, Error> {
+        self.call("maintenance", |conn| {
+            let mut report = MaintenanceReport::default();
+            loop {
+                let (round, full) = worker::maintenance_batch(conn)?;
+                report.sessions += round.sessions;
+                report.claims += round.claims;
+                report.links += round.links;
+                report.histories += round.histories;
+                report.trimmed += round.trimmed;
+                if !full {
+                    return Ok(report);
+                }
+            }
+        })
+        .await
+    }
+
+    /// Runs `f` with the connection on the store's thread; `what` names the
+    /// operation in errors.
+    async fn call<T, F>(&self, what: &'static str, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut worker::Db) -> Result<T, Fail> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |db| {
+            let _ = tx.send(f(db).map_err(|e| db.error(e, what)));
+        });
+        let gone = || {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "SQLite database {}: {what}: the store's thread has stopped",
+                    self.inner.path.display()
+                ),
+            )
+        };
+        self.inner.jobs.send(job).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    fn keep_i64(&self) -> i64 {
+        i64::try_from(self.inner.keep).unwrap_or(i64::MAX)
+    }
+
+    fn history_ttl_ms(&self) -> i64 {
+        i64::try_from(self.inner.ttl.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Until when a user's history link lives: the latest the session can
+    /// end, plus the history TTL.
+    fn link_until(&self, session_ends: i64) -> i64 {
+        session_ends
+            .max(now_ms())
+            .saturating_add(self.history_ttl_ms())
+    }
+}
+
+impl SqliteStoreBuilder {
+    /// Keep the newest `keep` history entries per session, and a session's
+    /// history until `ttl` after its last entry.
+    pub fn history_retention(mut self, keep: usize, ttl: Duration) -> Self {
+        self.keep = keep;
+        self.ttl = ttl;
+        self
+    }
+
+    /// How commits are made durable (default [`Synchronous::Normal`]).
+    pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
+        self.synchronous = synchronous;
+        self
+    }
+
+    /// How long an operation waits for the write lock another connection
+    /// (another process sharing the file) holds, before it fails with
+    /// [`ErrorKind::Unavailable`] (default [`DEFAULT_BUSY_TIMEOUT`]). The
+    /// store's thread waits meanwhile, so the process's other operations
+    /// wait too.
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// How often maintenance runs on the store's thread (default
+    /// [`DEFAULT_MAINTENANCE_INTERVAL`]), one batch at a time between
+    /// other operations; `None` turns it off, for an application that
+    /// calls [`SqliteStore::run_maintenance`] itself.
+    pub fn maintenance_interval(mut self, interval: Option<Duration>) -> Self {
+        self.maintenance_interval = interval;
+        self
+    }
+
+    /// The most rows one maintenance transaction deletes (default
+    /// [`DEFAULT_MAINTENANCE_BATCH`]), so no transaction holds the write
+    /// lock for long.
+    pub fn maintenance_batch(mut self, n: usize) -> Self {
+        self.maintenance_batch = n;
+        self
+    }
+
+    /// Opens the file (creating it when missing), switches it to WAL mode,
+    /// applies the `synchronous` setting and the busy timeout, and creates
+    /// or upgrades the schema, on the store's own thread. No Tokio runtime
+    /// is needed, except to await the answer.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`] for an invalid setting (its source is
+    /// the [`ConfigError`] naming it: `path`, `history_retention`,
+    /// `busy_timeout`, `maintenance_interval`, `maintenance_batch`). Each
+    /// of the following names the file:
+    /// [`ErrorKind::Misconfigured`] when the file cannot be opened or
+    /// written (a missing directory, no permission, a read-only file
+    /// system), when it holds a newer schema version than this build
+    /// knows, or tables that differ from what the store needs (naming the
+    /// table); [`ErrorKind::Corrupt`] when the file is not a SQLite
+    /// database or is damaged; [`ErrorKind::Unavailable`] when another
+    /// connection holds the write lock past the busy timeout.
+    pub async fn open(self) -> Result<SqliteStore, Error> {
+        let invalid = |e: ConfigError| Error::with_source(ErrorKind::InvalidInput, e);
+        if self.path.as_os_str().is_empty() {
+            return Err(invalid(ConfigError::new("path", "the path is empty")));
+        }
+        if self.path.as_os_str() == ":memory:" {
+            return Err(invalid(ConfigError::new(
+                "path",
+                "an in-memory SQLite database is lost with the process: use MemoryStore, \
+                 or a file",
+            )));
+        }
+        super::check_retention(self.keep, self.ttl).map_err(invalid)?;
+        for (setting, bad) in [
+            ("busy_timeout", self.busy_timeout.is_zero()),
+            ("maintenance_batch", self.maintenance_batch == 0),
+            (
+                "maintenance_interval",
+                self.maintenance_interval.is_some_and(|d| d.is_zero()),
+            ),
+        ] {
+            if bad {
+                return Err(invalid(ConfigError::new(
+                    setting,
+                    "must be greater than zero",
+                )));
+            }
+        }
+        let settings = Settings {
+            path: self.path.clone(),
+            synchronous: self.synchronous,
+            busy_timeout: self.busy_timeout,
+            keep: i64::try_from(self.keep).unwrap_or(i64::MAX),
+            maintenance_interval: self.maintenance_interval,
+            maintenance_batch: i64::try_from(self.maintenance_batch).unwrap_or(i64::MAX),
+        };
+        let jobs = worker::start(settings).await?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                jobs,
+                path: self.path,
+                keep: self.keep,
+                ttl: self.ttl,
+                synchronous: self.synchronous,
+                busy_timeout: self.busy_timeout,
+            }),
+        })
+    }
+}
+
+const RECORD_COLUMNS: usize = 13;
+
+fn corrupt(what: &str) -> Fail {
+    Fail::Err(Error::new(ErrorKind::Corrupt, what.to_owned()))
+}
+
+fn sid_of(bytes: &[u8]) -> Result<SessionId, Fail> {
+    Ok(SessionId::from_bytes(
+        bytes
+            .try_into()
+            .map_err(|_| corrupt("a sid is not 16 bytes"))?,
+    ))
+}
+
+/// A record from a row of `load.sql`'s columns.
+fn record_of(row: &Row<'_>) -> Result<Record, Fail> {
+    debug_assert_eq!(row.as_ref().column_count(), RECORD_COLUMNS);
+    let hash = |b: Vec<u8>| -> Result<TokenHash, Fail> {
+        Ok(TokenHash::from_bytes(
+            b.try_into()
+                .map_err(|_| corrupt("a token hash is not 32 bytes"))?,
+        ))
+    };
+    let sid: Vec<u8> = row.get(0)?;
+    let replaced_hash: Option<Vec<u8>> = row.get(2)?;
+    let replaced_at: Option<i64> = row.get(3)?;
+    let replaced = match (replaced_hash, replaced_at) {
+        (Some(h), Some(at)) => Some(Replaced {
+            token_hash: hash(h)?,
+            at,
+        }),
+        _ => None,
+    };
+    let data: String = row.get(6)?;
+    let data: HashMap<String, serde_json::Value> =
+        serde_json::from_str(&data).map_err(|_| corrupt("a session's data is not a JSON object"))?;
+    Ok(Record {
+        id: sid_of(&sid)?,
+        token_hash: hash(row.get(1)?)?,
+        replaced,
+        user: row.get(4)?,
+        privilege: row.get(5)?,
+        data,
+        created: row.get(7)?,
+        last_seen: row.get(8)?,
+        idle_deadline: row.get(9)?,
+        absolute_deadline: row.get(10)?,
+        device: row.get(11)?,
+        network: row.get(12)?,
+    })
+}
+
+fn records(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Record>, Fail> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(record_of(row)?);
+    }
+    Ok(out)
+}
+
+fn immediate(conn: &mut Connection) -> Result<rusqlite::Transaction<'_>, Fail> {
+    Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
+}
+
+/// Inserts a record (and, with a user, ends the login's claim; with a
+/// link, links its history), in one transaction.
+fn create_record(
+    conn: &mut Connection,
+    record: &Record,
+    link: Option<(&str, i64)>,
+) -> Result<(), Fail> {
+    let tx = immediate(conn)?;
+    let data = serde_json::to_string(&record.data).map_err(|e| Fail::Err(e.into()))?;
+    let inserted = tx.prepare_cached(sql::CREATE)?.execute(params![
+        record.id.as_bytes().as_slice(),
+        record.token_hash.as_bytes().as_slice(),
+        record.replaced.map(|r| *r.token_hash.as_bytes()).as_ref().map(<[u8; 32]>::as_slice),
+        record.replaced.map(|r| r.at),
+        record.user,
+        record.privilege,
+        data,
+        record.created,
+        record.last_seen,
+        record.idle_deadline,
+        record.absolute_deadline,
+        record.device,
+        record.network,
+    ]);
+    match inserted {
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            return Err(Fail::Err(Error::new(
+                ErrorKind::Conflict,
+                "a session with this id exists already (an id collision); it was not overwritten",
+            )));
+        }
+        r => r?,
+    };
+    let sid = record.id.as_bytes().as_slice();
+    if record.user.is_some() {
+        tx.prepare_cached(sql::UNCLAIM_LOGIN)?.execute([sid])?;
+    }
+    if let Some((user, until)) = link {
+        tx.prepare_cached(sql::LINK_USER)?
+            .execute(params![user, sid, until])?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl SqliteStore {
+    async fn create_with(&self, record: &Record, link: Option<&HistoryLink<'_>>) -> Result<(), Error> {
+        let record = record.clone();
+        let link = link.map(|l| (l.user.to_owned(), self.link_until(l.session_ends)));
+        self.call("create a session", move |db| {
+            create_record(db.conn(), &record, link.as_ref().map(|(u, t)| (u.as_str(), *t)))
+        })
+        .await
+    }
+}
+
+impl SessionStore for SqliteStore {
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        let sid = *id.as_bytes();
+        let since = now_ms().saturating_sub(EXPIRED_RECORD_LINGER.as_millis() as i64);
+        self.call("load a session", move |db| {
+            Ok(records(db.conn(), sql::LOAD, params![sid.as_slice(), since])?.pop())
+        })
+        .await
+    }
+
+    async fn create(&self, record: &Record) -> Result<(), Error> {
+        self.create_with(record, None).await
+    }
+
+    async fn create_linked(&self, record: &Record, link: &HistoryLink<'_>) -> Result<bool, Error> {
+        self.create_with(record, Some(link)).await?;
+        Ok(true)
+    }
+
+    async fn update(&self, id: &SessionId, update: &Update) -> Result<UpdateOutcome, Error> {
+        let sid = *id.as_bytes();
+        let update = update.clone();
+        let now = now_ms();
+        self.call("update a session", move |db| {
+            let tx = immediate(db.conn())?;
+            let found = records(
+                &tx,
+                sql::LOAD_LIVE,
+                params![sid.as_slice(), update.token_hash.as_bytes().as_slice(), now],
+            )?
+            .pop();
+            let Some(mut record) = found else {
+                return Ok(UpdateOutcome::Missing);
+            };
+            update.apply_to(&mut record);
+            let data = serde_json::to_string(&record.data).map_err(|e| Fail::Err(e.into()))?;
+            tx.prepare_cached(sql::SAVE)?.execute(params![
+                sid.as_slice(),
+                record.token_hash.as_bytes().as_slice(),
+                record.replaced.map(|r| *r.token_hash.as_bytes()).as_ref().map(<[u8; 32]>::as_slice),
+                record.replaced.map(|r| r.at),
+                record.user,
+                record.privilege,
+                data,
+                record.last_seen,
+                record.idle_deadline,
+                record.device,
+                record.network,
+            ])?;
+            if update.user.is_some() {
+                tx.prepare_cached(sql::UNCLAIM_LOGIN)?
+                    .execute([sid.as_slice()])?;
+            }
+            tx.commit()?;
+            Ok(UpdateOutcome::Applied)
+        })
+        .await
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<bool, Error> {
+        let sid = *id.as_bytes();
+        self.call("delete a session", move |db| {
+            let tx = immediate(db.conn())?;
+            let n = tx.prepare_cached(sql::DELETE)?.execute([sid.as_slice()])?;
+            tx.prepare_cached(sql::DELETE_UNCLAIM)?
+                .execute([sid.as_slice()])?;
+            tx.commit()?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn sessions_of_user(&self, user: &str) -> Result<Vec<Record>, Error> {
+        let user = user.to_owned();
+        let now = now_ms();
+        self.call("list a user's sessions", move |db| {
+            records(db.conn(), sql::SESSIONS_OF_USER, params![user, now])
+        })
+        .await
+    }
+
+    async fn claim_user_slot(
+        &self,
+        user: &str,
+        session: &SessionId,
+        absolute_deadline: i64,
+        max: usize,
+        policy: crate::SessionLimit,
+    ) -> Result<Claim, Error> {
+        let user = user.to_owned();
+        let sid = *session.as_bytes();
+        let now = now_ms();
+        let until = super::claim_lapses_at(absolute_deadline, now);
+        self.call("claim a place under the session limit", move |db| {
+            let tx = immediate(db.conn())?;
+            // In one write transaction: a login saved meanwhile (its claim
+            // gone and its session there) counts once, and no other claim
+            // of this user (in any process) comes between count and claim.
+            let others = {
+                let mut stmt = tx.prepare_cached(sql::CLAIM_OTHERS)?;
+                let rows = stmt.query_map(params![user, sid.as_slice(), now], |r| {
+                    r.get::<_, Vec<u8>>(0)
+                })?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            let pending: i64 = tx.prepare_cached(sql::CLAIM_PENDING)?.query_row(
+                params![user, sid.as_slice(), now],
+                |r| r.get(0),
+            )?;
+            let total = others.len().saturating_add(usize::try_from(pending).unwrap_or(0));
+            let mut ends: &[Vec<u8>] = &[];
+            if total >= max {
+                let n = total + 1 - max;
+                if policy != crate::SessionLimit::EndOldest || others.len() < n {
+                    return Ok(Claim::Refused);
+                }
+                ends = &others[..n];
+            }
+            {
+                let mut claim = tx.prepare_cached(sql::CLAIM)?;
+                for e in ends {
+                    claim.execute(params![e, 1, user, until])?;
+                }
+                claim.execute(params![sid.as_slice(), 0, user, until])?;
+            }
+            let end = ends.iter().map(|e| sid_of(e)).collect::<Result<_, _>>()?;
+            tx.commit()?;
+            Ok(Claim::Granted { end })
+        })
+        .await
+    }
+
+    async fn release_user_slot(
+        &self,
+        user: &str,
+        session: &SessionId,
+        ended: &[SessionId],
+    ) -> Result<(), Error> {
+        let user = user.to_owned();
+        let sid = *session.as_bytes();
+        let ended: Vec<[u8; 16]> = ended.iter().map(|s| *s.as_bytes()).collect();
+        self.call("release a claimed place", move |db| {
+            let tx = immediate(db.conn())?;
+            tx.prepare_cached(sql::RELEASE)?
+                .execute(params![user, sid.as_slice()])?;
+            {
+                let mut unclaim = tx.prepare_cached(sql::DELETE_UNCLAIM)?;
+                for e in &ended {
+                    unclaim.execute([e.as_slice()])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// A list's heads row.
+struct Heads {
+    head: Option<Vec<u8>>,
+    last_seq: i64,
+    low_seq: i64,
+    expires_at: i64,
+    erased_until: Option<i64>,
+}
+
+/// Compare-and-append for a whole batch in one write transaction: each
+/// session's append is decided against its heads row (and its record,
+/// for a token) as the transaction's earlier appends left them.
+fn append_batch(
+    conn: &mut Connection,
+    batch: &[Append],
+    now: i64,
+    expires: i64,
+    slack: i64,
+) -> Result<Vec<AppendOutcome>, Fail> {
+    let mut out: Vec<Option<AppendOutcome>> = vec![None; batch.len()];
+    let calls = split_batch(batch, &mut out);
+    let tx = immediate(conn)?;
+    {
+        let mut head_of = tx.prepare_cached(sql::HEAD)?;
+        let mut token_of = tx.prepare_cached(sql::TOKEN_OF)?;
+        let mut set_head = tx.prepare_cached(sql::SET_HEAD)?;
+        let mut insert = tx.prepare_cached(sql::INSERT_ENTRY)?;
+        let mut entry_at = tx.prepare_cached(sql::ENTRY_AT)?;
+        let mut drop_entries = tx.prepare_cached(sql::DROP_ENTRIES)?;
+        for p in calls.iter().flatten() {
+            let a = p.append;
+            let sid = a.session.as_bytes().as_slice();
+            let h = head_of
+                .query_row([sid], |r| {
+                    Ok(Heads {
+                        head: r.get(0)?,
+                        last_seq: r.get(1)?,
+                        low_seq: r.get(2)?,
+                        expires_at: r.get(3)?,
+                        erased_until: r.get(4)?,
+                    })
+                })
+                .optional()?;
+            let live = h
+                .as_ref()
+                .filter(|h| h.head.is_some() && h.expires_at > now);
+            // The token condition: a live record holding it.
+            let mut mismatch = None;
+            if let Some(token) = &a.token {
+                let rec = token_of
+                    .query_row([sid], |r| {
+                        Ok((
+                            r.get::<_, Vec<u8>>(0)?,
+                            r.get::<_, Option<Vec<u8>>>(1)?,
+                            r.get::<_, Option<i64>>(2)?,
+                            r.get::<_, i64>(3)?,
+                        ))
+                    })
+                    .optional()?;
+                let token = token.as_bytes().as_slice();
+                match rec {
+                    Some((hash, _, _, expires_at)) if hash == token && expires_at > now => {}
+                    Some((_, replaced, at, _)) => {
+                        mismatch = Some(if replaced.as_deref() == Some(token) {
+                            at
+                        } else {
+                            None
+                        });
+                    }
+                    None => mismatch = Some(None),
+                }
+            }
+            if let Some(replaced_at) = mismatch {
+                out[p.index] = Some(AppendOutcome::TokenMismatch { replaced_at });
+                continue;
+            }
+            let current = live.and_then(|h| h.head.as_deref());
+            let expected = a.expected_head.as_ref().map(<[u8; 16]>::as_slice);
+            let follows = live.is_none_or(|h| p.first_seq() > h.last_seq);
+            if current == expected && follows {
+                if h.as_ref().is_some_and(|_| live.is_none()) {
+                    // What an expired or erased list left behind goes first.
+                    drop_entries.execute([sid])?;
+                }
+                let low_seq = live.map_or(1, |h| h.low_seq);
+                let expires_at = match &h {
+                    Some(h) if h.expires_at >= expires => h.expires_at,
+                    _ => expires.saturating_add(slack),
+                };
+                let last_tag = a.last_tag().unwrap_or([0; 16]);
+                set_head.execute(params![
+                    sid,
+                    last_tag.as_slice(),
+                    p.last_seq(),
+                    low_seq,
+                    expires_at
+                ])?;
+                for r in &p.rows {
+                    insert_row(&mut insert, sid, r)?;
+                }
+                out[p.index] = Some(AppendOutcome::Appended);
+                continue;
+            }
+            // Not appended: why, and the last stored entry.
+            let last: Option<Vec<u8>> = match live {
+                Some(h) => entry_at
+                    .query_row(params![sid, h.last_seq], |r| r.get(0))
+                    .optional()?,
+                None => None,
+            };
+            let last_tag = a.last_tag();
+            let outcome = if live.is_some() && current == last_tag.as_ref().map(<[u8; 16]>::as_slice)
+            {
+                AppendOutcome::AlreadyApplied
+            } else if live.is_some()
+                && (last.as_ref().is_none_or(|e| e.len() < 16) || current == expected)
+            {
+                AppendOutcome::Failed {
+                    reason: "the stored head names an entry that is missing or corrupt, or the \
+                             batch's first seq does not follow it"
+                        .into(),
+                }
+            } else if h
+                .as_ref()
+                .and_then(|h| h.erased_until)
+                .is_some_and(|until| until > now)
+            {
+                AppendOutcome::Erased {
+                    last: last.map(Bytes::from),
+                }
+            } else {
+                AppendOutcome::Conflict {
+                    last: last.map(Bytes::from),
+                }
+            };
+            out[p.index] = Some(outcome);
+        }
+    }
+    tx.commit()?;
+    Ok(out
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or(AppendOutcome::Failed {
+                reason: "no answer".into(),
+            })
+        })
+        .collect())
+}
+
+fn insert_row(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    sid: &[u8],
+    r: &EntryRow<'_>,
+) -> Result<(), Fail> {
+    insert.execute(params![
+        sid,
+        r.seq,
+        r.ts,
+        r.kind,
+        r.name.as_deref(),
+        r.method.as_deref(),
+        r.status,
+        r.user.as_deref(),
+        r.attrs.as_deref(),
+        r.bytes,
+    ])?;
+    Ok(())
+}
+
+impl HistoryStore for SqliteStore {
+    fn checks_tokens(&self) -> bool {
+        true
+    }
+
+    fn retention(&self) -> Retention {
+        Retention {
+            keep: self.inner.keep,
+            ttl: self.inner.ttl,
+        }
+    }
+
+    async fn append(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, Error> {
+        let batch = batch.to_vec();
+        let now = now_ms();
+        let ttl = self.history_ttl_ms();
+        let expires = now.saturating_add(ttl);
+        // A list's expiry moves only when it would come before `expires`,
+        // and then this much later: a 64th of the TTL, at most an hour (as
+        // the other stores refresh theirs).
+        let slack = (ttl / 64).min(3_600_000).min(i64::MAX - expires);
+        self.call("append history", move |db| {
+            append_batch(db.conn(), &batch, now, expires, slack)
+        })
+        .await
+    }
+
+    async fn read_newest(&self, session: &SessionId, n: usize) -> Result<Vec<Bytes>, Error> {
+        let sid = *session.as_bytes();
+        let now = now_ms();
+        let keep = self.keep_i64();
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        self.call("read history", move |db| {
+            let mut stmt = db.conn().prepare_cached(sql::READ_NEWEST)?;
+            let rows = stmt.query_map(params![sid.as_slice(), now, keep, n], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })?;
+            let mut out = rows
+                .map(|r| r.map(Bytes::from))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.reverse();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn read_all(&self, session: &SessionId) -> Result<Vec<Bytes>, Error> {
+        self.read_newest(session, usize::MAX).await
+    }
+
+    async fn delete(&self, session: &SessionId) -> Result<u64, Error> {
+        let sid = *session.as_bytes();
+        let now = now_ms();
+        let keep = self.keep_i64();
+        let until = now.saturating_add(self.history_ttl_ms());
+        self.call("erase history", move |db| {
+            let tx = immediate(db.conn())?;
+            let sid = sid.as_slice();
+            let n: i64 = tx
+                .prepare_cached(sql::COUNT_READABLE)?
+                .query_row(params![sid, now, keep], |r| r.get(0))?;
+            tx.prepare_cached(sql::DROP_ENTRIES)?.execute([sid])?;
+            tx.prepare_cached(sql::ERASE)?.execute(params![sid, until])?;
+            tx.commit()?;
+            Ok(n.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn link_user(
+        &self,
+        user: &str,
+        session: &SessionId,
+        session_ends: i64,
+    ) -> Result<(), Error> {
+        let user = user.to_owned();
+        let sid = *session.as_bytes();
+        let until = self.link_until(session_ends);
+        self.call("link a user's history", move |db| {
+            db.conn()
+                .prepare_cached(sql::LINK_USER)?
+                .execute(params![user, sid.as_slice(), until])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user_sessions(&self, user: &str) -> Result<Vec<SessionId>, Error> {
+        let user = user.to_owned();
+        let now = now_ms();
+        self.call("list a user's history", move |db| {
+            let mut stmt = db.conn().prepare_cached(sql::USER_SESSIONS)?;
+            let rows = stmt.query_map(params![user, now], |r| r.get::<_, Vec<u8>>(0))?;
+            let mut out = Vec::new();
+            for sid in rows {
+                out.push(sid_of(&sid?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn unlink_sessions(&self, user: &str, sessions: &[SessionId]) -> Result<(), Error> {
+        let user = user.to_owned();
+        let sids: Vec<[u8; 16]> = sessions.iter().map(|s| *s.as_bytes()).collect();
+        self.call("unlink a user's history", move |db| {
+            let tx = immediate(db.conn())?;
+            {
+                let mut unlink = tx.prepare_cached(sql::UNLINK)?;
+                for sid in &sids {
+                    unlink.execute(params![user, sid.as_slice()])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}

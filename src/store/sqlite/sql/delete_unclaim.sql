@@ -1,0 +1,1 @@
+DELETE FROM session_trail_claims WHERE sid = ?1 AND kind = 1

@@ -1,0 +1,1 @@
+DELETE FROM session_trail_history_heads WHERE sid = ?1

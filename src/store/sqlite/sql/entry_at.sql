@@ -1,0 +1,2 @@
+-- One stored entry.
+SELECT entry FROM session_trail_history WHERE sid = ?1 AND seq = ?2

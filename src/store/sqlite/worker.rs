@@ -1,0 +1,291 @@
+//! The store's thread: it owns the connection, runs the operations sent to
+//! it one after another, and runs maintenance between them.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, params};
+
+use super::{Synchronous, immediate, schema, sql};
+use crate::error::{Error, ErrorKind};
+use crate::store::EXPIRED_RECORD_LINGER;
+use crate::store::rows::MaintenanceReport;
+use crate::util::now_ms;
+
+/// An operation for the store's thread.
+pub(super) type Job = Box<dyn FnOnce(&mut Db) + Send>;
+
+/// Why an operation failed: SQLite's error, or one of this crate's.
+pub(super) enum Fail {
+    Sql(rusqlite::Error),
+    Err(Error),
+}
+
+impl From<rusqlite::Error> for Fail {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sql(e)
+    }
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        Self::Err(e)
+    }
+}
+
+/// What the thread needs to open the file and keep it.
+pub(super) struct Settings {
+    pub(super) path: PathBuf,
+    pub(super) synchronous: Synchronous,
+    pub(super) busy_timeout: Duration,
+    pub(super) keep: i64,
+    pub(super) maintenance_interval: Option<Duration>,
+    pub(super) maintenance_batch: i64,
+}
+
+/// The connection, with what maintenance needs.
+pub(super) struct Db {
+    conn: Connection,
+    path: PathBuf,
+    keep: i64,
+    batch: i64,
+}
+
+impl Db {
+    pub(super) fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// A failure as this crate's error, naming the file and the operation.
+    pub(super) fn error(&self, e: Fail, what: &str) -> Error {
+        error(&self.path, e, what)
+    }
+}
+
+/// A failure as this crate's error: its kind from SQLite's result code, its
+/// message from SQLite's message (which names tables and columns, never
+/// values).
+pub(super) fn error(path: &std::path::Path, e: Fail, what: &str) -> Error {
+    let place = format!("SQLite database {}: {what}", path.display());
+    let e = match e {
+        Fail::Err(e) => return e.context(place),
+        Fail::Sql(e) => e,
+    };
+    let (kind, hint) = match &e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => (
+                ErrorKind::Unavailable,
+                "; another connection held the write lock past the busy timeout",
+            ),
+            ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt => (
+                ErrorKind::Corrupt,
+                "; the file is not a SQLite database or is damaged: restore it from a backup, \
+                 or move it away and start with a new file",
+            ),
+            ErrorCode::CannotOpen | ErrorCode::PermissionDenied | ErrorCode::ReadOnly => (
+                ErrorKind::Misconfigured,
+                "; check that the directory exists and that the file and its directory are \
+                 writable by this process",
+            ),
+            ErrorCode::TooBig => (ErrorKind::InvalidInput, ""),
+            ErrorCode::Unknown => (
+                // SQLITE_ERROR: a missing table or column, a SQL error.
+                ErrorKind::Misconfigured,
+                "; the tables differ from what this build needs (SqliteStore::check_schema \
+                 says what is wrong)",
+            ),
+            // A full disk, an I/O error, out of memory: may pass.
+            _ => (ErrorKind::Unavailable, ""),
+        },
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => {
+            (ErrorKind::Corrupt, "; a stored value has an unexpected type")
+        }
+        _ => (ErrorKind::Unavailable, ""),
+    };
+    Error::new(kind, format!("{place}: {e}{hint}"))
+}
+
+/// Starts the thread, which opens the file and prepares it; answers the
+/// channel to send it operations once the file is ready.
+pub(super) async fn start(settings: Settings) -> Result<mpsc::Sender<Job>, Error> {
+    let (ready, opened) = tokio::sync::oneshot::channel();
+    let (jobs, queue) = mpsc::channel::<Job>();
+    let path = settings.path.clone();
+    std::thread::Builder::new()
+        .name("session-trail-sqlite".into())
+        .spawn(move || match open(&settings) {
+            Ok(db) => {
+                if ready.send(Ok(())).is_ok() {
+                    run(db, &settings, &queue);
+                }
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+            }
+        })
+        .map_err(|e| {
+            Error::with_source(ErrorKind::Unavailable, e)
+                .context(format!("SQLite database {}: start the store's thread", path.display()))
+        })?;
+    opened.await.map_err(|_| {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "SQLite database {}: the store's thread stopped while opening it",
+                path.display()
+            ),
+        )
+    })??;
+    Ok(jobs)
+}
+
+fn open(s: &Settings) -> Result<Db, Error> {
+    let fail = |e: Fail, what: &str| error(&s.path, e, what);
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(&s.path, flags).map_err(|e| fail(e.into(), "open"))?;
+    let mut db = Db {
+        conn,
+        path: s.path.clone(),
+        keep: s.keep,
+        batch: s.maintenance_batch,
+    };
+    let setup = |conn: &mut Connection| -> Result<(), Fail> {
+        conn.busy_timeout(s.busy_timeout)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        // Reading the file's header: a file that is not a database fails
+        // here, before anything is written to it.
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+            r.get::<_, i64>(0)
+        })?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Fail::Err(Error::new(
+                ErrorKind::Misconfigured,
+                format!("SQLite kept journal mode {mode:?} instead of WAL"),
+            )));
+        }
+        conn.pragma_update(None, "synchronous", s.synchronous.pragma())?;
+        Ok(())
+    };
+    setup(&mut db.conn).map_err(|e| fail(e, "open"))?;
+    schema::migrate(&mut db.conn).map_err(|e| fail(e, "migrate the schema"))?;
+    schema::check(&mut db.conn).map_err(|e| fail(e, "check the schema"))?;
+    Ok(db)
+}
+
+/// Runs operations until every sender is gone, and a maintenance batch
+/// whenever one is due (every interval, and right after one that found
+/// more to do, between the operations waiting).
+fn run(mut db: Db, s: &Settings, queue: &mpsc::Receiver<Job>) {
+    let interval = s.maintenance_interval;
+    let first = interval.map(|i| i.min(Duration::from_secs(5)));
+    let mut due = first.map(|d| Instant::now() + d);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if let (Some(at), Some(interval)) = (due, interval)
+            && Instant::now() >= at
+        {
+            due = Some(Instant::now() + maintain(&mut db, interval, &mut backoff));
+        }
+        let job = match due {
+            Some(at) => match queue.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            },
+            None => match queue.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        // An operation that panics answers nothing (its caller sees the
+        // reply dropped); its transaction rolls back, and the thread goes
+        // on with the next.
+        if catch_unwind(AssertUnwindSafe(|| job(&mut db))).is_err() {
+            tracing::error!(path = %db.path.display(), "a SQLite store operation panicked");
+        }
+    }
+}
+
+/// One maintenance batch; answers when the next is due.
+fn maintain(db: &mut Db, interval: Duration, backoff: &mut Duration) -> Duration {
+    match maintenance_batch(db) {
+        Ok((report, more)) => {
+            tracing::debug!(?report, "session store maintenance");
+            *backoff = Duration::from_secs(1).min(interval);
+            if more { Duration::ZERO } else { interval }
+        }
+        Err(e) => {
+            let wait = *backoff;
+            tracing::warn!(
+                error = %db.error(e, "maintenance").report(),
+                retry_in = ?wait,
+                "session store maintenance failed"
+            );
+            *backoff = (*backoff * 2).min(interval);
+            wait
+        }
+    }
+}
+
+/// Deletes up to a batch of each kind of expired row, in one write
+/// transaction; answers what it deleted and whether more is left.
+pub(super) fn maintenance_batch(db: &mut Db) -> Result<(MaintenanceReport, bool), Fail> {
+    let (keep, batch) = (db.keep, db.batch);
+    let now = now_ms();
+    let linger_cut = now.saturating_sub(EXPIRED_RECORD_LINGER.as_millis() as i64);
+    let tx = immediate(&mut db.conn)?;
+    let mut report = MaintenanceReport::default();
+    report.sessions = tx
+        .prepare_cached(sql::EXPIRE_SESSIONS)?
+        .execute(params![linger_cut, batch])? as u64;
+    report.claims = tx
+        .prepare_cached(sql::EXPIRE_CLAIMS)?
+        .execute(params![now, batch])? as u64;
+    report.links = tx
+        .prepare_cached(sql::EXPIRE_LINKS)?
+        .execute(params![now, batch])? as u64;
+    let expired: Vec<(Vec<u8>, bool)> = tx
+        .prepare_cached(sql::EXPIRED_HISTORIES)?
+        .query_map(params![now, batch], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (sid, erasure_remembered) in &expired {
+        tx.prepare_cached(sql::DROP_ENTRIES)?.execute([sid])?;
+        let sql = if *erasure_remembered {
+            sql::EMPTY_HEAD
+        } else {
+            sql::DROP_HEAD
+        };
+        tx.prepare_cached(sql)?.execute([sid])?;
+    }
+    report.histories = expired.len() as u64;
+    let overfull: Vec<(Vec<u8>, i64)> = tx
+        .prepare_cached(sql::OVERFULL_HISTORIES)?
+        .query_map(params![keep, batch], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (sid, upto) in &overfull {
+        tx.prepare_cached(sql::TRIM_HISTORY)?
+            .execute(params![sid, upto])?;
+        tx.prepare_cached(sql::TRIMMED_HEAD)?
+            .execute(params![sid, upto])?;
+    }
+    report.trimmed = overfull.len() as u64;
+    tx.commit()?;
+    let full = |n: u64| n >= batch as u64;
+    let more = [
+        report.sessions,
+        report.claims,
+        report.links,
+        report.histories,
+        report.trimmed,
+    ]
+    .into_iter()
+    .any(full);
+    Ok((report, more))
+}

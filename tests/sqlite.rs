@@ -1,0 +1,516 @@
+//! The store conformance, users', hardening and key rotation suites on the
+//! SQLite store (a database file of their own per test), plus its own
+//! behaviour: configuration errors, the file and its schema (created,
+//! versioned, checked, refused when newer), corrupt and unusable files,
+//! the decoded history columns, maintenance, a restart, and two stores on
+//! one file.
+#![cfg(feature = "sqlite")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::sqlite::{blob, count, exec, temp_db};
+use session_trail::store::{
+    Append, AppendOutcome, HistoryStore, SQLITE_SCHEMA_VERSION, SessionStore, SqliteStore,
+    Synchronous,
+};
+use session_trail::{ErrorKind, Key, KeyRing, SessionId};
+
+async fn store_keeping(keep: usize) -> SqliteStore {
+    SqliteStore::builder(temp_db("t"))
+        .history_retention(keep, Duration::from_secs(3600))
+        .open()
+        .await
+        .expect("open a SQLite store")
+}
+
+store_conformance!(|keep: usize| store_keeping(keep));
+
+mod users {
+    async fn store() -> session_trail::store::SqliteStore {
+        super::store_keeping(1000).await
+    }
+    crate::users_suite!(store);
+}
+
+mod hardening {
+    async fn store() -> session_trail::store::SqliteStore {
+        super::store_keeping(1000).await
+    }
+    crate::hardening_suite!(store);
+}
+
+mod rotation {
+    async fn store() -> session_trail::store::SqliteStore {
+        super::store_keeping(1000).await
+    }
+    crate::rotation_suite!(store);
+}
+
+#[tokio::test]
+async fn invalid_settings_name_the_setting() {
+    let path = temp_db("settings");
+    for (builder, setting) in [
+        (SqliteStore::builder(""), "path"),
+        (SqliteStore::builder(":memory:"), "path"),
+        (
+            SqliteStore::builder(&path).history_retention(0, Duration::from_secs(1)),
+            "history_retention",
+        ),
+        (
+            SqliteStore::builder(&path).history_retention(1, Duration::ZERO),
+            "history_retention",
+        ),
+        (
+            SqliteStore::builder(&path).busy_timeout(Duration::ZERO),
+            "busy_timeout",
+        ),
+        (
+            SqliteStore::builder(&path).maintenance_interval(Some(Duration::ZERO)),
+            "maintenance_interval",
+        ),
+        (
+            SqliteStore::builder(&path).maintenance_batch(0),
+            "maintenance_batch",
+        ),
+    ] {
+        let err = builder.open().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{}", err.report());
+        let config = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<session_trail::ConfigError>())
+            .unwrap_or_else(|| panic!("no ConfigError in {}", err.report()));
+        assert_eq!(config.setting(), setting, "{}", err.report());
+    }
+    assert!(!path.exists(), "an invalid configuration creates no file");
+}
+
+#[tokio::test]
+async fn open_creates_the_file_in_wal_mode_with_a_versioned_schema_and_only_its_tables() {
+    let path = temp_db("open");
+    // The application's own table in the same file stays untouched.
+    exec(
+        &path,
+        "CREATE TABLE app_orders (id INTEGER PRIMARY KEY); INSERT INTO app_orders VALUES (7);",
+    );
+    let store = SqliteStore::builder(&path)
+        .synchronous(Synchronous::Full)
+        .open()
+        .await
+        .unwrap();
+    store.check_schema().await.unwrap();
+    let conn = common::sqlite::connect(&path);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        tables,
+        [
+            "app_orders",
+            "session_trail_claims",
+            "session_trail_history",
+            "session_trail_history_heads",
+            "session_trail_schema",
+            "session_trail_sessions",
+            "session_trail_user_history",
+        ]
+    );
+    assert_eq!(count(&path, "SELECT id FROM app_orders"), 7);
+    assert_eq!(
+        count(&path, "SELECT max(version) FROM session_trail_schema"),
+        SQLITE_SCHEMA_VERSION
+    );
+    // Opening again (also while the first store is open) applies nothing.
+    let again = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(
+        count(&path, "SELECT count(*) FROM session_trail_schema"),
+        SQLITE_SCHEMA_VERSION
+    );
+    drop((store, again));
+}
+
+#[tokio::test]
+async fn a_file_of_an_older_version_is_migrated_and_a_newer_one_refused() {
+    // Version 0: a file that has only the version table, as a build before
+    // any table was applied would leave it.
+    let path = temp_db("older");
+    exec(
+        &path,
+        "CREATE TABLE session_trail_schema (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);",
+    );
+    let store = SqliteStore::open(&path).await.unwrap();
+    store.check_schema().await.unwrap();
+    assert_eq!(
+        count(&path, "SELECT max(version) FROM session_trail_schema"),
+        SQLITE_SCHEMA_VERSION
+    );
+    drop(store);
+
+    let newer = temp_db("newer");
+    SqliteStore::open(&newer).await.unwrap();
+    exec(
+        &newer,
+        "INSERT INTO session_trail_schema (version, applied_at) VALUES (99, 0);",
+    );
+    let err = SqliteStore::open(&newer).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Misconfigured, "{}", err.report());
+    let text = err.report().to_string();
+    for part in ["99", "session_trail_schema", &newer.display().to_string()] {
+        assert!(text.contains(part), "{part} not in {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_table_that_differs_is_named() {
+    let path = temp_db("differs");
+    SqliteStore::open(&path).await.unwrap();
+    exec(
+        &path,
+        "DROP INDEX session_trail_claims_until; ALTER TABLE session_trail_claims DROP COLUMN until;",
+    );
+    let err = SqliteStore::open(&path).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Misconfigured, "{}", err.report());
+    assert!(
+        err.report()
+            .to_string()
+            .contains("table session_trail_claims has no column until"),
+        "{}",
+        err.report()
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_or_unusable_file_is_a_clear_error_naming_the_path() {
+    // Not a database at all.
+    let garbage = temp_db("garbage");
+    std::fs::write(&garbage, vec![0x5a; 8192]).unwrap();
+    let err = SqliteStore::open(&garbage).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{}", err.report());
+    assert!(
+        err.report()
+            .to_string()
+            .contains(&garbage.display().to_string()),
+        "{}",
+        err.report()
+    );
+    assert_eq!(
+        std::fs::read(&garbage).unwrap(),
+        vec![0x5a; 8192],
+        "the file is left as it was"
+    );
+
+    // A database whose pages were overwritten.
+    let damaged = temp_db("damaged");
+    {
+        let store = SqliteStore::open(&damaged).await.unwrap();
+        let record = common::conformance::record(Some("alice"));
+        store.create(&record).await.unwrap();
+    }
+    let conn = common::sqlite::connect(&damaged);
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    drop(conn);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    for b in &mut bytes[0..100] {
+        *b = 0xff;
+    }
+    std::fs::write(&damaged, &bytes).unwrap();
+    let err = SqliteStore::open(&damaged).await.unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Corrupt),
+        "{}",
+        err.report()
+    );
+    assert!(
+        err.report()
+            .to_string()
+            .contains(&damaged.display().to_string()),
+        "{}",
+        err.report()
+    );
+
+    // A directory that does not exist, and a path that is a directory.
+    let dir = temp_db("dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    for path in [dir.join("missing").join("sessions.db"), dir.clone()] {
+        let err = SqliteStore::open(&path).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Misconfigured, "{}", err.report());
+        let text = err.report().to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("writable"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn history_rows_carry_the_decoded_columns_beside_the_exact_bytes() {
+    let store = store_keeping(1000).await;
+    let key = Key::generate();
+    let sid = SessionId::generate();
+    let entries = common::conformance::chain(&key, &sid, 1, [0; 16], 2);
+    let out = store
+        .append(&[Append {
+            session: sid,
+            expected_head: None,
+            entries: entries.clone(),
+            token: None,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![AppendOutcome::Appended]);
+    let conn = common::sqlite::connect(store.path());
+    let hex: String = sid.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let row: (String, i64, i64, String, Option<String>, Option<String>, Option<i64>, Vec<u8>) =
+        conn.query_row(
+            &format!(
+                "SELECT session, seq, ts, kind, name, method, status, entry
+                 FROM session_trail_history WHERE sid = {} AND seq = 1",
+                blob(&sid)
+            ),
+            [],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            },
+        )
+        .unwrap();
+    let decoded = session_trail::history::Entry::decode(&entries[0]).unwrap();
+    assert_eq!(row.0, hex);
+    assert_eq!(row.1, 1);
+    assert_eq!(row.2, decoded.ts);
+    assert_eq!(row.3, "request");
+    assert_eq!(row.4.as_deref(), Some("/x"));
+    assert_eq!(row.5.as_deref(), Some("GET"));
+    assert_eq!(row.6, Some(200));
+    assert_eq!(row.7, entries[0].to_vec());
+    let kind: String = conn
+        .query_row(
+            &format!(
+                "SELECT kind FROM session_trail_history WHERE sid = {} AND seq = 2",
+                blob(&sid)
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(kind, "started");
+    // The attributes are JSON that SQLite's JSON functions read.
+    let i: i64 = conn
+        .query_row(
+            &format!(
+                "SELECT attrs ->> '$.i' FROM session_trail_history WHERE sid = {} AND seq = 2",
+                blob(&sid)
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(i, 1);
+}
+
+#[tokio::test]
+async fn maintenance_deletes_expired_and_trimmed_rows_in_batches_and_kept_chains_verify() {
+    let path = temp_db("maint");
+    let store = SqliteStore::builder(&path)
+        .history_retention(3, Duration::from_secs(3600))
+        .maintenance_interval(None)
+        .maintenance_batch(2)
+        .open()
+        .await
+        .unwrap();
+    let key = Key::generate();
+    let sids: Vec<SessionId> = (0..5).map(|_| SessionId::generate()).collect();
+    for sid in &sids {
+        let entries = common::conformance::chain(&key, sid, 1, [0; 16], 5);
+        let out = store
+            .append(&[Append {
+                session: *sid,
+                expected_head: None,
+                entries,
+                token: None,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(out, vec![AppendOutcome::Appended]);
+    }
+    // One history expired, one session record long past its linger, one
+    // lapsed link.
+    let gone = blob(&sids[4]);
+    exec(
+        &path,
+        &format!("UPDATE session_trail_history_heads SET expires_at = 1 WHERE sid = {gone}"),
+    );
+    let mut old = common::conformance::record(None);
+    old.idle_deadline = 1;
+    old.absolute_deadline = 1;
+    store.create(&old).await.unwrap();
+    let live = common::conformance::record(None);
+    store.create(&live).await.unwrap();
+    store.link_user("pseudo", &sids[0], 1).await.unwrap();
+    exec(&path, "UPDATE session_trail_user_history SET until = 1");
+
+    let report = store.run_maintenance().await.unwrap();
+    assert_eq!(report.sessions, 1, "{report:?}");
+    assert_eq!(report.histories, 1, "{report:?}");
+    assert_eq!(report.trimmed, 4, "{report:?}");
+    assert_eq!(report.links, 1, "{report:?}");
+    assert_eq!(count(&path, "SELECT count(*) FROM session_trail_history"), 12);
+    assert!(store.load(&old.id).await.unwrap().is_none());
+    assert!(store.load(&live.id).await.unwrap().is_some());
+    for sid in &sids[..4] {
+        let kept = store.read_all(sid).await.unwrap();
+        assert_eq!(kept.len(), 3);
+        let v = session_trail::history::verify(
+            &KeyRing::new(key.clone()),
+            sid,
+            &kept,
+            session_trail::history::Options {
+                keep: 3,
+                window: false,
+            },
+        );
+        assert!(v.is_ok(), "{:?}", v.breaks);
+        assert_eq!(v.trimmed_before, Some(3));
+    }
+    assert_eq!(
+        store.run_maintenance().await.unwrap(),
+        session_trail::store::MaintenanceReport::default()
+    );
+}
+
+#[tokio::test]
+async fn the_maintenance_round_runs_by_itself_and_survives_errors() {
+    let path = temp_db("task");
+    let store = SqliteStore::builder(&path)
+        .maintenance_interval(Some(Duration::from_millis(50)))
+        .open()
+        .await
+        .unwrap();
+    // A table maintenance needs is gone: its rounds fail, and are retried.
+    exec(
+        &path,
+        "ALTER TABLE session_trail_claims RENAME TO session_trail_claims_away;",
+    );
+    let mut old = common::conformance::record(None);
+    old.idle_deadline = 1;
+    old.absolute_deadline = 1;
+    store.create(&old).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        count(&path, "SELECT count(*) FROM session_trail_sessions"),
+        1,
+        "a failed round deletes nothing"
+    );
+    exec(
+        &path,
+        "ALTER TABLE session_trail_claims_away RENAME TO session_trail_claims;",
+    );
+    common::app::eventually(10, "the maintenance round deletes the old record", || {
+        let path = path.clone();
+        async move {
+            (count(&path, "SELECT count(*) FROM session_trail_sessions") == 0).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_history_survive_the_store_being_dropped_and_reopened() {
+    let path = temp_db("restart");
+    let key = Key::from_bytes(&common::secret(7)).unwrap();
+    let ring = KeyRing::new(key.clone());
+    let open = || async {
+        let store = SqliteStore::open(&path).await.unwrap();
+        let layer = session_trail::SessionLayer::builder(store.clone(), key.clone())
+            .history_writer(common::faults::writer_config())
+            .build()
+            .unwrap();
+        (store, layer)
+    };
+    let (store, layer) = open().await;
+    let mut clients = Vec::new();
+    for n in 0..5 {
+        let mut c = common::app::Client::new(common::app::router(layer.clone()));
+        let res = c.send("POST", &format!("/login/user{n}")).await;
+        assert_eq!(res.status(), http::StatusCode::OK);
+        for _ in 0..3 {
+            assert_eq!(c.send("GET", "/visits").await.status(), http::StatusCode::OK);
+        }
+        clients.push(c);
+    }
+    // What a SIGTERM handler does: the writer's queue is written first.
+    layer
+        .history_writer()
+        .unwrap()
+        .shutdown(Duration::from_secs(30))
+        .await
+        .unwrap();
+    drop((store, layer));
+
+    let (store, layer) = open().await;
+    let mut sids = Vec::new();
+    for (n, c) in clients.iter_mut().enumerate() {
+        c.app = common::app::router(layer.clone());
+        let me = c.json("GET", "/me").await;
+        assert_eq!(me["user"], format!("user{n}"), "{me}");
+        assert_eq!(me["visits"], 3, "{me}");
+        sids.push(me["session"].as_str().unwrap().parse::<SessionId>().unwrap());
+    }
+    layer.history_writer().unwrap().flush().await.unwrap();
+    for sid in &sids {
+        let all = store.read_all(sid).await.unwrap();
+        let v = session_trail::history::verify(
+            &ring,
+            sid,
+            &all,
+            session_trail::history::Options::default(),
+        );
+        assert!(v.is_ok(), "{:?}", v.breaks);
+        // The login, three visits, and the request after the restart.
+        assert!(all.len() >= 5, "{}", all.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_file_share_sessions_and_history_chains() {
+    let path = temp_db("two");
+    let a = SqliteStore::open(&path).await.unwrap();
+    let b = SqliteStore::open(&path).await.unwrap();
+    common::faults::two_app_servers_share_sessions_and_history_chains(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_lock_held_past_the_busy_timeout_is_unavailable_then_passes() {
+    let path = temp_db("busy");
+    let store = SqliteStore::builder(&path)
+        .busy_timeout(Duration::from_millis(200))
+        .open()
+        .await
+        .unwrap();
+    let record = common::conformance::record(None);
+    // Another connection (another process, say) holds the write lock.
+    let holder = common::sqlite::connect(&path);
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = store.create(&record).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{}", err.report());
+    // Reads go on meanwhile (WAL).
+    assert!(store.load(&record.id).await.unwrap().is_none());
+    holder.execute_batch("ROLLBACK").unwrap();
+    store.create(&record).await.unwrap();
+    assert!(store.load(&record.id).await.unwrap().is_some());
+}
