@@ -34,6 +34,10 @@ pub struct WriterConfig {
     pub(crate) queue_entries: usize,
     pub(crate) queue_bytes: usize,
     pub(crate) batch_entries: usize,
+    /// Whether `batch_entries` was set; if not, the store's
+    /// [`preferred_batch_entries`](HistoryStore::preferred_batch_entries)
+    /// applies.
+    pub(crate) batch_entries_set: bool,
     pub(crate) flush_interval: Duration,
     pub(crate) attempt_timeout: Duration,
     pub(crate) backoff_max: Duration,
@@ -59,6 +63,7 @@ impl Default for WriterConfig {
             queue_entries: 65_536,
             queue_bytes: 32 << 20,
             batch_entries: 512,
+            batch_entries_set: false,
             flush_interval: Duration::from_millis(50),
             attempt_timeout: Duration::from_secs(2),
             backoff_max: Duration::from_secs(2),
@@ -86,11 +91,13 @@ impl WriterConfig {
         self
     }
 
-    /// Most entries written in one store round trip. Default 512: large
-    /// enough that one round trip carries a burst, small enough that one
-    /// batch stays well under a millisecond of Redis time.
+    /// Most entries written in one store round trip. Default: the
+    /// store's [`preferred_batch_entries`](HistoryStore::preferred_batch_entries),
+    /// else 512: large enough that one round trip carries a burst, small
+    /// enough that one batch stays well under a millisecond of Redis time.
     pub fn batch_entries(mut self, n: usize) -> Self {
         self.batch_entries = n;
+        self.batch_entries_set = true;
         self
     }
 
@@ -325,9 +332,15 @@ impl HistoryWriter {
     pub(crate) fn start_dyn(
         store: Arc<dyn DynHistoryStore>,
         ring: KeyRing,
-        config: WriterConfig,
+        mut config: WriterConfig,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
+        if !config.batch_entries_set
+            && let Some(n) = store.preferred_batch_entries()
+            && n > 0
+        {
+            config.batch_entries = n;
+        }
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             ConfigError::new(
                 "history",

@@ -100,6 +100,7 @@ impl Prepared<'_> {
         self.rows.first().map_or(0, |r| r.seq)
     }
 
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn last_seq(&self) -> i64 {
         self.rows.last().map_or(0, |r| r.seq)
     }

@@ -164,17 +164,18 @@ impl Faulty for session_trail::store::SqliteStore {
     }
 
     fn poison_history(&self, sid: &SessionId) {
-        // A head naming an entry that is not there: appends to this
-        // session answer Failed, the others go on.
+        // A newest entry shorter than a tag: appends to this session
+        // answer Failed, the others go on.
         let b = super::sqlite::blob(sid);
         super::sqlite::exec(
             self.path(),
             &format!(
                 "DELETE FROM session_trail_history WHERE sid = {b};
-                 INSERT INTO session_trail_history_heads (sid, head, last_seq, low_seq, expires_at)
-                 VALUES ({b}, X'00112233445566778899aabbccddeeff', 7, 1, 9000000000000)
-                 ON CONFLICT (sid) DO UPDATE SET head = excluded.head, last_seq = 7,
-                     expires_at = excluded.expires_at;"
+                 INSERT INTO session_trail_history_heads (sid, low_seq, expires_at)
+                 VALUES ({b}, 1, 9000000000000)
+                 ON CONFLICT (sid) DO UPDATE SET expires_at = excluded.expires_at;
+                 INSERT INTO session_trail_history (sid, seq, ts, kind, entry)
+                 VALUES ({b}, 7, 0, 'request', CAST('short' AS BLOB));"
             ),
         );
     }
@@ -186,11 +187,9 @@ impl Faulty for session_trail::store::SqliteStore {
         super::sqlite::exec(
             self.path(),
             &format!(
-                "UPDATE session_trail_history_heads SET head = CAST('short' AS BLOB),
-                     last_seq = last_seq + 1 WHERE sid = {b};
-                 INSERT INTO session_trail_history (sid, seq, ts, kind, entry)
-                 SELECT {b}, last_seq, 0, 'request', CAST('short' AS BLOB)
-                 FROM session_trail_history_heads WHERE sid = {b};"
+                "INSERT INTO session_trail_history (sid, seq, ts, kind, entry)
+                 SELECT {b}, max(seq) + 1, 0, 'request', CAST('short' AS BLOB)
+                 FROM session_trail_history WHERE sid = {b};"
             ),
         );
     }

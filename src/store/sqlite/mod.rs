@@ -50,7 +50,7 @@ mod sql {
     pub(super) const TOKEN_OF: &str = include_str!("sql/token_of.sql");
     pub(super) const SET_HEAD: &str = include_str!("sql/set_head.sql");
     pub(super) const INSERT_ENTRY: &str = include_str!("sql/insert_entry.sql");
-    pub(super) const ENTRY_AT: &str = include_str!("sql/entry_at.sql");
+    pub(super) const LAST_ENTRY: &str = include_str!("sql/last_entry.sql");
     pub(super) const DROP_ENTRIES: &str = include_str!("sql/drop_entries.sql");
     pub(super) const READ_NEWEST: &str = include_str!("sql/read_newest.sql");
     pub(super) const ERASE: &str = include_str!("sql/erase.sql");
@@ -766,16 +766,15 @@ impl SessionStore for SqliteStore {
 
 /// A list's heads row.
 struct Heads {
-    head: Option<Vec<u8>>,
-    last_seq: i64,
     low_seq: i64,
     expires_at: i64,
     erased_until: Option<i64>,
 }
 
 /// Compare-and-append for a whole batch in one write transaction: each
-/// session's append is decided against its heads row (and its record,
-/// for a token) as the transaction's earlier appends left them.
+/// session's append is decided against its list (its heads row and newest
+/// entry) and, for a token, its record, as the transaction's earlier
+/// appends left them.
 fn append_batch(
     conn: &mut Connection,
     batch: &[Append],
@@ -788,10 +787,10 @@ fn append_batch(
     let tx = immediate(conn)?;
     {
         let mut head_of = tx.prepare_cached(sql::HEAD)?;
+        let mut last_of = tx.prepare_cached(sql::LAST_ENTRY)?;
         let mut token_of = tx.prepare_cached(sql::TOKEN_OF)?;
         let mut set_head = tx.prepare_cached(sql::SET_HEAD)?;
         let mut insert = tx.prepare_cached(sql::INSERT_ENTRY)?;
-        let mut entry_at = tx.prepare_cached(sql::ENTRY_AT)?;
         let mut drop_entries = tx.prepare_cached(sql::DROP_ENTRIES)?;
         for p in calls.iter().flatten() {
             let a = p.append;
@@ -799,19 +798,20 @@ fn append_batch(
             let h = head_of
                 .query_row([sid], |r| {
                     Ok(Heads {
-                        head: r.get(0)?,
-                        last_seq: r.get(1)?,
-                        low_seq: r.get(2)?,
-                        expires_at: r.get(3)?,
-                        erased_until: r.get(4)?,
+                        low_seq: r.get(0)?,
+                        expires_at: r.get(1)?,
+                        erased_until: r.get(2)?,
                     })
                 })
                 .optional()?;
-            let live = h
-                .as_ref()
-                .filter(|h| h.head.is_some() && h.expires_at > now);
+            // A live list: its heads row not expired, and its newest entry.
+            let last: Option<(i64, Vec<u8>)> = match &h {
+                Some(h) if h.expires_at > now => last_of
+                    .query_row([sid], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?,
+                _ => None,
+            };
             // The token condition: a live record holding it.
-            let mut mismatch = None;
             if let Some(token) = &a.token {
                 let rec = token_of
                     .query_row([sid], |r| {
@@ -824,82 +824,47 @@ fn append_batch(
                     })
                     .optional()?;
                 let token = token.as_bytes().as_slice();
-                match rec {
-                    Some((hash, _, _, expires_at)) if hash == token && expires_at > now => {}
-                    Some((_, replaced, at, _)) => {
-                        mismatch = Some(if replaced.as_deref() == Some(token) {
-                            at
-                        } else {
-                            None
-                        });
-                    }
-                    None => mismatch = Some(None),
-                }
-            }
-            if let Some(replaced_at) = mismatch {
-                out[p.index] = Some(AppendOutcome::TokenMismatch { replaced_at });
-                continue;
-            }
-            let current = live.and_then(|h| h.head.as_deref());
-            let expected = a.expected_head.as_ref().map(<[u8; 16]>::as_slice);
-            let follows = live.is_none_or(|h| p.first_seq() > h.last_seq);
-            if current == expected && follows {
-                if h.as_ref().is_some_and(|_| live.is_none()) {
-                    // What an expired or erased list left behind goes first.
-                    drop_entries.execute([sid])?;
-                }
-                let low_seq = live.map_or(1, |h| h.low_seq);
-                let expires_at = match &h {
-                    Some(h) if h.expires_at >= expires => h.expires_at,
-                    _ => expires.saturating_add(slack),
+                let mismatch = match rec {
+                    Some((hash, _, _, expires_at)) if hash == token && expires_at > now => None,
+                    Some((_, replaced, at, _)) if replaced.as_deref() == Some(token) => Some(at),
+                    _ => Some(None),
                 };
-                let last_tag = a.last_tag().unwrap_or([0; 16]);
-                set_head.execute(params![
-                    sid,
-                    last_tag.as_slice(),
-                    p.last_seq(),
-                    low_seq,
-                    expires_at
-                ])?;
-                for r in &p.rows {
-                    insert_row(&mut insert, sid, r)?;
+                if let Some(replaced_at) = mismatch {
+                    out[p.index] = Some(AppendOutcome::TokenMismatch { replaced_at });
+                    continue;
                 }
-                out[p.index] = Some(AppendOutcome::Appended);
-                continue;
             }
-            // Not appended: why, and the last stored entry.
-            let last: Option<Vec<u8>> = match live {
-                Some(h) => entry_at
-                    .query_row(params![sid, h.last_seq], |r| r.get(0))
-                    .optional()?,
-                None => None,
+            let Some(expected) = &a.expected_head else {
+                // Chained to an empty list.
+                if last.is_none() {
+                    start_list(&mut set_head, &mut drop_entries, sid, h.as_ref(), expires, slack)?;
+                    for r in &p.rows {
+                        insert_row(&mut insert, sid, r)?;
+                    }
+                    out[p.index] = Some(AppendOutcome::Appended);
+                    continue;
+                }
+                out[p.index] = Some(refused(a, last, h.as_ref(), now));
+                continue;
             };
-            let last_tag = a.last_tag();
-            let outcome = if live.is_some() && current == last_tag.as_ref().map(<[u8; 16]>::as_slice)
-            {
-                AppendOutcome::AlreadyApplied
-            } else if live.is_some()
-                && (last.as_ref().is_none_or(|e| e.len() < 16) || current == expected)
-            {
-                AppendOutcome::Failed {
-                    reason: "the stored head names an entry that is missing or corrupt, or the \
-                             batch's first seq does not follow it"
-                        .into(),
+            let head = last.as_ref().and_then(|(_, e)| super::tag_of(e));
+            match &last {
+                Some((last_seq, _)) if head.as_ref() == Some(expected) && p.first_seq() > *last_seq => {
+                    let h = h.as_ref().expect("a live list has a heads row");
+                    if h.expires_at < expires {
+                        set_head.execute(params![
+                            sid,
+                            h.low_seq,
+                            expires.saturating_add(slack)
+                        ])?;
+                    }
+                    for r in &p.rows {
+                        insert_row(&mut insert, sid, r)?;
+                    }
+                    out[p.index] = Some(AppendOutcome::Appended);
                 }
-            } else if h
-                .as_ref()
-                .and_then(|h| h.erased_until)
-                .is_some_and(|until| until > now)
-            {
-                AppendOutcome::Erased {
-                    last: last.map(Bytes::from),
-                }
-            } else {
-                AppendOutcome::Conflict {
-                    last: last.map(Bytes::from),
-                }
-            };
-            out[p.index] = Some(outcome);
+                _ => out[p.index] = Some(refused(a, last, h.as_ref(), now)),
+            }
         }
     }
     tx.commit()?;
@@ -911,6 +876,51 @@ fn append_batch(
             })
         })
         .collect())
+}
+
+/// Starts a list for its first entries: what an expired or erased list
+/// left behind goes, and its heads row is (re)set.
+fn start_list(
+    set_head: &mut rusqlite::CachedStatement<'_>,
+    drop_entries: &mut rusqlite::CachedStatement<'_>,
+    sid: &[u8],
+    h: Option<&Heads>,
+    expires: i64,
+    slack: i64,
+) -> Result<(), Fail> {
+    if h.is_some() {
+        drop_entries.execute([sid])?;
+    }
+    set_head.execute(params![sid, 1, expires.saturating_add(slack)])?;
+    Ok(())
+}
+
+/// Why an append was not applied, given the list's newest entry (`None`:
+/// the list is empty or expired).
+fn refused(a: &Append, last: Option<(i64, Vec<u8>)>, h: Option<&Heads>, now: i64) -> AppendOutcome {
+    let head = last.as_ref().and_then(|(_, e)| super::tag_of(e));
+    if last.is_some() {
+        if head.is_none() {
+            return AppendOutcome::Failed {
+                reason: "the newest stored entry is shorter than a tag (corrupt)".into(),
+            };
+        }
+        if head == a.last_tag() {
+            return AppendOutcome::AlreadyApplied;
+        }
+        if head == a.expected_head {
+            // The head matched, the seqs did not follow it.
+            return AppendOutcome::Failed {
+                reason: "the batch's first seq does not follow the stored head's".into(),
+            };
+        }
+    }
+    let last = last.map(|(_, e)| Bytes::from(e));
+    if h.and_then(|h| h.erased_until).is_some_and(|until| until > now) {
+        AppendOutcome::Erased { last }
+    } else {
+        AppendOutcome::Conflict { last }
+    }
 }
 
 fn insert_row(
@@ -933,9 +943,17 @@ fn insert_row(
     Ok(())
 }
 
+/// The entries per append call the store asks the writer for (see
+/// [`HistoryStore::preferred_batch_entries`]).
+const PREFERRED_BATCH_ENTRIES: usize = 2_048;
+
 impl HistoryStore for SqliteStore {
     fn checks_tokens(&self) -> bool {
         true
+    }
+
+    fn preferred_batch_entries(&self) -> Option<usize> {
+        Some(PREFERRED_BATCH_ENTRIES)
     }
 
     fn retention(&self) -> Retention {

@@ -38,6 +38,7 @@ const TABLES: [(&str, &[&str]); 5] = [
     (
         "session_trail_history",
         &[
+            "id",
             "sid",
             "session",
             "seq",
@@ -53,14 +54,7 @@ const TABLES: [(&str, &[&str]); 5] = [
     ),
     (
         "session_trail_history_heads",
-        &[
-            "sid",
-            "head",
-            "last_seq",
-            "low_seq",
-            "expires_at",
-            "erased_until",
-        ],
+        &["sid", "low_seq", "expires_at", "erased_until"],
     ),
     (
         "session_trail_user_history",

@@ -51,6 +51,9 @@ pub(super) struct Db {
     path: PathBuf,
     keep: i64,
     batch: i64,
+    /// Where maintenance's pass through the lists for trimming goes on
+    /// (the sid after which; empty: from the start).
+    trim_from: Vec<u8>,
 }
 
 impl Db {
@@ -119,7 +122,11 @@ pub(super) async fn start(settings: Settings) -> Result<mpsc::Sender<Job>, Error
         .name("session-trail-sqlite".into())
         .spawn(move || match open(&settings) {
             Ok(db) => {
-                if ready.send(Ok(())).is_ok() {
+                // The checkpoint thread ends when `_nudge` is dropped, with
+                // this thread.
+                let (_nudge, nudged) = mpsc::channel::<()>();
+                let checkpointer = checkpoints(&settings, nudged);
+                if ready.send(checkpointer).is_ok() {
                     run(db, &settings, &queue);
                 }
             }
@@ -143,6 +150,47 @@ pub(super) async fn start(settings: Settings) -> Result<mpsc::Sender<Job>, Error
     Ok(jobs)
 }
 
+/// How often the checkpoint thread copies the log into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(20);
+/// The log's size (pages) past which the store's own connection
+/// checkpoints.
+const WAL_BACKSTOP_PAGES: i64 = 40_000;
+
+/// Starts the thread that checkpoints the write-ahead log: every
+/// [`CHECKPOINT_INTERVAL`] it copies the committed pages into the database
+/// file (`PRAGMA wal_checkpoint(PASSIVE)`, which never blocks the writer),
+/// and syncs the file, so the store's thread never waits for that sync. It
+/// ends, after a last checkpoint, when `stop` is dropped.
+fn checkpoints(s: &Settings, stop: mpsc::Receiver<()>) -> Result<(), Error> {
+    let fail = |e: rusqlite::Error| error(&s.path, e.into(), "open a checkpoint connection");
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(&s.path, flags).map_err(fail)?;
+    conn.busy_timeout(s.busy_timeout).map_err(fail)?;
+    conn.pragma_update(None, "synchronous", s.synchronous.pragma())
+        .map_err(fail)?;
+    let path = s.path.clone();
+    let checkpoint = move |conn: &Connection| {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(path = %path.display(), error = %e, "checkpoint failed (retried)");
+        }
+    };
+    std::thread::Builder::new()
+        .name("session-trail-sqlite-checkpoint".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
+                checkpoint(&conn);
+            }
+            checkpoint(&conn);
+        })
+        .map_err(|e| {
+            Error::with_source(ErrorKind::Unavailable, e).context(format!(
+                "SQLite database {}: start the checkpoint thread",
+                s.path.display()
+            ))
+        })?;
+    Ok(())
+}
+
 fn open(s: &Settings) -> Result<Db, Error> {
     let fail = |e: Fail, what: &str| error(&s.path, e, what);
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -154,6 +202,7 @@ fn open(s: &Settings) -> Result<Db, Error> {
         path: s.path.clone(),
         keep: s.keep,
         batch: s.maintenance_batch,
+        trim_from: Vec::new(),
     };
     let setup = |conn: &mut Connection| -> Result<(), Fail> {
         conn.busy_timeout(s.busy_timeout)?;
@@ -171,6 +220,14 @@ fn open(s: &Settings) -> Result<Db, Error> {
             )));
         }
         conn.pragma_update(None, "synchronous", s.synchronous.pragma())?;
+        // Checkpoints (copying the log into the file, and syncing it) run
+        // on a thread of their own (see `checkpoints`); this connection
+        // checkpoints only when the log grows past this many pages
+        // anyway (about 40 MiB: the other thread fell behind).
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)?;
+        // 16 MiB of page cache (SQLite's default is 2 MiB): a history's
+        // index and the sessions stay in memory longer.
+        conn.pragma_update(None, "cache_size", -16_384)?;
         Ok(())
     };
     setup(&mut db.conn).map_err(|e| fail(e, "open"))?;
@@ -265,18 +322,34 @@ pub(super) fn maintenance_batch(db: &mut Db) -> Result<(MaintenanceReport, bool)
         tx.prepare_cached(sql)?.execute([sid])?;
     }
     report.histories = expired.len() as u64;
-    let overfull: Vec<(Vec<u8>, i64)> = tx
+    // A batch of lists in sid order from where the last batch stopped;
+    // those holding more than `keep` entries are trimmed.
+    let scanned: Vec<(Vec<u8>, Option<i64>, i64)> = tx
         .prepare_cached(sql::OVERFULL_HISTORIES)?
-        .query_map(params![keep, batch], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(params![keep, batch, db.trim_from], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
         .collect::<Result<_, _>>()?;
-    for (sid, upto) in &overfull {
+    let scan_done = (scanned.len() as i64) < batch;
+    let mut trimmed = 0;
+    for (sid, upto, low_seq) in &scanned {
+        let Some(upto) = *upto else { continue };
+        if upto < *low_seq {
+            continue;
+        }
         tx.prepare_cached(sql::TRIM_HISTORY)?
             .execute(params![sid, upto])?;
         tx.prepare_cached(sql::TRIMMED_HEAD)?
             .execute(params![sid, upto])?;
+        trimmed += 1;
     }
-    report.trimmed = overfull.len() as u64;
+    let next_from = match scanned.last() {
+        Some((sid, ..)) if !scan_done => sid.clone(),
+        _ => Vec::new(),
+    };
+    report.trimmed = trimmed;
     tx.commit()?;
+    db.trim_from = next_from;
     let full = |n: u64| n >= batch as u64;
     let more = [
         report.sessions,
@@ -286,6 +359,7 @@ pub(super) fn maintenance_batch(db: &mut Db) -> Result<(MaintenanceReport, bool)
         report.trimmed,
     ]
     .into_iter()
-    .any(full);
+    .any(full)
+        || !scan_done;
     Ok((report, more))
 }

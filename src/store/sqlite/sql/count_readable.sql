@@ -1,6 +1,5 @@
 -- How many entries of a live list a read would show (?2: now, ?3: keep).
-SELECT count(*)
-FROM session_trail_history_heads h
-JOIN session_trail_history x
-    ON x.sid = h.sid AND x.seq > h.last_seq - ?3 AND x.seq <= h.last_seq
-WHERE h.sid = ?1 AND h.head IS NOT NULL AND h.expires_at > ?2
+SELECT count(*) FROM session_trail_history x
+WHERE x.sid = ?1
+  AND x.seq > (SELECT max(l.seq) FROM session_trail_history l WHERE l.sid = ?1) - ?3
+  AND EXISTS (SELECT 1 FROM session_trail_history_heads h WHERE h.sid = ?1 AND h.expires_at > ?2)

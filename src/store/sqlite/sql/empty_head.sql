@@ -1,2 +1,2 @@
 -- An expired list whose erasure is still remembered: empty, kept.
-UPDATE session_trail_history_heads SET head = NULL, last_seq = 0, low_seq = 1 WHERE sid = ?1
+UPDATE session_trail_history_heads SET low_seq = 1 WHERE sid = ?1

@@ -1,5 +1,4 @@
 -- After an erasure: an empty list, the erasure remembered until ?2.
-INSERT INTO session_trail_history_heads (sid, head, last_seq, low_seq, expires_at, erased_until)
-VALUES (?1, NULL, 0, 1, 0, ?2)
-ON CONFLICT (sid) DO UPDATE SET
-    head = NULL, last_seq = 0, low_seq = 1, expires_at = 0, erased_until = excluded.erased_until
+INSERT INTO session_trail_history_heads (sid, low_seq, expires_at, erased_until)
+VALUES (?1, 1, 0, ?2)
+ON CONFLICT (sid) DO UPDATE SET low_seq = 1, expires_at = 0, erased_until = excluded.erased_until

@@ -1,3 +1,2 @@
 -- A session's heads row.
-SELECT head, last_seq, low_seq, expires_at, erased_until
-FROM session_trail_history_heads WHERE sid = ?1
+SELECT low_seq, expires_at, erased_until FROM session_trail_history_heads WHERE sid = ?1

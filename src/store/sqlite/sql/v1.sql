@@ -38,12 +38,14 @@ CREATE TABLE session_trail_claims (
 CREATE INDEX session_trail_claims_user ON session_trail_claims (user_id);
 CREATE INDEX session_trail_claims_until ON session_trail_claims (until);
 
--- History: one row per entry. `entry` is the exact signed entry (the
--- evidence `verify` checks); the other columns are decoded from it for
--- queries, as in the PostgreSQL store. `session` is the public session id
+-- History: one row per entry, in the order written (`id`; the index on
+-- `(sid, seq)` finds a session's entries). `entry` is the exact signed
+-- entry (the evidence `verify` checks); the other columns are decoded from
+-- it for queries, as in the PostgreSQL store. `session` is the public session id
 -- as the API shows it (lowercase hex); `ts` the entry's time in Unix
 -- milliseconds; `attrs` JSON text.
 CREATE TABLE session_trail_history (
+    id             INTEGER PRIMARY KEY,
     sid            BLOB    NOT NULL,
     session        TEXT    GENERATED ALWAYS AS (lower(hex(sid))) VIRTUAL,
     seq            INTEGER NOT NULL,
@@ -54,19 +56,19 @@ CREATE TABLE session_trail_history (
     status         INTEGER,
     user_pseudonym TEXT,
     attrs          TEXT,
-    entry          BLOB    NOT NULL,
-    PRIMARY KEY (sid, seq)
-) WITHOUT ROWID;
+    entry          BLOB    NOT NULL
+);
+CREATE UNIQUE INDEX session_trail_history_sid_seq ON session_trail_history (sid, seq);
 
--- Per session: the head (the last entry's tag) the compare-and-append
--- compares, the last entry's seq, the lowest seq not yet trimmed, when the
--- history expires (its TTL slides with appends) and, after an erasure,
--- until when the erasure is remembered. A list is live while `head` is set
--- and `expires_at` is ahead; only its newest `keep` entries are read.
+-- Per session: the lowest seq not yet trimmed, when the history expires
+-- (its TTL slides with appends) and, after an erasure, until when the
+-- erasure is remembered. A list is live while `expires_at` is ahead; its
+-- head (the tag the compare-and-append compares) is the last 16 bytes of
+-- its newest row, so an append writes this row only when the list starts
+-- or its expiry moves, not every time. Only the newest `keep` entries are
+-- read.
 CREATE TABLE session_trail_history_heads (
     sid          BLOB    PRIMARY KEY NOT NULL,
-    head         BLOB,
-    last_seq     INTEGER NOT NULL,
     low_seq      INTEGER NOT NULL,
     expires_at   INTEGER NOT NULL,
     erased_until INTEGER
