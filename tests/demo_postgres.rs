@@ -144,7 +144,6 @@ async fn with_redis_url_too_sessions_live_in_redis_and_history_in_postgresql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_urls_the_demo_cannot_use_are_refused_clearly() {
     for (url, says) in [
-        ("sqlite://demo.db", "SQLite"),
         ("mysql://localhost/x", "postgres://"),
         ("postgres://postgres@127.0.0.1:1/x", "DATABASE_URL"),
     ] {

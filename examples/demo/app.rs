@@ -222,9 +222,9 @@ where
 }
 
 /// The demo's layer over the store the settings name: memory (neither
-/// URL set), Redis (`REDIS_URL`), PostgreSQL (`DATABASE_URL`), or sessions
-/// in Redis and history in PostgreSQL (both). The database's tables are
-/// created here (idempotent).
+/// URL set), Redis (`REDIS_URL`), PostgreSQL or SQLite (`DATABASE_URL`),
+/// or sessions in Redis and history in the database (both). The
+/// database's tables are created here (idempotent).
 pub(crate) async fn open(settings: &Settings) -> Result<SessionLayer, String> {
     let key = settings.key.clone();
     let options = &settings.options;
@@ -244,13 +244,13 @@ pub(crate) async fn open(settings: &Settings) -> Result<SessionLayer, String> {
         (redis, Some(url)) => {
             let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
             match scheme.as_deref() {
-                Some("postgres" | "postgresql") => {}
+                Some("postgres" | "postgresql") => {
+                    let database = postgres_store(url).await?;
+                    with_database(database, "PostgreSQL", redis, key, options).await?
+                }
                 Some("sqlite") => {
-                    return Err(
-                        "DATABASE_URL=sqlite://…: this build of the demo has no SQLite \
-                                store; use a postgres:// URL, or unset DATABASE_URL"
-                            .into(),
-                    );
+                    let database = sqlite_store(&url["sqlite://".len()..]).await?;
+                    with_database(database, "SQLite", redis, key, options).await?
                 }
                 _ => {
                     return Err(
@@ -258,25 +258,59 @@ pub(crate) async fn open(settings: &Settings) -> Result<SessionLayer, String> {
                     );
                 }
             }
-            let database = postgres_store(url).await?;
-            match redis {
-                None => {
-                    tracing::info!(store = ?database, "store: PostgreSQL");
-                    layer(database, key, options)
-                }
-                Some(redis) => {
-                    let sessions = redis_store(redis).await?;
-                    tracing::info!(
-                        ?sessions,
-                        history = ?database,
-                        "store: sessions in Redis, history in PostgreSQL"
-                    );
-                    builder(sessions, key, options).history(database).build()
-                }
-            }
         }
     };
     built.map_err(|e| e.to_string())
+}
+
+/// The layer over a database: sessions and history in it, or, with a Redis
+/// URL, sessions in Redis and history in the database.
+async fn with_database<D>(
+    database: D,
+    name: &str,
+    redis: Option<&str>,
+    key: Key,
+    options: &Options,
+) -> Result<Result<SessionLayer, session_trail::ConfigError>, String>
+where
+    D: SessionStore + HistoryStore + std::fmt::Debug + Clone,
+{
+    Ok(match redis {
+        None => {
+            tracing::info!(store = ?database, "store: {name}");
+            layer(database, key, options)
+        }
+        Some(redis) => {
+            let sessions = redis_store(redis).await?;
+            tracing::info!(
+                ?sessions,
+                history = ?database,
+                "store: sessions in Redis, history in {name}"
+            );
+            builder(sessions, key, options).history(database).build()
+        }
+    })
+}
+
+#[cfg(feature = "sqlite")]
+async fn sqlite_store(path: &str) -> Result<session_trail::store::SqliteStore, String> {
+    if path.is_empty() {
+        return Err("DATABASE_URL=sqlite://PATH needs a file path, e.g. sqlite://demo.db".into());
+    }
+    // Creates the file and its tables when missing; a second demo on the
+    // same file shares it.
+    session_trail::store::SqliteStore::open(path)
+        .await
+        .map_err(|e| format!("DATABASE_URL: cannot use SQLite: {}", e.report()))
+}
+
+#[cfg(not(feature = "sqlite"))]
+async fn sqlite_store(_path: &str) -> Result<MemoryStore, String> {
+    Err(
+        "DATABASE_URL is a sqlite:// URL, but this build has no SQLite support: build with \
+         `--features sqlite` (a default feature), or unset DATABASE_URL"
+            .into(),
+    )
 }
 
 #[cfg(feature = "postgres")]
