@@ -2,7 +2,8 @@
 # servers they build, a redis-server of their own on a free loopback port,
 # a PostgreSQL cluster of their own (only when a variant named in $VARIANTS
 # or $VARIANT contains `postgres`), the routes and the session cookies wrk
-# replays.
+# replays. SQLite variants use the file $SQLITE_PATH (bench/out), new for
+# each server.
 #
 # Expects $CONNS (and $BENCH_TOOLS: more commands it needs; $PG_OPTS: more
 # `-c name=value` settings for PostgreSQL); sets $out, $OURS, $PEERS,
@@ -130,10 +131,13 @@ pg_ticks() {
 }
 
 # start_server VARIANT PORT: starts it (ours or tower-sessions') and waits
-# until it answers. A variant on PostgreSQL gets an empty database first.
+# until it answers. A variant on PostgreSQL gets an empty database first,
+# one on SQLite a new file.
+export SQLITE_PATH="$out/bench-sqlite.db"
 start_server() {
     local variant=$1 port=$2
     case $variant in *postgres*) pg_reset_db ;; esac
+    case $variant in *sqlite*) rm -f "$SQLITE_PATH" "$SQLITE_PATH-wal" "$SQLITE_PATH-shm" ;; esac
     case $variant in
         ts-*) "$PEERS" "$variant" "$port" >"$out/server.log" 2>&1 & ;;
         *) "$OURS" "$variant" "$port" >"$out/server.log" 2>&1 & ;;

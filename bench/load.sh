@@ -5,11 +5,13 @@
 #   bench/load.sh                 # 3 rounds of 10 s per variant and route
 #   ROUNDS=5 DURATION=20s bench/load.sh
 #   VARIANTS="postgres postgres-nohistory redis-postgres ts-postgres" bench/load.sh
+#   VARIANTS="sqlite sqlite-nohistory ts-sqlite" bench/load.sh
 #
 # Prints a table of medians: req/s, p50/p99 latency, CPU µs per request of
 # the server, of redis-server and of PostgreSQL (from /proc/PID/stat), and
 # ratios against bare axum and tower-sessions (the variant with the same
-# session store: ts-memory, ts-redis, or ts-postgres for `postgres*`; our
+# session store: ts-memory, ts-redis, ts-postgres for `postgres*`, or
+# ts-sqlite for `sqlite*`; our
 # `redis-postgres` keeps sessions in Redis, so its peer is ts-redis). Raw
 # rows go to bench/out/results.tsv. It starts its own redis-server on a
 # free loopback port.
@@ -21,9 +23,13 @@
 #                 sessions (and history) in PostgreSQL
 #   redis-postgres
 #                 sessions in Redis, history in PostgreSQL
-#   ts-memory, ts-redis, ts-postgres
-#                 tower-sessions 0.14 (bench/peers; ts-postgres:
-#                 tower-sessions-sqlx-store 0.15)
+#   sqlite, sqlite-nohistory
+#                 sessions (and history) in an SQLite file (new for each
+#                 server; WAL, synchronous=NORMAL)
+#   ts-memory, ts-redis, ts-postgres, ts-sqlite
+#                 tower-sessions 0.14 (bench/peers; ts-postgres and
+#                 ts-sqlite: tower-sessions-sqlx-store 0.15, its SQLite
+#                 file in WAL with synchronous=NORMAL too)
 # With a variant whose name contains `postgres`, it also starts its own
 # PostgreSQL cluster (initdb in a temp dir, a free loopback port; fsync=off,
 # synchronous_commit=on), and gives each such variant's server a freshly
@@ -111,6 +117,8 @@ def peer(v):
         return "ts-redis"
     if v.startswith("postgres"):
         return "ts-postgres"
+    if v.startswith("sqlite"):
+        return "ts-sqlite"
     return "ts-memory"
 print()
 print("| route | variant | req/s | × bare | × tower-sessions | p50 µs | p99 µs | CPU µs/req server + redis + postgres |")

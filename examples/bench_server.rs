@@ -19,6 +19,11 @@
 //! `GET /static`, are not recorded). Each calls `migrate()` at start-up.
 //! `PG_POOL` overrides the pool size (default `PG_POOL_SIZE`).
 //!
+//! With the `sqlite` feature (a default one): `sqlite` and
+//! `sqlite-nohistory` (sessions and history in the SQLite file at
+//! `SQLITE_PATH`, default `bench-sqlite.db` in the working directory;
+//! created when missing).
+//!
 //! Routes: `GET /` loads a counter from the session, increments and saves
 //! it, and answers the number; `GET /static` touches nothing; `POST /login`
 //! sets a user and rotates the token.
@@ -142,6 +147,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "postgres" | "postgres-nohistory" => {
             let store = postgres_store().await?;
             let history = variant == "postgres";
+            let layer = configure(SessionLayer::builder(store, key), history).build()?;
+            let w = layer.history_writer().cloned();
+            (routes().layer(layer), w)
+        }
+        #[cfg(feature = "sqlite")]
+        "sqlite" | "sqlite-nohistory" => {
+            let path = std::env::var("SQLITE_PATH").unwrap_or_else(|_| "bench-sqlite.db".into());
+            let store = session_trail::store::SqliteStore::open(path).await?;
+            let history = variant == "sqlite";
             let layer = configure(SessionLayer::builder(store, key), history).build()?;
             let w = layer.history_writer().cloned();
             (routes().layer(layer), w)

@@ -4,7 +4,11 @@
 //! `ts-postgres` (`tower-sessions-sqlx-store`'s `PostgresStore` at
 //! `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`,
 //! migrated at start-up; a pool of `PG_POOL` connections, default
-//! `PG_POOL_SIZE`, the same as session-trail's `bench_server`).
+//! `PG_POOL_SIZE`, the same as session-trail's `bench_server`), and
+//! `ts-sqlite` (its `SqliteStore` in the file at `SQLITE_PATH`, default
+//! `bench-sqlite.db`, created when missing, migrated at start-up; WAL with
+//! `synchronous = NORMAL`, as session-trail's SQLite store; sqlx's default
+//! pool).
 
 use std::net::SocketAddr;
 
@@ -71,6 +75,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .connect(&url)
                 .await?;
             let store = PostgresStore::new(pool);
+            store.migrate().await?;
+            app(store)
+        }
+        "ts-sqlite" => {
+            use tower_sessions_sqlx_store::SqliteStore;
+            use tower_sessions_sqlx_store::sqlx::sqlite::{
+                SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+            };
+            let path = std::env::var("SQLITE_PATH").unwrap_or_else(|_| "bench-sqlite.db".into());
+            let options = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal);
+            let pool = SqlitePoolOptions::new().connect_with(options).await?;
+            let store = SqliteStore::new(pool);
             store.migrate().await?;
             app(store)
         }
