@@ -91,7 +91,11 @@ fn bench(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(20));
     group.throughput(Throughput::Elements((SESSIONS * ROUNDS) as u64));
     group.bench_function("spread_10k_sessions_x20", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| rt.block_on(spread(&path))).sum::<Duration>());
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| rt.block_on(spread(&path)))
+                .sum::<Duration>()
+        });
     });
     group.finish();
     fresh(&path);

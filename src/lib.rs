@@ -41,8 +41,9 @@
 //! ```
 //!
 //! In production, load the master key from a secret store
-//! ([`Key::from_hex`], at least 32 bytes), use the Redis store (feature
-//! `redis`), and call [`HistoryWriter::shutdown`](history::HistoryWriter::shutdown)
+//! ([`Key::from_hex`], at least 32 bytes), use a store that survives a
+//! restart ([`store::SqliteStore`] on one host; Redis or PostgreSQL when
+//! several app servers share sessions), and call [`HistoryWriter::shutdown`](history::HistoryWriter::shutdown)
 //! on graceful shutdown so no history is lost.
 //!
 //! # Features
@@ -52,6 +53,7 @@
 //! | `axum` | yes | `Session` and `Option<Session>` extractors; `IntoResponse` for [`Error`] |
 //! | `memory-store` | yes | [`store::MemoryStore`]: sessions and history in memory |
 //! | `redis` | yes | [`store::RedisStore`]: Redis and Redis Cluster; re-exports the `redis` crate |
+//! | `sqlite` | yes | [`store::SqliteStore`]: one SQLite file (SQLite compiled in); re-exports `rusqlite` |
 //! | `postgres` | no | `store::PostgresStore`: PostgreSQL; re-exports `tokio_postgres` and `deadpool_postgres` |
 //! | `tonic` | no | `From<Error> for tonic::Status` |
 //!
@@ -62,20 +64,20 @@
 //! overwrite, compare-and-append history with keep-*N* and a sliding TTL,
 //! user and history indexes for listing, revoking, export and erasure.
 //!
-//! | | memory | Redis | PostgreSQL |
-//! |---|---|---|---|
-//! | type | [`store::MemoryStore`] | [`store::RedisStore`] | `store::PostgresStore` |
-//! | feature | `memory-store` (default) | `redis` (default) | `postgres` |
-//! | set-up | none | a Redis 7 server or cluster | a database; `migrate()` creates the tables |
-//! | shared by several app servers | no | yes | yes |
-//! | survives a restart | no | with the append-only file | yes (committed before acknowledged) |
-//! | history appends per round trip | — | a batch (one script call per 64 sessions) | a batch (one function call) |
-//! | history queryable | no | no | SQL: one row per entry, decoded columns beside the signed bytes |
-//! | expiry | on access | Redis TTLs | a maintenance task, in bounded batches |
+//! | | memory | SQLite | Redis | PostgreSQL |
+//! |---|---|---|---|---|
+//! | type | [`store::MemoryStore`] | [`store::SqliteStore`] | [`store::RedisStore`] | `store::PostgresStore` |
+//! | feature | `memory-store` (default) | `sqlite` (default) | `redis` (default) | `postgres` |
+//! | set-up | none | none: a file, created with its tables | a Redis 7 server or cluster | a database; `migrate()` creates the tables |
+//! | shared by several app servers | no | processes on one host | yes | yes |
+//! | survives a restart | no | yes (committed before acknowledged) | with the append-only file | yes (committed before acknowledged) |
+//! | history appends | — | a batch per write transaction | a batch (one script call per 64 sessions) | a batch (one function call) |
+//! | history queryable | no | SQL: one row per entry, decoded columns beside the signed bytes | no | the same as SQLite |
+//! | expiry | on access | maintenance between operations, in bounded batches | Redis TTLs | a maintenance task, in bounded batches |
 //!
 //! Sessions and history can live apart: `SessionLayer::builder(redis,
 //! key).history(postgres)` keeps sessions in Redis and the history in
-//! PostgreSQL.
+//! PostgreSQL (or SQLite).
 //!
 //! # Security model
 //!
@@ -219,11 +221,11 @@
 //! | replaced-token grace window (and the rate limit of dead-credential `suspicious` entries: one per session per window, never under 10 s) | 10 seconds | [`SessionLayerBuilder::rotation_grace`] | the layer, the writer |
 //! | an expired record, kept to record why the session ended | 1 hour after its deadline | [`store::EXPIRED_RECORD_LINGER`] | the store |
 //! | an erasure marker (tells other app servers a history was erased, not lost) | the history TTL | — | the store |
-//! | history TTL (sliding: from the last entry) | 30 days | `history_retention` on [`store::MemoryStore`], `store::RedisStoreBuilder` and `store::PostgresStoreBuilder` | the store |
+//! | history TTL (sliding: from the last entry) | 30 days | `history_retention` on [`store::MemoryStore`] and the other stores' builders | the store |
 //! | history entries kept per session (newest *N*) | 1,000 | the same | the store |
 //! | a user's history index (for export and erase) | the history TTL after the user's latest session can end | — | the store |
 //! | a record in the Redis store's local cache (off by default) | until Redis reports a change, at most 5 s | `local_cache` on `store::RedisStoreBuilder` | the store |
-//! | PostgreSQL rows past their deadline, TTL or keep-*N* (never read) | until the next maintenance round, every 60 s | `maintenance_interval` on `store::PostgresStoreBuilder` | the store's maintenance task |
+//! | PostgreSQL and SQLite rows past their deadline, TTL or keep-*N* (never read) | until the next maintenance round, every 60 s | `maintenance_interval` on `store::PostgresStoreBuilder` and [`store::SqliteStoreBuilder`] | the store's maintenance task (SQLite: its thread, between operations) |
 //!
 //! The memory store evicts expired sessions and histories as Redis would,
 //! so memory never grows without bound. A record's store TTL follows the
@@ -239,7 +241,7 @@
 //! | kind | means | retry? | answered as |
 //! |---|---|---|---|
 //! | `Unavailable` | the store is down, slow or failed | yes, with backoff | `503` + `Retry-After` / `UNAVAILABLE` |
-//! | `Misconfigured` | the store refused this client (wrong password, missing ACL permission, no such database), or PostgreSQL's tables are missing or differ (the message names the table) | no: fix the configuration, or run `migrate()` | `500` / `INTERNAL` |
+//! | `Misconfigured` | the store refused this client (wrong password, missing ACL permission, no such database), or PostgreSQL's tables are missing or differ (the message names the table), or an SQLite file cannot be opened or written (the message names the path) | no: fix the configuration, or run `migrate()` | `500` / `INTERNAL` |
 //! | `Timeout`, `Closed` | a deadline passed; the writer shut down | yes | `503` / `DEADLINE_EXCEEDED`, `UNAVAILABLE` |
 //! | `InvalidInput`, `Serialization` | the application's input was refused | no | `400` / `INVALID_ARGUMENT` |
 //! | `NotFound`, `Unauthenticated`, `Refused` | as named | no | `404`, `401`, `409` |
@@ -293,6 +295,7 @@
 //! | `session_trail::session` | `WARN`, `DEBUG` | a session's history could not be indexed under its user; concurrent changes not applied |
 //! | `session_trail::store::redis::*` | `WARN`, `DEBUG` | the local cache's tracking connection |
 //! | `session_trail::store::postgres` | `WARN`, `INFO`, `DEBUG` | a maintenance round failed (it retries with backoff); a schema version applied; what a round deleted |
+//! | `session_trail::store::sqlite::*` | `ERROR`, `WARN`, `INFO`, `DEBUG` | an operation panicked (the thread goes on); a maintenance batch failed (retried with backoff); a schema version applied; what a batch deleted; a checkpoint that failed (retried) |
 //!
 //! # Where the layer goes
 //!
@@ -452,6 +455,12 @@ pub use redis;
 /// say).
 #[cfg(feature = "postgres")]
 pub use {deadpool_postgres, tokio_postgres};
+
+/// The `rusqlite` driver the SQLite store is built on (with SQLite
+/// compiled in), re-exported so that an application's own queries on the
+/// store's file use the same version.
+#[cfg(feature = "sqlite")]
+pub use rusqlite;
 
 /// The error's gRPC code with its [`Error::client_message`]: the error's
 /// own text (the store's reply, a setting's name and value) is logged here,

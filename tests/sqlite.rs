@@ -224,11 +224,7 @@ async fn a_corrupt_or_unusable_file_is_a_clear_error_naming_the_path() {
     }
     std::fs::write(&damaged, &bytes).unwrap();
     let err = SqliteStore::open(&damaged).await.unwrap_err();
-    assert!(
-        matches!(err.kind(), ErrorKind::Corrupt),
-        "{}",
-        err.report()
-    );
+    assert!(matches!(err.kind(), ErrorKind::Corrupt), "{}", err.report());
     assert!(
         err.report()
             .to_string()
@@ -267,8 +263,19 @@ async fn history_rows_carry_the_decoded_columns_beside_the_exact_bytes() {
     assert_eq!(out, vec![AppendOutcome::Appended]);
     let conn = common::sqlite::connect(store.path());
     let hex: String = sid.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    let row: (String, i64, i64, String, Option<String>, Option<String>, Option<i64>, Vec<u8>) =
-        conn.query_row(
+    /// session, seq, ts, kind, name, method, status, entry
+    type Columns = (
+        String,
+        i64,
+        i64,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Vec<u8>,
+    );
+    let row: Columns = conn
+        .query_row(
             &format!(
                 "SELECT session, seq, ts, kind, name, method, status, entry
                  FROM session_trail_history WHERE sid = {} AND seq = 1",
@@ -369,7 +376,10 @@ async fn maintenance_deletes_expired_and_trimmed_rows_in_batches_and_kept_chains
     assert_eq!(report.histories, 1, "{report:?}");
     assert_eq!(report.trimmed, 4, "{report:?}");
     assert_eq!(report.links, 1, "{report:?}");
-    assert_eq!(count(&path, "SELECT count(*) FROM session_trail_history"), 12);
+    assert_eq!(
+        count(&path, "SELECT count(*) FROM session_trail_history"),
+        12
+    );
     assert!(store.load(&old.id).await.unwrap().is_none());
     assert!(store.load(&live.id).await.unwrap().is_some());
     for sid in &sids[..4] {
@@ -449,7 +459,10 @@ async fn sessions_and_history_survive_the_store_being_dropped_and_reopened() {
         let res = c.send("POST", &format!("/login/user{n}")).await;
         assert_eq!(res.status(), http::StatusCode::OK);
         for _ in 0..3 {
-            assert_eq!(c.send("GET", "/visits").await.status(), http::StatusCode::OK);
+            assert_eq!(
+                c.send("GET", "/visits").await.status(),
+                http::StatusCode::OK
+            );
         }
         clients.push(c);
     }
@@ -469,7 +482,13 @@ async fn sessions_and_history_survive_the_store_being_dropped_and_reopened() {
         let me = c.json("GET", "/me").await;
         assert_eq!(me["user"], format!("user{n}"), "{me}");
         assert_eq!(me["visits"], 3, "{me}");
-        sids.push(me["session"].as_str().unwrap().parse::<SessionId>().unwrap());
+        sids.push(
+            me["session"]
+                .as_str()
+                .unwrap()
+                .parse::<SessionId>()
+                .unwrap(),
+        );
     }
     layer.history_writer().unwrap().flush().await.unwrap();
     for sid in &sids {

@@ -160,8 +160,8 @@ async fn drain_on_sigterm(store: SqliteStore, sids: Vec<SessionId>) {
 /// Waits for a `go` line on stdin, then writes ticks `base..base + 150`
 /// to every session through a writer, flushes, and prints its conflicts.
 async fn share(store: SqliteStore, sids: Vec<SessionId>, base: u64) {
-    let writer = HistoryWriter::start(store, KeyRing::new(key()), common::faults::writer_config())
-        .unwrap();
+    let writer =
+        HistoryWriter::start(store, KeyRing::new(key()), common::faults::writer_config()).unwrap();
     println!("ready");
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).unwrap();

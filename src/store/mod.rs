@@ -137,16 +137,16 @@ use crate::{Error, SessionId};
 mod memory;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod rows;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use rows::{DEFAULT_MAINTENANCE_BATCH, DEFAULT_MAINTENANCE_INTERVAL, MaintenanceReport};
 #[cfg(feature = "memory-store")]
 pub use memory::{Faults, MemoryStore};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use rows::{DEFAULT_MAINTENANCE_BATCH, DEFAULT_MAINTENANCE_INTERVAL, MaintenanceReport};
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
 pub use self::postgres::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_SCHEMA, DEFAULT_STATEMENT_TIMEOUT, PostgresStore,
-    PostgresStoreBuilder, SCHEMA_VERSION,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_SCHEMA, DEFAULT_STATEMENT_TIMEOUT,
+    PostgresStore, PostgresStoreBuilder, SCHEMA_VERSION,
 };
 #[cfg(feature = "sqlite")]
 mod sqlite;

@@ -246,7 +246,7 @@ impl fmt::Debug for SqliteStore {
 ///     .open()
 ///     .await
 ///     .unwrap_err();
-/// assert!(err.to_string().contains("busy_timeout"), "{err}");
+/// assert!(err.report().to_string().contains("busy_timeout"), "{}", err.report());
 /// # });
 /// ```
 #[must_use]
@@ -512,8 +512,8 @@ fn record_of(row: &Row<'_>) -> Result<Record, Fail> {
         _ => None,
     };
     let data: String = row.get(6)?;
-    let data: HashMap<String, serde_json::Value> =
-        serde_json::from_str(&data).map_err(|_| corrupt("a session's data is not a JSON object"))?;
+    let data: HashMap<String, serde_json::Value> = serde_json::from_str(&data)
+        .map_err(|_| corrupt("a session's data is not a JSON object"))?;
     Ok(Record {
         id: sid_of(&sid)?,
         token_hash: hash(row.get(1)?)?,
@@ -560,7 +560,11 @@ fn create_record(
     let inserted = tx.prepare_cached(sql::CREATE)?.execute(params![
         record.id.as_bytes().as_slice(),
         record.token_hash.as_bytes().as_slice(),
-        record.replaced.map(|r| *r.token_hash.as_bytes()).as_ref().map(<[u8; 32]>::as_slice),
+        record
+            .replaced
+            .map(|r| *r.token_hash.as_bytes())
+            .as_ref()
+            .map(<[u8; 32]>::as_slice),
         record.replaced.map(|r| r.at),
         record.user,
         record.privilege,
@@ -596,11 +600,19 @@ fn create_record(
 }
 
 impl SqliteStore {
-    async fn create_with(&self, record: &Record, link: Option<&HistoryLink<'_>>) -> Result<(), Error> {
+    async fn create_with(
+        &self,
+        record: &Record,
+        link: Option<&HistoryLink<'_>>,
+    ) -> Result<(), Error> {
         let record = record.clone();
         let link = link.map(|l| (l.user.to_owned(), self.link_until(l.session_ends)));
         self.call("create a session", move |db| {
-            create_record(db.conn(), &record, link.as_ref().map(|(u, t)| (u.as_str(), *t)))
+            create_record(
+                db.conn(),
+                &record,
+                link.as_ref().map(|(u, t)| (u.as_str(), *t)),
+            )
         })
         .await
     }
@@ -645,7 +657,11 @@ impl SessionStore for SqliteStore {
             tx.prepare_cached(sql::SAVE)?.execute(params![
                 sid.as_slice(),
                 record.token_hash.as_bytes().as_slice(),
-                record.replaced.map(|r| *r.token_hash.as_bytes()).as_ref().map(<[u8; 32]>::as_slice),
+                record
+                    .replaced
+                    .map(|r| *r.token_hash.as_bytes())
+                    .as_ref()
+                    .map(<[u8; 32]>::as_slice),
                 record.replaced.map(|r| r.at),
                 record.user,
                 record.privilege,
@@ -711,11 +727,12 @@ impl SessionStore for SqliteStore {
                 })?;
                 rows.collect::<Result<Vec<_>, _>>()?
             };
-            let pending: i64 = tx.prepare_cached(sql::CLAIM_PENDING)?.query_row(
-                params![user, sid.as_slice(), now],
-                |r| r.get(0),
-            )?;
-            let total = others.len().saturating_add(usize::try_from(pending).unwrap_or(0));
+            let pending: i64 = tx
+                .prepare_cached(sql::CLAIM_PENDING)?
+                .query_row(params![user, sid.as_slice(), now], |r| r.get(0))?;
+            let total = others
+                .len()
+                .saturating_add(usize::try_from(pending).unwrap_or(0));
             let mut ends: &[Vec<u8>] = &[];
             if total >= max {
                 let n = total + 1 - max;
@@ -837,7 +854,14 @@ fn append_batch(
             let Some(expected) = &a.expected_head else {
                 // Chained to an empty list.
                 if last.is_none() {
-                    start_list(&mut set_head, &mut drop_entries, sid, h.as_ref(), expires, slack)?;
+                    start_list(
+                        &mut set_head,
+                        &mut drop_entries,
+                        sid,
+                        h.as_ref(),
+                        expires,
+                        slack,
+                    )?;
                     for r in &p.rows {
                         insert_row(&mut insert, sid, r)?;
                     }
@@ -849,14 +873,12 @@ fn append_batch(
             };
             let head = last.as_ref().and_then(|(_, e)| super::tag_of(e));
             match &last {
-                Some((last_seq, _)) if head.as_ref() == Some(expected) && p.first_seq() > *last_seq => {
+                Some((last_seq, _))
+                    if head.as_ref() == Some(expected) && p.first_seq() > *last_seq =>
+                {
                     let h = h.as_ref().expect("a live list has a heads row");
                     if h.expires_at < expires {
-                        set_head.execute(params![
-                            sid,
-                            h.low_seq,
-                            expires.saturating_add(slack)
-                        ])?;
+                        set_head.execute(params![sid, h.low_seq, expires.saturating_add(slack)])?;
                     }
                     for r in &p.rows {
                         insert_row(&mut insert, sid, r)?;
@@ -916,7 +938,9 @@ fn refused(a: &Append, last: Option<(i64, Vec<u8>)>, h: Option<&Heads>, now: i64
         }
     }
     let last = last.map(|(_, e)| Bytes::from(e));
-    if h.and_then(|h| h.erased_until).is_some_and(|until| until > now) {
+    if h.and_then(|h| h.erased_until)
+        .is_some_and(|until| until > now)
+    {
         AppendOutcome::Erased { last }
     } else {
         AppendOutcome::Conflict { last }
@@ -1013,7 +1037,8 @@ impl HistoryStore for SqliteStore {
                 .prepare_cached(sql::COUNT_READABLE)?
                 .query_row(params![sid, now, keep], |r| r.get(0))?;
             tx.prepare_cached(sql::DROP_ENTRIES)?.execute([sid])?;
-            tx.prepare_cached(sql::ERASE)?.execute(params![sid, until])?;
+            tx.prepare_cached(sql::ERASE)?
+                .execute(params![sid, until])?;
             tx.commit()?;
             Ok(n.max(0) as u64)
         })
@@ -1030,9 +1055,11 @@ impl HistoryStore for SqliteStore {
         let sid = *session.as_bytes();
         let until = self.link_until(session_ends);
         self.call("link a user's history", move |db| {
-            db.conn()
-                .prepare_cached(sql::LINK_USER)?
-                .execute(params![user, sid.as_slice(), until])?;
+            db.conn().prepare_cached(sql::LINK_USER)?.execute(params![
+                user,
+                sid.as_slice(),
+                until
+            ])?;
             Ok(())
         })
         .await

@@ -102,11 +102,9 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), Fail> {
 /// Checks the version and that every table has the store's columns.
 pub(super) fn check(conn: &mut Connection) -> Result<(), Fail> {
     let version: Option<i64> = conn
-        .query_row(
-            "SELECT max(version) FROM session_trail_schema",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT max(version) FROM session_trail_schema", [], |r| {
+            r.get(0)
+        })
         .optional()
         .map_err(|_| misconfigured("table session_trail_schema is missing".into()))?
         .flatten();

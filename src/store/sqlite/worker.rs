@@ -104,9 +104,10 @@ pub(super) fn error(path: &std::path::Path, e: Fail, what: &str) -> Error {
         },
         rusqlite::Error::FromSqlConversionFailure(..)
         | rusqlite::Error::InvalidColumnType(..)
-        | rusqlite::Error::IntegralValueOutOfRange(..) => {
-            (ErrorKind::Corrupt, "; a stored value has an unexpected type")
-        }
+        | rusqlite::Error::IntegralValueOutOfRange(..) => (
+            ErrorKind::Corrupt,
+            "; a stored value has an unexpected type",
+        ),
         _ => (ErrorKind::Unavailable, ""),
     };
     Error::new(kind, format!("{place}: {e}{hint}"))
@@ -135,8 +136,10 @@ pub(super) async fn start(settings: Settings) -> Result<mpsc::Sender<Job>, Error
             }
         })
         .map_err(|e| {
-            Error::with_source(ErrorKind::Unavailable, e)
-                .context(format!("SQLite database {}: start the store's thread", path.display()))
+            Error::with_source(ErrorKind::Unavailable, e).context(format!(
+                "SQLite database {}: start the store's thread",
+                path.display()
+            ))
         })?;
     opened.await.map_err(|_| {
         Error::new(
@@ -177,7 +180,8 @@ fn checkpoints(s: &Settings, stop: mpsc::Receiver<()>) -> Result<(), Error> {
     std::thread::Builder::new()
         .name("session-trail-sqlite-checkpoint".into())
         .spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL)
+            {
                 checkpoint(&conn);
             }
             checkpoint(&conn);
@@ -298,14 +302,13 @@ pub(super) fn maintenance_batch(db: &mut Db) -> Result<(MaintenanceReport, bool)
     let now = now_ms();
     let linger_cut = now.saturating_sub(EXPIRED_RECORD_LINGER.as_millis() as i64);
     let tx = immediate(&mut db.conn)?;
-    let mut report = MaintenanceReport::default();
-    report.sessions = tx
+    let sessions = tx
         .prepare_cached(sql::EXPIRE_SESSIONS)?
         .execute(params![linger_cut, batch])? as u64;
-    report.claims = tx
+    let claims = tx
         .prepare_cached(sql::EXPIRE_CLAIMS)?
         .execute(params![now, batch])? as u64;
-    report.links = tx
+    let links = tx
         .prepare_cached(sql::EXPIRE_LINKS)?
         .execute(params![now, batch])? as u64;
     let expired: Vec<(Vec<u8>, bool)> = tx
@@ -321,7 +324,7 @@ pub(super) fn maintenance_batch(db: &mut Db) -> Result<(MaintenanceReport, bool)
         };
         tx.prepare_cached(sql)?.execute([sid])?;
     }
-    report.histories = expired.len() as u64;
+
     // A batch of lists in sid order from where the last batch stopped;
     // those holding more than `keep` entries are trimmed.
     let scanned: Vec<(Vec<u8>, Option<i64>, i64)> = tx
@@ -347,8 +350,14 @@ pub(super) fn maintenance_batch(db: &mut Db) -> Result<(MaintenanceReport, bool)
         Some((sid, ..)) if !scan_done => sid.clone(),
         _ => Vec::new(),
     };
-    report.trimmed = trimmed;
     tx.commit()?;
+    let report = MaintenanceReport {
+        sessions,
+        claims,
+        links,
+        histories: expired.len() as u64,
+        trimmed,
+    };
     db.trim_from = next_from;
     let full = |n: u64| n >= batch as u64;
     let more = [
