@@ -160,8 +160,10 @@ impl Synchronous {
 /// transaction, so it holds across processes. Do not put the file on a
 /// network file system: WAL needs shared memory on one host.
 ///
-/// Queries over the history, for example the most used routes of the last
-/// day:
+/// The history table has the PostgreSQL store's columns, in SQLite's
+/// types: `ts` is Unix milliseconds (PostgreSQL: `timestamptz`), `attrs`
+/// JSON text (`jsonb`), and `id` orders the rows as written. Queries over
+/// the history, for example the most used routes of the last day:
 ///
 /// ```sql
 /// SELECT name, count(*) FROM session_trail_history

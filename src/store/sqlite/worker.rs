@@ -123,12 +123,18 @@ pub(super) async fn start(settings: Settings) -> Result<mpsc::Sender<Job>, Error
         .name("session-trail-sqlite".into())
         .spawn(move || match open(&settings) {
             Ok(db) => {
-                // The checkpoint thread ends when `_nudge` is dropped, with
+                // The checkpoint thread ends when `_stop` is dropped, with
                 // this thread.
-                let (_nudge, nudged) = mpsc::channel::<()>();
-                let checkpointer = checkpoints(&settings, nudged);
-                if ready.send(checkpointer).is_ok() {
-                    run(db, &settings, &queue);
+                let (_stop, stopped) = mpsc::channel::<()>();
+                match checkpoints(&settings, stopped) {
+                    Ok(()) => {
+                        if ready.send(Ok(())).is_ok() {
+                            run(db, &settings, &queue);
+                        }
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
                 }
             }
             Err(e) => {
