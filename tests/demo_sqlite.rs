@@ -276,6 +276,11 @@ async fn sqlite_urls_the_demo_cannot_use_are_refused_clearly() {
             format!("sqlite://{}/missing/demo.db", dir.display()),
             "cannot use SQLite",
         ),
+        (
+            format!("sqlite://{}?mode=rwc", dir.display()),
+            "without ?options",
+        ),
+        (format!("sqlite://{}%zz", dir.display()), "%-escape"),
     ] {
         let s = settings(&[("DATABASE_URL", url.clone())]).unwrap();
         let Err(err) = app::open(&s).await else {

@@ -67,6 +67,15 @@ async fn invalid_settings_name_the_setting() {
             "busy_timeout",
         ),
         (
+            SqliteStore::builder(&path).busy_timeout(Duration::from_micros(999)),
+            "busy_timeout",
+        ),
+        (
+            SqliteStore::builder(&path).busy_timeout(Duration::from_secs(30 * 24 * 3600)),
+            "busy_timeout",
+        ),
+        (SqliteStore::builder(path.with_file_name("a\0b.db")), "path"),
+        (
             SqliteStore::builder(&path).maintenance_interval(Some(Duration::ZERO)),
             "maintenance_interval",
         ),
@@ -213,11 +222,13 @@ async fn a_corrupt_or_unusable_file_is_a_clear_error_naming_the_path() {
         let store = SqliteStore::open(&damaged).await.unwrap();
         let record = common::conformance::record(Some("alice"));
         store.create(&record).await.unwrap();
+        // Closed: every page is in the file, no thread writes to it.
+        store.close().await.unwrap();
     }
-    let conn = common::sqlite::connect(&damaged);
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        .unwrap();
-    drop(conn);
+    assert!(
+        !std::path::PathBuf::from(format!("{}-wal", damaged.display())).exists(),
+        "closing checkpoints the log into the file and removes it"
+    );
     let mut bytes = std::fs::read(&damaged).unwrap();
     for b in &mut bytes[0..100] {
         *b = 0xff;
@@ -532,4 +543,172 @@ async fn a_write_lock_held_past_the_busy_timeout_is_unavailable_then_passes() {
     holder.execute_batch("ROLLBACK").unwrap();
     store.create(&record).await.unwrap();
     assert!(store.load(&record.id).await.unwrap().is_some());
+}
+
+/// One session's stored entry has the wrong SQL type (edited outside the
+/// store): that session's append answers `Failed`, the other sessions of
+/// the call are appended, and the writer goes on with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_row_fails_its_session_only_and_stalls_no_other() {
+    use session_trail::history::HistoryWriter;
+    let path = temp_db("corrupt-row");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let key = Key::generate();
+    let (a, b) = (SessionId::generate(), SessionId::generate());
+    let ca = common::conformance::chain(&key, &a, 1, [0; 16], 2);
+    let cb = common::conformance::chain(&key, &b, 1, [0; 16], 2);
+    let first = |sid, entries: &Vec<bytes::Bytes>| Append {
+        session: sid,
+        expected_head: None,
+        entries: entries[..1].to_vec(),
+        token: None,
+    };
+    assert_eq!(
+        store.append(&[first(a, &ca), first(b, &cb)]).await.unwrap(),
+        vec![AppendOutcome::Appended, AppendOutcome::Appended]
+    );
+    exec(
+        &path,
+        &format!(
+            "UPDATE session_trail_history SET entry = 'not an entry' WHERE sid = {}",
+            blob(&a)
+        ),
+    );
+    let next = |sid, entries: &Vec<bytes::Bytes>| Append {
+        session: sid,
+        expected_head: session_trail::store::tag_of(&entries[0]),
+        entries: entries[1..].to_vec(),
+        token: None,
+    };
+    let out = store.append(&[next(a, &ca), next(b, &cb)]).await.unwrap();
+    assert!(
+        matches!(out[0], AppendOutcome::Failed { .. }),
+        "session a: {:?}",
+        out[0]
+    );
+    assert_eq!(out[1], AppendOutcome::Appended, "session b");
+
+    // Through the writer: the corrupt session's entries wait, the others'
+    // are written.
+    let c = SessionId::generate();
+    let writer = HistoryWriter::start(
+        store.clone(),
+        KeyRing::new(key),
+        common::faults::writer_config().flush_timeout(Duration::from_secs(3)),
+    )
+    .unwrap();
+    assert!(writer.enqueue(a, vec![common::faults::tick(1)]));
+    assert!(writer.enqueue(c, vec![common::faults::tick(2)]));
+    common::app::eventually(10, "session c's entry is written", || {
+        let store = store.clone();
+        async move { (store.read_all(&c).await.unwrap().len() == 1).then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_maintenance_interval_too_long_for_a_clock_means_never_not_a_dead_store() {
+    let store = SqliteStore::builder(temp_db("interval"))
+        .maintenance_interval(Some(Duration::MAX))
+        .open()
+        .await
+        .unwrap();
+    // The first round is due after 5 s at most; then the next one would be
+    // beyond what `Instant` holds.
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    store
+        .load(&SessionId::generate())
+        .await
+        .unwrap_or_else(|e| panic!("the store died: {}", e.report()));
+    store.run_maintenance().await.unwrap();
+}
+
+#[tokio::test]
+async fn close_waits_until_the_file_is_closed_and_refuses_while_clones_live() {
+    let path = temp_db("close");
+    let store = SqliteStore::open(&path).await.unwrap();
+    store
+        .create(&common::conformance::record(Some("alice")))
+        .await
+        .unwrap();
+    let clone = store.clone();
+    let store = store
+        .close()
+        .await
+        .expect_err("a clone is alive: not closed");
+    store.load(&SessionId::generate()).await.unwrap();
+    drop(clone);
+    store.close().await.unwrap();
+    // Nobody holds the file: a truncating checkpoint is not busy, and the
+    // log is gone.
+    let conn = common::sqlite::connect(&path);
+    let busy: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(busy, 0);
+    assert_eq!(
+        count(&path, "SELECT count(*) FROM session_trail_sessions"),
+        1
+    );
+}
+
+#[tokio::test]
+async fn maintenance_in_batches_smaller_than_a_list_finishes_every_list() {
+    let path = temp_db("budget");
+    let store = SqliteStore::builder(&path)
+        .history_retention(2, Duration::from_secs(3600))
+        .maintenance_interval(None)
+        .maintenance_batch(4)
+        .open()
+        .await
+        .unwrap();
+    let key = Key::generate();
+    // One long list to trim (10 entries, keep 2) and one expired list of 9.
+    let (long, old) = (SessionId::generate(), SessionId::generate());
+    for (sid, n) in [(long, 10), (old, 9)] {
+        let out = store
+            .append(&[Append {
+                session: sid,
+                expected_head: None,
+                entries: common::conformance::chain(&key, &sid, 1, [0; 16], n),
+                token: None,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(out, vec![AppendOutcome::Appended]);
+    }
+    exec(
+        &path,
+        &format!(
+            "UPDATE session_trail_history_heads SET expires_at = 1 WHERE sid = {}",
+            blob(&old)
+        ),
+    );
+    // Every row deleted, counted by a trigger: the batches that stop in the
+    // middle of a list (4 rows each) finish it in the next.
+    exec(
+        &path,
+        "CREATE TABLE test_deleted (n INTEGER);
+         CREATE TRIGGER test_count AFTER DELETE ON session_trail_history
+         BEGIN INSERT INTO test_deleted VALUES (1); END;",
+    );
+    let report = store.run_maintenance().await.unwrap();
+    assert_eq!(report.histories, 1, "{report:?}");
+    assert_eq!(report.trimmed, 1, "{report:?}");
+    assert_eq!(count(&path, "SELECT count(*) FROM test_deleted"), 9 + 8);
+    assert_eq!(
+        count(&path, "SELECT count(*) FROM session_trail_history"),
+        2
+    );
+    let kept = store.read_all(&long).await.unwrap();
+    let v = session_trail::history::verify(
+        &KeyRing::new(key),
+        &long,
+        &kept,
+        session_trail::history::Options {
+            keep: 2,
+            window: false,
+        },
+    );
+    assert!(v.is_ok(), "{:?}", v.breaks);
 }

@@ -297,11 +297,36 @@ async fn sqlite_store(path: &str) -> Result<session_trail::store::SqliteStore, S
     if path.is_empty() {
         return Err("DATABASE_URL=sqlite://PATH needs a file path, e.g. sqlite://demo.db".into());
     }
+    if path.contains(['?', '#']) {
+        return Err(
+            "DATABASE_URL=sqlite://PATH takes a file path only, without ?options or #fragment \
+             (the store sets its own options)"
+                .into(),
+        );
+    }
+    let path = percent_decoded(path)
+        .ok_or("DATABASE_URL=sqlite://PATH: the path has an invalid %-escape or is not UTF-8")?;
     // Creates the file and its tables when missing; a second demo on the
     // same file shares it.
     session_trail::store::SqliteStore::open(path)
         .await
         .map_err(|e| format!("DATABASE_URL: cannot use SQLite: {}", e.report()))
+}
+
+/// A URL path with its `%XX` escapes decoded.
+#[cfg(feature = "sqlite")]
+fn percent_decoded(path: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(path.len());
+    let mut bytes = path.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 #[cfg(not(feature = "sqlite"))]

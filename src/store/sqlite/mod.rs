@@ -52,6 +52,7 @@ mod sql {
     pub(super) const INSERT_ENTRY: &str = include_str!("sql/insert_entry.sql");
     pub(super) const LAST_ENTRY: &str = include_str!("sql/last_entry.sql");
     pub(super) const DROP_ENTRIES: &str = include_str!("sql/drop_entries.sql");
+    pub(super) const DROP_SOME_ENTRIES: &str = include_str!("sql/drop_some_entries.sql");
     pub(super) const READ_NEWEST: &str = include_str!("sql/read_newest.sql");
     pub(super) const ERASE: &str = include_str!("sql/erase.sql");
     pub(super) const COUNT_READABLE: &str = include_str!("sql/count_readable.sql");
@@ -216,6 +217,8 @@ pub struct SqliteStore {
 
 struct Inner {
     jobs: mpsc::Sender<Job>,
+    /// Closes when the store's threads have closed the file.
+    closed: tokio::sync::oneshot::Receiver<()>,
     path: PathBuf,
     keep: usize,
     ttl: Duration,
@@ -292,6 +295,28 @@ impl SqliteStore {
         &self.inner.path
     }
 
+    /// Closes the store and waits until the file is closed: the operations
+    /// already sent are done, the log is checkpointed into the file, and
+    /// the store's threads have ended. Do this before copying, moving or
+    /// replacing the file. Dropping the store closes it too, without
+    /// waiting.
+    ///
+    /// # Errors
+    ///
+    /// The store itself, unchanged, while other clones of it are alive
+    /// (a history writer or a layer holds one until it is dropped).
+    pub async fn close(self) -> Result<(), SqliteStore> {
+        match Arc::try_unwrap(self.inner) {
+            Ok(Inner { jobs, closed, .. }) => {
+                drop(jobs);
+                // An error here is the same news: the thread is gone.
+                let _ = closed.await;
+                Ok(())
+            }
+            Err(inner) => Err(SqliteStore { inner }),
+        }
+    }
+
     /// Checks that the schema is at [`SQLITE_SCHEMA_VERSION`] and that
     /// every table has the columns the store uses (`open` does this too).
     ///
@@ -305,17 +330,20 @@ impl SqliteStore {
 
     /// Runs maintenance now: deletes expired sessions, expired histories,
     /// entries beyond the retention's *keep*, and lapsed claims and
-    /// history links, each in write transactions of at most
-    /// [`SqliteStoreBuilder::maintenance_batch`] rows, until none is left.
+    /// history links, in write transactions that each delete at most
+    /// [`SqliteStoreBuilder::maintenance_batch`] sessions, claims, links
+    /// and history rows (and look at that many lists for trimming), until
+    /// none is left.
     ///
     /// # Errors
     ///
     /// When a statement fails; what was deleted before stays deleted.
     pub async fn run_maintenance(&self) -> Result<MaintenanceReport, Error> {
-        self.call("maintenance", |conn| {
+        self.call("maintenance", |db| {
             let mut report = MaintenanceReport::default();
+            db.restart_trim_pass();
             loop {
-                let (round, full) = worker::maintenance_batch(conn)?;
+                let (round, full) = worker::maintenance_batch(db)?;
                 report.sessions += round.sessions;
                 report.claims += round.claims;
                 report.links += round.links;
@@ -340,17 +368,22 @@ impl SqliteStore {
         let job: Job = Box::new(move |db| {
             let _ = tx.send(f(db).map_err(|e| db.error(e, what)));
         });
-        let gone = || {
+        let fail = |why: &str| {
             Error::new(
                 ErrorKind::Unavailable,
                 format!(
-                    "SQLite database {}: {what}: the store's thread has stopped",
+                    "SQLite database {}: {what}: {why}",
                     self.inner.path.display()
                 ),
             )
         };
-        self.inner.jobs.send(job).map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+        self.inner
+            .jobs
+            .send(job)
+            .map_err(|_| fail("the store's thread has stopped"))?;
+        rx.await.map_err(|_| {
+            fail("the operation ended without an answer (it panicked; the store goes on, see its log)")
+        })?
     }
 
     fn keep_i64(&self) -> i64 {
@@ -404,9 +437,11 @@ impl SqliteStoreBuilder {
         self
     }
 
-    /// The most rows one maintenance transaction deletes (default
+    /// The most rows of each kind (sessions, claims, links, history
+    /// entries) one maintenance transaction deletes (default
     /// [`DEFAULT_MAINTENANCE_BATCH`]), so no transaction holds the write
-    /// lock for long.
+    /// lock for long. Trimming walks the lists in sid order, this many per
+    /// transaction (with an index lookup each).
     pub fn maintenance_batch(mut self, n: usize) -> Self {
         self.maintenance_batch = n;
         self
@@ -435,6 +470,12 @@ impl SqliteStoreBuilder {
         if self.path.as_os_str().is_empty() {
             return Err(invalid(ConfigError::new("path", "the path is empty")));
         }
+        if self.path.as_os_str().as_encoded_bytes().contains(&0) {
+            return Err(invalid(ConfigError::new(
+                "path",
+                "the path contains a NUL byte",
+            )));
+        }
         if self.path.as_os_str() == ":memory:" {
             return Err(invalid(ConfigError::new(
                 "path",
@@ -443,8 +484,16 @@ impl SqliteStoreBuilder {
             )));
         }
         super::check_retention(self.keep, self.ttl).map_err(invalid)?;
+        // SQLite takes whole milliseconds, as a C int.
+        if self.busy_timeout < Duration::from_millis(1)
+            || self.busy_timeout.as_millis() > i32::MAX as u128
+        {
+            return Err(invalid(ConfigError::new(
+                "busy_timeout",
+                "must be from 1 ms to about 24 days (2^31 - 1 ms)",
+            )));
+        }
         for (setting, bad) in [
-            ("busy_timeout", self.busy_timeout.is_zero()),
             ("maintenance_batch", self.maintenance_batch == 0),
             (
                 "maintenance_interval",
@@ -466,10 +515,11 @@ impl SqliteStoreBuilder {
             maintenance_interval: self.maintenance_interval,
             maintenance_batch: i64::try_from(self.maintenance_batch).unwrap_or(i64::MAX),
         };
-        let jobs = worker::start(settings).await?;
+        let (jobs, closed) = worker::start(settings).await?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 jobs,
+                closed,
                 path: self.path,
                 keep: self.keep,
                 ttl: self.ttl,
@@ -783,6 +833,21 @@ impl SessionStore for SqliteStore {
     }
 }
 
+/// What an append's token is checked against: the record's token hash,
+/// the hash it replaced and when, and its expiry.
+type TokenRow = (Vec<u8>, Option<Vec<u8>>, Option<i64>, i64);
+
+/// Whether an error says a stored value has an unexpected type (a row
+/// edited or damaged outside the store).
+fn is_type_error(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+    )
+}
+
 /// A list's heads row.
 struct Heads {
     low_seq: i64,
@@ -814,34 +879,46 @@ fn append_batch(
         for p in calls.iter().flatten() {
             let a = p.append;
             let sid = a.session.as_bytes().as_slice();
-            let h = head_of
-                .query_row([sid], |r| {
-                    Ok(Heads {
-                        low_seq: r.get(0)?,
-                        expires_at: r.get(1)?,
-                        erased_until: r.get(2)?,
+            // What the decision needs: the heads row, the newest entry of
+            // a live list, the record's token. A stored value of the wrong
+            // type fails this session alone (before anything is written for
+            // it), never the call.
+            let reads = (|| -> rusqlite::Result<_> {
+                let h = head_of
+                    .query_row([sid], |r| {
+                        Ok(Heads {
+                            low_seq: r.get(0)?,
+                            expires_at: r.get(1)?,
+                            erased_until: r.get(2)?,
+                        })
                     })
-                })
-                .optional()?;
-            // A live list: its heads row not expired, and its newest entry.
-            let last: Option<(i64, Vec<u8>)> = match &h {
-                Some(h) if h.expires_at > now => last_of
-                    .query_row([sid], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?,
-                _ => None,
+                    .optional()?;
+                let last: Option<(i64, Vec<u8>)> = match &h {
+                    Some(h) if h.expires_at > now => last_of
+                        .query_row([sid], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()?,
+                    _ => None,
+                };
+                let rec: Option<TokenRow> = match a.token {
+                    Some(_) => token_of
+                        .query_row([sid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                        .optional()?,
+                    None => None,
+                };
+                Ok((h, last, rec))
+            })();
+            let (h, last, rec) = match reads {
+                Ok(reads) => reads,
+                Err(e) if is_type_error(&e) => {
+                    out[p.index] = Some(AppendOutcome::Failed {
+                        reason: format!("a stored value of this session is corrupt: {e}"),
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
             };
             // The token condition: a live record holding it.
             if let Some(token) = &a.token {
-                let rec = token_of
-                    .query_row([sid], |r| {
-                        Ok((
-                            r.get::<_, Vec<u8>>(0)?,
-                            r.get::<_, Option<Vec<u8>>>(1)?,
-                            r.get::<_, Option<i64>>(2)?,
-                            r.get::<_, i64>(3)?,
-                        ))
-                    })
-                    .optional()?;
                 let token = token.as_bytes().as_slice();
                 let mismatch = match rec {
                     Some((hash, _, _, expires_at)) if hash == token && expires_at > now => None,

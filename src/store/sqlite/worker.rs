@@ -61,6 +61,12 @@ impl Db {
         &mut self.conn
     }
 
+    /// The next maintenance batch goes through the lists for trimming
+    /// from the first.
+    pub(super) fn restart_trim_pass(&mut self) {
+        self.trim_from.clear();
+    }
+
     /// A failure as this crate's error, naming the file and the operation.
     pub(super) fn error(&self, e: Fail, what: &str) -> Error {
         error(&self.path, e, what)
@@ -115,31 +121,43 @@ pub(super) fn error(path: &std::path::Path, e: Fail, what: &str) -> Error {
 
 /// Starts the thread, which opens the file and prepares it; answers the
 /// channel to send it operations once the file is ready.
-pub(super) async fn start(settings: Settings) -> Result<mpsc::Sender<Job>, Error> {
+/// Answers the channel for operations and one that closes when the file
+/// is closed (both threads ended, their connections closed).
+pub(super) async fn start(
+    settings: Settings,
+) -> Result<(mpsc::Sender<Job>, tokio::sync::oneshot::Receiver<()>), Error> {
     let (ready, opened) = tokio::sync::oneshot::channel();
+    let (closed_tx, closed) = tokio::sync::oneshot::channel::<()>();
     let (jobs, queue) = mpsc::channel::<Job>();
     let path = settings.path.clone();
     std::thread::Builder::new()
         .name("session-trail-sqlite".into())
-        .spawn(move || match open(&settings) {
-            Ok(db) => {
-                // The checkpoint thread ends when `_stop` is dropped, with
-                // this thread.
-                let (_stop, stopped) = mpsc::channel::<()>();
-                match checkpoints(&settings, stopped) {
-                    Ok(()) => {
-                        if ready.send(Ok(())).is_ok() {
-                            run(db, &settings, &queue);
-                        }
-                    }
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
-                    }
+        .spawn(move || {
+            // Dropped last, when the file is closed.
+            let _closed = closed_tx;
+            let db = match open(&settings) {
+                Ok(db) => db,
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
                 }
+            };
+            // The checkpoint thread ends when `stop` is dropped.
+            let (stop, stopped) = mpsc::channel::<()>();
+            let checkpointer = match checkpoints(&settings, stopped) {
+                Ok(handle) => handle,
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            if ready.send(Ok(())).is_ok() {
+                // Until the last clone of the store is dropped; the
+                // connection closes with `db`.
+                run(db, &settings, &queue);
             }
-            Err(e) => {
-                let _ = ready.send(Err(e));
-            }
+            drop(stop);
+            let _ = checkpointer.join();
         })
         .map_err(|e| {
             Error::with_source(ErrorKind::Unavailable, e).context(format!(
@@ -156,7 +174,7 @@ pub(super) async fn start(settings: Settings) -> Result<mpsc::Sender<Job>, Error
             ),
         )
     })??;
-    Ok(jobs)
+    Ok((jobs, closed))
 }
 
 /// How often the checkpoint thread copies the log into the database file.
@@ -170,7 +188,10 @@ const WAL_BACKSTOP_PAGES: i64 = 40_000;
 /// file (`PRAGMA wal_checkpoint(PASSIVE)`, which never blocks the writer),
 /// and syncs the file, so the store's thread never waits for that sync. It
 /// ends, after a last checkpoint, when `stop` is dropped.
-fn checkpoints(s: &Settings, stop: mpsc::Receiver<()>) -> Result<(), Error> {
+fn checkpoints(
+    s: &Settings,
+    stop: mpsc::Receiver<()>,
+) -> Result<std::thread::JoinHandle<()>, Error> {
     let fail = |e: rusqlite::Error| error(&s.path, e.into(), "open a checkpoint connection");
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(&s.path, flags).map_err(fail)?;
@@ -197,8 +218,7 @@ fn checkpoints(s: &Settings, stop: mpsc::Receiver<()>) -> Result<(), Error> {
                 "SQLite database {}: start the checkpoint thread",
                 s.path.display()
             ))
-        })?;
-    Ok(())
+        })
 }
 
 fn open(s: &Settings) -> Result<Db, Error> {
@@ -251,14 +271,15 @@ fn open(s: &Settings) -> Result<Db, Error> {
 /// more to do, between the operations waiting).
 fn run(mut db: Db, s: &Settings, queue: &mpsc::Receiver<Job>) {
     let interval = s.maintenance_interval;
-    let first = interval.map(|i| i.min(Duration::from_secs(5)));
-    let mut due = first.map(|d| Instant::now() + d);
+    // `None`: never (also an interval beyond what `Instant` can hold).
+    let after = |d: Duration| Instant::now().checked_add(d);
+    let mut due = interval.and_then(|i| after(i.min(Duration::from_secs(5))));
     let mut backoff = Duration::from_secs(1);
     loop {
         if let (Some(at), Some(interval)) = (due, interval)
             && Instant::now() >= at
         {
-            due = Some(Instant::now() + maintain(&mut db, interval, &mut backoff));
+            due = after(maintain(&mut db, interval, &mut backoff));
         }
         let job = match due {
             Some(at) => match queue.recv_timeout(at.saturating_duration_since(Instant::now())) {
@@ -317,64 +338,86 @@ pub(super) fn maintenance_batch(db: &mut Db) -> Result<(MaintenanceReport, bool)
     let links = tx
         .prepare_cached(sql::EXPIRE_LINKS)?
         .execute(params![now, batch])? as u64;
+    // History rows: at most `batch` deleted per transaction, however many
+    // entries the lists hold (`budget`); a list left half done is finished
+    // by the next batch.
+    let mut budget = batch;
+    let mut more = false;
     let expired: Vec<(Vec<u8>, bool)> = tx
         .prepare_cached(sql::EXPIRED_HISTORIES)?
         .query_map(params![now, batch], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
+    let mut histories = 0;
     for (sid, erasure_remembered) in &expired {
-        tx.prepare_cached(sql::DROP_ENTRIES)?.execute([sid])?;
+        let n = tx
+            .prepare_cached(sql::DROP_SOME_ENTRIES)?
+            .execute(params![sid, budget])? as i64;
+        budget -= n;
+        if budget <= 0 {
+            more = true;
+            break;
+        }
         let sql = if *erasure_remembered {
             sql::EMPTY_HEAD
         } else {
             sql::DROP_HEAD
         };
         tx.prepare_cached(sql)?.execute([sid])?;
+        histories += 1;
     }
 
     // A batch of lists in sid order from where the last batch stopped;
     // those holding more than `keep` entries are trimmed.
-    let scanned: Vec<(Vec<u8>, Option<i64>, i64)> = tx
-        .prepare_cached(sql::OVERFULL_HISTORIES)?
-        .query_map(params![keep, batch, db.trim_from], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    let scan_done = (scanned.len() as i64) < batch;
+    let scanned: Vec<(Vec<u8>, Option<i64>, i64)> = if more {
+        Vec::new()
+    } else {
+        tx.prepare_cached(sql::OVERFULL_HISTORIES)?
+            .query_map(params![keep, batch, db.trim_from], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?
+    };
+    let mut scan_done = !more && (scanned.len() as i64) < batch;
+    let mut next_from = db.trim_from.clone();
     let mut trimmed = 0;
     for (sid, upto, low_seq) in &scanned {
-        let Some(upto) = *upto else { continue };
-        if upto < *low_seq {
-            continue;
+        if let Some(upto) = *upto
+            && upto >= *low_seq
+        {
+            let n = tx
+                .prepare_cached(sql::TRIM_HISTORY)?
+                .execute(params![sid, upto, budget])? as i64;
+            budget -= n;
+            if budget <= 0 {
+                // This list may hold more: the next batch starts with it.
+                scan_done = false;
+                break;
+            }
+            tx.prepare_cached(sql::TRIMMED_HEAD)?
+                .execute(params![sid, upto])?;
+            trimmed += 1;
         }
-        tx.prepare_cached(sql::TRIM_HISTORY)?
-            .execute(params![sid, upto])?;
-        tx.prepare_cached(sql::TRIMMED_HEAD)?
-            .execute(params![sid, upto])?;
-        trimmed += 1;
+        next_from.clone_from(sid);
     }
-    let next_from = match scanned.last() {
-        Some((sid, ..)) if !scan_done => sid.clone(),
-        _ => Vec::new(),
-    };
     tx.commit()?;
+    db.trim_from = if scan_done { Vec::new() } else { next_from };
     let report = MaintenanceReport {
         sessions,
         claims,
         links,
-        histories: expired.len() as u64,
+        histories,
         trimmed,
     };
-    db.trim_from = next_from;
     let full = |n: u64| n >= batch as u64;
-    let more = [
-        report.sessions,
-        report.claims,
-        report.links,
-        report.histories,
-        report.trimmed,
-    ]
-    .into_iter()
-    .any(full)
-        || !scan_done;
+    let more = more
+        || !scan_done
+        || [
+            report.sessions,
+            report.claims,
+            report.links,
+            report.histories,
+        ]
+        .into_iter()
+        .any(full);
     Ok((report, more))
 }
