@@ -37,26 +37,7 @@ async fn store(keep: usize) -> PostgresStore {
 
 store_conformance!(|keep: usize| store(keep));
 
-mod users {
-    async fn store() -> session_trail::store::PostgresStore {
-        super::store(1000).await
-    }
-    crate::users_suite!(store);
-}
-
-mod hardening {
-    async fn store() -> session_trail::store::PostgresStore {
-        super::store(1000).await
-    }
-    crate::hardening_suite!(store);
-}
-
-mod rotation {
-    async fn store() -> session_trail::store::PostgresStore {
-        super::store(1000).await
-    }
-    crate::rotation_suite!(store);
-}
+store_suites!(session_trail::store::PostgresStore, super::store);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_settings_name_the_setting() {

@@ -27,26 +27,7 @@ async fn store_keeping(keep: usize) -> SqliteStore {
 
 store_conformance!(|keep: usize| store_keeping(keep));
 
-mod users {
-    async fn store() -> session_trail::store::SqliteStore {
-        super::store_keeping(1000).await
-    }
-    crate::users_suite!(store);
-}
-
-mod hardening {
-    async fn store() -> session_trail::store::SqliteStore {
-        super::store_keeping(1000).await
-    }
-    crate::hardening_suite!(store);
-}
-
-mod rotation {
-    async fn store() -> session_trail::store::SqliteStore {
-        super::store_keeping(1000).await
-    }
-    crate::rotation_suite!(store);
-}
+store_suites!(session_trail::store::SqliteStore, super::store_keeping);
 
 #[tokio::test]
 async fn invalid_settings_name_the_setting() {
@@ -711,4 +692,134 @@ async fn maintenance_in_batches_smaller_than_a_list_finishes_every_list() {
         },
     );
     assert!(v.is_ok(), "{:?}", v.breaks);
+}
+
+/// A value of the wrong type in one session's history or heads row (edited
+/// outside the store): maintenance passes over that list and goes on with
+/// everything else.
+#[tokio::test]
+async fn a_corrupt_row_never_stops_maintenance_for_the_others() {
+    for corrupt in [
+        "UPDATE session_trail_history SET seq = 2.5 WHERE sid = {a} AND seq = 2",
+        "UPDATE session_trail_history_heads SET low_seq = 'x' WHERE sid = {a}",
+    ] {
+        let path = temp_db("corrupt-maint");
+        let store = SqliteStore::builder(&path)
+            .maintenance_interval(None)
+            .open()
+            .await
+            .unwrap();
+        let key = Key::generate();
+        let a = SessionId::generate();
+        let out = store
+            .append(&[Append {
+                session: a,
+                expected_head: None,
+                entries: common::conformance::chain(&key, &a, 1, [0; 16], 2),
+                token: None,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(out, vec![AppendOutcome::Appended]);
+        exec(&path, &corrupt.replace("{a}", &blob(&a)));
+        let mut old = common::conformance::record(None);
+        old.idle_deadline = 1;
+        old.absolute_deadline = 1;
+        store.create(&old).await.unwrap();
+        let report = store
+            .run_maintenance()
+            .await
+            .unwrap_or_else(|e| panic!("{corrupt}: {}", e.report()));
+        assert_eq!(report.sessions, 1, "{corrupt}: {report:?}");
+        assert_eq!(
+            count(&path, "SELECT count(*) FROM session_trail_sessions"),
+            0
+        );
+    }
+}
+
+/// An expired list that maintenance deletes over several transactions is
+/// dead from the first: an append or a read that was waiting for the write
+/// lock (another process held it) meanwhile never finds it half deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_deleted_expired_list_is_never_revived_or_read() {
+    let path = temp_db("revive");
+    let store = SqliteStore::builder(&path)
+        .history_retention(100, Duration::from_secs(3600))
+        .maintenance_interval(None)
+        .maintenance_batch(2)
+        .open()
+        .await
+        .unwrap();
+    let key = Key::generate();
+    let sid = SessionId::generate();
+    let entries = common::conformance::chain(&key, &sid, 1, [0; 16], 11);
+    let out = store
+        .append(&[Append {
+            session: sid,
+            expected_head: None,
+            entries: entries[..10].to_vec(),
+            token: None,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![AppendOutcome::Appended]);
+    // The list expired; one maintenance transaction deletes 2 of its rows.
+    exec(
+        &path,
+        &format!(
+            "UPDATE session_trail_history_heads SET expires_at = 1 WHERE sid = {}",
+            blob(&sid)
+        ),
+    );
+    // One batch only: the background round, started by hand.
+    let conn = common::sqlite::connect(&path);
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let s = store.clone();
+    let maintenance = tokio::spawn(async move { s.run_maintenance().await });
+    let s = store.clone();
+    let next = entries[10..].to_vec();
+    let expected = session_trail::store::tag_of(&entries[9]);
+    let append = tokio::spawn(async move {
+        s.append(&[Append {
+            session: sid,
+            expected_head: expected,
+            entries: next,
+            token: None,
+        }])
+        .await
+    });
+    conn.execute_batch("COMMIT").unwrap();
+    maintenance.await.unwrap().unwrap();
+    let out = append.await.unwrap().unwrap();
+    assert!(
+        matches!(out[0], AppendOutcome::Conflict { last: None }),
+        "{out:?}"
+    );
+    let kept = store.read_all(&sid).await.unwrap();
+    let v = session_trail::history::verify(
+        &KeyRing::new(key),
+        &sid,
+        &kept,
+        session_trail::history::Options {
+            keep: 100,
+            window: false,
+        },
+    );
+    assert!(v.is_ok(), "{:?}", v.breaks);
+}
+
+#[tokio::test]
+async fn a_path_starting_with_file_colon_is_a_file_not_a_uri() {
+    let real = temp_db("uri");
+    let uri = format!("file:{}?nolock=1", real.display());
+    let _ = SqliteStore::builder(&uri)
+        .busy_timeout(Duration::from_millis(200))
+        .open()
+        .await;
+    assert!(
+        !real.exists(),
+        "{uri:?} was read as a URI: it opened {}",
+        real.display()
+    );
 }

@@ -44,3 +44,32 @@ pub fn secret(n: u8) -> [u8; 32] {
     s[31] = n;
     s
 }
+
+/// The users', hardening and key rotation suites, each in a module of its
+/// own, on the store `$store` that `$factory(keep)` opens (a path seen
+/// from inside those modules, e.g. `super::store`).
+#[macro_export]
+macro_rules! store_suites {
+    ($store:ty, $factory:path) => {
+        mod users {
+            async fn store() -> $store {
+                $factory(1000).await
+            }
+            $crate::users_suite!(store);
+        }
+
+        mod hardening {
+            async fn store() -> $store {
+                $factory(1000).await
+            }
+            $crate::hardening_suite!(store);
+        }
+
+        mod rotation {
+            async fn store() -> $store {
+                $factory(1000).await
+            }
+            $crate::rotation_suite!(store);
+        }
+    };
+}

@@ -64,6 +64,7 @@ mod sql {
     pub(super) const EXPIRE_LINKS: &str = include_str!("sql/expire_links.sql");
     pub(super) const EXPIRED_HISTORIES: &str = include_str!("sql/expired_histories.sql");
     pub(super) const DROP_HEAD: &str = include_str!("sql/drop_head.sql");
+    pub(super) const KILL_HEAD: &str = include_str!("sql/kill_head.sql");
     pub(super) const EMPTY_HEAD: &str = include_str!("sql/empty_head.sql");
     pub(super) const OVERFULL_HISTORIES: &str = include_str!("sql/overfull_histories.sql");
     pub(super) const TRIM_HISTORY: &str = include_str!("sql/trim_history.sql");
@@ -512,8 +513,20 @@ impl SqliteStoreBuilder {
                 )));
             }
         }
+        // SQLite reads a name starting with `file:` as a URI with options:
+        // this store opens files only.
+        let path = if self
+            .path
+            .as_os_str()
+            .as_encoded_bytes()
+            .starts_with(b"file:")
+        {
+            Path::new(".").join(&self.path)
+        } else {
+            self.path.clone()
+        };
         let settings = Settings {
-            path: self.path.clone(),
+            path,
             synchronous: self.synchronous,
             busy_timeout: self.busy_timeout,
             keep: i64::try_from(self.keep).unwrap_or(i64::MAX),
@@ -601,6 +614,16 @@ fn records(
     Ok(out)
 }
 
+/// The token hash a record replaced, if any.
+fn replaced_hash(record: &Record) -> Option<[u8; 32]> {
+    record.replaced.map(|r| *r.token_hash.as_bytes())
+}
+
+/// The record's data as the JSON text stored.
+fn data_json(record: &Record) -> Result<String, Fail> {
+    serde_json::to_string(&record.data).map_err(|e| Fail::Err(e.into()))
+}
+
 fn immediate(conn: &mut Connection) -> Result<rusqlite::Transaction<'_>, Fail> {
     Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
 }
@@ -613,15 +636,11 @@ fn create_record(
     link: Option<(&str, i64)>,
 ) -> Result<(), Fail> {
     let tx = immediate(conn)?;
-    let data = serde_json::to_string(&record.data).map_err(|e| Fail::Err(e.into()))?;
+    let data = data_json(record)?;
     let inserted = tx.prepare_cached(sql::CREATE)?.execute(params![
         record.id.as_bytes().as_slice(),
         record.token_hash.as_bytes().as_slice(),
-        record
-            .replaced
-            .map(|r| *r.token_hash.as_bytes())
-            .as_ref()
-            .map(<[u8; 32]>::as_slice),
+        replaced_hash(record).as_ref().map(<[u8; 32]>::as_slice),
         record.replaced.map(|r| r.at),
         record.user,
         record.privilege,
@@ -678,8 +697,8 @@ impl SqliteStore {
 impl SessionStore for SqliteStore {
     async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
         let sid = *id.as_bytes();
-        let since = now_ms().saturating_sub(EXPIRED_RECORD_LINGER.as_millis() as i64);
         self.call("load a session", move |db| {
+            let since = now_ms().saturating_sub(EXPIRED_RECORD_LINGER.as_millis() as i64);
             Ok(records(db.conn(), sql::LOAD, params![sid.as_slice(), since])?.pop())
         })
         .await
@@ -697,9 +716,11 @@ impl SessionStore for SqliteStore {
     async fn update(&self, id: &SessionId, update: &Update) -> Result<UpdateOutcome, Error> {
         let sid = *id.as_bytes();
         let update = update.clone();
-        let now = now_ms();
         self.call("update a session", move |db| {
             let tx = immediate(db.conn())?;
+            // The time once the write lock is held (not when the update
+            // was sent: it may have waited for another process).
+            let now = now_ms();
             let found = records(
                 &tx,
                 sql::LOAD_LIVE,
@@ -710,15 +731,11 @@ impl SessionStore for SqliteStore {
                 return Ok(UpdateOutcome::Missing);
             };
             update.apply_to(&mut record);
-            let data = serde_json::to_string(&record.data).map_err(|e| Fail::Err(e.into()))?;
+            let data = data_json(&record)?;
             tx.prepare_cached(sql::SAVE)?.execute(params![
                 sid.as_slice(),
                 record.token_hash.as_bytes().as_slice(),
-                record
-                    .replaced
-                    .map(|r| *r.token_hash.as_bytes())
-                    .as_ref()
-                    .map(<[u8; 32]>::as_slice),
+                replaced_hash(&record).as_ref().map(<[u8; 32]>::as_slice),
                 record.replaced.map(|r| r.at),
                 record.user,
                 record.privilege,
@@ -867,13 +884,19 @@ struct Heads {
 fn append_batch(
     conn: &mut Connection,
     batch: &[Append],
-    now: i64,
-    expires: i64,
-    slack: i64,
+    ttl: i64,
 ) -> Result<Vec<AppendOutcome>, Fail> {
     let mut out: Vec<Option<AppendOutcome>> = vec![None; batch.len()];
     let calls = split_batch(batch, &mut out);
     let tx = immediate(conn)?;
+    // The time once the write lock is held: every decision of the batch is
+    // made at it.
+    let now = now_ms();
+    let expires = now.saturating_add(ttl);
+    // A list's expiry moves only when it would come before `expires`, and
+    // then this much later: a 64th of the TTL, at most an hour (as the
+    // other stores refresh theirs).
+    let slack = (ttl / 64).min(3_600_000).min(i64::MAX - expires);
     {
         let mut head_of = tx.prepare_cached(sql::HEAD)?;
         let mut last_of = tx.prepare_cached(sql::LAST_ENTRY)?;
@@ -1073,25 +1096,19 @@ impl HistoryStore for SqliteStore {
 
     async fn append(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, Error> {
         let batch = batch.to_vec();
-        let now = now_ms();
         let ttl = self.history_ttl_ms();
-        let expires = now.saturating_add(ttl);
-        // A list's expiry moves only when it would come before `expires`,
-        // and then this much later: a 64th of the TTL, at most an hour (as
-        // the other stores refresh theirs).
-        let slack = (ttl / 64).min(3_600_000).min(i64::MAX - expires);
         self.call("append history", move |db| {
-            append_batch(db.conn(), &batch, now, expires, slack)
+            append_batch(db.conn(), &batch, ttl)
         })
         .await
     }
 
     async fn read_newest(&self, session: &SessionId, n: usize) -> Result<Vec<Bytes>, Error> {
         let sid = *session.as_bytes();
-        let now = now_ms();
         let keep = self.keep_i64();
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         self.call("read history", move |db| {
+            let now = now_ms();
             let mut stmt = db.conn().prepare_cached(sql::READ_NEWEST)?;
             let rows = stmt.query_map(params![sid.as_slice(), now, keep, n], |r| {
                 r.get::<_, Vec<u8>>(0)
@@ -1111,11 +1128,12 @@ impl HistoryStore for SqliteStore {
 
     async fn delete(&self, session: &SessionId) -> Result<u64, Error> {
         let sid = *session.as_bytes();
-        let now = now_ms();
         let keep = self.keep_i64();
-        let until = now.saturating_add(self.history_ttl_ms());
+        let ttl = self.history_ttl_ms();
         self.call("erase history", move |db| {
             let tx = immediate(db.conn())?;
+            let now = now_ms();
+            let until = now.saturating_add(ttl);
             let sid = sid.as_slice();
             let n: i64 = tx
                 .prepare_cached(sql::COUNT_READABLE)?

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OpenFlags, params};
 
 use super::{Synchronous, immediate, schema, sql};
@@ -301,6 +302,17 @@ fn run(mut db: Db, s: &Settings, queue: &mpsc::Receiver<Job>) {
     }
 }
 
+/// Logs a row maintenance passes over: a value of an unexpected type,
+/// written outside the store.
+fn passed_over(path: &std::path::Path, table: &str, column: &str) {
+    tracing::warn!(
+        path = %path.display(),
+        table,
+        column,
+        "maintenance passed over a row whose value has an unexpected type"
+    );
+}
+
 /// One maintenance batch; answers when the next is due.
 fn maintain(db: &mut Db, interval: Duration, backoff: &mut Duration) -> Duration {
     match maintenance_batch(db) {
@@ -343,12 +355,22 @@ pub(super) fn maintenance_batch(db: &mut Db) -> Result<(MaintenanceReport, bool)
     // by the next batch.
     let mut budget = batch;
     let mut more = false;
-    let expired: Vec<(Vec<u8>, bool)> = tx
+    // Read as they are stored: a row of another type (edited outside the
+    // store) is passed over with a warning, never the end of maintenance.
+    let expired: Vec<(Value, Value)> = tx
         .prepare_cached(sql::EXPIRED_HISTORIES)?
         .query_map(params![now, batch], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     let mut histories = 0;
     for (sid, erasure_remembered) in &expired {
+        let Value::Blob(sid) = sid else {
+            passed_over(&db.path, "session_trail_history_heads", "sid");
+            continue;
+        };
+        let erasure_remembered = matches!(erasure_remembered, Value::Integer(n) if *n != 0);
+        // Dead from now on, whatever time a waiting operation holds: a
+        // list cut short by the budget is never read or appended to again.
+        tx.prepare_cached(sql::KILL_HEAD)?.execute([sid])?;
         let n = tx
             .prepare_cached(sql::DROP_SOME_ENTRIES)?
             .execute(params![sid, budget])? as i64;
@@ -357,7 +379,7 @@ pub(super) fn maintenance_batch(db: &mut Db) -> Result<(MaintenanceReport, bool)
             more = true;
             break;
         }
-        let sql = if *erasure_remembered {
+        let sql = if erasure_remembered {
             sql::EMPTY_HEAD
         } else {
             sql::DROP_HEAD
@@ -368,7 +390,7 @@ pub(super) fn maintenance_batch(db: &mut Db) -> Result<(MaintenanceReport, bool)
 
     // A batch of lists in sid order from where the last batch stopped;
     // those holding more than `keep` entries are trimmed.
-    let scanned: Vec<(Vec<u8>, Option<i64>, i64)> = if more {
+    let scanned: Vec<(Value, Value, Value)> = if more {
         Vec::new()
     } else {
         tx.prepare_cached(sql::OVERFULL_HISTORIES)?
@@ -381,8 +403,22 @@ pub(super) fn maintenance_batch(db: &mut Db) -> Result<(MaintenanceReport, bool)
     let mut next_from = db.trim_from.clone();
     let mut trimmed = 0;
     for (sid, upto, low_seq) in &scanned {
-        if let Some(upto) = *upto
-            && upto >= *low_seq
+        let Value::Blob(sid) = sid else {
+            passed_over(&db.path, "session_trail_history_heads", "sid");
+            continue;
+        };
+        let (upto, low_seq) = match (upto, low_seq) {
+            (Value::Integer(upto), Value::Integer(low)) => (Some(*upto), *low),
+            // No entries.
+            (Value::Null, Value::Integer(low)) => (None, *low),
+            _ => {
+                passed_over(&db.path, "session_trail_history", "seq or low_seq");
+                next_from.clone_from(sid);
+                continue;
+            }
+        };
+        if let Some(upto) = upto
+            && upto >= low_seq
         {
             let n = tx
                 .prepare_cached(sql::TRIM_HISTORY)?
