@@ -143,9 +143,10 @@ pub(super) async fn start(
                     return;
                 }
             };
-            // The checkpoint thread ends when `stop` is dropped.
-            let (stop, stopped) = mpsc::channel::<()>();
-            let checkpointer = match checkpoints(&settings, stopped) {
+            // Nudges the checkpoint thread after writes; it ends when this
+            // is dropped.
+            let (nudge, nudged) = mpsc::sync_channel::<()>(1);
+            let checkpointer = match checkpoints(&settings, nudged) {
                 Ok(handle) => handle,
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -155,9 +156,9 @@ pub(super) async fn start(
             if ready.send(Ok(())).is_ok() {
                 // Until the last clone of the store is dropped; the
                 // connection closes with `db`.
-                run(db, &settings, &queue);
+                run(db, &settings, &queue, &nudge);
             }
-            drop(stop);
+            drop(nudge);
             let _ = checkpointer.join();
         })
         .map_err(|e| {
@@ -178,20 +179,23 @@ pub(super) async fn start(
     Ok((jobs, closed))
 }
 
-/// How often the checkpoint thread copies the log into the database file.
+/// The checkpoint thread copies the log into the database file at most
+/// this often (while operations go on; never while none does).
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(20);
 /// The log's size (pages) past which the store's own connection
 /// checkpoints.
 const WAL_BACKSTOP_PAGES: i64 = 40_000;
 
-/// Starts the thread that checkpoints the write-ahead log: every
-/// [`CHECKPOINT_INTERVAL`] it copies the committed pages into the database
-/// file (`PRAGMA wal_checkpoint(PASSIVE)`, which never blocks the writer),
-/// and syncs the file, so the store's thread never waits for that sync. It
-/// ends, after a last checkpoint, when `stop` is dropped.
+/// Starts the thread that checkpoints the write-ahead log: when the store's
+/// thread nudges it after an operation, at most every
+/// [`CHECKPOINT_INTERVAL`], it copies the committed pages into the
+/// database file (`PRAGMA wal_checkpoint(PASSIVE)`, which never blocks the
+/// writer) and syncs the file, so the store's thread never waits for that
+/// sync. It ends, after a last checkpoint, when the nudging side is
+/// dropped.
 fn checkpoints(
     s: &Settings,
-    stop: mpsc::Receiver<()>,
+    nudged: mpsc::Receiver<()>,
 ) -> Result<std::thread::JoinHandle<()>, Error> {
     let fail = |e: rusqlite::Error| error(&s.path, e.into(), "open a checkpoint connection");
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -208,9 +212,9 @@ fn checkpoints(
     std::thread::Builder::new()
         .name("session-trail-sqlite-checkpoint".into())
         .spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL)
-            {
+            while nudged.recv().is_ok() {
                 checkpoint(&conn);
+                std::thread::sleep(CHECKPOINT_INTERVAL);
             }
             checkpoint(&conn);
         })
@@ -256,6 +260,8 @@ fn open(s: &Settings) -> Result<Db, Error> {
         // checkpoints only when the log grows past this many pages
         // anyway (about 40 MiB: the other thread fell behind).
         conn.pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)?;
+        // After a checkpoint, a log that grew large is cut back to this.
+        conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
         // 16 MiB of page cache (SQLite's default is 2 MiB): a history's
         // index and the sessions stay in memory longer.
         conn.pragma_update(None, "cache_size", -16_384)?;
@@ -270,7 +276,7 @@ fn open(s: &Settings) -> Result<Db, Error> {
 /// Runs operations until every sender is gone, and a maintenance batch
 /// whenever one is due (every interval, and right after one that found
 /// more to do, between the operations waiting).
-fn run(mut db: Db, s: &Settings, queue: &mpsc::Receiver<Job>) {
+fn run(mut db: Db, s: &Settings, queue: &mpsc::Receiver<Job>, nudge: &mpsc::SyncSender<()>) {
     let interval = s.maintenance_interval;
     // `None`: never (also an interval beyond what `Instant` can hold).
     let after = |d: Duration| Instant::now().checked_add(d);
@@ -281,6 +287,7 @@ fn run(mut db: Db, s: &Settings, queue: &mpsc::Receiver<Job>) {
             && Instant::now() >= at
         {
             due = after(maintain(&mut db, interval, &mut backoff));
+            let _ = nudge.try_send(());
         }
         let job = match due {
             Some(at) => match queue.recv_timeout(at.saturating_duration_since(Instant::now())) {
@@ -299,6 +306,8 @@ fn run(mut db: Db, s: &Settings, queue: &mpsc::Receiver<Job>) {
         if catch_unwind(AssertUnwindSafe(|| job(&mut db))).is_err() {
             tracing::error!(path = %db.path.display(), "a SQLite store operation panicked");
         }
+        // Full: a checkpoint is due already.
+        let _ = nudge.try_send(());
     }
 }
 
