@@ -115,8 +115,8 @@ impl Synchronous {
 ///   and the same columns decoded from them for SQL (time, kind, event name
 ///   or route, method, status, user pseudonym, attributes as JSON text). A
 ///   batch of appends is one write transaction, in which each session's
-///   compare-and-append is decided against its heads row, with the same
-///   outcomes as the other stores.
+///   compare-and-append is decided against its list (the head is the tag
+///   of its newest row), with the same outcomes as the other stores.
 /// - **Retention and clean-up**: reads only ever show a list's newest
 ///   *keep* entries and nothing past its TTL (a history lives at least the
 ///   TTL after its last entry, and at most a 64th of it longer, an hour at
@@ -138,7 +138,12 @@ impl Synchronous {
 /// serves about 31k requests/s, 3.2× tower-sessions' sqlx `SqliteStore`,
 /// and the history writer appends about 120k entries/s (BENCHMARKS.md). A
 /// second thread checkpoints the write-ahead log into the file, so the
-/// store's thread never waits for a sync. The threads end when the last
+/// store's thread never waits for a sync. The store asks the history
+/// writer for batches of up to 2,048 entries
+/// ([`HistoryStore::preferred_batch_entries`]): a transaction's cost is the
+/// pages it writes, which its sessions share; such a batch holds the
+/// thread for about 15 ms, and requests' operations wait behind it. The
+/// threads end when the last
 /// clone of the store is dropped, after the operations already sent
 /// ([`close`](SqliteStore::close) waits for that).
 ///
@@ -181,9 +186,10 @@ impl Synchronous {
 /// The decoded columns are what analytics trust; the evidence is the
 /// `entry` bytes, which `verify` checks (a row whose columns were edited
 /// still verifies: only its bytes are signed). Rows past a list's *keep*
-/// or TTL may linger until maintenance deletes them: query through
-/// `session_trail_history_heads` to see exactly what the store would
-/// answer.
+/// or TTL may linger until maintenance deletes them; the store reads a
+/// list only while its `session_trail_history_heads` row's `expires_at` is
+/// ahead, and only its newest *keep* rows by `seq`: filter the same way to
+/// see exactly what it would answer.
 ///
 /// # Durability
 ///
@@ -192,9 +198,11 @@ impl Synchronous {
 /// ([`Synchronous::Normal`]) a killed process loses nothing acknowledged,
 /// a power loss can lose the last commits. The history writer's queue is
 /// in memory: entries it has accepted but not yet written are lost if the
-/// process is killed (`kill -9`); shut the writer down
-/// ([`HistoryWriter::shutdown`](crate::history::HistoryWriter::shutdown)) on `SIGTERM`
-/// and they are written first.
+/// process is killed (`kill -9`): normally the last flush interval's
+/// (50 ms by default), during a store outage up to its whole queue. Shut
+/// the writer down
+/// ([`HistoryWriter::shutdown`](crate::history::HistoryWriter::shutdown))
+/// on `SIGTERM` and they are written first.
 ///
 /// # Example
 ///
