@@ -657,3 +657,59 @@ async fn a_large_batch_answers_each_append_in_its_place() {
         }
     }
 }
+
+/// Loads of concurrent requests share statements: each still gets its own
+/// record (or none), also for a session asked for twice in one batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_loads_are_batched_and_each_gets_its_own_answer() {
+    let store = store(1000).await;
+    let mut records = Vec::new();
+    for n in 0..50 {
+        let mut r = common::conformance::record(Some(&format!("user{n}")));
+        r.data.insert("n".into(), serde_json::json!(n));
+        store.create(&r).await.unwrap();
+        records.push(r);
+    }
+    let missing: Vec<SessionId> = (0..20).map(|_| SessionId::generate()).collect();
+    let mut tasks = Vec::new();
+    for round in 0..4 {
+        for r in &records {
+            let (s, id, n) = (store.clone(), r.id, r.data["n"].clone());
+            tasks.push(tokio::spawn(async move {
+                let got = s.load(&id).await.unwrap().expect("a stored record");
+                assert_eq!(got.id, id, "round {round}");
+                assert_eq!(got.data["n"], n);
+            }));
+        }
+        for id in &missing {
+            let (s, id) = (store.clone(), *id);
+            tasks.push(tokio::spawn(async move {
+                assert!(s.load(&id).await.unwrap().is_none());
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// The load task runs in the runtime of the first load; when that runtime
+/// ends, the next load (from another runtime) starts a new one.
+#[test]
+fn loads_go_on_after_the_runtime_of_the_first_load_ended() {
+    let record = common::conformance::record(None);
+    let store = {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let store = store(1000).await;
+            store.create(&record).await.unwrap();
+            assert!(store.load(&record.id).await.unwrap().is_some());
+            store
+        })
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let got = store.load(&record.id).await.unwrap();
+        assert_eq!(got.map(|r| r.id), Some(record.id));
+    });
+}
