@@ -887,12 +887,18 @@ impl PostgresStore {
         let since = now_ms().saturating_sub(EXPIRED_RECORD_LINGER.as_millis() as i64);
         let what = "load a session";
         let found = self
-            .query(&self.inner.sql.load, what, &[&sids, &since])
+            .query(&self.inner.sql.load, what, &[&sids])
             .await
             .and_then(|rows| {
-                rows.iter()
-                    .map(|r| record_of(r).map(|rec| (*rec.id.as_bytes(), rec)))
-                    .collect::<Result<HashMap<[u8; 16], Record>, Error>>()
+                let mut found = HashMap::with_capacity(rows.len());
+                for row in &rows {
+                    let rec = record_of(row)?;
+                    // Evicted at the linger's end, read or not.
+                    if rec.expires_at() > since {
+                        found.insert(*rec.id.as_bytes(), rec);
+                    }
+                }
+                Ok(found)
             });
         match found {
             Ok(found) => {
