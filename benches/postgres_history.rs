@@ -13,7 +13,8 @@
 //!
 //! The case: 10,000 sessions × 20 entries, one entry per session per
 //! batch (each round of 10,000 is flushed before the next, so every batch
-//! of 512 names 512 different sessions: the most sessions per entry).
+//! names as many different sessions as it holds entries: the most sessions
+//! per entry). Batches are the store's preferred size (2,048 entries).
 //!
 //! Target (2-core machine, local PostgreSQL): spread ≥ 50k entries/s.
 

@@ -62,6 +62,14 @@ const MAINTENANCE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 ///   (one function call over arrays; a batch of more than 64 sessions is
 ///   split in two calls that run side by side on two connections), with
 ///   the same three outcomes as the other stores.
+/// - **Loads** of concurrent requests share a statement: while one load
+///   statement runs, the loads that arrive wait and then go together in
+///   the next (`sid = ANY($1)`, up to 256), so under load most requests
+///   cost one round trip (their update) instead of two; a load that finds
+///   no statement running goes at once. History appends go in batches of
+///   up to 2,048 entries
+///   ([`HistoryStore::preferred_batch_entries`]), whose cost per entry is
+///   lower than at the writer's default of 512.
 /// - **Retention and clean-up**: reads only ever show a list's newest
 ///   *keep* entries and nothing past its TTL (a history lives at least the
 ///   TTL after its last entry, and at most a 64th of it longer, an hour at
