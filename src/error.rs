@@ -150,6 +150,23 @@ impl Error {
         Report(self)
     }
 
+    /// A copy for another caller of the same failed operation: the same
+    /// kind, its message and the text of its causes (the causes themselves
+    /// are not cloneable).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn copy_for_another(&self) -> Error {
+        let mut text = self.message.as_deref().unwrap_or("").to_owned();
+        let mut next = StdError::source(self);
+        while let Some(e) = next {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&e.to_string());
+            next = e.source();
+        }
+        Error::new(self.kind, text)
+    }
+
     /// The class of this error.
     pub fn kind(&self) -> ErrorKind {
         self.kind

@@ -713,3 +713,66 @@ fn loads_go_on_after_the_runtime_of_the_first_load_ended() {
         assert_eq!(got.map(|r| r.id), Some(record.id));
     });
 }
+
+/// A row that cannot be read fails its own session's loads only, also when
+/// the loads of other sessions share its statement; past its linger it is
+/// not read at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_session_row_fails_its_own_loads_only() {
+    let schema = test_schema("corruptload");
+    let store = store_in(&schema, 1000).await;
+    let good = common::conformance::record(None);
+    store.create(&good).await.unwrap();
+    let (bad, gone) = (SessionId::generate(), SessionId::generate());
+    let far = "9000000000000";
+    for (sid, deadline) in [(bad, far), (gone, "1")] {
+        server().psql(
+            "postgres",
+            &format!(
+                "INSERT INTO {schema}.session_trail_sessions (sid, token_hash, data, created, \
+                 last_seen, idle_deadline, absolute_deadline) VALUES ({}, '\\x0102', '[]', 0, 0, \
+                 {deadline}, {deadline})",
+                common::postgres::bytea(&sid)
+            ),
+        );
+    }
+    let missing = SessionId::generate();
+    for _ in 0..20 {
+        let (a, b, c, d) = tokio::join!(
+            store.load(&good.id),
+            store.load(&bad),
+            store.load(&missing),
+            store.load(&gone)
+        );
+        assert_eq!(a.unwrap().map(|r| r.id), Some(good.id));
+        let err = b.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{}", err.report());
+        assert!(c.unwrap().is_none());
+        assert!(d.unwrap().is_none(), "past its linger: never read");
+    }
+}
+
+/// An error shared by the loads of one statement reads as the error of
+/// each, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_load_says_what_failed_once() {
+    let port = common::postgres::free_port();
+    let store = PostgresStore::builder(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+        .connect_timeout(Duration::from_millis(300))
+        .maintenance_interval(None)
+        .build()
+        .unwrap();
+    let ids: Vec<SessionId> = (0..4).map(|_| SessionId::generate()).collect();
+    let answers = futures_util::future::join_all(ids.iter().map(|id| store.load(id))).await;
+    for answer in answers {
+        let err = answer.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        let text = err.report().to_string();
+        assert_eq!(
+            text.matches("session store unavailable").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    }
+}

@@ -889,38 +889,70 @@ async fn load_batches(inner: Weak<Inner>, mut jobs: tokio::sync::mpsc::Unbounded
     }
 }
 
+/// Each loaded session's answer: its record, or why it could not be read.
+type Loaded = HashMap<[u8; 16], Result<Record, Error>>;
+
 impl PostgresStore {
-    async fn load_batch(&self, batch: Vec<LoadJob>) {
-        let sids: Vec<&[u8]> = batch.iter().map(|(sid, _)| sid.as_slice()).collect();
-        let since = now_ms().saturating_sub(EXPIRED_RECORD_LINGER.as_millis() as i64);
-        let what = "load a session";
-        let found = self
-            .query(&self.inner.sql.load, what, &[&sids])
-            .await
-            .and_then(|rows| {
-                let mut found = HashMap::with_capacity(rows.len());
-                for row in &rows {
-                    let rec = record_of(row)?;
-                    // Evicted at the linger's end, read or not.
-                    if rec.expires_at() > since {
-                        found.insert(*rec.id.as_bytes(), rec);
-                    }
-                }
-                Ok(found)
-            });
-        match found {
+    /// Answers a batch of loads; callers that stopped waiting are left out.
+    async fn load_batch(&self, mut batch: Vec<LoadJob>) {
+        batch.retain(|(_, reply)| !reply.is_closed());
+        if batch.is_empty() {
+            return;
+        }
+        let sids: Vec<[u8; 16]> = batch.iter().map(|(sid, _)| *sid).collect();
+        match self.load_now(&sids).await {
             Ok(found) => {
                 for (sid, reply) in batch {
-                    let _ = reply.send(Ok(found.get(&sid).cloned()));
+                    let answer = match found.get(&sid) {
+                        None => Ok(None),
+                        Some(Ok(record)) => Ok(Some(record.clone())),
+                        Some(Err(e)) => Err(e.copy_for_another()),
+                    };
+                    let _ = reply.send(answer);
                 }
             }
             Err(e) => {
-                let (kind, message) = (e.kind(), e.report().to_string());
+                let mut batch = batch.into_iter();
+                let first = batch.next();
                 for (_, reply) in batch {
-                    let _ = reply.send(Err(Error::new(kind, message.clone())));
+                    let _ = reply.send(Err(e.copy_for_another()));
+                }
+                if let Some((_, reply)) = first {
+                    let _ = reply.send(Err(e));
                 }
             }
         }
+    }
+
+    /// Loads records in one statement. A row is read only while it is not
+    /// past its linger (as it was evicted); a row that cannot be read is
+    /// that session's error alone.
+    async fn load_now(&self, sids: &[[u8; 16]]) -> Result<Loaded, Error> {
+        let since = now_ms().saturating_sub(EXPIRED_RECORD_LINGER.as_millis() as i64);
+        let params: Vec<&[u8]> = sids.iter().map(<[u8; 16]>::as_slice).collect();
+        let rows = self
+            .query(&self.inner.sql.load, "load a session", &[&params])
+            .await?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let sid: Option<[u8; 16]> = row
+                .try_get::<_, &[u8]>(0)
+                .ok()
+                .and_then(|b| b.try_into().ok());
+            let Some(sid) = sid else {
+                tracing::warn!("a session row whose sid is not 16 bytes was passed over");
+                continue;
+            };
+            let expires_at = match (row.try_get::<_, i64>(9), row.try_get::<_, i64>(10)) {
+                (Ok(idle), Ok(absolute)) => idle.min(absolute),
+                _ => i64::MAX,
+            };
+            // Evicted at the linger's end, read or not.
+            if expires_at > since {
+                found.insert(sid, record_of(row));
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -1229,9 +1261,19 @@ fn ids_of(rows: &[Row], column: usize, what: &str) -> Result<Vec<SessionId>, Err
 
 impl SessionStore for PostgresStore {
     async fn load(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let mut job = (*id.as_bytes(), reply);
+        // The load task lives on a multi-threaded runtime, which runs it
+        // whatever its callers do; elsewhere each load is a statement of
+        // its own.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !multi_thread {
+            let mut answer = self.load_now(&[*id.as_bytes()]).await?;
+            return answer.remove(id.as_bytes()).transpose();
+        }
+        // Twice at most: a load task whose runtime ended (its queue went
+        // with it) is replaced by one in this runtime.
         for _ in 0..2 {
+            let (reply, answer) = tokio::sync::oneshot::channel();
             let sender = {
                 let mut loads = self.inner.loads.lock().unwrap_or_else(|e| e.into_inner());
                 loads
@@ -1242,30 +1284,21 @@ impl SessionStore for PostgresStore {
                     })
                     .clone()
             };
-            match sender.send(job) {
-                Ok(()) => {
-                    return answer.await.map_err(|_| {
-                        Error::new(
-                            ErrorKind::Unavailable,
-                            format!(
-                                "PostgreSQL at {}: load a session: no answer (the load task \
-                                 ended: its runtime is shutting down)",
-                                self.inner.target
-                            ),
-                        )
-                    })?;
-                }
-                Err(e) => {
-                    // The task's runtime ended: a new one, in this runtime.
-                    job = e.0;
-                    *self.inner.loads.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                }
+            if sender.send((*id.as_bytes(), reply)).is_ok()
+                && let Ok(answer) = answer.await
+            {
+                return answer;
+            }
+            let mut loads = self.inner.loads.lock().unwrap_or_else(|e| e.into_inner());
+            if loads.as_ref().is_some_and(|s| s.same_channel(&sender)) {
+                *loads = None;
             }
         }
         Err(Error::new(
             ErrorKind::Unavailable,
             format!(
-                "PostgreSQL at {}: load a session: the load task cannot be started",
+                "PostgreSQL at {}: load a session: no answer (the load task's runtime is \
+                 shutting down)",
                 self.inner.target
             ),
         ))
