@@ -22,25 +22,19 @@
 #[allow(dead_code, unreachable_pub, missing_docs)]
 mod harness;
 
+#[path = "common/entries.rs"]
+mod entries;
+
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use session_trail::history::{Draft, HistoryWriter, WriterConfig};
+use entries::request_entry;
+use session_trail::history::{HistoryWriter, WriterConfig};
 use session_trail::store::PostgresStore;
 use session_trail::{Key, KeyRing, SessionId};
 
 const SPREAD_SESSIONS: usize = 10_000;
 const SPREAD_ROUNDS: usize = 20;
-
-fn request_entry(i: usize) -> Draft {
-    Draft::request(
-        "GET",
-        "/products/{id}",
-        200,
-        850 + (i % 300) as u64,
-        Some([7; 8]),
-    )
-}
 
 async fn writer(url: &str, queue: usize) -> HistoryWriter {
     let store = PostgresStore::builder(url)

@@ -25,10 +25,14 @@
 #[allow(dead_code, unreachable_pub, missing_docs)]
 mod harness;
 
+#[path = "common/entries.rs"]
+mod entries;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use session_trail::history::{Draft, HistoryWriter, WriterConfig};
+use entries::request_entry;
+use session_trail::history::{HistoryWriter, WriterConfig};
 use session_trail::store::RedisStore;
 use session_trail::{Key, KeyRing, SessionId};
 
@@ -36,16 +40,6 @@ const SPREAD_SESSIONS: usize = 10_000;
 const SPREAD_ROUNDS: usize = 20;
 const HOT_SESSIONS: usize = 16;
 const HOT_ENTRIES: usize = 200_000;
-
-fn request_entry(i: usize) -> Draft {
-    Draft::request(
-        "GET",
-        "/products/{id}",
-        200,
-        850 + (i % 300) as u64,
-        Some([7; 8]),
-    )
-}
 
 fn used_memory(port: u16) -> i64 {
     let info = harness::cli(port, &["INFO", "memory"]);

@@ -15,26 +15,20 @@
 //!
 //! Target (2-core machine): ≥ 100k entries/s.
 
+#[path = "common/entries.rs"]
+mod entries;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use session_trail::history::{Draft, HistoryWriter, WriterConfig};
+use entries::request_entry;
+use session_trail::history::{HistoryWriter, WriterConfig};
 use session_trail::store::SqliteStore;
 use session_trail::{Key, KeyRing, SessionId};
 
 const SESSIONS: usize = 10_000;
 const ROUNDS: usize = 20;
-
-fn request_entry(i: usize) -> Draft {
-    Draft::request(
-        "GET",
-        "/products/{id}",
-        200,
-        850 + (i % 300) as u64,
-        Some([7; 8]),
-    )
-}
 
 fn fresh(path: &Path) {
     for suffix in ["", "-wal", "-shm"] {

@@ -27,6 +27,22 @@ async fn store_keeping(keep: usize) -> SqliteStore {
 
 store_conformance!(|keep: usize| store_keeping(keep));
 
+/// Starts `sid`'s history with `n` signed entries; answers them.
+async fn new_list(store: &SqliteStore, key: &Key, sid: &SessionId, n: usize) -> Vec<bytes::Bytes> {
+    let entries = common::conformance::chain(key, sid, 1, [0; 16], n);
+    let out = store
+        .append(&[Append {
+            session: *sid,
+            expected_head: None,
+            entries: entries.clone(),
+            token: None,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![AppendOutcome::Appended]);
+    entries
+}
+
 store_suites!(session_trail::store::SqliteStore, super::store_keeping);
 
 #[tokio::test]
@@ -242,17 +258,7 @@ async fn history_rows_carry_the_decoded_columns_beside_the_exact_bytes() {
     let store = store_keeping(1000).await;
     let key = Key::generate();
     let sid = SessionId::generate();
-    let entries = common::conformance::chain(&key, &sid, 1, [0; 16], 2);
-    let out = store
-        .append(&[Append {
-            session: sid,
-            expected_head: None,
-            entries: entries.clone(),
-            token: None,
-        }])
-        .await
-        .unwrap();
-    assert_eq!(out, vec![AppendOutcome::Appended]);
+    let entries = new_list(&store, &key, &sid, 2).await;
     let conn = common::sqlite::connect(store.path());
     let hex: String = sid.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
     /// session, seq, ts, kind, name, method, status, entry
@@ -335,17 +341,7 @@ async fn maintenance_deletes_expired_and_trimmed_rows_in_batches_and_kept_chains
     let key = Key::generate();
     let sids: Vec<SessionId> = (0..5).map(|_| SessionId::generate()).collect();
     for sid in &sids {
-        let entries = common::conformance::chain(&key, sid, 1, [0; 16], 5);
-        let out = store
-            .append(&[Append {
-                session: *sid,
-                expected_head: None,
-                entries,
-                token: None,
-            }])
-            .await
-            .unwrap();
-        assert_eq!(out, vec![AppendOutcome::Appended]);
+        new_list(&store, &key, sid, 5).await;
     }
     // One history expired, one session record long past its linger, one
     // lapsed link.
@@ -647,16 +643,7 @@ async fn maintenance_in_batches_smaller_than_a_list_finishes_every_list() {
     // One long list to trim (10 entries, keep 2) and one expired list of 9.
     let (long, old) = (SessionId::generate(), SessionId::generate());
     for (sid, n) in [(long, 10), (old, 9)] {
-        let out = store
-            .append(&[Append {
-                session: sid,
-                expected_head: None,
-                entries: common::conformance::chain(&key, &sid, 1, [0; 16], n),
-                token: None,
-            }])
-            .await
-            .unwrap();
-        assert_eq!(out, vec![AppendOutcome::Appended]);
+        new_list(&store, &key, &sid, n).await;
     }
     exec(
         &path,
@@ -711,16 +698,7 @@ async fn a_corrupt_row_never_stops_maintenance_for_the_others() {
             .unwrap();
         let key = Key::generate();
         let a = SessionId::generate();
-        let out = store
-            .append(&[Append {
-                session: a,
-                expected_head: None,
-                entries: common::conformance::chain(&key, &a, 1, [0; 16], 2),
-                token: None,
-            }])
-            .await
-            .unwrap();
-        assert_eq!(out, vec![AppendOutcome::Appended]);
+        new_list(&store, &key, &a, 2).await;
         exec(&path, &corrupt.replace("{a}", &blob(&a)));
         let mut old = common::conformance::record(None);
         old.idle_deadline = 1;
