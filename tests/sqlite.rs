@@ -801,3 +801,97 @@ async fn a_path_starting_with_file_colon_is_a_file_not_a_uri() {
         real.display()
     );
 }
+
+/// A small deterministic generator for the differential test.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// The SQLite store answers as the memory store (the reference semantics)
+/// on random histories: appends on random bases (stale heads, empty lists,
+/// the same session twice in a call, retries of earlier calls), erasures,
+/// maintenance in small batches, and reads, with keep from 1 to 4.
+#[tokio::test]
+async fn answers_as_the_memory_store_on_random_histories() {
+    use session_trail::store::{MemoryStore, tag_of};
+    let seq_of = |b: &bytes::Bytes| session_trail::history::Entry::decode(b).unwrap().seq;
+    for seed in 0..40u64 {
+        let keep = 1 + (seed % 4) as usize;
+        let ttl = Duration::from_secs(3600);
+        let mem = MemoryStore::new().history_retention(keep, ttl).unwrap();
+        let sql = SqliteStore::builder(temp_db("diff"))
+            .history_retention(keep, ttl)
+            .maintenance_interval(None)
+            .maintenance_batch(1 + (seed % 3) as usize)
+            .open()
+            .await
+            .unwrap();
+        let key = Key::generate();
+        let sids: Vec<SessionId> = (0..3).map(|_| SessionId::generate()).collect();
+        // Every entry appended per session (the bases to chain to), and
+        // every append sent (to send again).
+        let mut known: Vec<Vec<bytes::Bytes>> = vec![Vec::new(); 3];
+        let mut sent: Vec<Append> = Vec::new();
+        let mut rng = Lcg(seed * 7919 + 1);
+        for step in 0..120 {
+            let op = rng.below(10);
+            if op < 6 {
+                let mut batch = Vec::new();
+                for _ in 0..1 + rng.below(3) {
+                    let i = rng.below(3) as usize;
+                    if !sent.is_empty() && rng.below(5) == 0 {
+                        batch.push(sent[rng.below(sent.len() as u64) as usize].clone());
+                        continue;
+                    }
+                    let base = if known[i].is_empty() || rng.below(4) == 0 {
+                        None
+                    } else {
+                        Some(known[i][rng.below(known[i].len() as u64) as usize].clone())
+                    };
+                    let (seq, prev) = match &base {
+                        None => (1, [0; 16]),
+                        Some(b) => (seq_of(b) + 1, tag_of(b).unwrap()),
+                    };
+                    let n = 1 + rng.below(3) as usize;
+                    batch.push(Append {
+                        session: sids[i],
+                        expected_head: base.as_ref().and_then(|b| tag_of(b)),
+                        entries: common::conformance::chain(&key, &sids[i], seq, prev, n),
+                        token: None,
+                    });
+                }
+                let expected = mem.append(&batch).await.unwrap();
+                let got = sql.append(&batch).await.unwrap();
+                assert_eq!(got, expected, "seed {seed} step {step}: outcomes");
+                for (a, o) in batch.iter().zip(&expected) {
+                    if *o == AppendOutcome::Appended {
+                        let i = sids.iter().position(|s| *s == a.session).unwrap();
+                        known[i].extend(a.entries.iter().cloned());
+                    }
+                }
+                sent.extend(batch);
+            } else if op < 7 {
+                let i = rng.below(3) as usize;
+                let expected = HistoryStore::delete(&mem, &sids[i]).await.unwrap();
+                let got = HistoryStore::delete(&sql, &sids[i]).await.unwrap();
+                assert_eq!(got, expected, "seed {seed} step {step}: erase counts");
+            } else if op < 8 {
+                sql.run_maintenance().await.unwrap();
+            } else {
+                let i = rng.below(3) as usize;
+                let n = rng.below(6) as usize;
+                let expected = mem.read_newest(&sids[i], n).await.unwrap();
+                let got = sql.read_newest(&sids[i], n).await.unwrap();
+                assert_eq!(got, expected, "seed {seed} step {step}: read_newest({n})");
+            }
+        }
+    }
+}
