@@ -27,6 +27,15 @@ async fn store_keeping(keep: usize) -> SqliteStore {
 
 store_conformance!(|keep: usize| store_keeping(keep));
 
+/// A record long past its linger, stored.
+async fn expired_record(store: &SqliteStore) -> session_trail::store::Record {
+    let mut old = common::conformance::record(None);
+    old.idle_deadline = 1;
+    old.absolute_deadline = 1;
+    store.create(&old).await.unwrap();
+    old
+}
+
 /// Starts `sid`'s history with `n` signed entries; answers them.
 async fn new_list(store: &SqliteStore, key: &Key, sid: &SessionId, n: usize) -> Vec<bytes::Bytes> {
     let entries = common::conformance::chain(key, sid, 1, [0; 16], n);
@@ -350,10 +359,7 @@ async fn maintenance_deletes_expired_and_trimmed_rows_in_batches_and_kept_chains
         &path,
         &format!("UPDATE session_trail_history_heads SET expires_at = 1 WHERE sid = {gone}"),
     );
-    let mut old = common::conformance::record(None);
-    old.idle_deadline = 1;
-    old.absolute_deadline = 1;
-    store.create(&old).await.unwrap();
+    let old = expired_record(&store).await;
     let live = common::conformance::record(None);
     store.create(&live).await.unwrap();
     store.link_user("pseudo", &sids[0], 1).await.unwrap();
@@ -404,10 +410,7 @@ async fn the_maintenance_round_runs_by_itself_and_survives_errors() {
         &path,
         "ALTER TABLE session_trail_claims RENAME TO session_trail_claims_away;",
     );
-    let mut old = common::conformance::record(None);
-    old.idle_deadline = 1;
-    old.absolute_deadline = 1;
-    store.create(&old).await.unwrap();
+    expired_record(&store).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         count(&path, "SELECT count(*) FROM session_trail_sessions"),
@@ -700,10 +703,7 @@ async fn a_corrupt_row_never_stops_maintenance_for_the_others() {
         let a = SessionId::generate();
         new_list(&store, &key, &a, 2).await;
         exec(&path, &corrupt.replace("{a}", &blob(&a)));
-        let mut old = common::conformance::record(None);
-        old.idle_deadline = 1;
-        old.absolute_deadline = 1;
-        store.create(&old).await.unwrap();
+        expired_record(&store).await;
         let report = store
             .run_maintenance()
             .await

@@ -705,9 +705,10 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// How many entries this store would like per [`append`](Self::append)
     /// call, when the writer's
     /// [`batch_entries`](crate::history::WriterConfig::batch_entries) is
-    /// not set. Default `None`: the writer's default (512). The SQLite
-    /// store answers 2,048: its cost per call is mostly the pages the call's
-    /// transaction writes, which sessions of one call share.
+    /// not set. Default `None`: the writer's default (512). The SQLite and
+    /// PostgreSQL stores answer 2,048: their cost per entry falls with the
+    /// size of a call (SQLite's is mostly the pages a call's transaction
+    /// writes, which the sessions of one call share).
     fn preferred_batch_entries(&self) -> Option<usize> {
         None
     }

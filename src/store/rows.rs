@@ -163,6 +163,42 @@ pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 /// statement (a SQL store's) deletes.
 pub const DEFAULT_MAINTENANCE_BATCH: usize = 1_000;
 
+/// A SQL store's retention in the units its statements take: *keep* as
+/// an `i64`, the TTL in milliseconds (both saturating).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RetentionMs {
+    pub(crate) keep: i64,
+    pub(crate) ttl: i64,
+}
+
+impl RetentionMs {
+    pub(crate) fn new(keep: usize, ttl: Duration) -> Self {
+        Self {
+            keep: i64::try_from(keep).unwrap_or(i64::MAX),
+            ttl: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Until when a user's history link lives: the latest the session can
+    /// end, plus the history TTL.
+    pub(crate) fn link_until(self, session_ends: i64) -> i64 {
+        session_ends
+            .max(crate::util::now_ms())
+            .saturating_add(self.ttl)
+    }
+
+    /// For an append at `now`: the earliest the list may expire (now plus
+    /// the TTL), and how much later than that an expiry that moves is set.
+    /// A list's expiry moves only when it would come before the first, and
+    /// then by a 64th of the TTL (at most an hour) beyond it, as the Redis
+    /// store refreshes its TTLs: most appends leave it alone.
+    pub(crate) fn expiry(self, now: i64) -> (i64, i64) {
+        let expires = now.saturating_add(self.ttl);
+        let slack = (self.ttl / 64).min(3_600_000).min(i64::MAX - expires);
+        (expires, slack)
+    }
+}
+
 /// What one round of maintenance deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]

@@ -13,7 +13,8 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
 use super::rows::{
-    DEFAULT_MAINTENANCE_BATCH, DEFAULT_MAINTENANCE_INTERVAL, MaintenanceReport, split_batch,
+    DEFAULT_MAINTENANCE_BATCH, DEFAULT_MAINTENANCE_INTERVAL, MaintenanceReport, RetentionMs,
+    split_batch,
 };
 use super::{
     Append, AppendOutcome, Claim, DEFAULT_HISTORY_KEEP, DEFAULT_HISTORY_TTL, EXPIRED_RECORD_LINGER,
@@ -172,6 +173,8 @@ struct Inner {
     schema: String,
     keep: usize,
     ttl: Duration,
+    /// `keep` and `ttl` as the statements take them.
+    ms: RetentionMs,
     statement_timeout: Duration,
     maintenance_batch: usize,
     /// Where the database is, without credentials.
@@ -375,7 +378,7 @@ impl PostgresStore {
         let mut report = MaintenanceReport::default();
         let batch = i64::try_from(self.inner.maintenance_batch).unwrap_or(i64::MAX);
         let batch_i32 = i32::try_from(self.inner.maintenance_batch).unwrap_or(i32::MAX);
-        let keep = self.keep_i64();
+        let keep = self.inner.ms.keep;
         loop {
             let now = now_ms();
             let linger_cut = now.saturating_sub(EXPIRED_RECORD_LINGER.as_millis() as i64);
@@ -741,6 +744,7 @@ impl PostgresStoreBuilder {
                 schema: self.schema,
                 keep: self.keep,
                 ttl: self.ttl,
+                ms: RetentionMs::new(self.keep, self.ttl),
                 statement_timeout: self.statement_timeout,
                 maintenance_batch: self.maintenance_batch,
                 target,
@@ -1104,17 +1108,7 @@ impl PostgresStore {
     /// Until when a user's history link lives: the latest the session can
     /// end, plus the history TTL.
     fn link_until(&self, session_ends: i64) -> i64 {
-        session_ends
-            .max(now_ms())
-            .saturating_add(self.history_ttl_ms())
-    }
-
-    fn keep_i64(&self) -> i64 {
-        i64::try_from(self.inner.keep).unwrap_or(i64::MAX)
-    }
-
-    fn history_ttl_ms(&self) -> i64 {
-        i64::try_from(self.inner.ttl.as_millis()).unwrap_or(i64::MAX)
+        self.inner.ms.link_until(session_ends)
     }
 
     /// One compare-and-append call for distinct sessions; the outcomes
@@ -1165,13 +1159,7 @@ impl PostgresStore {
         }
         let s_last: Vec<&[u8]> = s_last.iter().map(<[u8; 16]>::as_slice).collect();
         let now = now_ms();
-        let expires = now.saturating_add(self.history_ttl_ms());
-        // A list's expiry moves only when it would come before `expires`,
-        // and then this much later: a 64th of the TTL, at most an hour (as
-        // the Redis store refreshes its TTLs).
-        let slack = (self.history_ttl_ms() / 64)
-            .min(3_600_000)
-            .min(i64::MAX - expires);
+        let (expires, slack) = self.inner.ms.expiry(now);
         let rows = self
             .query(
                 &self.inner.sql.append,
@@ -1274,23 +1262,22 @@ impl SessionStore for PostgresStore {
         // with it) is replaced by one in this runtime.
         for _ in 0..2 {
             let (reply, answer) = tokio::sync::oneshot::channel();
-            let sender = {
+            let sent = {
                 let mut loads = self.inner.loads.lock().unwrap_or_else(|e| e.into_inner());
-                loads
-                    .get_or_insert_with(|| {
-                        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                        tokio::spawn(load_batches(Arc::downgrade(&self.inner), rx));
-                        tx
-                    })
-                    .clone()
+                let task = loads.get_or_insert_with(|| {
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    tokio::spawn(load_batches(Arc::downgrade(&self.inner), rx));
+                    tx
+                });
+                task.send((*id.as_bytes(), reply)).is_ok()
             };
-            if sender.send((*id.as_bytes(), reply)).is_ok()
-                && let Ok(answer) = answer.await
-            {
+            if sent && let Ok(answer) = answer.await {
                 return answer;
             }
+            // The task is gone (its receiver closed): forget it, unless
+            // another load has started a new one meanwhile.
             let mut loads = self.inner.loads.lock().unwrap_or_else(|e| e.into_inner());
-            if loads.as_ref().is_some_and(|s| s.same_channel(&sender)) {
+            if loads.as_ref().is_some_and(|task| task.is_closed()) {
                 *loads = None;
             }
         }
@@ -1512,7 +1499,7 @@ impl HistoryStore for PostgresStore {
     async fn read_newest(&self, session: &SessionId, n: usize) -> Result<Vec<Bytes>, Error> {
         let sid = session.as_bytes().as_slice();
         let now = now_ms();
-        let keep = self.keep_i64();
+        let keep = self.inner.ms.keep;
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         let rows = self
             .query(
@@ -1540,8 +1527,8 @@ impl HistoryStore for PostgresStore {
     async fn delete(&self, session: &SessionId) -> Result<u64, Error> {
         let sid = session.as_bytes().as_slice();
         let now = now_ms();
-        let keep = self.keep_i64();
-        let until = now.saturating_add(self.history_ttl_ms());
+        let keep = self.inner.ms.keep;
+        let until = now.saturating_add(self.inner.ms.ttl);
         let n = self
             .scalar(
                 &self.inner.sql.erase,

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::rows::{
     DEFAULT_MAINTENANCE_BATCH, DEFAULT_MAINTENANCE_INTERVAL, EntryRow, MaintenanceReport,
-    split_batch,
+    RetentionMs, split_batch,
 };
 use super::{
     Append, AppendOutcome, Claim, DEFAULT_HISTORY_KEEP, DEFAULT_HISTORY_TTL, EXPIRED_RECORD_LINGER,
@@ -236,6 +236,8 @@ struct Inner {
     path: PathBuf,
     keep: usize,
     ttl: Duration,
+    /// `keep` and `ttl` as the statements take them.
+    ms: RetentionMs,
     synchronous: Synchronous,
     busy_timeout: Duration,
 }
@@ -399,22 +401,6 @@ impl SqliteStore {
             fail("the operation ended without an answer (it panicked; the store goes on, see its log)")
         })?
     }
-
-    fn keep_i64(&self) -> i64 {
-        i64::try_from(self.inner.keep).unwrap_or(i64::MAX)
-    }
-
-    fn history_ttl_ms(&self) -> i64 {
-        i64::try_from(self.inner.ttl.as_millis()).unwrap_or(i64::MAX)
-    }
-
-    /// Until when a user's history link lives: the latest the session can
-    /// end, plus the history TTL.
-    fn link_until(&self, session_ends: i64) -> i64 {
-        session_ends
-            .max(now_ms())
-            .saturating_add(self.history_ttl_ms())
-    }
 }
 
 impl SqliteStoreBuilder {
@@ -537,7 +523,7 @@ impl SqliteStoreBuilder {
             path,
             synchronous: self.synchronous,
             busy_timeout: self.busy_timeout,
-            keep: i64::try_from(self.keep).unwrap_or(i64::MAX),
+            keep: RetentionMs::new(self.keep, self.ttl).keep,
             maintenance_interval: self.maintenance_interval,
             maintenance_batch: i64::try_from(self.maintenance_batch).unwrap_or(i64::MAX),
         };
@@ -549,6 +535,7 @@ impl SqliteStoreBuilder {
                 path: self.path,
                 keep: self.keep,
                 ttl: self.ttl,
+                ms: RetentionMs::new(self.keep, self.ttl),
                 synchronous: self.synchronous,
                 busy_timeout: self.busy_timeout,
             }),
@@ -606,6 +593,17 @@ fn record_of(row: &Row<'_>) -> Result<Record, Fail> {
         device: row.get(11)?,
         network: row.get(12)?,
     })
+}
+
+/// The record a statement answers, if any.
+fn record(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Option<Record>, Fail> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    rows.next()?.map(record_of).transpose()
 }
 
 fn records(
@@ -690,7 +688,7 @@ impl SqliteStore {
         link: Option<&HistoryLink<'_>>,
     ) -> Result<(), Error> {
         let record = record.clone();
-        let link = link.map(|l| (l.user.to_owned(), self.link_until(l.session_ends)));
+        let link = link.map(|l| (l.user.to_owned(), self.inner.ms.link_until(l.session_ends)));
         self.call("create a session", move |db| {
             create_record(
                 db.conn(),
@@ -707,7 +705,7 @@ impl SessionStore for SqliteStore {
         let sid = *id.as_bytes();
         self.call("load a session", move |db| {
             let since = now_ms().saturating_sub(EXPIRED_RECORD_LINGER.as_millis() as i64);
-            Ok(records(db.conn(), sql::LOAD, params![sid.as_slice(), since])?.pop())
+            record(db.conn(), sql::LOAD, params![sid.as_slice(), since])
         })
         .await
     }
@@ -729,12 +727,11 @@ impl SessionStore for SqliteStore {
             // The time once the write lock is held (not when the update
             // was sent: it may have waited for another process).
             let now = now_ms();
-            let found = records(
+            let found = record(
                 &tx,
                 sql::LOAD_LIVE,
                 params![sid.as_slice(), update.token_hash.as_bytes().as_slice(), now],
-            )?
-            .pop();
+            )?;
             let Some(mut record) = found else {
                 return Ok(UpdateOutcome::Missing);
             };
@@ -892,7 +889,7 @@ struct Heads {
 fn append_batch(
     conn: &mut Connection,
     batch: &[Append],
-    ttl: i64,
+    retention: RetentionMs,
 ) -> Result<Vec<AppendOutcome>, Fail> {
     let mut out: Vec<Option<AppendOutcome>> = vec![None; batch.len()];
     let calls = split_batch(batch, &mut out);
@@ -900,11 +897,7 @@ fn append_batch(
     // The time once the write lock is held: every decision of the batch is
     // made at it.
     let now = now_ms();
-    let expires = now.saturating_add(ttl);
-    // A list's expiry moves only when it would come before `expires`, and
-    // then this much later: a 64th of the TTL, at most an hour (as the
-    // other stores refresh theirs).
-    let slack = (ttl / 64).min(3_600_000).min(i64::MAX - expires);
+    let (expires, slack) = retention.expiry(now);
     {
         let mut head_of = tx.prepare_cached(sql::HEAD)?;
         let mut last_of = tx.prepare_cached(sql::LAST_ENTRY)?;
@@ -1104,16 +1097,16 @@ impl HistoryStore for SqliteStore {
 
     async fn append(&self, batch: &[Append]) -> Result<Vec<AppendOutcome>, Error> {
         let batch = batch.to_vec();
-        let ttl = self.history_ttl_ms();
+        let retention = self.inner.ms;
         self.call("append history", move |db| {
-            append_batch(db.conn(), &batch, ttl)
+            append_batch(db.conn(), &batch, retention)
         })
         .await
     }
 
     async fn read_newest(&self, session: &SessionId, n: usize) -> Result<Vec<Bytes>, Error> {
         let sid = *session.as_bytes();
-        let keep = self.keep_i64();
+        let keep = self.inner.ms.keep;
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         self.call("read history", move |db| {
             let now = now_ms();
@@ -1136,8 +1129,8 @@ impl HistoryStore for SqliteStore {
 
     async fn delete(&self, session: &SessionId) -> Result<u64, Error> {
         let sid = *session.as_bytes();
-        let keep = self.keep_i64();
-        let ttl = self.history_ttl_ms();
+        let keep = self.inner.ms.keep;
+        let ttl = self.inner.ms.ttl;
         self.call("erase history", move |db| {
             let tx = immediate(db.conn())?;
             let now = now_ms();
@@ -1163,7 +1156,7 @@ impl HistoryStore for SqliteStore {
     ) -> Result<(), Error> {
         let user = user.to_owned();
         let sid = *session.as_bytes();
-        let until = self.link_until(session_ends);
+        let until = self.inner.ms.link_until(session_ends);
         self.call("link a user's history", move |db| {
             db.conn().prepare_cached(sql::LINK_USER)?.execute(params![
                 user,
