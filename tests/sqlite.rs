@@ -895,3 +895,33 @@ async fn answers_as_the_memory_store_on_random_histories() {
         }
     }
 }
+
+/// Rows that no heads row names (its heads row deleted outside the store)
+/// are dropped when the session's list starts again; they never fail the
+/// other sessions of the call.
+#[tokio::test]
+async fn rows_without_a_heads_row_fail_no_append() {
+    let store = store_keeping(1000).await;
+    let key = Key::generate();
+    let (a, b) = (SessionId::generate(), SessionId::generate());
+    new_list(&store, &key, &a, 2).await;
+    exec(
+        store.path(),
+        &format!(
+            "DELETE FROM session_trail_history_heads WHERE sid = {}",
+            blob(&a)
+        ),
+    );
+    let batch: Vec<Append> = [a, b]
+        .iter()
+        .map(|sid| Append {
+            session: *sid,
+            expected_head: None,
+            entries: common::conformance::chain(&key, sid, 1, [0; 16], 2),
+            token: None,
+        })
+        .collect();
+    let out = store.append(&batch).await.unwrap();
+    assert_eq!(out, vec![AppendOutcome::Appended, AppendOutcome::Appended]);
+    assert_eq!(store.read_all(&a).await.unwrap(), batch[0].entries);
+}

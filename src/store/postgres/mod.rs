@@ -464,14 +464,19 @@ impl PostgresStore {
         params: &[&(dyn ToSql + Sync)],
         timeout: Duration,
     ) -> Result<Vec<Row>, Error> {
-        let client = self.client(what).await?;
+        let in_use = InUse(Some(self.client(what).await?));
+        let client = in_use.client();
         let run = async {
             let stmt = client.prepare_cached(sql).await?;
             client.query(&stmt, params).await
         };
         match tokio::time::timeout(timeout, run).await {
-            Ok(result) => result.map_err(|e| self.pg_error(e, what)),
-            Err(_) => Err(self.timed_out(client, what, timeout)),
+            Ok(result) => {
+                in_use.release();
+                result.map_err(|e| self.pg_error(e, what))
+            }
+            // Dropped unreleased, `in_use` cancels the statement.
+            Err(_) => Err(self.timed_out(what, timeout)),
         }
     }
 
@@ -483,14 +488,19 @@ impl PostgresStore {
         params: &[&(dyn ToSql + Sync)],
         timeout: Duration,
     ) -> Result<u64, Error> {
-        let client = self.client(what).await?;
+        let in_use = InUse(Some(self.client(what).await?));
+        let client = in_use.client();
         let run = async {
             let stmt = client.prepare_cached(sql).await?;
             client.execute(&stmt, params).await
         };
         match tokio::time::timeout(timeout, run).await {
-            Ok(result) => result.map_err(|e| self.pg_error(e, what)),
-            Err(_) => Err(self.timed_out(client, what, timeout)),
+            Ok(result) => {
+                in_use.release();
+                result.map_err(|e| self.pg_error(e, what))
+            }
+            // Dropped unreleased, `in_use` cancels the statement.
+            Err(_) => Err(self.timed_out(what, timeout)),
         }
     }
 
@@ -502,13 +512,7 @@ impl PostgresStore {
             .map_err(|e| self.pool_error(e, what))
     }
 
-    fn timed_out(&self, client: deadpool_postgres::Object, what: &str, timeout: Duration) -> Error {
-        let cancel = client.cancel_token();
-        // Out of the pool: dropped, the connection closes.
-        drop(deadpool_postgres::Object::take(client));
-        tokio::spawn(async move {
-            let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
-        });
+    fn timed_out(&self, what: &str, timeout: Duration) -> Error {
         Error::new(
             ErrorKind::Unavailable,
             format!(
@@ -581,6 +585,38 @@ impl PostgresStore {
                 db.message()
             ),
         )
+    }
+}
+
+/// A pooled connection with a statement running on it. Released, it goes
+/// back to the pool; dropped before (the store's statement timeout, or the
+/// caller gave up: the history writer's attempt timeout, a dropped
+/// request), it leaves the pool and its statement is cancelled on the
+/// server, so no later caller queues behind a statement nobody waits for.
+struct InUse(Option<deadpool_postgres::Object>);
+
+impl InUse {
+    fn client(&self) -> &deadpool_postgres::Object {
+        self.0.as_ref().expect("a connection in use until released")
+    }
+
+    /// The statement ended: the connection goes back to the pool.
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        let Some(client) = self.0.take() else { return };
+        let cancel = client.cancel_token();
+        // Out of the pool: dropped, the connection closes.
+        drop(deadpool_postgres::Object::take(client));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+            });
+        }
     }
 }
 

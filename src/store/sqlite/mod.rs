@@ -355,22 +355,29 @@ impl SqliteStore {
     ///
     /// When a statement fails; what was deleted before stays deleted.
     pub async fn run_maintenance(&self) -> Result<MaintenanceReport, Error> {
-        self.call("maintenance", |db| {
-            let mut report = MaintenanceReport::default();
-            db.restart_trim_pass();
-            loop {
-                let (round, full) = worker::maintenance_batch(db)?;
-                report.sessions += round.sessions;
-                report.claims += round.claims;
-                report.links += round.links;
-                report.histories += round.histories;
-                report.trimmed += round.trimmed;
-                if !full {
-                    return Ok(report);
-                }
+        let mut report = MaintenanceReport::default();
+        let mut first = true;
+        loop {
+            // One batch per operation, so requests' operations run between
+            // batches; the first starts the pass through the lists anew.
+            let (batch, more) = self
+                .call("maintenance", move |db| {
+                    if first {
+                        db.restart_trim_pass();
+                    }
+                    worker::maintenance_batch(db)
+                })
+                .await?;
+            first = false;
+            report.sessions += batch.sessions;
+            report.claims += batch.claims;
+            report.links += batch.links;
+            report.histories += batch.histories;
+            report.trimmed += batch.trimmed;
+            if !more {
+                return Ok(report);
             }
-        })
-        .await
+        }
     }
 
     /// Runs `f` with the connection on the store's thread; `what` names the
@@ -775,9 +782,8 @@ impl SessionStore for SqliteStore {
 
     async fn sessions_of_user(&self, user: &str) -> Result<Vec<Record>, Error> {
         let user = user.to_owned();
-        let now = now_ms();
         self.call("list a user's sessions", move |db| {
-            records(db.conn(), sql::SESSIONS_OF_USER, params![user, now])
+            records(db.conn(), sql::SESSIONS_OF_USER, params![user, now_ms()])
         })
         .await
     }
@@ -792,10 +798,10 @@ impl SessionStore for SqliteStore {
     ) -> Result<Claim, Error> {
         let user = user.to_owned();
         let sid = *session.as_bytes();
-        let now = now_ms();
-        let until = super::claim_lapses_at(absolute_deadline, now);
         self.call("claim a place under the session limit", move |db| {
             let tx = immediate(db.conn())?;
+            let now = now_ms();
+            let until = super::claim_lapses_at(absolute_deadline, now);
             // In one write transaction: a login saved meanwhile (its claim
             // gone and its session there) counts once, and no other claim
             // of this user (in any process) comes between count and claim.
@@ -962,14 +968,7 @@ fn append_batch(
             let Some(expected) = &a.expected_head else {
                 // Chained to an empty list.
                 if last.is_none() {
-                    start_list(
-                        &mut set_head,
-                        &mut drop_entries,
-                        sid,
-                        h.as_ref(),
-                        expires,
-                        slack,
-                    )?;
+                    start_list(&mut set_head, &mut drop_entries, sid, expires, slack)?;
                     for r in &p.rows {
                         insert_row(&mut insert, sid, r)?;
                     }
@@ -1008,19 +1007,19 @@ fn append_batch(
         .collect())
 }
 
-/// Starts a list for its first entries: what an expired or erased list
-/// left behind goes, and its heads row is (re)set.
+/// Starts a list for its first entries: whatever rows the session holds go
+/// first (what an expired or erased list left behind, or rows no heads row
+/// names, written outside the store: left there, they would clash with the
+/// new entries' seqs and fail the whole batch), and its heads row is
+/// (re)set.
 fn start_list(
     set_head: &mut rusqlite::CachedStatement<'_>,
     drop_entries: &mut rusqlite::CachedStatement<'_>,
     sid: &[u8],
-    h: Option<&Heads>,
     expires: i64,
     slack: i64,
 ) -> Result<(), Fail> {
-    if h.is_some() {
-        drop_entries.execute([sid])?;
-    }
+    drop_entries.execute([sid])?;
     set_head.execute(params![sid, 1, expires.saturating_add(slack)])?;
     Ok(())
 }
@@ -1170,10 +1169,9 @@ impl HistoryStore for SqliteStore {
 
     async fn user_sessions(&self, user: &str) -> Result<Vec<SessionId>, Error> {
         let user = user.to_owned();
-        let now = now_ms();
         self.call("list a user's history", move |db| {
             let mut stmt = db.conn().prepare_cached(sql::USER_SESSIONS)?;
-            let rows = stmt.query_map(params![user, now], |r| r.get::<_, Vec<u8>>(0))?;
+            let rows = stmt.query_map(params![user, now_ms()], |r| r.get::<_, Vec<u8>>(0))?;
             let mut out = Vec::new();
             for sid in rows {
                 out.push(sid_of(&sid?)?);

@@ -286,7 +286,16 @@ fn run(mut db: Db, s: &Settings, queue: &mpsc::Receiver<Job>, nudge: &mpsc::Sync
         if let (Some(at), Some(interval)) = (due, interval)
             && Instant::now() >= at
         {
-            due = after(maintain(&mut db, interval, &mut backoff));
+            // A panic in maintenance is logged like a failed batch; the
+            // thread goes on.
+            let next = catch_unwind(AssertUnwindSafe(|| {
+                maintain(&mut db, interval, &mut backoff)
+            }))
+            .unwrap_or_else(|_| {
+                tracing::error!(path = %db.path.display(), "a SQLite maintenance batch panicked");
+                interval
+            });
+            due = after(next);
             let _ = nudge.try_send(());
         }
         let job = match due {
