@@ -423,6 +423,9 @@ mod session;
 mod transport;
 mod util;
 
+#[cfg(feature = "analytics")]
+pub mod analytics;
+
 pub mod csrf;
 #[cfg(feature = "axum")]
 mod extract;

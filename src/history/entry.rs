@@ -289,6 +289,27 @@ impl Draft {
         Self::new(EntryKind::Request, b.freeze())
     }
 
+    /// The same draft with its time set to `ts` (Unix milliseconds)
+    /// instead of the time it was made: for importing history kept
+    /// elsewhere, or generating some (tests, demos, benchmarks).
+    ///
+    /// The chain proves the order of a session's entries, not their
+    /// times: a time is what the holder of the history key signed.
+    ///
+    /// ```
+    /// use session_trail::history::{Draft, Entry};
+    /// use session_trail::{Key, SessionId};
+    ///
+    /// let draft = Draft::event("checkout", &serde_json::json!({})).unwrap().at(1_700_000_000_000);
+    /// let bytes = draft.sign(&Key::generate(), &SessionId::generate(), 1, &[0; 16]);
+    /// assert_eq!(Entry::decode(&bytes).unwrap().ts, 1_700_000_000_000);
+    /// ```
+    #[must_use]
+    pub fn at(mut self, ts: i64) -> Self {
+        self.ts = ts;
+        self
+    }
+
     /// An event entry.
     ///
     /// # Errors
@@ -660,7 +681,10 @@ fn put_str(b: &mut BytesMut, s: &str) {
 
 /// An entry's fields as the SQL stores keep them in columns beside the
 /// entry's bytes (for queries; the bytes stay the evidence).
-#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "sqlite", feature = "analytics")),
+    allow(dead_code)
+)]
 pub(crate) struct Columns<'a> {
     pub(crate) seq: u64,
     pub(crate) ts: i64,
@@ -678,7 +702,10 @@ pub(crate) struct Columns<'a> {
 
 /// Reads the fields of [`Columns`] from an encoded entry, checking that
 /// the entry is well formed (its tag is not checked). Never panics.
-#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "sqlite", feature = "analytics")),
+    allow(dead_code)
+)]
 pub(crate) fn columns(bytes: &[u8]) -> Result<Columns<'_>, DecodeError> {
     let p = parse(bytes)?;
     let mut c = Columns {

@@ -699,6 +699,78 @@ fn take_one(counter: &AtomicU64) -> bool {
         .is_ok()
 }
 
+/// Analytics stream the histories, a thousand sessions per lock (see
+/// [`crate::analytics`]); histories past their TTL are left out.
+#[cfg(feature = "analytics")]
+impl MemoryStore {
+    async fn scan_history(&self, s: &mut crate::analytics::Stream<'_>) {
+        use std::ops::Bound;
+        const CHUNK: usize = 1000;
+        let mut after: Option<SessionId> = None;
+        loop {
+            let now = now_ms();
+            let mut taken = 0;
+            let chunk: Vec<Vec<Bytes>> = {
+                let h = lock(&self.inner.history);
+                let range = match after {
+                    Some(a) => h.map.range((Bound::Excluded(a), Bound::Unbounded)),
+                    None => h.map.range(..),
+                };
+                let mut chunk = Vec::with_capacity(CHUNK);
+                for (sid, list) in range.take(CHUNK) {
+                    taken += 1;
+                    after = Some(*sid);
+                    if list.expires_at > now {
+                        chunk.push(list.entries.iter().cloned().collect());
+                    }
+                }
+                chunk
+            };
+            for list in &chunk {
+                s.session(list);
+            }
+            if taken < CHUNK {
+                return;
+            }
+            // Other tasks run between chunks.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+#[cfg(feature = "analytics")]
+impl crate::analytics::HistoryAnalytics for MemoryStore {
+    async fn funnel(
+        &self,
+        query: &crate::analytics::Funnel,
+    ) -> Result<crate::analytics::FunnelReport, Error> {
+        self.inner.history_faults.before().await?;
+        let mut s = crate::analytics::Stream::funnel(query);
+        self.scan_history(&mut s).await;
+        Ok(s.funnel_report())
+    }
+
+    async fn cohorts(
+        &self,
+        query: &crate::analytics::Cohorts,
+    ) -> Result<crate::analytics::CohortReport, Error> {
+        self.inner.history_faults.before().await?;
+        let mut s = crate::analytics::Stream::cohorts(query);
+        self.scan_history(&mut s).await;
+        Ok(s.cohort_report())
+    }
+
+    async fn event_counts(
+        &self,
+        query: &crate::analytics::EventCounts,
+    ) -> Result<crate::analytics::EventCountReport, Error> {
+        self.inner.history_faults.before().await?;
+        let mut s = crate::analytics::Stream::counts(query);
+        self.scan_history(&mut s).await;
+        Ok(s.count_report())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

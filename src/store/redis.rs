@@ -1,5 +1,7 @@
 //! The Redis store (feature `redis`): sessions and history in Redis or
 //! Redis Cluster. See [`RedisStore`] for the key layout and the scripts.
+#[cfg(feature = "analytics")]
+mod analytics;
 mod cache;
 mod conn;
 mod history;

@@ -1,4 +1,6 @@
 //! The PostgreSQL store (feature `postgres`). See [`PostgresStore`].
+#[cfg(feature = "analytics")]
+mod analytics;
 mod schema;
 mod sql;
 

@@ -26,10 +26,13 @@ pub(super) struct Statements {
 }
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
-pub(super) const MIGRATIONS: &[&[&str]] = &[&[
-    include_str!("sql/v1.sql"),
-    include_str!("sql/v1_functions.sql"),
-]];
+pub(super) const MIGRATIONS: &[&[&str]] = &[
+    &[
+        include_str!("sql/v1.sql"),
+        include_str!("sql/v1_functions.sql"),
+    ],
+    &[include_str!("sql/v2.sql")],
+];
 
 impl Statements {
     pub(super) fn new(schema: &str) -> Self {

@@ -1,4 +1,6 @@
 //! The SQLite store (feature `sqlite`). See [`SqliteStore`].
+#[cfg(feature = "analytics")]
+mod analytics;
 mod schema;
 mod worker;
 

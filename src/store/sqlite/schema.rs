@@ -8,10 +8,11 @@ use crate::error::{Error, ErrorKind};
 use crate::util::now_ms;
 
 /// The schema version this build creates and expects.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The scripts that bring a file from version `n - 1` to `n`, in order.
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [include_str!("sql/v1.sql")];
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] =
+    [include_str!("sql/v1.sql"), include_str!("sql/v2.sql")];
 
 /// The tables and the columns the store uses.
 const TABLES: [(&str, &[&str]); 5] = [

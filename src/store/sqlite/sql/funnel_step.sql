@@ -1,0 +1,8 @@
+,
+s{k} AS (
+    SELECT p.sid, min(x.seq) AS seq, p.t0
+    FROM s{prev} p
+    JOIN e x ON x.sid = p.sid
+    WHERE x.name = ?{param} AND x.seq > p.seq AND x.ts - p.t0 <= ?2
+    GROUP BY p.sid
+)

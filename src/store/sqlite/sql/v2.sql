@@ -1,0 +1,13 @@
+-- Schema version 2 of the SQLite store: indexes for analytics
+-- (`session_trail::analytics`).
+
+-- A funnel's and an event count's events: by name and time, with what the
+-- funnel reads of each, so the rows themselves are not visited.
+CREATE INDEX IF NOT EXISTS session_trail_history_events
+    ON session_trail_history (name, ts, sid, seq)
+    WHERE kind = 'event';
+
+-- The sessions that name a user, for cohorts.
+CREATE INDEX IF NOT EXISTS session_trail_history_users
+    ON session_trail_history (user_pseudonym, sid)
+    WHERE user_pseudonym IS NOT NULL;
