@@ -5,7 +5,8 @@
 //! step outside the window, a window that starts at the first step, a
 //! request whose route has a step's name, a session across a week's
 //! boundary, a user with sessions in several periods, a session that logs
-//! in after its first period, and a session that names no user.
+//! in after its first period (its user's cohort is the login's), and a
+//! session that names no user.
 #![cfg(all(
     feature = "analytics",
     feature = "memory-store",
@@ -149,8 +150,8 @@ fn traps() -> Sessions {
         ],
         vec![(T0 + 15 * DAY, Request("/", Some(1)))],
         // User 4: browses anonymously on Sunday (W0), logs in on Monday
-        // (W1): the session started in W0, so the cohort is W0; active in
-        // W0 and W1.
+        // (W1): what came before the login is not the user's, so the
+        // cohort is W1.
         vec![
             (T0 - HOUR, Started),
             (T0 - HOUR + MIN, Request("/", None)),
@@ -311,7 +312,7 @@ fn check_traps(a: &Answers) {
     // Sessions 1-5 and 8 viewed; 1, 3, 4, 5 and 8 added to the cart after
     // the view within the hour; 1 and 3 checked out within it.
     assert_eq!(funnel_counts(&a.funnels[1]), vec![6, 5, 2], "trap funnel");
-    // W0 cohort: users 1 and 4; W1 cohort: users 2 and 3.
+    // W0 cohort: user 1; W1 cohort: users 2, 3 and 4.
     let weeks = &a.cohorts[4];
     assert_eq!(weeks.period, Period::Week);
     let got: Vec<(&str, u64, &[u64])> = weeks
@@ -322,8 +323,8 @@ fn check_traps(a: &Answers) {
     assert_eq!(
         got,
         vec![
-            ("2026-10-26", 2, &[2, 2, 0, 1][..]),
-            ("2026-11-02", 2, &[2, 2, 0][..]),
+            ("2026-10-26", 1, &[1, 1, 0, 1][..]),
+            ("2026-11-02", 3, &[3, 2, 0][..]),
         ]
     );
     // By day (Sunday is 11-01).
@@ -333,18 +334,23 @@ fn check_traps(a: &Answers) {
         .iter()
         .map(|c| (c.start.as_str(), c.users))
         .collect();
-    // Users 1 and 4 first came on Sunday 11-01; user 2 on 11-03; user 3
-    // on 11-04 (its 11-11 session was written first).
+    // User 1 first came on Sunday 11-01, user 4 (logged in) on 11-02,
+    // user 2 on 11-03, user 3 on 11-04 (its 11-11 session was written
+    // first).
     assert_eq!(
         got,
-        vec![("2026-11-01", 2), ("2026-11-03", 1), ("2026-11-04", 1)]
+        vec![
+            ("2026-11-01", 1),
+            ("2026-11-02", 1),
+            ("2026-11-03", 1),
+            ("2026-11-04", 1)
+        ]
     );
     let sunday = &days.cohorts[0].active;
     assert_eq!(sunday.len(), 17, "up to 11-17, the newest active day");
-    // Both on Sunday and Monday (across midnight; the login), then user 1
-    // on 11-17.
-    assert_eq!((sunday[0], sunday[1], sunday[2], sunday[16]), (2, 2, 0, 1));
-    assert_eq!(sunday.iter().sum::<u64>(), 5);
+    // Sunday and Monday (across midnight), then 11-17.
+    assert_eq!((sunday[0], sunday[1], sunday[2], sunday[16]), (1, 1, 0, 1));
+    assert_eq!(sunday.iter().sum::<u64>(), 3);
     // Event counts by day in the traps' range: all on 11-02.
     let counts: Vec<(&str, &str, u64)> = a.counts[1]
         .counts
@@ -507,5 +513,73 @@ async fn an_empty_range_and_huge_windows_answer_zero_not_errors() {
     assert_eq!(
         store.funnel(&wide).await.unwrap(),
         want.funnel(&wide).await.unwrap()
+    );
+}
+
+/// A history written under schema version 1 (the same file with version
+/// 2's indexes taken away) is upgraded when the store opens it: the
+/// indexes are built over the rows already there, and the queries answer
+/// as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_version_1_files_get_the_analytics_indexes() {
+    let (key, sessions) = history();
+    let path = common::sqlite::temp_db("analytics-v1");
+    let store = SqliteStore::open(&path).await.unwrap();
+    write(&store, key, sessions).await;
+    let want = store.funnel(&shop_funnel()).await.unwrap();
+    store.close().await.unwrap();
+    common::sqlite::exec(
+        &path,
+        "DROP INDEX session_trail_history_events; DROP INDEX session_trail_history_users; \
+         DELETE FROM session_trail_schema WHERE version = 2;",
+    );
+    let indexes = "SELECT count(*) FROM sqlite_master WHERE type = 'index' \
+                   AND name IN ('session_trail_history_events', 'session_trail_history_users')";
+    assert_eq!(common::sqlite::count(&path, indexes), 0);
+    let store = SqliteStore::open(&path).await.unwrap();
+    store.check_schema().await.unwrap();
+    assert_eq!(common::sqlite::count(&path, indexes), 2);
+    assert_eq!(store.funnel(&shop_funnel()).await.unwrap(), want);
+}
+
+/// The same on PostgreSQL: a schema at version 1 is refused by
+/// `check_schema` until `migrate` builds the indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_version_1_schemas_get_the_analytics_indexes_on_migrate() {
+    let (key, sessions) = history();
+    let server = common::postgres::shared_server();
+    let schema = common::postgres::test_schema("analytics_v1");
+    let store = PostgresStore::builder(server.url("postgres"))
+        .schema(&schema)
+        .connect()
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    write(&store, key, sessions).await;
+    let want = store.cohorts(&Cohorts::new(Period::Week)).await.unwrap();
+    server.psql(
+        "postgres",
+        &format!(
+            "DROP INDEX {schema}.session_trail_history_events; \
+             DROP INDEX {schema}.session_trail_history_users; \
+             DELETE FROM {schema}.session_trail_schema WHERE version = 2;"
+        ),
+    );
+    let err = store.check_schema().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Misconfigured);
+    assert!(err.to_string().contains("version 1"), "{err}");
+    store.migrate().await.unwrap();
+    store.check_schema().await.unwrap();
+    let indexes = server.psql(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = '{schema}' \
+             AND indexname IN ('session_trail_history_events', 'session_trail_history_users')"
+        ),
+    );
+    assert_eq!(indexes.trim(), "2");
+    assert_eq!(
+        store.cohorts(&Cohorts::new(Period::Week)).await.unwrap(),
+        want
     );
 }

@@ -18,11 +18,13 @@
 //!   counts once. Steps are event names ([`Session::record`](crate::Session::record)).
 //! - [`Cohorts`]: users grouped by the period (UTC day, or ISO week from
 //!   Monday) of their first session, and for each cohort the number of its
-//!   users with a session active in period 0, 1, 2, … after it. A session
-//!   belongs to every user whose pseudonym one of its entries names (a
-//!   request made while logged in, a login); it is active in each period
-//!   in which it has an entry, so a session that spans midnight counts in
-//!   both days. Sessions that never name a user are not in any cohort.
+//!   users with a session active in period 0, 1, 2, … after it. A user is
+//!   active in a period when one of their sessions recorded an entry that
+//!   names them (by pseudonym) in it: a request made while logged in, a
+//!   login. So a session that spans midnight counts in both days, and what
+//!   a session did before its user logged in is not the user's (a visit
+//!   on Sunday that logs in on Monday puts the user in Monday's cohort).
+//!   Anonymous sessions are in no cohort.
 //! - [`EventCounts`]: how many events of each name were recorded per
 //!   period, the series a dashboard plots.
 //!
@@ -72,9 +74,13 @@
 //!
 //! # Cost
 //!
-//! On PostgreSQL and SQLite a funnel reads the rows of the step events
-//! (through an index on event name and time), and a cohort query reads
-//! every history row in the range once. On the memory and Redis stores
+//! On PostgreSQL and SQLite a funnel reads each step's events from an
+//! index on (event name, session, seq) that holds their times too, in
+//! session order, so the steps are matched without sorting and without
+//! visiting the rows; a cohort query reads the entries that name a user
+//! from an index on (user pseudonym, time). Both indexes arrive with
+//! schema version 2 (`migrate` on PostgreSQL; SQLite upgrades its file
+//! when it opens it). On the memory and Redis stores
 //! every query reads every stored history: fine for a dashboard refreshed
 //! now and then, not for every request. Figures are in `BENCHMARKS.md`.
 
@@ -536,7 +542,7 @@ pub(crate) fn event_count_report(
 /// The SQL of an `steps`-step funnel, from a dialect's query
 /// (`funnel.sql`, with `{steps}` and `{counts}` to fill) and its step
 /// (`funnel_step.sql`: `{k}` the step, `{prev}` the one before it,
-/// `{param}` the parameter number of its name, `k + 4`).
+/// `{param}` the parameter number of its name in SQLite, `k + 3`).
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) fn funnel_sql(query: &str, step: &str, steps: usize) -> String {
     let mut more = String::new();
@@ -545,7 +551,7 @@ pub(crate) fn funnel_sql(query: &str, step: &str, steps: usize) -> String {
             &step
                 .replace("{k}", &k.to_string())
                 .replace("{prev}", &(k - 1).to_string())
-                .replace("{param}", &(k + 4).to_string()),
+                .replace("{param}", &(k + 3).to_string()),
         );
     }
     let counts: Vec<String> = (1..=steps)
@@ -600,7 +606,7 @@ pub(crate) enum Stream<'q> {
     },
     Cohorts {
         query: &'q Cohorts,
-        /// Pseudonym → periods with a session of the user active.
+        /// Pseudonym → the periods in which entries named the user.
         users: HashMap<String, BTreeSet<i64>>,
     },
     Counts {
@@ -659,19 +665,12 @@ impl<'q> Stream<'q> {
                 }
             }
             Self::Cohorts { query, users } => {
-                let mut names = BTreeSet::new();
-                let mut periods = BTreeSet::new();
                 for f in decoded {
-                    if !query.range.contains(f.ts) {
-                        continue;
+                    if let Some(u) = f.user
+                        && query.range.contains(f.ts)
+                    {
+                        users.entry(u).or_default().insert(query.period.index(f.ts));
                     }
-                    periods.insert(query.period.index(f.ts));
-                    if let Some(u) = f.user {
-                        names.insert(u);
-                    }
-                }
-                for u in names {
-                    users.entry(u).or_default().extend(periods.iter().copied());
                 }
             }
             Self::Counts { query, counts } => {

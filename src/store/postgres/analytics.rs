@@ -38,7 +38,7 @@ impl HistoryAnalytics for PostgresStore {
         );
         let (from, until) = query.time_range().bounds();
         let rows = self
-            .run(
+            .run_with(
                 &sql,
                 "funnel",
                 &[
@@ -48,6 +48,7 @@ impl HistoryAnalytics for PostgresStore {
                     &time(until),
                 ],
                 self.analytics_timeout(),
+                false,
             )
             .await?;
         let counts: Vec<i64> = rows
@@ -66,11 +67,12 @@ impl HistoryAnalytics for PostgresStore {
         let (shift, days) = query.period().shift_and_days();
         let (from, until) = query.time_range().bounds();
         let rows = self
-            .run(
+            .run_with(
                 &sql,
                 "cohorts",
                 &[&(shift as i32), &(days as i32), &time(from), &time(until)],
                 self.analytics_timeout(),
+                false,
             )
             .await?;
         let rows: Vec<(i64, i64, u64)> = rows
@@ -85,7 +87,7 @@ impl HistoryAnalytics for PostgresStore {
         let (shift, days) = query.period().shift_and_days();
         let (from, until) = query.time_range().bounds();
         let rows = self
-            .run(
+            .run_with(
                 &sql,
                 "event counts",
                 &[
@@ -96,6 +98,7 @@ impl HistoryAnalytics for PostgresStore {
                     &query.event_names(),
                 ],
                 self.analytics_timeout(),
+                false,
             )
             .await?;
         let rows = rows

@@ -466,10 +466,30 @@ impl PostgresStore {
         params: &[&(dyn ToSql + Sync)],
         timeout: Duration,
     ) -> Result<Vec<Row>, Error> {
+        self.run_with(sql, what, params, timeout, true).await
+    }
+
+    /// [`run`](Self::run), with the statement kept prepared on its
+    /// connection (`cached`) or prepared afresh, so that it is planned for
+    /// this call's parameters: PostgreSQL plans a statement executed often
+    /// once for any parameters (a generic plan), which suits the store's
+    /// point queries and can be far off for the analytics' large ones.
+    async fn run_with(
+        &self,
+        sql: &str,
+        what: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+        timeout: Duration,
+        cached: bool,
+    ) -> Result<Vec<Row>, Error> {
         let in_use = InUse(Some(self.client(what).await?));
         let client = in_use.client();
         let run = async {
-            let stmt = client.prepare_cached(sql).await?;
+            let stmt = if cached {
+                client.prepare_cached(sql).await?
+            } else {
+                client.prepare(sql).await?
+            };
             client.query(&stmt, params).await
         };
         match tokio::time::timeout(timeout, run).await {

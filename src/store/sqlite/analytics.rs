@@ -72,7 +72,6 @@ impl HistoryAnalytics for SqliteStore {
         );
         let (from, until) = query.time_range().bounds();
         let mut params = vec![
-            json_names(query.steps()),
             Value::Integer(query.within_ms()),
             Value::Integer(from),
             Value::Integer(until),

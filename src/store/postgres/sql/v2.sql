@@ -3,13 +3,14 @@
 -- which holds off writes to the history table while they are built (a few
 -- seconds per million rows).
 
--- A funnel's and an event count's events: by name and time, with what the
--- funnel reads of each, so the rows themselves are not visited.
+-- Events by name, then in each session's order, with their time: a
+-- funnel reads each step's events in session order from here alone (no
+-- sort, no visit to the rows), and event counts read them too.
 CREATE INDEX IF NOT EXISTS session_trail_history_events
-    ON {schema}.session_trail_history (name, ts) INCLUDE (sid, seq)
+    ON {schema}.session_trail_history (name, sid, seq) INCLUDE (ts)
     WHERE kind = 'event';
 
--- The sessions that name a user, for cohorts.
+-- The entries that name a user, by user and time: cohorts read them here.
 CREATE INDEX IF NOT EXISTS session_trail_history_users
-    ON {schema}.session_trail_history (user_pseudonym, sid)
+    ON {schema}.session_trail_history (user_pseudonym, ts)
     WHERE user_pseudonym IS NOT NULL;

@@ -1,13 +1,14 @@
 -- Schema version 2 of the SQLite store: indexes for analytics
 -- (`session_trail::analytics`).
 
--- A funnel's and an event count's events: by name and time, with what the
--- funnel reads of each, so the rows themselves are not visited.
+-- Events by name, then in each session's order, with their time: a
+-- funnel reads each step's events in session order from here alone (no
+-- sort, no visit to the rows), and event counts read them too.
 CREATE INDEX IF NOT EXISTS session_trail_history_events
-    ON session_trail_history (name, ts, sid, seq)
+    ON session_trail_history (name, sid, seq, ts)
     WHERE kind = 'event';
 
--- The sessions that name a user, for cohorts.
+-- The entries that name a user, by user and time: cohorts read them here.
 CREATE INDEX IF NOT EXISTS session_trail_history_users
-    ON session_trail_history (user_pseudonym, sid)
+    ON session_trail_history (user_pseudonym, ts)
     WHERE user_pseudonym IS NOT NULL;
