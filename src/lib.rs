@@ -55,6 +55,7 @@
 //! | `redis` | yes | [`store::RedisStore`]: Redis and Redis Cluster; re-exports the `redis` crate |
 //! | `sqlite` | yes | [`store::SqliteStore`]: one SQLite file (SQLite compiled in); re-exports `rusqlite` |
 //! | `postgres` | no | `store::PostgresStore`: PostgreSQL; re-exports `tokio_postgres` and `deadpool_postgres` |
+//! | `analytics` | yes | [`analytics`]: funnels, cohort retention and event counts over the stored history |
 //! | `tonic` | no | `From<Error> for tonic::Status` |
 //!
 //! # Stores
@@ -73,6 +74,7 @@
 //! | survives a restart | no | yes (committed before acknowledged) | with the append-only file | yes (committed before acknowledged) |
 //! | history appends | — | a batch per write transaction | a batch (one script call per 64 sessions) | a batch (one function call) |
 //! | history queryable | no | SQL: one row per entry, decoded columns beside the signed bytes | no | the same as SQLite |
+//! | [`analytics`] | streamed | in SQL, through its indexes | streamed (`SCAN`) | in SQL, through its indexes |
 //! | expiry | on access | maintenance between operations, in bounded batches | Redis TTLs | a maintenance task, in bounded batches |
 //!
 //! Sessions and history can live apart: `SessionLayer::builder(redis,
@@ -159,6 +161,13 @@
 //!   ([`history`](SessionLayerBuilder::history)), tokens cannot be checked at
 //!   append time, so requests whose handler never loads the session are not
 //!   recorded at all.
+//! - The [`analytics`] read the history as stored and check no MAC: whoever
+//!   can write to the store can skew a funnel or a cohort without the
+//!   report showing it. [`history::verify`] audits the sessions behind a
+//!   figure; reports hold counts only, never a pseudonym or a session id.
+//! - An entry's time is what the holder of the history key signed
+//!   ([`Draft::at`](history::Draft::at) sets it); the chain proves the
+//!   order of a session's entries, not their clock.
 //!
 //! # Life cycle
 //!
