@@ -21,6 +21,7 @@
 //! | `DEMO_INSECURE_COOKIE=1` | no `Secure` attribute |
 //! | `DEMO_ISSUE_ON_FIRST_VISIT=1` | a session on every first visit |
 //! | `DEMO_HEADER=NAME` | the credential also travels in header `NAME` |
+//! | `DEMO_SEED=N` | writes N synthetic sessions of the last eight weeks through the history writer at start-up, for `/insights` |
 //! | `RUST_LOG` | log filter, default `info` |
 //!
 //! The JSON API (`/api/…`) is described in `app.rs`. With curl:
@@ -70,10 +71,18 @@ async fn run() -> Result<(), Box<dyn Error>> {
         tracing::warn!("{warning}");
     }
     let layer = app::open(&settings).await?;
+    if settings.seed > 0 {
+        let writer = layer.history_writer().ok_or("the demo records history")?;
+        app::seed(writer, settings.seed).await?;
+        tracing::info!(
+            sessions = settings.seed,
+            "seeded synthetic history (DEMO_SEED)"
+        );
+    }
     serve(layer, &settings.addr).await
 }
 
-async fn serve(layer: session_trail::SessionLayer, addr: &str) -> Result<(), Box<dyn Error>> {
+async fn serve(layer: app::Demo, addr: &str) -> Result<(), Box<dyn Error>> {
     let writer = layer
         .history_writer()
         .cloned()

@@ -593,3 +593,138 @@ fetch('{base}/api/cart', {{method: 'POST', credentials: 'include', mode: 'no-cor
 async fn the_page_works_with_an_insecure_cookie_too() {
     run(false).await;
 }
+
+/// The insights page: refused before the user elevates; then, over a shop
+/// seeded with synthetic history (`app::seed`, through the real writer),
+/// it draws the funnel's bars with the API's counts and conversion
+/// percentages and the cohort heat map, under the page's strict CSP (no
+/// violation is reported). A screenshot is saved to
+/// `target/artifacts/demo-insights.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_insights_page_draws_the_funnel_and_the_cohorts_for_admins() {
+    let _one = ONE_BROWSER.lock().await;
+    let chromium = binary("CHROMIUM", "/usr/bin/chromium");
+    let chromedriver = binary("CHROMEDRIVER", "/usr/bin/chromedriver");
+    let layer = app::layer(
+        MemoryStore::new(),
+        Key::generate(),
+        &app::Options::default(),
+    )
+    .unwrap();
+    app::seed(layer.history_writer().unwrap(), 600)
+        .await
+        .expect("seed");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(app::serve(
+        listener,
+        app::router(&layer),
+        std::future::pending(),
+    ));
+    let driver = Driver::start(&chromium, &chromedriver).await;
+    let outcome = std::panic::AssertUnwindSafe(insights_flow(&driver, &base))
+        .catch_unwind()
+        .await;
+    driver.quit().await;
+    server.abort();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn insights_flow(driver: &Driver, base: &str) {
+    // CSP violations are counted from the first script on.
+    let count_violations = "window.cspViolations = 0; \
+        document.addEventListener('securitypolicyviolation', () => { window.cspViolations += 1; });";
+    driver.goto(&format!("{base}/")).await;
+    driver.settled().await;
+    driver.click("[data-testid=login-alice]").await;
+    driver.settled().await;
+
+    // A user, not an admin: the page says so and draws nothing.
+    driver.goto(&format!("{base}/insights")).await;
+    driver.script(count_violations).await;
+    let state = driver
+        .wait(
+            "the refusal",
+            "return document.querySelector('[data-testid=insights-note]').dataset.state;",
+        )
+        .await;
+    assert_eq!(state, "refused");
+    assert_eq!(
+        driver
+            .script("return document.querySelectorAll('[data-testid=funnel-chart] rect').length;")
+            .await,
+        0
+    );
+
+    driver.goto(&format!("{base}/")).await;
+    driver.settled().await;
+    driver.click("[data-testid=elevate]").await;
+    driver.settled().await;
+    driver.goto(&format!("{base}/insights")).await;
+    driver.script(count_violations).await;
+    let state = driver
+        .wait(
+            "the charts",
+            "const s = document.querySelector('[data-testid=insights-note]').dataset.state; \
+             return s === 'ready' && document.querySelectorAll('[data-testid=heat-cell]').length > 0 && s;",
+        )
+        .await;
+    assert_eq!(state, "ready");
+
+    // The bars carry the API's counts, and the page's percentages follow.
+    let api = driver
+        .script(
+            "const r = new XMLHttpRequest(); \
+             r.open('GET', '/api/insights/funnel?steps=view_product,add_to_cart,checkout&within=3600', false); \
+             r.send(); return JSON.parse(r.responseText);",
+        )
+        .await;
+    let counts: Vec<u64> = api["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["sessions"].as_u64().unwrap())
+        .collect();
+    assert!(
+        counts[0] > counts[1] && counts[1] > counts[2] && counts[2] > 0,
+        "{counts:?}"
+    );
+    let bars = driver
+        .script(
+            "return [0, 1, 2].map(i => Number(document.querySelector(`[data-testid=funnel-bar-${i}]`).dataset.sessions));",
+        )
+        .await;
+    assert_eq!(bars, json!(counts));
+    let pct = driver
+        .script("return document.querySelector('[data-testid=funnel-pct-1]').textContent;")
+        .await;
+    let want = (100.0 * counts[1] as f64 / counts[0] as f64).round() as u64;
+    assert!(
+        pct.as_str()
+            .unwrap()
+            .starts_with(&format!("{want}% of previous")),
+        "{pct}"
+    );
+    // The heat map: one row per weekly cohort, a triangle of cells.
+    let cells = driver
+        .script("return document.querySelectorAll('[data-testid=heat-cell]').length;")
+        .await;
+    assert!(cells.as_u64().unwrap() >= 8, "{cells}");
+    std::fs::create_dir_all(artifacts()).unwrap();
+    driver
+        .screenshot(&artifacts().join("demo-insights.png"))
+        .await;
+    // By day: more cohorts.
+    driver.click("[data-testid=period-day]").await;
+    driver
+        .wait(
+            "the daily heat map",
+            &format!(
+                "return document.querySelectorAll('[data-testid=heat-cell]').length > {cells};"
+            ),
+        )
+        .await;
+    assert_eq!(driver.script("return window.cspViolations;").await, 0);
+}

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use reqwest::header::{CONTENT_TYPE, COOKIE, SET_COOKIE};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
+use session_trail::Key;
 use session_trail::history::HistoryWriter;
 use session_trail::store::MemoryStore;
-use session_trail::{Key, SessionLayer};
 
 /// The demo served on `127.0.0.1:0`, stopped when dropped.
 struct Demo {
@@ -34,7 +34,7 @@ impl Demo {
         Self::serve(&layer).await
     }
 
-    async fn serve(layer: &SessionLayer) -> Self {
+    async fn serve(layer: &app::Demo) -> Self {
         let writer = layer.history_writer().cloned().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -1262,4 +1262,122 @@ async fn demo_csrf_strict_requires_the_token_on_every_unsafe_request_of_a_sessio
     // A client without a session (no cookie) passes.
     let (status, _) = add_to_cart(&bare(), &demo, &[]).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+async fn post_json(c: &Client, demo: &Demo, path: &str, body: Value) -> Response {
+    c.post(demo.url(path)).json(&body).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn view_and_checkout_record_events_and_checkout_empties_the_cart() {
+    let demo = Demo::start().await;
+    let c = demo.browser();
+    let res = post_json(&c, &demo, "/api/view", json!({"item": "book"})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(body(res).await, json!({"ok": true}));
+    assert_error(
+        post_json(&c, &demo, "/api/view", json!({"item": ""})).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    // An empty cart cannot check out.
+    let res = c.post(demo.url("/api/checkout")).send().await.unwrap();
+    assert!(
+        assert_error(res, StatusCode::CONFLICT)
+            .await
+            .contains("empty")
+    );
+    for _ in 0..2 {
+        post_json(&c, &demo, "/api/cart", json!({"item": "book"})).await;
+    }
+    let res = c.post(demo.url("/api/checkout")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(body(res).await, json!({"items": 2}));
+    // Emptied: a second checkout is refused.
+    let res = c.post(demo.url("/api/checkout")).send().await.unwrap();
+    assert_error(res, StatusCode::CONFLICT).await;
+    let h = eventually(Duration::from_secs(5), "the checkout entry", || async {
+        let h = history(&c, &demo, "").await;
+        let events: Vec<(String, Value)> = h["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "event")
+            .map(|e| (e["event"].as_str().unwrap().to_owned(), e["data"].clone()))
+            .collect();
+        events
+            .iter()
+            .any(|(n, _)| n == "checkout")
+            .then_some(events)
+    })
+    .await;
+    // Newest first.
+    assert_eq!(h[0], ("checkout".to_owned(), json!({"items": 2})));
+    assert!(h.contains(&("view_product".to_owned(), json!({"item": "book"}))));
+}
+
+#[tokio::test]
+async fn insights_are_for_admins_and_count_the_shop() {
+    let demo = Demo::start().await;
+    let funnel = "/api/insights/funnel?steps=view_product,add_to_cart,checkout&within=3600";
+    // Anonymous: 401; a user: 403; an admin: 200.
+    assert_error(get(&bare(), &demo, funnel).await, StatusCode::UNAUTHORIZED).await;
+    let admin = demo.logged_in("alice").await;
+    assert_error(get(&admin, &demo, funnel).await, StatusCode::FORBIDDEN).await;
+    assert_error(
+        get(&admin, &demo, "/api/insights/cohorts?period=week").await,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    let res = admin.post(demo.url("/api/elevate")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
+    // Two shoppers: bob goes all the way, an anonymous one views only.
+    let bob = demo.logged_in("bob").await;
+    post_json(&bob, &demo, "/api/view", json!({"item": "lamp"})).await;
+    post_json(&bob, &demo, "/api/cart", json!({"item": "lamp"})).await;
+    let res = bob.post(demo.url("/api/checkout")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let anon = demo.browser();
+    post_json(&anon, &demo, "/api/view", json!({"item": "mug"})).await;
+
+    let report = eventually(Duration::from_secs(5), "the funnel", || async {
+        let v = body(get(&admin, &demo, funnel).await).await;
+        (v["steps"][2]["sessions"] == 1 && v["steps"][0]["sessions"] == 2).then_some(v)
+    })
+    .await;
+    assert_eq!(
+        report,
+        json!({"steps": [
+            {"event": "view_product", "sessions": 2},
+            {"event": "add_to_cart", "sessions": 1},
+            {"event": "checkout", "sessions": 1},
+        ]})
+    );
+    // The default funnel is the shop's.
+    let v = body(get(&admin, &demo, "/api/insights/funnel").await).await;
+    assert_eq!(v, report);
+
+    // Cohorts: alice and bob logged in today, each in this week's cohort.
+    let v = body(get(&admin, &demo, "/api/insights/cohorts?period=day").await).await;
+    assert_eq!(v["period"], "day");
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    assert_eq!(
+        v["cohorts"],
+        json!([{"start": today, "users": 2, "active": [2]}])
+    );
+    let v = body(get(&admin, &demo, "/api/insights/cohorts").await).await;
+    assert_eq!(v["period"], "week");
+    assert_eq!(v["cohorts"][0]["users"], 2);
+
+    // Bad queries are 400s that say what is wrong.
+    for bad in [
+        "/api/insights/funnel?steps=",
+        "/api/insights/funnel?steps=a%20b",
+        "/api/insights/funnel?within=0",
+        "/api/insights/funnel?within=-1",
+        "/api/insights/cohorts?period=month",
+    ] {
+        assert_error(get(&admin, &demo, bad).await, StatusCode::BAD_REQUEST).await;
+    }
 }

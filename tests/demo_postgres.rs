@@ -34,7 +34,7 @@ fn database(tag: &str) -> String {
     pg().url(&name)
 }
 
-async fn client(settings: &app::Settings) -> (Client, session_trail::SessionLayer) {
+async fn client(settings: &app::Settings) -> (Client, app::Demo) {
     let layer = app::open(settings).await.expect("the demo starts");
     (Client::new(app::router(&layer)), layer)
 }

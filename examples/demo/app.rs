@@ -28,9 +28,22 @@
 //!   `https://` the same host is another origin. `GET /api/csrf` answers
 //!   with `Cache-Control: no-store`. `DEMO_CSRF` also accepts `lenient`,
 //!   the default.
+//! - `/api/view` takes the same item as `/api/cart`. `/api/checkout`
+//!   counts the items added to the cart since the last checkout.
+//! - The insights answer 401 without a user and 403 for a user whose
+//!   privilege is not `admin`; a query they cannot take (no steps, a step
+//!   that is not an event name, `within=0`, a period other than `day` or
+//!   `week`) is a 400 that says why. Defaults: the shop's funnel
+//!   (`view_product,add_to_cart,checkout`), `within=3600`, `period=week`.
+//!   They read the store that keeps the history (the database when
+//!   `DATABASE_URL` is set). `/insights` itself is served to anyone: the
+//!   page says when its data is refused.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query};
@@ -42,9 +55,13 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router, middleware};
+use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use session_trail::history::HistoryWriter;
+use session_trail::analytics::{
+    CohortReport, Cohorts, Funnel, FunnelReport, HistoryAnalytics, Period,
+};
+use session_trail::history::{Draft, EntryKind, HistoryWriter};
 use session_trail::store::{HistoryStore, MemoryStore, SessionStore};
 use session_trail::{
     ConfigError, Csrf, Error, ErrorKind, Key, Session, SessionId, SessionInfo, SessionLayer,
@@ -57,6 +74,15 @@ use subtle::ConstantTimeEq;
 const INDEX_HTML: &str = include_str!("index.html");
 const APP_JS: &str = include_str!("app.js");
 const APP_CSS: &str = include_str!("app.css");
+const INSIGHTS_HTML: &str = include_str!("insights.html");
+const INSIGHTS_JS: &str = include_str!("insights.js");
+
+/// The funnel `/api/insights/funnel` and the insights page show by default.
+const DEFAULT_FUNNEL: &str = "view_product,add_to_cart,checkout";
+/// Its default window, in seconds.
+const DEFAULT_WITHIN_SECS: u64 = 3600;
+/// The most sessions `DEMO_SEED` may make.
+const MAX_SEED: usize = 1_000_000;
 
 /// The demo users and their passwords.
 const USERS: [(&str, &str); 2] = [("alice", "alice-pw"), ("bob", "bob-pw")];
@@ -84,6 +110,9 @@ pub(crate) struct Settings {
     pub(crate) warnings: Vec<String>,
     /// How the layer is set up.
     pub(crate) options: Options,
+    /// `DEMO_SEED=N`: N synthetic sessions of the last eight weeks are
+    /// written through the history writer at start-up (0: none).
+    pub(crate) seed: usize,
 }
 
 /// How the session layer is set up.
@@ -145,8 +174,20 @@ impl Settings {
                     .to_owned(),
             );
         }
+        let seed = match var("DEMO_SEED") {
+            None => 0,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n <= MAX_SEED => n,
+                _ => {
+                    return Err(format!(
+                        "DEMO_SEED must be a number of sessions from 0 to {MAX_SEED}, not {v:?}"
+                    ));
+                }
+            },
+        };
         Ok(Self {
             addr: var("DEMO_ADDR").unwrap_or_else(|| "127.0.0.1:3000".to_owned()),
+            seed,
             redis_url: var("REDIS_URL"),
             database_url: var("DATABASE_URL"),
             key,
@@ -190,16 +231,60 @@ fn master_key(
     }
 }
 
-/// The session layer over `store` (the memory or the Redis store).
+/// The analytics of the store that keeps the history, whichever it is.
+pub(crate) trait Analyze: Send + Sync {
+    fn funnel<'a>(&'a self, query: &'a Funnel) -> BoxFuture<'a, Result<FunnelReport, Error>>;
+    fn cohorts<'a>(&'a self, query: &'a Cohorts) -> BoxFuture<'a, Result<CohortReport, Error>>;
+}
+
+impl<T: HistoryAnalytics> Analyze for T {
+    fn funnel<'a>(&'a self, query: &'a Funnel) -> BoxFuture<'a, Result<FunnelReport, Error>> {
+        Box::pin(HistoryAnalytics::funnel(self, query))
+    }
+
+    fn cohorts<'a>(&'a self, query: &'a Cohorts) -> BoxFuture<'a, Result<CohortReport, Error>> {
+        Box::pin(HistoryAnalytics::cohorts(self, query))
+    }
+}
+
+/// The demo's session layer and the analytics of its history store. It
+/// derefs to the layer.
+#[derive(Clone)]
+pub(crate) struct Demo {
+    pub(crate) layer: SessionLayer,
+    pub(crate) insights: Arc<dyn Analyze>,
+}
+
+impl std::fmt::Debug for Demo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Demo")
+            .field("layer", &self.layer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deref for Demo {
+    type Target = SessionLayer;
+
+    fn deref(&self) -> &SessionLayer {
+        &self.layer
+    }
+}
+
+/// The session layer over `store` (sessions and history in it).
 ///
 /// # Errors
 ///
 /// The layer's [`ConfigError`], e.g. an invalid `DEMO_HEADER` name.
-pub(crate) fn layer<S>(store: S, key: Key, options: &Options) -> Result<SessionLayer, ConfigError>
+pub(crate) fn layer<S>(store: S, key: Key, options: &Options) -> Result<Demo, ConfigError>
 where
-    S: SessionStore + HistoryStore + Clone,
+    S: SessionStore + HistoryStore + HistoryAnalytics + Clone,
 {
-    builder(store, key, options).build()
+    let insights = Arc::new(store.clone());
+    Ok(Demo {
+        layer: builder(store, key, options).build()?,
+        insights,
+    })
 }
 
 /// The demo's layer settings over `store`, for a caller that adds a
@@ -225,7 +310,7 @@ where
 /// URL set), Redis (`REDIS_URL`), PostgreSQL or SQLite (`DATABASE_URL`),
 /// or sessions in Redis and history in the database (both). The
 /// database's tables are created here (idempotent).
-pub(crate) async fn open(settings: &Settings) -> Result<SessionLayer, String> {
+pub(crate) async fn open(settings: &Settings) -> Result<Demo, String> {
     let key = settings.key.clone();
     let options = &settings.options;
     let built = match (
@@ -271,9 +356,9 @@ async fn with_database<D>(
     redis: Option<&str>,
     key: Key,
     options: &Options,
-) -> Result<Result<SessionLayer, session_trail::ConfigError>, String>
+) -> Result<Result<Demo, session_trail::ConfigError>, String>
 where
-    D: SessionStore + HistoryStore + std::fmt::Debug + Clone,
+    D: SessionStore + HistoryStore + HistoryAnalytics + std::fmt::Debug + Clone,
 {
     Ok(match redis {
         None => {
@@ -287,7 +372,11 @@ where
                 history = ?database,
                 "store: sessions in Redis, history in {name}"
             );
-            builder(sessions, key, options).history(database).build()
+            let insights = Arc::new(database.clone());
+            builder(sessions, key, options)
+                .history(database)
+                .build()
+                .map(|layer| Demo { layer, insights })
         }
     })
 }
@@ -381,9 +470,12 @@ async fn redis_store(_url: &str) -> Result<MemoryStore, String> {
     )
 }
 
-/// The demo's routes around `layer`.
-pub(crate) fn router(layer: &SessionLayer) -> Router {
+/// The demo's routes around `demo`'s layer.
+pub(crate) fn router(demo: &Demo) -> Router {
+    let layer = &demo.layer;
     let writer = layer.history_writer().cloned();
+    let insights = Arc::clone(&demo.insights);
+    let cohort_insights = Arc::clone(&demo.insights);
     let with_session = Router::new()
         .route("/", get(page))
         .route("/api/visits", get(visits))
@@ -392,7 +484,18 @@ pub(crate) fn router(layer: &SessionLayer) -> Router {
         .route("/api/elevate", post(elevate))
         .route("/api/logout", post(logout))
         .route("/api/me", get(me))
+        .route("/api/view", post(view))
         .route("/api/cart", post(cart))
+        .route("/api/checkout", post(checkout))
+        .route("/insights", get(insights_page))
+        .route(
+            "/api/insights/funnel",
+            get(move |session, query| funnel(session, query, Arc::clone(&insights))),
+        )
+        .route(
+            "/api/insights/cohorts",
+            get(move |session, query| cohorts(session, query, Arc::clone(&cohort_insights))),
+        )
         .route("/api/history", get(history).delete(erase))
         .route("/api/sessions", get(sessions))
         .route("/api/sessions/{session}", delete(revoke))
@@ -404,6 +507,7 @@ pub(crate) fn router(layer: &SessionLayer) -> Router {
         // Outside the session layer: nothing here needs a session.
         .route("/app.js", get(script))
         .route("/app.css", get(style))
+        .route("/insights.js", get(insights_script))
         .route("/api/stats", get(move || stats(writer.clone())))
         .fallback(not_found)
         .layer(middleware::map_response(json_errors))
@@ -426,6 +530,88 @@ pub(crate) async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// Writes `sessions` synthetic sessions of the last eight weeks through
+/// `writer` (`DEMO_SEED`), so the insights have something to show. They
+/// are signed and chained like any other history: only their times are
+/// set (`Draft::at`). Their users are made-up pseudonyms (no demo user is
+/// named); a quarter of them come back in later weeks, fewer each week.
+///
+/// # Errors
+///
+/// When the writer cannot write them (the store is down).
+pub(crate) async fn seed(writer: &HistoryWriter, sessions: usize) -> Result<(), Error> {
+    const WEEK: i64 = 7 * 86_400_000;
+    const MIN: i64 = 60_000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let start = now - 8 * WEEK;
+    // A small deterministic generator: the same seed draws the same shop.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut below = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n.max(1)
+    };
+    let users = (sessions as u64 / 3).max(1);
+    let items = ["book", "lamp", "mug", "plant", "poster"];
+    for done in (0..sessions).step_by(1000) {
+        for _ in done..(done + 1000).min(sessions) {
+            let user = below(users);
+            let pseudonym: [u8; 8] = Sha256::digest(format!("demo-seed-user-{user}").as_bytes())
+                [..8]
+                .try_into()
+                .unwrap_or_default();
+            // The user's first week, then later visits, each less likely.
+            let first = start + (user as i64 * 7_919 % 8) * WEEK;
+            let mut week = 0;
+            while below(100) < 45 {
+                week += 1;
+            }
+            let mut ts = first + week * WEEK + below(WEEK as u64) as i64;
+            if ts > now - 10 * MIN {
+                ts = first + below((now - first).max(1) as u64) as i64;
+            }
+            let item = items[below(items.len() as u64) as usize];
+            let mut drafts = vec![
+                Draft::lifecycle(EntryKind::Started, &json!({})).at(ts),
+                Draft::request("GET", "/", 200, 800, Some(pseudonym)).at(ts + 1_000),
+            ];
+            let mut step = |name: &str, data: Value, after: i64, drafts: &mut Vec<Draft>| {
+                ts += after;
+                if let Ok(d) = Draft::event(name, &data) {
+                    drafts.push(d.at(ts));
+                }
+            };
+            if below(100) < 85 {
+                step(
+                    "view_product",
+                    json!({ "item": item }),
+                    2 * MIN,
+                    &mut drafts,
+                );
+                if below(100) < 55 {
+                    // Now and then the cart comes too late for the hour.
+                    let late = if below(100) < 8 { 90 * MIN } else { 4 * MIN };
+                    step("add_to_cart", json!({ "item": item }), late, &mut drafts);
+                    if below(100) < 50 {
+                        step("checkout", json!({ "items": 1 }), 3 * MIN, &mut drafts);
+                    }
+                }
+            }
+            if !writer.enqueue(SessionId::generate(), drafts) {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "DEMO_SEED: the history writer's queue is full",
+                ));
+            }
+        }
+        writer.flush().await?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -540,6 +726,17 @@ struct CartItem {
 }
 
 async fn cart(session: Session, Json(body): Json<CartItem>) -> ApiResult<Json<Value>> {
+    let item = item_of(&body)?;
+    session
+        .record("add_to_cart", json!({ "item": item }))
+        .await?;
+    let n: u64 = session.get("cart_items").await?.unwrap_or(0) + 1;
+    session.insert("cart_items", n).await?;
+    Ok(Json(json!({ "items": n })))
+}
+
+/// The item of a `/api/view` or `/api/cart` body, checked.
+fn item_of(body: &CartItem) -> ApiResult<&str> {
     let item = body.item.trim();
     let chars = item.chars().count();
     if chars == 0 || chars > MAX_ITEM_CHARS || item.chars().any(char::is_control) {
@@ -548,12 +745,102 @@ async fn cart(session: Session, Json(body): Json<CartItem>) -> ApiResult<Json<Va
             format!("item must be 1 to {MAX_ITEM_CHARS} characters without control characters"),
         ));
     }
+    Ok(item)
+}
+
+async fn view(session: Session, Json(body): Json<CartItem>) -> ApiResult<Json<Value>> {
+    let item = item_of(&body)?;
     session
-        .record("add_to_cart", json!({ "item": item }))
+        .record("view_product", json!({ "item": item }))
         .await?;
-    let n: u64 = session.get("cart_items").await?.unwrap_or(0) + 1;
-    session.insert("cart_items", n).await?;
-    Ok(Json(json!({ "items": n })))
+    Ok(Json(json!({ "ok": true })))
+}
+
+async fn checkout(session: Session) -> ApiResult<Response> {
+    let n: u64 = session.get("cart_items").await?.unwrap_or(0);
+    if n == 0 {
+        return Ok(error_response(StatusCode::CONFLICT, "the cart is empty"));
+    }
+    session.record("checkout", json!({ "items": n })).await?;
+    session.remove("cart_items").await?;
+    Ok(Json(json!({ "items": n })).into_response())
+}
+
+/// `{"error": message}` with `status`.
+fn error_response(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// Analytics are for admins: 401 without a user, 403 for a user who has
+/// not elevated.
+async fn require_admin(session: &Session) -> Result<(), Response> {
+    let privilege = async {
+        require_user(session).await?;
+        session.privilege().await
+    };
+    match privilege.await {
+        Ok(Some(p)) if p == "admin" => Ok(()),
+        Ok(_) => Err(error_response(
+            StatusCode::FORBIDDEN,
+            "insights are for admins: POST /api/elevate first",
+        )),
+        Err(e) => Err(e.into_response()),
+    }
+}
+
+/// A query the analytics refused, with the reason (it names the
+/// parameter, never stored data).
+fn bad_query(e: &Error) -> Response {
+    error_response(StatusCode::BAD_REQUEST, &e.to_string())
+}
+
+#[derive(Deserialize)]
+struct FunnelParams {
+    steps: Option<String>,
+    within: Option<u64>,
+}
+
+async fn funnel(
+    session: Session,
+    Query(params): Query<FunnelParams>,
+    insights: Arc<dyn Analyze>,
+) -> Response {
+    if let Err(refused) = require_admin(&session).await {
+        return refused;
+    }
+    let steps = params.steps.as_deref().unwrap_or(DEFAULT_FUNNEL);
+    let within = Duration::from_secs(params.within.unwrap_or(DEFAULT_WITHIN_SECS));
+    let query = match Funnel::new(steps.split(',').map(str::trim), within) {
+        Ok(q) => q,
+        Err(e) => return bad_query(&e),
+    };
+    match insights.funnel(&query).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct CohortParams {
+    period: Option<String>,
+}
+
+async fn cohorts(
+    session: Session,
+    Query(params): Query<CohortParams>,
+    insights: Arc<dyn Analyze>,
+) -> Response {
+    if let Err(refused) = require_admin(&session).await {
+        return refused;
+    }
+    let period: Period = match params.period.as_deref().unwrap_or("week").parse() {
+        Ok(p) => p,
+        Err(e) => return bad_query(&e),
+    };
+    match insights.cohorts(&Cohorts::new(period)).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -692,6 +979,19 @@ async fn page() -> Response {
     h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     res
+}
+
+async fn insights_page() -> Response {
+    let mut res = asset("text/html; charset=utf-8", INSIGHTS_HTML);
+    let h = res.headers_mut();
+    h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    res
+}
+
+async fn insights_script() -> Response {
+    asset("text/javascript; charset=utf-8", INSIGHTS_JS)
 }
 
 async fn script() -> Response {
