@@ -437,32 +437,25 @@ impl Demo {
     }
 }
 
-async fn run(secure_cookie: bool) {
+/// Serves `layer`'s demo on a free loopback port and drives Chromium
+/// through `flow` (given the demo's base URL). The browser quits and the
+/// server stops however the flow ends; a panic in it is the test's.
+async fn in_browser<F>(layer: &app::Demo, flow: F)
+where
+    F: for<'a> FnOnce(&'a Driver, &'a str) -> futures_util::future::BoxFuture<'a, ()>,
+{
     let _one = ONE_BROWSER.lock().await;
     let chromium = binary("CHROMIUM", "/usr/bin/chromium");
     let chromedriver = binary("CHROMEDRIVER", "/usr/bin/chromedriver");
-
-    let options = app::Options {
-        insecure_cookie: !secure_cookie,
-        ..app::Options::default()
-    };
-    let store = MemoryStore::new();
-    let layer = app::layer(store.clone(), Key::generate(), &options).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let demo = Demo {
-        base: format!("http://{}", listener.local_addr().unwrap()),
-        secure_cookie,
-        store,
-        writer: layer.history_writer().cloned().unwrap(),
-    };
+    let base = format!("http://{}", listener.local_addr().unwrap());
     let server = tokio::spawn(app::serve(
         listener,
-        app::router(&layer),
+        app::router(layer),
         std::future::pending(),
     ));
-
     let driver = Driver::start(&chromium, &chromedriver).await;
-    let outcome = std::panic::AssertUnwindSafe(flow(&driver, &demo))
+    let outcome = std::panic::AssertUnwindSafe(flow(&driver, &base))
         .catch_unwind()
         .await;
     driver.quit().await;
@@ -470,6 +463,28 @@ async fn run(secure_cookie: bool) {
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+async fn run(secure_cookie: bool) {
+    let options = app::Options {
+        insecure_cookie: !secure_cookie,
+        ..app::Options::default()
+    };
+    let store = MemoryStore::new();
+    let layer = app::layer(store.clone(), Key::generate(), &options).unwrap();
+    let writer = layer.history_writer().cloned().unwrap();
+    in_browser(&layer, move |driver, base| {
+        Box::pin(async move {
+            let demo = Demo {
+                base: base.to_owned(),
+                secure_cookie,
+                store,
+                writer,
+            };
+            flow(driver, &demo).await;
+        })
+    })
+    .await;
 }
 
 /// `http://127.0.0.1` is a secure context: Chromium keeps the demo's
@@ -485,23 +500,19 @@ async fn the_page_logs_in_adds_to_cart_shows_a_verified_timeline_and_logs_out() 
 /// user's session is untouched, and the demo's own page keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_from_another_site_cannot_post_to_the_demo() {
-    let _one = ONE_BROWSER.lock().await;
-    let chromium = binary("CHROMIUM", "/usr/bin/chromium");
-    let chromedriver = binary("CHROMEDRIVER", "/usr/bin/chromedriver");
     let layer = app::layer(
         MemoryStore::new(),
         Key::generate(),
         &app::Options::default(),
     )
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(app::serve(
-        listener,
-        app::router(&layer),
-        std::future::pending(),
-    ));
+    in_browser(&layer, |driver, base| {
+        Box::pin(cross_site_flow(driver, base))
+    })
+    .await;
+}
 
+async fn cross_site_flow(driver: &Driver, base: &str) {
     // The other site: one page with a form and a script aimed at the demo.
     let page = format!(
         r#"<!doctype html><html><body>
@@ -523,7 +534,6 @@ fetch('{base}/api/cart', {{method: 'POST', credentials: 'include', mode: 'no-cor
         axum::serve(other, app).await
     });
 
-    let driver = Driver::start(&chromium, &chromedriver).await;
     let outcome = std::panic::AssertUnwindSafe(async {
         driver.goto(&format!("{base}/")).await;
         driver.settled().await;
@@ -580,8 +590,6 @@ fetch('{base}/api/cart', {{method: 'POST', credentials: 'include', mode: 'no-cor
     })
     .catch_unwind()
     .await;
-    driver.quit().await;
-    server.abort();
     other_server.abort();
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
@@ -602,9 +610,6 @@ async fn the_page_works_with_an_insecure_cookie_too() {
 /// `target/artifacts/demo-insights.png`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_insights_page_draws_the_funnel_and_the_cohorts_for_admins() {
-    let _one = ONE_BROWSER.lock().await;
-    let chromium = binary("CHROMIUM", "/usr/bin/chromium");
-    let chromedriver = binary("CHROMEDRIVER", "/usr/bin/chromedriver");
     let layer = app::layer(
         MemoryStore::new(),
         Key::generate(),
@@ -614,22 +619,7 @@ async fn the_insights_page_draws_the_funnel_and_the_cohorts_for_admins() {
     app::seed(layer.history_writer().unwrap(), 600)
         .await
         .expect("seed");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(app::serve(
-        listener,
-        app::router(&layer),
-        std::future::pending(),
-    ));
-    let driver = Driver::start(&chromium, &chromedriver).await;
-    let outcome = std::panic::AssertUnwindSafe(insights_flow(&driver, &base))
-        .catch_unwind()
-        .await;
-    driver.quit().await;
-    server.abort();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    in_browser(&layer, |driver, base| Box::pin(insights_flow(driver, base))).await;
 }
 
 async fn insights_flow(driver: &Driver, base: &str) {

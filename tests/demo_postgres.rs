@@ -139,6 +139,25 @@ async fn with_redis_url_too_sessions_live_in_redis_and_history_in_postgresql() {
     let keys = redis.cli(&["KEYS", "*"]);
     assert!(keys.contains(&sid.to_string()), "{keys}");
     assert!(!keys.contains(":h"), "no history list in Redis: {keys}");
+    // The insights read the history where it lives: in PostgreSQL.
+    assert_eq!(
+        c.send_body("POST", "/api/elevate", None).await.status(),
+        StatusCode::OK
+    );
+    c.send_body("POST", "/api/view", Some(json!({"item": "book"})))
+        .await;
+    c.send_body("POST", "/api/cart", Some(json!({"item": "book"})))
+        .await;
+    c.send_body("POST", "/api/checkout", None).await;
+    flush(&layer).await;
+    let funnel = c.json("GET", "/api/insights/funnel").await;
+    assert_eq!(
+        common::app::funnel_sessions(&funnel),
+        vec![1, 1, 1],
+        "{funnel}"
+    );
+    let cohorts = c.json("GET", "/api/insights/cohorts?period=day").await;
+    assert_eq!(cohorts["cohorts"][0]["users"], 1, "{cohorts}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

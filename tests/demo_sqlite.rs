@@ -265,6 +265,28 @@ async fn with_redis_url_too_sessions_live_in_redis_and_history_in_sqlite() {
     let keys = redis.cli(&["KEYS", "*"]);
     assert!(keys.contains(&sid), "{keys}");
     assert!(!keys.contains(":h"), "no history list in Redis: {keys}");
+    // The insights read the history where it lives: in SQLite.
+    assert_eq!(
+        c.send_body("POST", "/api/elevate", None).await.status(),
+        http::StatusCode::OK
+    );
+    for (path, body) in [
+        ("/api/view", Some(json!({"item": "book"}))),
+        ("/api/cart", Some(json!({"item": "book"}))),
+        ("/api/checkout", None),
+    ] {
+        assert_eq!(
+            c.send_body("POST", path, body).await.status(),
+            http::StatusCode::OK
+        );
+    }
+    layer.history_writer().unwrap().flush().await.unwrap();
+    let funnel = c.json("GET", "/api/insights/funnel").await;
+    assert_eq!(
+        common::app::funnel_sessions(&funnel),
+        vec![1, 1, 1],
+        "{funnel}"
+    );
 }
 
 #[tokio::test]

@@ -84,6 +84,17 @@
 //! every query reads every stored history: fine for a dashboard refreshed
 //! now and then, not for every request. Figures are in `BENCHMARKS.md`.
 
+// Each store uses part of the helpers below: the SQL stores the SQL
+// composer and the row shapers, memory and Redis the streaming
+// computation; a build with only some stores leaves the rest unused.
+#![cfg_attr(
+    not(all(
+        any(feature = "memory-store", feature = "redis"),
+        any(feature = "postgres", feature = "sqlite")
+    )),
+    allow(dead_code)
+)]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -577,6 +588,45 @@ pub(crate) fn funnel_report(query: &Funnel, counts: impl IntoIterator<Item = i64
             .collect(),
     }
 }
+
+/// Implements [`HistoryAnalytics`] for a store that streams its histories
+/// through a [`Stream`] with `async fn scan_history(&self, &mut Stream<'_>)
+/// -> Result<(), Error>` (the memory and Redis stores).
+#[cfg(any(feature = "memory-store", feature = "redis"))]
+macro_rules! streamed_analytics {
+    ($store:ty) => {
+        impl $crate::analytics::HistoryAnalytics for $store {
+            async fn funnel(
+                &self,
+                query: &$crate::analytics::Funnel,
+            ) -> Result<$crate::analytics::FunnelReport, $crate::Error> {
+                let mut s = $crate::analytics::Stream::funnel(query);
+                self.scan_history(&mut s).await?;
+                Ok(s.funnel_report())
+            }
+
+            async fn cohorts(
+                &self,
+                query: &$crate::analytics::Cohorts,
+            ) -> Result<$crate::analytics::CohortReport, $crate::Error> {
+                let mut s = $crate::analytics::Stream::cohorts(query);
+                self.scan_history(&mut s).await?;
+                Ok(s.cohort_report())
+            }
+
+            async fn event_counts(
+                &self,
+                query: &$crate::analytics::EventCounts,
+            ) -> Result<$crate::analytics::EventCountReport, $crate::Error> {
+                let mut s = $crate::analytics::Stream::counts(query);
+                self.scan_history(&mut s).await?;
+                Ok(s.count_report())
+            }
+        }
+    };
+}
+#[cfg(any(feature = "memory-store", feature = "redis"))]
+pub(crate) use streamed_analytics;
 
 /// The fields of a stored entry the queries read.
 struct Fields<'a> {

@@ -703,7 +703,8 @@ fn take_one(counter: &AtomicU64) -> bool {
 /// [`crate::analytics`]); histories past their TTL are left out.
 #[cfg(feature = "analytics")]
 impl MemoryStore {
-    async fn scan_history(&self, s: &mut crate::analytics::Stream<'_>) {
+    async fn scan_history(&self, s: &mut crate::analytics::Stream<'_>) -> Result<(), Error> {
+        self.inner.history_faults.before().await?;
         use std::ops::Bound;
         const CHUNK: usize = 1000;
         let mut after: Option<SessionId> = None;
@@ -730,7 +731,7 @@ impl MemoryStore {
                 s.session(list);
             }
             if taken < CHUNK {
-                return;
+                return Ok(());
             }
             // Other tasks run between chunks.
             tokio::task::yield_now().await;
@@ -739,37 +740,7 @@ impl MemoryStore {
 }
 
 #[cfg(feature = "analytics")]
-impl crate::analytics::HistoryAnalytics for MemoryStore {
-    async fn funnel(
-        &self,
-        query: &crate::analytics::Funnel,
-    ) -> Result<crate::analytics::FunnelReport, Error> {
-        self.inner.history_faults.before().await?;
-        let mut s = crate::analytics::Stream::funnel(query);
-        self.scan_history(&mut s).await;
-        Ok(s.funnel_report())
-    }
-
-    async fn cohorts(
-        &self,
-        query: &crate::analytics::Cohorts,
-    ) -> Result<crate::analytics::CohortReport, Error> {
-        self.inner.history_faults.before().await?;
-        let mut s = crate::analytics::Stream::cohorts(query);
-        self.scan_history(&mut s).await;
-        Ok(s.cohort_report())
-    }
-
-    async fn event_counts(
-        &self,
-        query: &crate::analytics::EventCounts,
-    ) -> Result<crate::analytics::EventCountReport, Error> {
-        self.inner.history_faults.before().await?;
-        let mut s = crate::analytics::Stream::counts(query);
-        self.scan_history(&mut s).await;
-        Ok(s.count_report())
-    }
-}
+crate::analytics::streamed_analytics!(MemoryStore);
 
 #[cfg(test)]
 mod tests {

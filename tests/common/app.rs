@@ -266,3 +266,14 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The sessions at each step of a funnel answer
+/// (`{"steps": [{"event", "sessions"}, …]}`).
+pub fn funnel_sessions(v: &Value) -> Vec<u64> {
+    v["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a funnel: {v}"))
+        .iter()
+        .map(|s| s["sessions"].as_u64().unwrap())
+        .collect()
+}

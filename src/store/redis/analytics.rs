@@ -9,10 +9,7 @@ use futures_util::stream::{self, StreamExt};
 
 use super::RedisStore;
 use super::conn::Conn;
-use crate::analytics::{
-    CohortReport, Cohorts, EventCountReport, EventCounts, Funnel, FunnelReport, HistoryAnalytics,
-    Stream,
-};
+use crate::analytics::Stream;
 use crate::error::Error;
 
 /// Keys asked of each `SCAN` call.
@@ -141,25 +138,7 @@ fn primaries_of(text: &str) -> Vec<(String, u16)> {
     out
 }
 
-impl HistoryAnalytics for RedisStore {
-    async fn funnel(&self, query: &Funnel) -> Result<FunnelReport, Error> {
-        let mut s = Stream::funnel(query);
-        self.scan_history(&mut s).await?;
-        Ok(s.funnel_report())
-    }
-
-    async fn cohorts(&self, query: &Cohorts) -> Result<CohortReport, Error> {
-        let mut s = Stream::cohorts(query);
-        self.scan_history(&mut s).await?;
-        Ok(s.cohort_report())
-    }
-
-    async fn event_counts(&self, query: &EventCounts) -> Result<EventCountReport, Error> {
-        let mut s = Stream::counts(query);
-        self.scan_history(&mut s).await?;
-        Ok(s.count_report())
-    }
-}
+crate::analytics::streamed_analytics!(RedisStore);
 
 #[cfg(test)]
 mod tests {
