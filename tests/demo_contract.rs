@@ -206,6 +206,13 @@ fn settings_default_to_loopback_memory_secure_cookie_and_a_random_key_with_a_war
     assert!(!s.options.insecure_cookie);
     assert!(!s.options.issue_on_first_visit);
     assert!(s.options.header.is_none());
+    assert_eq!(s.seed, 0, "no synthetic history unless asked");
+    assert_eq!(
+        app::Settings::from_env(env(&[("DEMO_SEED", "2000")]))
+            .unwrap()
+            .seed,
+        2000
+    );
     assert!(
         s.warnings
             .iter()
@@ -261,6 +268,9 @@ fn settings_refuse_short_or_malformed_keys_and_bad_flags() {
         &[("SESSION_KEY", "zz")],
         &[("SESSION_KEY", HEX_A), ("HISTORY_KEY", "00ff")],
         &[("DEMO_INSECURE_COOKIE", "yes please")],
+        &[("DEMO_SEED", "many")],
+        &[("DEMO_SEED", "-1")],
+        &[("DEMO_SEED", "1000001")],
     ] {
         let err = app::Settings::from_env(env(vars)).unwrap_err();
         let name = vars.last().unwrap().0;
