@@ -583,3 +583,72 @@ async fn postgres_version_1_schemas_get_the_analytics_indexes_on_migrate() {
         want
     );
 }
+
+/// A migration that runs out of time (here: its index build waits for a
+/// lock another transaction holds) is cancelled and rolled back on the
+/// server: it leaves no lock request behind that would hold up appends,
+/// and a later migration does the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_out_of_time_is_rolled_back_and_holds_up_no_append() {
+    use session_trail::tokio_postgres;
+    let (key, sessions) = history();
+    let server = common::postgres::shared_server();
+    let schema = common::postgres::test_schema("analytics_slow");
+    let store = PostgresStore::builder(server.url("postgres"))
+        .schema(&schema)
+        .connect()
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    write(&store, key, &sessions[..50]).await;
+    server.psql(
+        "postgres",
+        &format!(
+            "DROP INDEX {schema}.session_trail_history_events; \
+             DROP INDEX {schema}.session_trail_history_users; \
+             DELETE FROM {schema}.session_trail_schema WHERE version = 2;"
+        ),
+    );
+    // Another transaction writes to the history table and stays open.
+    let (mut blocker, conn) =
+        tokio_postgres::connect(&server.url("postgres"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute(&format!(
+        "LOCK TABLE {schema}.session_trail_history IN ROW EXCLUSIVE MODE"
+    ))
+    .await
+    .unwrap();
+
+    let err = store
+        .migrate_within(Duration::from_millis(1500))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{}", err.report());
+    assert!(err.to_string().contains("migrate_within"), "{err}");
+    // Nothing of the migration is left waiting on the server (the cancel
+    // is asynchronous: poll), and appends go through while the other
+    // transaction still holds its lock.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting = server.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%CREATE INDEX%' \
+             AND pid <> pg_backend_pid()",
+        );
+        if waiting.trim() == "0" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the migration still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    write(&store, key, &sessions[50..60]).await;
+    tx.commit().await.unwrap();
+    store.migrate().await.unwrap();
+    store.check_schema().await.unwrap();
+}

@@ -342,15 +342,35 @@ impl PostgresStore {
     /// transaction under an advisory lock: the others wait, then find the
     /// work done).
     ///
+    /// The migration may take up to two minutes (waiting for another
+    /// server's included); see [`migrate_within`](Self::migrate_within)
+    /// for a large history table.
+    ///
     /// # Errors
     ///
-    /// [`ErrorKind::Unavailable`] when PostgreSQL cannot be reached;
+    /// [`ErrorKind::Unavailable`] when PostgreSQL cannot be reached or the
+    /// migration is not done in time (it is then cancelled and rolled
+    /// back: nothing is left half done or holding locks);
     /// [`ErrorKind::Misconfigured`] when it refuses (no right to create
     /// the schema or the tables), when the database holds a newer schema
     /// version than this build knows, or when the tables differ from what
     /// the store needs (the message names the table).
     pub async fn migrate(&self) -> Result<(), Error> {
-        schema::migrate(self).await?;
+        self.migrate_within(schema::MIGRATE_TIMEOUT).await
+    }
+
+    /// [`migrate`](Self::migrate) with a deadline of your own. Version 2
+    /// builds two indexes over the history table (for
+    /// [`analytics`](crate::analytics)), a few seconds per million rows,
+    /// while appends to the history wait (the history writer queues and
+    /// retries them); give a large table the time it needs, or run the
+    /// migration before the new build takes traffic.
+    ///
+    /// # Errors
+    ///
+    /// As [`migrate`](Self::migrate).
+    pub async fn migrate_within(&self, timeout: Duration) -> Result<(), Error> {
+        schema::migrate(self, timeout).await?;
         self.check_schema().await
     }
 
@@ -620,6 +640,10 @@ struct InUse(Option<deadpool_postgres::Object>);
 impl InUse {
     fn client(&self) -> &deadpool_postgres::Object {
         self.0.as_ref().expect("a connection in use until released")
+    }
+
+    fn client_mut(&mut self) -> &mut deadpool_postgres::Object {
+        self.0.as_mut().expect("a connection in use until released")
     }
 
     /// The statement ended: the connection goes back to the pool.

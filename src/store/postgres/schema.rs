@@ -3,15 +3,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::PostgresStore;
 use super::sql::{MIGRATIONS, quote_ident, with_schema};
+use super::{InUse, PostgresStore};
 use crate::error::{Error, ErrorKind};
 
 /// The schema version this build creates and needs.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
-/// How long a migration may take (it may wait for another server's).
-const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long [`PostgresStore::migrate`] may take (it may wait for another
+/// server's).
+pub(super) const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Every table with the columns (and their `information_schema` types)
 /// the store uses.
@@ -92,24 +93,44 @@ const FUNCTIONS: &[&str] = &[
     "session_trail_trim_history",
 ];
 
-pub(super) async fn migrate(store: &PostgresStore) -> Result<(), Error> {
-    match tokio::time::timeout(MIGRATE_TIMEOUT, migrate_now(store)).await {
-        Ok(r) => r,
+/// Migrates within `timeout`. A migration that runs out of time is
+/// cancelled on the server and its connection closed (see [`InUse`]), so
+/// its transaction rolls back at once instead of holding its locks (an
+/// index build holds off every append to the history) until it ends.
+pub(super) async fn migrate(store: &PostgresStore, timeout: Duration) -> Result<(), Error> {
+    let what = "migrate";
+    let client = store
+        .inner
+        .pool
+        .get()
+        .await
+        .map_err(|e| store.pool_error(e, what))?;
+    let mut in_use = InUse(Some(client));
+    let outcome = tokio::time::timeout(timeout, migrate_now(store, in_use.client_mut())).await;
+    match outcome {
+        Ok(result) => {
+            in_use.release();
+            result
+        }
+        // Dropped unreleased, `in_use` cancels the statement.
         Err(_) => Err(Error::new(
             ErrorKind::Unavailable,
             format!(
-                "PostgreSQL at {}: migrate: not done within {MIGRATE_TIMEOUT:?}",
+                "PostgreSQL at {}: migrate: not done within {timeout:?} (cancelled and rolled \
+                 back; PostgresStore::migrate_within gives it more time)",
                 store.inner.target
             ),
         )),
     }
 }
 
-async fn migrate_now(store: &PostgresStore) -> Result<(), Error> {
+async fn migrate_now(
+    store: &PostgresStore,
+    client: &mut deadpool_postgres::Object,
+) -> Result<(), Error> {
     let i = &store.inner;
     let what = "migrate";
     let err = |e| store.pg_error(e, what);
-    let mut client = i.pool.get().await.map_err(|e| store.pool_error(e, what))?;
     let tx = client.transaction().await.map_err(err)?;
     // One migration at a time per schema, across servers; released at
     // commit or rollback.
