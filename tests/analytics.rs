@@ -448,6 +448,9 @@ async fn redis_agrees() {
         .await
         .unwrap();
     write(&other, &history().0, &traps()).await;
+    // A key named like a history list that holds no list is skipped.
+    let foreign = format!("{}:{{{}}}:h", store.key_prefix(), "0".repeat(32));
+    server.cli(&["SET", &foreign, "not a list"]);
     agree_with_memory(store).await;
 }
 
@@ -651,4 +654,77 @@ async fn a_migration_out_of_time_is_rolled_back_and_holds_up_no_append() {
     tx.commit().await.unwrap();
     store.migrate().await.unwrap();
     store.check_schema().await.unwrap();
+}
+
+/// Analytics read what a history read would answer: the newest `keep`
+/// entries of live lists, on every store, whether or not the SQL stores'
+/// maintenance has trimmed the rest yet (it is off here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_beyond_keep_count_nowhere() {
+    let key = Key::generate();
+    let t = T0 + 9 * HOUR;
+    // Keep 2: the view is trimmed away, the cart and the checkout remain.
+    let sessions = vec![
+        vec![
+            (t, Event("view_product")),
+            (t + MIN, Event("add_to_cart")),
+            (t + 2 * MIN, Event("checkout")),
+        ],
+        vec![
+            (t, Request("/", Some(9))),
+            (t + DAY, Request("/", Some(9))),
+            (t + 2 * DAY, Request("/", Some(9))),
+        ],
+    ];
+    let ttl = Duration::from_secs(3600);
+    let memory = MemoryStore::new().history_retention(2, ttl).unwrap();
+    let sqlite = SqliteStore::builder(common::sqlite::temp_db("analytics-keep"))
+        .history_retention(2, ttl)
+        .maintenance_interval(None)
+        .open()
+        .await
+        .unwrap();
+    let postgres = PostgresStore::builder(common::postgres::shared_server().url("postgres"))
+        .schema(common::postgres::test_schema("analytics_keep"))
+        .history_retention(2, ttl)
+        .maintenance_interval(None)
+        .connect()
+        .await
+        .unwrap();
+    postgres.migrate().await.unwrap();
+    let view = Funnel::new(["view_product"], Duration::from_secs(60)).unwrap();
+    let cart = Funnel::new(["add_to_cart", "checkout"], Duration::from_secs(600)).unwrap();
+    let days = Cohorts::new(Period::Day);
+    let counts = EventCounts::new(Period::Day);
+    async fn ask<S: HistoryStore + HistoryAnalytics>(
+        store: &S,
+        key: &Key,
+        sessions: &[Vec<(i64, What)>],
+        queries: (&Funnel, &Funnel, &Cohorts, &EventCounts),
+    ) -> (Vec<u64>, Vec<u64>, CohortReport, EventCountReport) {
+        write(store, key, sessions).await;
+        (
+            funnel_counts(&store.funnel(queries.0).await.unwrap()),
+            funnel_counts(&store.funnel(queries.1).await.unwrap()),
+            store.cohorts(queries.2).await.unwrap(),
+            store.event_counts(queries.3).await.unwrap(),
+        )
+    }
+    let q = (&view, &cart, &days, &counts);
+    let want = ask(&memory, &key, &sessions, q).await;
+    assert_eq!((want.0.clone(), want.1.clone()), (vec![0], vec![1, 1]));
+    // User 9's first day is gone: the cohort starts on the second.
+    assert_eq!(want.2.cohorts.len(), 1);
+    assert_eq!(want.2.cohorts[0].active, vec![1, 1]);
+    assert!(want.3.counts.iter().all(|c| c.event != "view_product"));
+    assert_eq!(ask(&sqlite, &key, &sessions, q).await, want, "SQLite");
+    // The trimmed view is still in the file: only the query left it out.
+    assert_eq!(
+        common::sqlite::count(
+            sqlite.path(),
+            "SELECT count(*) FROM session_trail_history WHERE name = 'view_product'"
+        ),
+        1
+    );
+    assert_eq!(ask(&postgres, &key, &sessions, q).await, want, "PostgreSQL");
 }

@@ -581,7 +581,8 @@ pub(crate) async fn seed(writer: &HistoryWriter, sessions: usize) -> Result<(), 
                 Draft::request("GET", "/", 200, 800, Some(pseudonym)).at(ts + 1_000),
             ];
             let mut step = |name: &str, data: Value, after: i64, drafts: &mut Vec<Draft>| {
-                ts += after;
+                // Never in the future.
+                ts = (ts + after).min(now);
                 if let Ok(d) = Draft::event(name, &data) {
                     drafts.push(d.at(ts));
                 }

@@ -6,7 +6,8 @@
 //! grouped joins over the history rows, served by indexes on event names
 //! and on user pseudonyms); the memory and Redis stores stream every stored
 //! history through the same computation in Rust. The answers are the same
-//! on all four (a test runs one generated history through each of them).
+//! on all four (a test runs one generated history through each of them),
+//! with two exceptions noted under [Limits](#limits).
 //!
 //! # The three queries
 //!
@@ -21,10 +22,11 @@
 //!   users with a session active in period 0, 1, 2, … after it. A user is
 //!   active in a period when one of their sessions recorded an entry that
 //!   names them (by pseudonym) in it: a request made while logged in, a
-//!   login. So a session that spans midnight counts in both days, and what
-//!   a session did before its user logged in is not the user's (a visit
-//!   on Sunday that logs in on Monday puts the user in Monday's cohort).
-//!   Anonymous sessions are in no cohort.
+//!   login. Their "first session" is thus their first entry as that user:
+//!   a session that spans midnight counts in both days, and what a session
+//!   did before its user logged in is not the user's (a visit on Sunday
+//!   that logs in on Monday puts the user in Monday's cohort). Anonymous
+//!   sessions are in no cohort.
 //! - [`EventCounts`]: how many events of each name were recorded per
 //!   period, the series a dashboard plots.
 //!
@@ -61,28 +63,59 @@
 //! SQL stores each row keeps those bytes beside its columns, and the
 //! columns are decoded from them when the row is written.
 //!
-//! What retention removed is not counted: histories past their TTL, the
-//! entries beyond keep-*N*, and erased histories. In the SQL stores, rows
-//! whose TTL passed count until the store's maintenance removes them (its
-//! interval, a minute by default).
+//! Analytics count what a history read would answer, on every store: the
+//! newest keep-*N* entries of histories within their TTL, not erased. In
+//! the SQL stores that holds before maintenance has deleted the rest: the
+//! queries leave it out themselves.
 //!
 //! # Privacy
 //!
 //! Users appear only as the keyed pseudonyms the entries carry, never as
 //! user names, and the reports hold counts only: no pseudonym and no
-//! session id leaves a query.
+//! session id leaves a query. Counts of few users still describe those
+//! users: a cohort of one shows when that one person came back. Keep the
+//! reports to people who may see that, or leave out small cohorts before
+//! sharing them.
 //!
 //! # Cost
 //!
 //! On PostgreSQL and SQLite a funnel reads each step's events from an
 //! index on (event name, session, seq) that holds their times too, in
-//! session order, so the steps are matched without sorting and without
-//! visiting the rows; a cohort query reads the entries that name a user
-//! from an index on (user pseudonym, time). Both indexes arrive with
-//! schema version 2 (`migrate` on PostgreSQL; SQLite upgrades its file
-//! when it opens it). On the memory and Redis stores
-//! every query reads every stored history: fine for a dashboard refreshed
-//! now and then, not for every request. Figures are in `BENCHMARKS.md`.
+//! session order, so the steps are matched without sorting; a cohort
+//! query reads the entries that name a user from an index on (user
+//! pseudonym, time). On PostgreSQL these are index-only scans once
+//! (auto)vacuum has marked the table's pages visible; rows written since
+//! are looked up in the table. Both indexes arrive with schema version 2
+//! (`migrate` on PostgreSQL; SQLite upgrades its file when it opens it)
+//! and cost every append that writes an event or names a user: about 7%
+//! of PostgreSQL's append throughput when every entry names a user, and
+//! no measurable part of SQLite's.
+//!
+//! A SQL store runs two analytics queries at a time (the others wait for
+//! a turn), each on a connection of its own (from the pool on PostgreSQL,
+//! so that dashboards never take every connection the sessions need) and
+//! each for at most two minutes (then it is cancelled). On SQLite, a query
+//! reads one snapshot; while it runs, checkpoints cannot move the pages
+//! written after it into the database file, so the write-ahead log grows
+//! by what is written meanwhile.
+//!
+//! On the memory and Redis stores every query reads every stored history:
+//! fine for a dashboard refreshed now and then, not for every request.
+//! Redis finds the lists with `SCAN` (on every primary of a cluster, and
+//! refuses to answer when the reachable primaries do not serve every
+//! slot) and counts each list once. Figures are in `BENCHMARKS.md`.
+//!
+//! # Limits
+//!
+//! - PostgreSQL's `ts` column (`timestamptz`, written through a
+//!   floating-point conversion) holds times after about the year 2255 to
+//!   within a few microseconds only: a window or a range bound that falls
+//!   on such a time to the millisecond can then differ from the other
+//!   stores by one entry.
+//! - The SQL stores' columns replace U+0000 with U+FFFD (see the stores'
+//!   docs), so two user pseudonyms that differ only there are one user
+//!   in SQL. The crate's own pseudonyms are hex; only the holder of the
+//!   history key can sign others.
 
 // Each store uses part of the helpers below: the SQL stores the SQL
 // composer and the row shapers, memory and Redis the streaming
@@ -106,6 +139,16 @@ use crate::history::EntryKind;
 
 /// The most steps a [`Funnel`] may have.
 pub const MAX_FUNNEL_STEPS: usize = 16;
+
+/// How long one query may run in a SQL store before it is cancelled.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How many queries one SQL store runs at once (the others wait): each
+/// holds a connection, of the pool on PostgreSQL, so that dashboards
+/// never take the connections the sessions need.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) const QUERIES_AT_ONCE: usize = 2;
 
 /// The latest time the SQL stores' rows hold (9999-12-31T23:59:59.999Z),
 /// Unix milliseconds: entries' times are clamped to `0..=LATEST_MS` in the
@@ -553,7 +596,7 @@ pub(crate) fn event_count_report(
 /// The SQL of an `steps`-step funnel, from a dialect's query
 /// (`funnel.sql`, with `{steps}` and `{counts}` to fill) and its step
 /// (`funnel_step.sql`: `{k}` the step, `{prev}` the one before it,
-/// `{param}` the parameter number of its name in SQLite, `k + 3`).
+/// `{param}` the parameter number of its name in SQLite, `k + 5`).
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) fn funnel_sql(query: &str, step: &str, steps: usize) -> String {
     let mut more = String::new();
@@ -562,7 +605,7 @@ pub(crate) fn funnel_sql(query: &str, step: &str, steps: usize) -> String {
             &step
                 .replace("{k}", &k.to_string())
                 .replace("{prev}", &(k - 1).to_string())
-                .replace("{param}", &(k + 3).to_string()),
+                .replace("{param}", &(k + 5).to_string()),
         );
     }
     let counts: Vec<String> = (1..=steps)

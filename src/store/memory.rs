@@ -699,29 +699,37 @@ fn take_one(counter: &AtomicU64) -> bool {
         .is_ok()
 }
 
-/// Analytics stream the histories, a thousand sessions per lock (see
-/// [`crate::analytics`]); histories past their TTL are left out.
+/// Analytics stream the histories, at most 1,000 sessions or about 16,000
+/// entries per lock (see [`crate::analytics`]); histories past their TTL
+/// are left out.
 #[cfg(feature = "analytics")]
 impl MemoryStore {
     async fn scan_history(&self, s: &mut crate::analytics::Stream<'_>) -> Result<(), Error> {
-        self.inner.history_faults.before().await?;
         use std::ops::Bound;
+        /// At most this many sessions, or about this many entries, per lock.
         const CHUNK: usize = 1000;
+        const CHUNK_ENTRIES: usize = 16_384;
+        self.inner.history_faults.before().await?;
         let mut after: Option<SessionId> = None;
         loop {
             let now = now_ms();
-            let mut taken = 0;
+            let mut more = false;
             let chunk: Vec<Vec<Bytes>> = {
                 let h = lock(&self.inner.history);
                 let range = match after {
                     Some(a) => h.map.range((Bound::Excluded(a), Bound::Unbounded)),
                     None => h.map.range(..),
                 };
-                let mut chunk = Vec::with_capacity(CHUNK);
-                for (sid, list) in range.take(CHUNK) {
-                    taken += 1;
+                let mut chunk = Vec::new();
+                let mut entries = 0;
+                for (sid, list) in range {
+                    if chunk.len() == CHUNK || entries >= CHUNK_ENTRIES {
+                        more = true;
+                        break;
+                    }
                     after = Some(*sid);
                     if list.expires_at > now {
+                        entries += list.entries.len();
                         chunk.push(list.entries.iter().cloned().collect());
                     }
                 }
@@ -730,7 +738,7 @@ impl MemoryStore {
             for list in &chunk {
                 s.session(list);
             }
-            if taken < CHUNK {
+            if !more {
                 return Ok(());
             }
             // Other tasks run between chunks.

@@ -5,15 +5,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::PostgresStore;
 use super::sql::with_schema;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
 use crate::analytics::{
     CohortReport, Cohorts, EventCountReport, EventCounts, Funnel, FunnelReport, HistoryAnalytics,
-    cohort_report, event_count_report, funnel_report, funnel_sql,
+    QUERY_TIMEOUT, cohort_report, event_count_report, funnel_report, funnel_sql,
 };
-use crate::error::Error;
-
-/// How long an analytics query may run (at least the store's statement
-/// timeout): it reads up to every history row.
-const ANALYTICS_TIMEOUT: Duration = Duration::from_secs(120);
+use crate::error::{Error, ErrorKind};
+use crate::util::now_ms;
 
 /// A time in Unix milliseconds, `>= 0`, as a `timestamptz` parameter.
 fn time(ms: i64) -> SystemTime {
@@ -21,8 +21,29 @@ fn time(ms: i64) -> SystemTime {
 }
 
 impl PostgresStore {
+    /// How long an analytics query may run: at least the store's
+    /// statement timeout, as it reads up to every history row.
     fn analytics_timeout(&self) -> Duration {
-        ANALYTICS_TIMEOUT.max(self.inner.statement_timeout)
+        QUERY_TIMEOUT.max(self.inner.statement_timeout)
+    }
+
+    /// Runs an analytics statement, `QUERIES_AT_ONCE` at a time per
+    /// store (the others wait for a turn): each holds a pooled
+    /// connection, and the sessions need theirs.
+    async fn analyze(
+        &self,
+        sql: &str,
+        what: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        let _turn = self
+            .inner
+            .analytics
+            .acquire()
+            .await
+            .map_err(|_| Error::new(ErrorKind::Closed, "PostgreSQL store: analytics closed"))?;
+        self.run_with(sql, what, params, self.analytics_timeout(), false)
+            .await
     }
 }
 
@@ -38,7 +59,7 @@ impl HistoryAnalytics for PostgresStore {
         );
         let (from, until) = query.time_range().bounds();
         let rows = self
-            .run_with(
+            .analyze(
                 &sql,
                 "funnel",
                 &[
@@ -46,9 +67,9 @@ impl HistoryAnalytics for PostgresStore {
                     &query.within_ms(),
                     &time(from),
                     &time(until),
+                    &now_ms(),
+                    &self.inner.ms.keep,
                 ],
-                self.analytics_timeout(),
-                false,
             )
             .await?;
         let counts: Vec<i64> = rows
@@ -67,12 +88,17 @@ impl HistoryAnalytics for PostgresStore {
         let (shift, days) = query.period().shift_and_days();
         let (from, until) = query.time_range().bounds();
         let rows = self
-            .run_with(
+            .analyze(
                 &sql,
                 "cohorts",
-                &[&(shift as i32), &(days as i32), &time(from), &time(until)],
-                self.analytics_timeout(),
-                false,
+                &[
+                    &(shift as i32),
+                    &(days as i32),
+                    &time(from),
+                    &time(until),
+                    &now_ms(),
+                    &self.inner.ms.keep,
+                ],
             )
             .await?;
         let rows: Vec<(i64, i64, u64)> = rows
@@ -87,7 +113,7 @@ impl HistoryAnalytics for PostgresStore {
         let (shift, days) = query.period().shift_and_days();
         let (from, until) = query.time_range().bounds();
         let rows = self
-            .run_with(
+            .analyze(
                 &sql,
                 "event counts",
                 &[
@@ -96,9 +122,9 @@ impl HistoryAnalytics for PostgresStore {
                     &time(from),
                     &time(until),
                     &query.event_names(),
+                    &now_ms(),
+                    &self.inner.ms.keep,
                 ],
-                self.analytics_timeout(),
-                false,
             )
             .await?;
         let rows = rows

@@ -186,6 +186,9 @@ struct Inner {
     /// The task that answers loads in batches (started on first use, in
     /// the runtime of that use; again if that runtime ended).
     loads: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<LoadJob>>>,
+    /// Analytics queries running (see `analytics.rs`).
+    #[cfg(feature = "analytics")]
+    analytics: tokio::sync::Semaphore,
 }
 
 /// One load waiting for its batch: the sid and where its answer goes.
@@ -832,6 +835,8 @@ impl PostgresStoreBuilder {
                 target,
                 _stop: stop,
                 loads: std::sync::Mutex::new(None),
+                #[cfg(feature = "analytics")]
+                analytics: tokio::sync::Semaphore::new(crate::analytics::QUERIES_AT_ONCE),
             }),
         };
         if let (Some(interval), Some(handle)) = (self.maintenance_interval, handle) {

@@ -2,47 +2,89 @@
 //! [`crate::analytics`]), through the indexes of schema version 2, on a
 //! read-only connection of their own in a blocking thread. The store's
 //! thread goes on serving requests meanwhile (WAL: readers do not block
-//! the writer), and the query reads one consistent snapshot.
+//! the writer), and the query reads one consistent snapshot. While it
+//! does, checkpoints cannot copy the pages written after that snapshot
+//! into the database file, so the write-ahead log grows by what is
+//! written during the query (the next checkpoint catches up).
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, OpenFlags, params_from_iter};
+use rusqlite::{Connection, InterruptHandle, OpenFlags, params_from_iter};
 
 use super::SqliteStore;
 use super::worker::{Fail, error};
 use crate::analytics::{
     CohortReport, Cohorts, EventCountReport, EventCounts, Funnel, FunnelReport, HistoryAnalytics,
-    cohort_report, event_count_report, funnel_report, funnel_sql,
+    QUERY_TIMEOUT, cohort_report, event_count_report, funnel_report, funnel_sql,
 };
 use crate::error::{Error, ErrorKind};
+use crate::util::now_ms;
 
 impl SqliteStore {
-    /// Runs `query` on a new read-only connection in a blocking thread.
+    /// Runs `query` on a new read-only connection in a blocking thread,
+    /// `QUERIES_AT_ONCE` at a time per store (the others wait for a
+    /// turn). A query that runs past `QUERY_TIMEOUT`, or whose caller
+    /// gives up (drops the future), is interrupted.
     async fn analyze<T, F>(&self, what: &'static str, query: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
     {
-        let path = self.inner.path.clone();
+        let path = &self.inner.path;
+        let _turn = self
+            .inner
+            .analytics
+            .acquire()
+            .await
+            .map_err(|_| Error::new(ErrorKind::Closed, "SQLite store: analytics closed"))?;
+        let (handle_tx, handle_rx) = tokio::sync::oneshot::channel();
         let busy = self.inner.busy_timeout;
+        let file = path.clone();
         let run = move || {
             let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-            let conn = Connection::open_with_flags(&path, flags)?;
+            let conn = Connection::open_with_flags(&file, flags)?;
+            let _ = handle_tx.send(conn.get_interrupt_handle());
             conn.busy_timeout(busy)?;
-            // Grouping a million rows: in memory, not in temporary files.
+            // Grouping many rows: in memory, not in temporary files.
             conn.pragma_update(None, "temp_store", "MEMORY")?;
             conn.pragma_update(None, "cache_size", -65_536)?;
             query(&conn)
         };
-        let path = &self.inner.path;
-        match tokio::task::spawn_blocking(run).await {
-            Ok(r) => r.map_err(|e| error(path, Fail::Sql(e), what)),
-            Err(e) => Err(Error::new(
+        let task = tokio::task::spawn_blocking(run);
+        // Until the query ends, dropping this interrupts it.
+        let mut interrupt = Interrupt(handle_rx.await.ok());
+        match tokio::time::timeout(QUERY_TIMEOUT, task).await {
+            Ok(Ok(result)) => {
+                interrupt.0 = None;
+                result.map_err(|e| error(path, Fail::Sql(e), what))
+            }
+            Ok(Err(e)) => {
+                interrupt.0 = None;
+                Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "SQLite database {}: {what}: the query's thread failed: {e}",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(_) => Err(Error::new(
                 ErrorKind::Unavailable,
                 format!(
-                    "SQLite database {}: {what}: the query's thread failed: {e}",
+                    "SQLite database {}: {what}: not done within {QUERY_TIMEOUT:?} (interrupted)",
                     path.display()
                 ),
             )),
+        }
+    }
+}
+
+/// Interrupts a running query when dropped (unless emptied first).
+struct Interrupt(Option<InterruptHandle>);
+
+impl Drop for Interrupt {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.interrupt();
         }
     }
 }
@@ -75,6 +117,8 @@ impl HistoryAnalytics for SqliteStore {
             Value::Integer(query.within_ms()),
             Value::Integer(from),
             Value::Integer(until),
+            Value::Integer(now_ms()),
+            Value::Integer(self.inner.ms.keep),
         ];
         params.extend(query.steps().iter().map(|s| Value::Text(s.clone())));
         let counts = self
@@ -91,7 +135,8 @@ impl HistoryAnalytics for SqliteStore {
 
     async fn cohorts(&self, query: &Cohorts) -> Result<CohortReport, Error> {
         let (shift, days) = query.period().shift_and_days();
-        let params = period_params(shift, days, query.time_range().bounds());
+        let mut params = period_params(shift, days, query.time_range().bounds());
+        params.extend([Value::Integer(now_ms()), Value::Integer(self.inner.ms.keep)]);
         let rows = self
             .analyze("cohorts", move |conn| {
                 let mut stmt = conn.prepare(include_str!("sql/cohorts.sql"))?;
@@ -107,7 +152,11 @@ impl HistoryAnalytics for SqliteStore {
     async fn event_counts(&self, query: &EventCounts) -> Result<EventCountReport, Error> {
         let (shift, days) = query.period().shift_and_days();
         let mut params = period_params(shift, days, query.time_range().bounds());
-        params.push(query.event_names().map_or(Value::Null, json_names));
+        params.extend([
+            query.event_names().map_or(Value::Null, json_names),
+            Value::Integer(now_ms()),
+            Value::Integer(self.inner.ms.keep),
+        ]);
         let rows = self
             .analyze("event counts", move |conn| {
                 let mut stmt = conn.prepare(include_str!("sql/event_counts.sql"))?;

@@ -242,6 +242,9 @@ struct Inner {
     ms: RetentionMs,
     synchronous: Synchronous,
     busy_timeout: Duration,
+    /// Analytics queries running (see `analytics.rs`).
+    #[cfg(feature = "analytics")]
+    analytics: tokio::sync::Semaphore,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -547,6 +550,8 @@ impl SqliteStoreBuilder {
                 ms: RetentionMs::new(self.keep, self.ttl),
                 synchronous: self.synchronous,
                 busy_timeout: self.busy_timeout,
+                #[cfg(feature = "analytics")]
+                analytics: tokio::sync::Semaphore::new(crate::analytics::QUERIES_AT_ONCE),
             }),
         })
     }

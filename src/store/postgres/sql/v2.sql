@@ -10,7 +10,8 @@ CREATE INDEX IF NOT EXISTS session_trail_history_events
     ON {schema}.session_trail_history (name, sid, seq) INCLUDE (ts)
     WHERE kind = 'event';
 
--- The entries that name a user, by user and time: cohorts read them here.
+-- The entries that name a user, by user and time, with their place in
+-- their session: cohorts read them here.
 CREATE INDEX IF NOT EXISTS session_trail_history_users
-    ON {schema}.session_trail_history (user_pseudonym, ts)
+    ON {schema}.session_trail_history (user_pseudonym, ts) INCLUDE (sid, seq)
     WHERE user_pseudonym IS NOT NULL;
