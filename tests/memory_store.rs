@@ -11,3 +11,39 @@ store_conformance!(|keep: usize| async move {
         .history_retention(keep, Duration::from_secs(3600))
         .unwrap()
 });
+
+/// A history past its TTL is gone, as in the other stores, also before
+/// eviction has reached it: an append chained to its old head is a
+/// conflict, one that starts a new list is taken, and a read answers the
+/// new entries only.
+#[tokio::test]
+async fn an_expired_history_starts_afresh_before_eviction() {
+    use session_trail::store::{Append, AppendOutcome, HistoryStore};
+    use session_trail::{Key, SessionId};
+    let store = MemoryStore::new()
+        .history_retention(100, Duration::from_secs(1))
+        .unwrap();
+    let key = Key::generate();
+    let sid = SessionId::generate();
+    let old = common::conformance::chain(&key, &sid, 1, [0; 16], 2);
+    let append = |expected_head, entries: Vec<bytes::Bytes>| Append {
+        session: sid,
+        expected_head,
+        entries,
+        token: None,
+    };
+    let out = store.append(&[append(None, old.clone())]).await.unwrap();
+    assert_eq!(out, vec![AppendOutcome::Appended]);
+    common::app::eventually(5, "the history to expire", || async {
+        store.read_all(&sid).await.unwrap().is_empty().then_some(())
+    })
+    .await;
+    let old_head = session_trail::store::tag_of(old.last().unwrap());
+    let more = common::conformance::chain(&key, &sid, 3, old_head.unwrap(), 1);
+    let out = store.append(&[append(old_head, more)]).await.unwrap();
+    assert!(matches!(out[0], AppendOutcome::Conflict { .. }), "{out:?}");
+    let fresh = common::conformance::chain(&key, &sid, 1, [0; 16], 1);
+    let out = store.append(&[append(None, fresh.clone())]).await.unwrap();
+    assert_eq!(out, vec![AppendOutcome::Appended]);
+    assert_eq!(store.read_all(&sid).await.unwrap(), fresh);
+}

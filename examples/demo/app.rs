@@ -578,7 +578,7 @@ pub(crate) async fn seed(writer: &HistoryWriter, sessions: usize) -> Result<(), 
             let item = items[below(items.len() as u64) as usize];
             let mut drafts = vec![
                 Draft::lifecycle(EntryKind::Started, &json!({})).at(ts),
-                Draft::request("GET", "/", 200, 800, Some(pseudonym)).at(ts + 1_000),
+                Draft::request("GET", "/", 200, 800, Some(pseudonym)).at((ts + 1_000).min(now)),
             ];
             let mut step = |name: &str, data: Value, after: i64, drafts: &mut Vec<Draft>| {
                 // Never in the future.

@@ -92,9 +92,12 @@
 //! no measurable part of SQLite's.
 //!
 //! A SQL store runs two analytics queries at a time (the others wait for
-//! a turn), each on a connection of its own (from the pool on PostgreSQL,
-//! so that dashboards never take every connection the sessions need) and
-//! each for at most two minutes (then it is cancelled). On SQLite, a query
+//! a turn), each on a connection of its own: on PostgreSQL from the pool,
+//! leaving the sessions one connection at least (a pool of two runs one
+//! query at a time; a pool of one shares its connection). A query runs for
+//! at most two minutes (on PostgreSQL, or the store's statement timeout if
+//! that is longer), then it is cancelled; on SQLite it also stops when its
+//! caller gives up. On SQLite, a query
 //! reads one snapshot; while it runs, checkpoints cannot move the pages
 //! written after it into the database file, so the write-ahead log grows
 //! by what is written meanwhile.

@@ -491,6 +491,15 @@ impl HistoryStore for MemoryStore {
             }
             let erased = h.erased.get(&append.session).is_some_and(|t| *t > now);
             let list = h.map.entry(append.session).or_default();
+            // A list past its TTL is gone, as in the other stores, though
+            // eviction may not have reached it yet: it starts afresh.
+            if list.expires_at != 0 && list.expires_at <= now {
+                let old = list.expires_at;
+                list.entries.clear();
+                list.expires_at = 0;
+                h.expiry.remove(&(old, append.session));
+            }
+            let list = h.map.entry(append.session).or_default();
             if list.entries.back().is_some_and(|e| e.len() < 16) {
                 out.push(AppendOutcome::Failed {
                     reason: "the last stored entry is shorter than a tag: corrupt history".into(),
@@ -721,12 +730,13 @@ impl MemoryStore {
                     None => h.map.range(..),
                 };
                 let mut chunk = Vec::new();
-                let mut entries = 0;
+                let (mut visited, mut entries) = (0, 0);
                 for (sid, list) in range {
-                    if chunk.len() == CHUNK || entries >= CHUNK_ENTRIES {
+                    if visited == CHUNK || entries >= CHUNK_ENTRIES {
                         more = true;
                         break;
                     }
+                    visited += 1;
                     after = Some(*sid);
                     if list.expires_at > now {
                         entries += list.entries.len();

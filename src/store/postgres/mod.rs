@@ -353,7 +353,7 @@ impl PostgresStore {
     ///
     /// [`ErrorKind::Unavailable`] when PostgreSQL cannot be reached or the
     /// migration is not done in time (it is then cancelled and rolled
-    /// back: nothing is left half done or holding locks);
+    /// back, unless it was committing: nothing is left holding locks);
     /// [`ErrorKind::Misconfigured`] when it refuses (no right to create
     /// the schema or the tables), when the database holds a newer schema
     /// version than this build knows, or when the tables differ from what
@@ -822,6 +822,11 @@ impl PostgresStoreBuilder {
             Source::Config(config) => self.pool(*config)?,
         };
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        // Analytics leave the sessions a connection of the pool at least.
+        #[cfg(feature = "analytics")]
+        let analytics = crate::analytics::QUERIES_AT_ONCE
+            .min(pool.status().max_size.saturating_sub(1))
+            .max(1);
         let store = PostgresStore {
             inner: Arc::new(Inner {
                 pool,
@@ -836,7 +841,7 @@ impl PostgresStoreBuilder {
                 _stop: stop,
                 loads: std::sync::Mutex::new(None),
                 #[cfg(feature = "analytics")]
-                analytics: tokio::sync::Semaphore::new(crate::analytics::QUERIES_AT_ONCE),
+                analytics: tokio::sync::Semaphore::new(analytics),
             }),
         };
         if let (Some(interval), Some(handle)) = (self.maintenance_interval, handle) {

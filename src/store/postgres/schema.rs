@@ -116,8 +116,9 @@ pub(super) async fn migrate(store: &PostgresStore, timeout: Duration) -> Result<
         Err(_) => Err(Error::new(
             ErrorKind::Unavailable,
             format!(
-                "PostgreSQL at {}: migrate: not done within {timeout:?} (cancelled and rolled \
-                 back; PostgresStore::migrate_within gives it more time)",
+                "PostgreSQL at {}: migrate: not done within {timeout:?}; cancelled (what it had \
+                 not committed rolled back: migrate again to finish; \
+                 PostgresStore::migrate_within gives it more time)",
                 store.inner.target
             ),
         )),

@@ -44,13 +44,21 @@ impl RedisStore {
             Conn::Cluster(_) => self.primaries().await?.into_iter().map(Some).collect(),
             _ => vec![None],
         };
-        let mut seen: HashSet<String> = HashSet::new();
+        // The sessions read so far, by id (16 bytes each).
+        let mut seen: HashSet<[u8; 16]> = HashSet::new();
         let mut foreign = 0u64;
         for node in nodes {
             let mut cursor: u64 = 0;
             loop {
                 let (next, keys) = self.scan_page(node.as_ref(), cursor, &pattern).await?;
-                let fresh = keys.into_iter().filter(|k| seen.insert(k.clone()));
+                let mut fresh = Vec::with_capacity(keys.len());
+                for key in keys {
+                    match self.session_of_key(&key) {
+                        Some(sid) if seen.insert(sid) => fresh.push(key),
+                        Some(_) => {}
+                        None => foreign += 1,
+                    }
+                }
                 let mut lists = stream::iter(fresh)
                     .map(|key| {
                         let mut c = self.inner.conn.clone();
@@ -87,13 +95,26 @@ impl RedisStore {
         Ok(())
     }
 
+    /// The session id in a history list's key (`<prefix>:{<32 hex>}:h`);
+    /// `None` for a key the pattern matched that is not one (the
+    /// pattern's `?` matches any byte).
+    fn session_of_key(&self, key: &[u8]) -> Option<[u8; 16]> {
+        let hex = key.get(self.inner.prefix.len() + 2..self.inner.prefix.len() + 34)?;
+        let mut sid = [0u8; 16];
+        for (byte, pair) in sid.iter_mut().zip(hex.chunks_exact(2)) {
+            let digit = |c: u8| (c as char).to_digit(16);
+            *byte = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+        }
+        Some(sid)
+    }
+
     /// One `SCAN` call: on `node` (a cluster's primary) or the server.
     async fn scan_page(
         &self,
         node: Option<&(String, u16)>,
         cursor: u64,
         pattern: &str,
-    ) -> Result<(u64, Vec<String>), Error> {
+    ) -> Result<(u64, Vec<Vec<u8>>), Error> {
         let mut cmd = ::redis::cmd("SCAN");
         cmd.arg(cursor)
             .arg("MATCH")

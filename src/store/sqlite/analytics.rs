@@ -8,7 +8,10 @@
 //! written during the query (the next checkpoint catches up).
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, InterruptHandle, OpenFlags, params_from_iter};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rusqlite::{Connection, OpenFlags, params_from_iter};
 
 use super::SqliteStore;
 use super::worker::{Fail, error};
@@ -21,28 +24,34 @@ use crate::util::now_ms;
 
 impl SqliteStore {
     /// Runs `query` on a new read-only connection in a blocking thread,
-    /// `QUERIES_AT_ONCE` at a time per store (the others wait for a
-    /// turn). A query that runs past `QUERY_TIMEOUT`, or whose caller
-    /// gives up (drops the future), is interrupted.
+    /// `QUERIES_AT_ONCE` at a time per store (the others wait for a turn;
+    /// a turn ends when the thread does). A query that runs past
+    /// `QUERY_TIMEOUT`, or whose caller gives up (drops the future), is
+    /// stopped at its next step.
     async fn analyze<T, F>(&self, what: &'static str, query: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
     {
         let path = &self.inner.path;
-        let _turn = self
-            .inner
-            .analytics
-            .acquire()
+        // From here on, dropping this stops the query.
+        let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+        let turn = Arc::clone(&self.inner.analytics)
+            .acquire_owned()
             .await
             .map_err(|_| Error::new(ErrorKind::Closed, "SQLite store: analytics closed"))?;
-        let (handle_tx, handle_rx) = tokio::sync::oneshot::channel();
+        let stopped = Arc::clone(&stop.0);
         let busy = self.inner.busy_timeout;
         let file = path.clone();
         let run = move || {
+            let _turn = turn;
             let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
             let conn = Connection::open_with_flags(&file, flags)?;
-            let _ = handle_tx.send(conn.get_interrupt_handle());
+            // Asked every few thousand steps of the query: a set flag
+            // interrupts it (and stays set, unlike an interrupt that
+            // arrives between statements).
+            let flag = Arc::clone(&stopped);
+            conn.progress_handler(4096, Some(move || flag.load(Ordering::Relaxed)))?;
             conn.busy_timeout(busy)?;
             // Grouping many rows: in memory, not in temporary files.
             conn.pragma_update(None, "temp_store", "MEMORY")?;
@@ -50,27 +59,19 @@ impl SqliteStore {
             query(&conn)
         };
         let task = tokio::task::spawn_blocking(run);
-        // Until the query ends, dropping this interrupts it.
-        let mut interrupt = Interrupt(handle_rx.await.ok());
         match tokio::time::timeout(QUERY_TIMEOUT, task).await {
-            Ok(Ok(result)) => {
-                interrupt.0 = None;
-                result.map_err(|e| error(path, Fail::Sql(e), what))
-            }
-            Ok(Err(e)) => {
-                interrupt.0 = None;
-                Err(Error::new(
-                    ErrorKind::Unavailable,
-                    format!(
-                        "SQLite database {}: {what}: the query's thread failed: {e}",
-                        path.display()
-                    ),
-                ))
-            }
+            Ok(Ok(result)) => result.map_err(|e| error(path, Fail::Sql(e), what)),
+            Ok(Err(e)) => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "SQLite database {}: {what}: the query's thread failed: {e}",
+                    path.display()
+                ),
+            )),
             Err(_) => Err(Error::new(
                 ErrorKind::Unavailable,
                 format!(
-                    "SQLite database {}: {what}: not done within {QUERY_TIMEOUT:?} (interrupted)",
+                    "SQLite database {}: {what}: not done within {QUERY_TIMEOUT:?} (stopped)",
                     path.display()
                 ),
             )),
@@ -78,14 +79,12 @@ impl SqliteStore {
     }
 }
 
-/// Interrupts a running query when dropped (unless emptied first).
-struct Interrupt(Option<InterruptHandle>);
+/// Sets its flag when dropped: the query it belongs to stops.
+struct StopOnDrop(Arc<AtomicBool>);
 
-impl Drop for Interrupt {
+impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
-            handle.interrupt();
-        }
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

@@ -244,7 +244,7 @@ struct Inner {
     busy_timeout: Duration,
     /// Analytics queries running (see `analytics.rs`).
     #[cfg(feature = "analytics")]
-    analytics: tokio::sync::Semaphore,
+    analytics: Arc<tokio::sync::Semaphore>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -551,7 +551,9 @@ impl SqliteStoreBuilder {
                 synchronous: self.synchronous,
                 busy_timeout: self.busy_timeout,
                 #[cfg(feature = "analytics")]
-                analytics: tokio::sync::Semaphore::new(crate::analytics::QUERIES_AT_ONCE),
+                analytics: Arc::new(tokio::sync::Semaphore::new(
+                    crate::analytics::QUERIES_AT_ONCE,
+                )),
             }),
         })
     }
