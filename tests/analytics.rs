@@ -407,6 +407,32 @@ async fn agree_with_memory<S: HistoryStore + HistoryAnalytics>(store: S) {
     assert_eq!(got.counts, want.counts, "event counts");
 }
 
+/// A PostgreSQL store in a schema of its own on the shared server,
+/// migrated.
+async fn postgres(tag: &str) -> (PostgresStore, String) {
+    let schema = common::postgres::test_schema(tag);
+    let store = PostgresStore::builder(common::postgres::shared_server().url("postgres"))
+        .schema(&schema)
+        .connect()
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    (store, schema)
+}
+
+/// Takes a PostgreSQL schema back to version 1: without the analytics
+/// indexes.
+fn postgres_to_version_1(schema: &str) {
+    common::postgres::shared_server().psql(
+        "postgres",
+        &format!(
+            "DROP INDEX {schema}.session_trail_history_events; \
+             DROP INDEX {schema}.session_trail_history_users; \
+             DELETE FROM {schema}.session_trail_schema WHERE version = 2;"
+        ),
+    );
+}
+
 #[tokio::test]
 async fn memory_answers_the_hand_counts() {
     reference().await;
@@ -422,14 +448,7 @@ async fn sqlite_agrees() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_agrees() {
-    let server = common::postgres::shared_server();
-    let store = PostgresStore::builder(server.url("postgres"))
-        .schema(common::postgres::test_schema("analytics"))
-        .connect()
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    agree_with_memory(store).await;
+    agree_with_memory(postgres("analytics").await.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,23 +570,10 @@ async fn sqlite_version_1_files_get_the_analytics_indexes() {
 async fn postgres_version_1_schemas_get_the_analytics_indexes_on_migrate() {
     let (key, sessions) = history();
     let server = common::postgres::shared_server();
-    let schema = common::postgres::test_schema("analytics_v1");
-    let store = PostgresStore::builder(server.url("postgres"))
-        .schema(&schema)
-        .connect()
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let (store, schema) = postgres("analytics_v1").await;
     write(&store, key, sessions).await;
     let want = store.cohorts(&Cohorts::new(Period::Week)).await.unwrap();
-    server.psql(
-        "postgres",
-        &format!(
-            "DROP INDEX {schema}.session_trail_history_events; \
-             DROP INDEX {schema}.session_trail_history_users; \
-             DELETE FROM {schema}.session_trail_schema WHERE version = 2;"
-        ),
-    );
+    postgres_to_version_1(&schema);
     let err = store.check_schema().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Misconfigured);
     assert!(err.to_string().contains("version 1"), "{err}");
@@ -596,22 +602,9 @@ async fn a_migration_out_of_time_is_rolled_back_and_holds_up_no_append() {
     use session_trail::tokio_postgres;
     let (key, sessions) = history();
     let server = common::postgres::shared_server();
-    let schema = common::postgres::test_schema("analytics_slow");
-    let store = PostgresStore::builder(server.url("postgres"))
-        .schema(&schema)
-        .connect()
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let (store, schema) = postgres("analytics_slow").await;
     write(&store, key, &sessions[..50]).await;
-    server.psql(
-        "postgres",
-        &format!(
-            "DROP INDEX {schema}.session_trail_history_events; \
-             DROP INDEX {schema}.session_trail_history_users; \
-             DELETE FROM {schema}.session_trail_schema WHERE version = 2;"
-        ),
-    );
+    postgres_to_version_1(&schema);
     // Another transaction writes to the history table and stays open.
     let (mut blocker, conn) =
         tokio_postgres::connect(&server.url("postgres"), tokio_postgres::NoTls)
