@@ -328,17 +328,7 @@ async fn maintenance_deletes_expired_and_trimmed_rows_in_batches() {
     let mut sids = Vec::new();
     for _ in 0..5 {
         let sid = SessionId::generate();
-        let entries = common::conformance::chain(&key, &sid, 1, [0; 16], 5);
-        let out = store
-            .append(&[Append {
-                session: sid,
-                expected_head: None,
-                entries,
-                token: None,
-            }])
-            .await
-            .unwrap();
-        assert_eq!(out, vec![AppendOutcome::Appended]);
+        common::conformance::start_list(&store, &key, &sid, 5).await;
         sids.push(sid);
     }
     let count = |sql: String| {
@@ -394,16 +384,7 @@ async fn maintenance_deletes_expired_and_trimmed_rows_in_batches() {
     for sid in &sids[..4] {
         let kept = store.read_all(sid).await.unwrap();
         assert_eq!(kept.len(), 3);
-        let v = session_trail::history::verify(
-            &session_trail::KeyRing::new(key.clone()),
-            sid,
-            &kept,
-            session_trail::history::Options {
-                keep: 3,
-                window: false,
-            },
-        );
-        assert!(v.is_ok(), "{:?}", v.breaks);
+        let v = common::conformance::assert_kept_chain(&key, sid, &kept, 3);
         assert_eq!(v.trimmed_before, Some(3));
     }
     // Nothing left to do.
@@ -592,17 +573,7 @@ async fn extreme_retention_settings_keep_everything() {
     store.migrate().await.unwrap();
     let key = Key::generate();
     let sid = SessionId::generate();
-    let entries = common::conformance::chain(&key, &sid, 1, [0; 16], 3);
-    let out = store
-        .append(&[Append {
-            session: sid,
-            expected_head: None,
-            entries: entries.clone(),
-            token: None,
-        }])
-        .await
-        .unwrap();
-    assert_eq!(out, vec![AppendOutcome::Appended]);
+    let entries = common::conformance::start_list(&store, &key, &sid, 3).await;
     assert_eq!(store.read_all(&sid).await.unwrap(), entries);
     store.run_maintenance().await.unwrap();
     assert_eq!(store.read_all(&sid).await.unwrap(), entries);

@@ -36,22 +36,6 @@ async fn expired_record(store: &SqliteStore) -> session_trail::store::Record {
     old
 }
 
-/// Starts `sid`'s history with `n` signed entries; answers them.
-async fn new_list(store: &SqliteStore, key: &Key, sid: &SessionId, n: usize) -> Vec<bytes::Bytes> {
-    let entries = common::conformance::chain(key, sid, 1, [0; 16], n);
-    let out = store
-        .append(&[Append {
-            session: *sid,
-            expected_head: None,
-            entries: entries.clone(),
-            token: None,
-        }])
-        .await
-        .unwrap();
-    assert_eq!(out, vec![AppendOutcome::Appended]);
-    entries
-}
-
 store_suites!(session_trail::store::SqliteStore, super::store_keeping);
 
 #[tokio::test]
@@ -267,7 +251,7 @@ async fn history_rows_carry_the_decoded_columns_beside_the_exact_bytes() {
     let store = store_keeping(1000).await;
     let key = Key::generate();
     let sid = SessionId::generate();
-    let entries = new_list(&store, &key, &sid, 2).await;
+    let entries = common::conformance::start_list(&store, &key, &sid, 2).await;
     let conn = common::sqlite::connect(store.path());
     let hex: String = sid.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
     /// session, seq, ts, kind, name, method, status, entry
@@ -350,7 +334,7 @@ async fn maintenance_deletes_expired_and_trimmed_rows_in_batches_and_kept_chains
     let key = Key::generate();
     let sids: Vec<SessionId> = (0..5).map(|_| SessionId::generate()).collect();
     for sid in &sids {
-        new_list(&store, &key, sid, 5).await;
+        common::conformance::start_list(&store, &key, sid, 5).await;
     }
     // One history expired, one session record long past its linger, one
     // lapsed link.
@@ -379,16 +363,7 @@ async fn maintenance_deletes_expired_and_trimmed_rows_in_batches_and_kept_chains
     for sid in &sids[..4] {
         let kept = store.read_all(sid).await.unwrap();
         assert_eq!(kept.len(), 3);
-        let v = session_trail::history::verify(
-            &KeyRing::new(key.clone()),
-            sid,
-            &kept,
-            session_trail::history::Options {
-                keep: 3,
-                window: false,
-            },
-        );
-        assert!(v.is_ok(), "{:?}", v.breaks);
+        let v = common::conformance::assert_kept_chain(&key, sid, &kept, 3);
         assert_eq!(v.trimmed_before, Some(3));
     }
     assert_eq!(
@@ -646,7 +621,7 @@ async fn maintenance_in_batches_smaller_than_a_list_finishes_every_list() {
     // One long list to trim (10 entries, keep 2) and one expired list of 9.
     let (long, old) = (SessionId::generate(), SessionId::generate());
     for (sid, n) in [(long, 10), (old, 9)] {
-        new_list(&store, &key, &sid, n).await;
+        common::conformance::start_list(&store, &key, &sid, n).await;
     }
     exec(
         &path,
@@ -672,16 +647,7 @@ async fn maintenance_in_batches_smaller_than_a_list_finishes_every_list() {
         2
     );
     let kept = store.read_all(&long).await.unwrap();
-    let v = session_trail::history::verify(
-        &KeyRing::new(key),
-        &long,
-        &kept,
-        session_trail::history::Options {
-            keep: 2,
-            window: false,
-        },
-    );
-    assert!(v.is_ok(), "{:?}", v.breaks);
+    common::conformance::assert_kept_chain(&key, &long, &kept, 2);
 }
 
 /// A value of the wrong type in one session's history or heads row (edited
@@ -701,7 +667,7 @@ async fn a_corrupt_row_never_stops_maintenance_for_the_others() {
             .unwrap();
         let key = Key::generate();
         let a = SessionId::generate();
-        new_list(&store, &key, &a, 2).await;
+        common::conformance::start_list(&store, &key, &a, 2).await;
         exec(&path, &corrupt.replace("{a}", &blob(&a)));
         expired_record(&store).await;
         let report = store
@@ -775,16 +741,7 @@ async fn a_half_deleted_expired_list_is_never_revived_or_read() {
         "{out:?}"
     );
     let kept = store.read_all(&sid).await.unwrap();
-    let v = session_trail::history::verify(
-        &KeyRing::new(key),
-        &sid,
-        &kept,
-        session_trail::history::Options {
-            keep: 100,
-            window: false,
-        },
-    );
-    assert!(v.is_ok(), "{:?}", v.breaks);
+    common::conformance::assert_kept_chain(&key, &sid, &kept, 100);
 }
 
 #[tokio::test]
@@ -904,7 +861,7 @@ async fn rows_without_a_heads_row_fail_no_append() {
     let store = store_keeping(1000).await;
     let key = Key::generate();
     let (a, b) = (SessionId::generate(), SessionId::generate());
-    new_list(&store, &key, &a, 2).await;
+    common::conformance::start_list(&store, &key, &a, 2).await;
     exec(
         store.path(),
         &format!(

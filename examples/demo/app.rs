@@ -912,11 +912,7 @@ async fn stats(writer: Option<HistoryWriter>) -> Json<Value> {
 }
 
 async fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(json!({ "error": "no such route" })),
-    )
-        .into_response()
+    error_response(StatusCode::NOT_FOUND, "no such route")
 }
 
 /// Makes every error answer JSON: axum's own rejections (bad JSON body,

@@ -284,13 +284,10 @@ impl Period {
     /// The first day of period `index`, as an RFC 3339 full date.
     pub(crate) fn start_date(self, index: i64) -> String {
         let (shift, days) = self.shift_and_days();
-        let day = index * days - shift;
-        let date = time::Date::from_julian_day(
-            i32::try_from(day + 2_440_588).unwrap_or(i32::MAX), // 1970-01-01
-        )
-        .unwrap_or(time::Date::MAX);
-        let (y, m, d) = date.to_calendar_date();
-        format!("{y:04}-{:02}-{d:02}", u8::from(m))
+        let midnight = (index * days - shift).saturating_mul(DAY_MS);
+        // `YYYY-MM-DD` of the timestamp's RFC 3339 text.
+        let text = crate::util::rfc3339(midnight);
+        text.get(..10).unwrap_or_default().to_owned()
     }
 }
 
@@ -314,7 +311,6 @@ impl std::str::FromStr for Period {
 pub struct Funnel {
     steps: Vec<String>,
     within: Duration,
-    within_ms: i64,
     range: TimeRange,
 }
 
@@ -345,8 +341,7 @@ impl Funnel {
             crate::history::entry::check_event_name(s)
                 .map_err(|e| e.context("funnel steps: a step is not an event name"))?;
         }
-        let within_ms = i64::try_from(within.as_millis()).unwrap_or(i64::MAX);
-        if within_ms < 1 {
+        if within.as_millis() < 1 {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 "funnel within: must be at least 1 ms",
@@ -355,8 +350,6 @@ impl Funnel {
         Ok(Self {
             steps,
             within,
-            // Beyond the times the stores hold it is all the same window.
-            within_ms: within_ms.min(LATEST_MS + 1),
             range: TimeRange::all(),
         })
     }
@@ -380,7 +373,8 @@ impl Funnel {
 
     /// The window in milliseconds, as the queries take it.
     pub(crate) fn within_ms(&self) -> i64 {
-        self.within_ms
+        // Beyond the times the stores hold it is all the same window.
+        i64::try_from(self.within.as_millis()).map_or(LATEST_MS + 1, |ms| ms.min(LATEST_MS + 1))
     }
 
     /// The time range.
@@ -753,7 +747,7 @@ impl<'q> Stream<'q> {
                     }
                     if next == 0 {
                         start = f.ts;
-                    } else if f.ts > start.saturating_add(query.within_ms) {
+                    } else if f.ts > start.saturating_add(query.within_ms()) {
                         continue;
                     }
                     reached[next] += 1;

@@ -281,6 +281,50 @@ pub fn chain(key: &Key, sid: &SessionId, from_seq: u64, prev: [u8; 16], n: usize
     out
 }
 
+/// Starts `sid`'s history in `store` with `n` signed entries (see
+/// [`chain`]); answers them.
+pub async fn start_list<S: HistoryStore>(
+    store: &S,
+    key: &Key,
+    sid: &SessionId,
+    n: usize,
+) -> Vec<Bytes> {
+    let entries = chain(key, sid, 1, [0; 16], n);
+    let out = store
+        .append(&[Append {
+            session: *sid,
+            expected_head: None,
+            entries: entries.clone(),
+            token: None,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![AppendOutcome::Appended]);
+    entries
+}
+
+/// Verifies `kept`, what a store kept of `sid`'s history under keep-`keep`
+/// retention (no time window), asserts that it has no break, and answers
+/// the verification (for `trimmed_before`).
+pub fn assert_kept_chain(
+    key: &Key,
+    sid: &SessionId,
+    kept: &[Bytes],
+    keep: usize,
+) -> session_trail::history::Verification {
+    let v = verify(
+        &KeyRing::new(key.clone()),
+        sid,
+        kept,
+        Options {
+            keep,
+            window: false,
+        },
+    );
+    assert!(v.is_ok(), "{:?}", v.breaks);
+    v
+}
+
 pub async fn compare_and_append_contract<S: HistoryStore>(store: S) {
     let key = Key::generate();
     let sid = SessionId::generate();

@@ -100,12 +100,7 @@ impl RedisStore {
     /// pattern's `?` matches any byte).
     fn session_of_key(&self, key: &[u8]) -> Option<[u8; 16]> {
         let hex = key.get(self.inner.prefix.len() + 2..self.inner.prefix.len() + 34)?;
-        let mut sid = [0u8; 16];
-        for (byte, pair) in sid.iter_mut().zip(hex.chunks_exact(2)) {
-            let digit = |c: u8| (c as char).to_digit(16);
-            *byte = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
-        }
-        Some(sid)
+        crate::util::unhex(std::str::from_utf8(hex).ok()?)
     }
 
     /// One `SCAN` call: on `node` (a cluster's primary) or the server.
