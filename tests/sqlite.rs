@@ -36,6 +36,23 @@ async fn expired_record(store: &SqliteStore) -> session_trail::store::Record {
     old
 }
 
+/// A store in `path` whose maintenance runs only when a test calls
+/// `run_maintenance`, `batch` rows at a time.
+async fn maintained_by_hand(
+    path: impl AsRef<std::path::Path>,
+    keep: usize,
+    ttl: Duration,
+    batch: usize,
+) -> SqliteStore {
+    SqliteStore::builder(path)
+        .history_retention(keep, ttl)
+        .maintenance_interval(None)
+        .maintenance_batch(batch)
+        .open()
+        .await
+        .unwrap()
+}
+
 store_suites!(session_trail::store::SqliteStore, super::store_keeping);
 
 #[tokio::test]
@@ -324,13 +341,7 @@ async fn history_rows_carry_the_decoded_columns_beside_the_exact_bytes() {
 #[tokio::test]
 async fn maintenance_deletes_expired_and_trimmed_rows_in_batches_and_kept_chains_verify() {
     let path = temp_db("maint");
-    let store = SqliteStore::builder(&path)
-        .history_retention(3, Duration::from_secs(3600))
-        .maintenance_interval(None)
-        .maintenance_batch(2)
-        .open()
-        .await
-        .unwrap();
+    let store = maintained_by_hand(&path, 3, Duration::from_secs(3600), 2).await;
     let key = Key::generate();
     let sids: Vec<SessionId> = (0..5).map(|_| SessionId::generate()).collect();
     for sid in &sids {
@@ -610,13 +621,7 @@ async fn close_waits_until_the_file_is_closed_and_refuses_while_clones_live() {
 #[tokio::test]
 async fn maintenance_in_batches_smaller_than_a_list_finishes_every_list() {
     let path = temp_db("budget");
-    let store = SqliteStore::builder(&path)
-        .history_retention(2, Duration::from_secs(3600))
-        .maintenance_interval(None)
-        .maintenance_batch(4)
-        .open()
-        .await
-        .unwrap();
+    let store = maintained_by_hand(&path, 2, Duration::from_secs(3600), 4).await;
     let key = Key::generate();
     // One long list to trim (10 entries, keep 2) and one expired list of 9.
     let (long, old) = (SessionId::generate(), SessionId::generate());
@@ -688,13 +693,7 @@ async fn a_corrupt_row_never_stops_maintenance_for_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_deleted_expired_list_is_never_revived_or_read() {
     let path = temp_db("revive");
-    let store = SqliteStore::builder(&path)
-        .history_retention(100, Duration::from_secs(3600))
-        .maintenance_interval(None)
-        .maintenance_batch(2)
-        .open()
-        .await
-        .unwrap();
+    let store = maintained_by_hand(&path, 100, Duration::from_secs(3600), 2).await;
     let key = Key::generate();
     let sid = SessionId::generate();
     let entries = common::conformance::chain(&key, &sid, 1, [0; 16], 11);
@@ -784,13 +783,7 @@ async fn answers_as_the_memory_store_on_random_histories() {
         let keep = 1 + (seed % 4) as usize;
         let ttl = Duration::from_secs(3600);
         let mem = MemoryStore::new().history_retention(keep, ttl).unwrap();
-        let sql = SqliteStore::builder(temp_db("diff"))
-            .history_retention(keep, ttl)
-            .maintenance_interval(None)
-            .maintenance_batch(1 + (seed % 3) as usize)
-            .open()
-            .await
-            .unwrap();
+        let sql = maintained_by_hand(temp_db("diff"), keep, ttl, 1 + (seed % 3) as usize).await;
         let key = Key::generate();
         let sids: Vec<SessionId> = (0..3).map(|_| SessionId::generate()).collect();
         // Every entry appended per session (the bases to chain to), and
