@@ -47,3 +47,36 @@ async fn an_expired_history_starts_afresh_before_eviction() {
     assert_eq!(out, vec![AppendOutcome::Appended]);
     assert_eq!(store.read_all(&sid).await.unwrap(), fresh);
 }
+
+/// A history never expires before its TTL has passed since its last
+/// append: appended at 0 s, 0.5 s and 2.2 s with a TTL of 2 s, it keeps
+/// all three entries.
+#[tokio::test]
+async fn a_history_in_use_outlives_its_ttl() {
+    use session_trail::store::{Append, AppendOutcome, HistoryStore, tag_of};
+    use session_trail::{Key, SessionId};
+    let store = MemoryStore::new()
+        .history_retention(100, Duration::from_secs(2))
+        .unwrap();
+    let key = Key::generate();
+    let sid = SessionId::generate();
+    let all = common::conformance::chain(&key, &sid, 1, [0; 16], 3);
+    // Wall-clock time passes between appends: the TTL is measured
+    // against it.
+    let pauses = [500, 1700, 0];
+    for (i, entry) in all.iter().enumerate() {
+        let head = i.checked_sub(1).and_then(|p| tag_of(&all[p]));
+        let out = store
+            .append(&[Append {
+                session: sid,
+                expected_head: head,
+                entries: vec![entry.clone()],
+                token: None,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(out, vec![AppendOutcome::Appended], "append {i}");
+        tokio::time::sleep(Duration::from_millis(pauses[i])).await;
+    }
+    assert_eq!(store.read_all(&sid).await.unwrap(), all);
+}

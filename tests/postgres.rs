@@ -750,3 +750,52 @@ async fn a_failed_load_says_what_failed_once() {
         assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
     }
 }
+
+/// A caller that gives up on a statement (a client that disconnects, the
+/// history writer's attempt timeout) costs no connection: the statement
+/// ends, and its connection goes back to the pool instead of being closed
+/// and replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_costs_no_connection() {
+    use session_trail::tokio_postgres;
+    let app = format!("st_{}", &SessionId::generate().to_string()[..12]);
+    let schema = test_schema("give_up");
+    let store = PostgresStore::builder(format!("{}?application_name={app}", url()))
+        .schema(&schema)
+        .pool_size(1)
+        .connect()
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let sid = SessionId::generate();
+    let backends = || {
+        server().psql(
+            "postgres",
+            &format!(
+                "SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity \
+                 WHERE application_name = '{app}'"
+            ),
+        )
+    };
+    store.read_all(&sid).await.unwrap();
+    let before = backends();
+    assert!(!before.trim().is_empty(), "the pool's connection is open");
+    // Another transaction holds the history table: the read waits on the
+    // server, and its caller gives up meanwhile.
+    let (mut blocker, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute(&format!(
+        "LOCK TABLE {schema}.session_trail_history IN ACCESS EXCLUSIVE MODE"
+    ))
+    .await
+    .unwrap();
+    let gave_up = tokio::time::timeout(Duration::from_millis(200), store.read_all(&sid)).await;
+    assert!(gave_up.is_err(), "the read waited for the lock");
+    tx.commit().await.unwrap();
+    // The pool's one connection answers again, and it is the same one.
+    store.read_all(&sid).await.unwrap();
+    assert_eq!(backends(), before);
+}

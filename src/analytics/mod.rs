@@ -519,7 +519,8 @@ pub struct Cohort {
     pub users: u64,
     /// `active[k]`: how many of them had a session active `k` periods
     /// later (`active[0] == users`), up to the newest period any user
-    /// was active in.
+    /// was active in, but not past the current period (activity dated in
+    /// the future is not charted).
     pub active: Vec<u64>,
 }
 
@@ -547,11 +548,19 @@ pub struct EventCount {
 /// the shape the SQL stores answer (and the streaming computation
 /// produces).
 pub(crate) fn cohort_report(period: Period, rows: &[(i64, i64, u64)]) -> CohortReport {
-    let newest = rows.iter().map(|&(c, k, _)| c + k).max();
+    // Activity dated after the current period (a clock ahead, an import)
+    // is not charted: one entry dated in the year 9999 would otherwise
+    // stretch every cohort's row over thousands of years.
+    let current = period.index(crate::util::now_ms().clamp(0, LATEST_MS));
+    let newest = rows
+        .iter()
+        .map(|&(c, k, _)| c + k)
+        .max()
+        .map(|n| n.min(current));
     let mut cohorts: BTreeMap<i64, Vec<u64>> = BTreeMap::new();
     for &(c, k, n) in rows {
         let Some(newest) = newest else { break };
-        let len = usize::try_from(newest - c + 1).unwrap_or(0);
+        let len = usize::try_from(newest - c + 1).unwrap_or(0).max(1);
         let active = cohorts.entry(c).or_insert_with(|| vec![0; len]);
         if let Some(slot) = usize::try_from(k).ok().and_then(|k| active.get_mut(k)) {
             *slot = n;
@@ -880,5 +889,24 @@ mod tests {
         assert_eq!(r.cohorts[0].active, vec![3, 0, 1]);
         assert_eq!(r.cohorts[1].active, vec![2, 2]);
         assert_eq!(r.cohorts[1].users, 2);
+    }
+
+    #[test]
+    fn activity_dated_in_the_future_stretches_no_row() {
+        let today = Period::Day.index(crate::util::now_ms());
+        let far = Period::Day.index(LATEST_MS);
+        let r = cohort_report(
+            Period::Day,
+            &[
+                (today - 1, 0, 2),
+                (today - 1, far - today + 1, 1),
+                (far, 0, 1),
+            ],
+        );
+        assert_eq!(r.cohorts.len(), 2);
+        assert_eq!(r.cohorts[0].active, vec![2, 0]);
+        // A cohort that starts in the future: its users, and nothing after.
+        assert_eq!(r.cohorts[1].active, vec![1]);
+        assert_eq!(r.cohorts[1].start, "9999-12-31");
     }
 }

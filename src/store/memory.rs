@@ -490,13 +490,14 @@ impl HistoryStore for MemoryStore {
                 }
             }
             let erased = h.erased.get(&append.session).is_some_and(|t| *t > now);
-            let list = h.map.entry(append.session).or_default();
             // A list past its TTL is gone, as in the other stores, though
-            // eviction may not have reached it yet: it starts afresh.
-            if list.expires_at != 0 && list.expires_at <= now {
-                let old = list.expires_at;
+            // eviction may not have reached it yet: it starts afresh. (Its
+            // expiry is never set before its last append plus the TTL.)
+            if let Some(list) = h.map.get_mut(&append.session)
+                && list.expires_at <= now
+            {
+                let old = std::mem::take(&mut list.expires_at);
                 list.entries.clear();
-                list.expires_at = 0;
                 h.expiry.remove(&(old, append.session));
             }
             let list = h.map.entry(append.session).or_default();
@@ -512,11 +513,12 @@ impl HistoryStore for MemoryStore {
                 while list.entries.len() > self.inner.keep {
                     list.entries.pop_front();
                 }
-                // Slide the TTL at one-second granularity, so the expiry
-                // index is touched at most once a second per session.
+                // Slide the TTL as the other stores do: the expiry index is
+                // touched only when the expiry would come too early.
                 let old = list.expires_at;
-                let new = now.saturating_add(self.inner.ttl_ms);
-                if new - old >= 1000 {
+                let (earliest, slack) = super::list_expiry(self.inner.ttl_ms, now);
+                if old < earliest {
+                    let new = earliest + slack;
                     list.expires_at = new;
                     h.expiry.remove(&(old, append.session));
                     h.expiry.insert((new, append.session));

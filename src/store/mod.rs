@@ -137,6 +137,20 @@ use crate::{Error, SessionId};
 mod memory;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod rows;
+
+/// For an append at `now` to a history kept `ttl_ms` after its last
+/// entry: the earliest the list may expire (now plus the TTL), and how
+/// much later than that an expiry that moves is set. Every store moves a
+/// list's expiry only when it would come before the first, and then by a
+/// 64th of the TTL (at most an hour) beyond it, as the Redis store
+/// refreshes its TTLs: most appends leave it alone, and no list expires
+/// before its TTL has passed since its last append.
+#[cfg(any(feature = "memory-store", feature = "postgres", feature = "sqlite"))]
+pub(crate) fn list_expiry(ttl_ms: i64, now: i64) -> (i64, i64) {
+    let expires = now.saturating_add(ttl_ms);
+    let slack = (ttl_ms / 64).min(3_600_000).min(i64::MAX - expires);
+    (expires, slack)
+}
 #[cfg(feature = "memory-store")]
 pub use memory::{Faults, MemoryStore};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

@@ -193,9 +193,7 @@ impl RetentionMs {
     /// then by a 64th of the TTL (at most an hour) beyond it, as the Redis
     /// store refreshes its TTLs: most appends leave it alone.
     pub(crate) fn expiry(self, now: i64) -> (i64, i64) {
-        let expires = now.saturating_add(self.ttl);
-        let slack = (self.ttl / 64).min(3_600_000).min(i64::MAX - expires);
-        (expires, slack)
+        super::list_expiry(self.ttl, now)
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::PostgresStore;
 use super::sql::with_schema;
 use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{FromSql, ToSql};
 
 use crate::analytics::{
     CohortReport, Cohorts, EventCountReport, EventCounts, Funnel, FunnelReport, HistoryAnalytics,
@@ -47,6 +47,23 @@ impl PostgresStore {
     }
 }
 
+/// Column `i` of an answer row; a value of another type (a row edited
+/// outside the store) is [`ErrorKind::Corrupt`], not a panic.
+fn column<'a, T: FromSql<'a>>(row: &'a Row, i: usize, what: &str) -> Result<T, Error> {
+    row.try_get(i)
+        .map_err(|e| super::corrupt(what, &format!("column {i}: {e}")))
+}
+
+/// `(key, period, count)` answer rows.
+fn counted<'a, T: FromSql<'a>>(rows: &'a [Row], what: &str) -> Result<Vec<(T, i64, u64)>, Error> {
+    rows.iter()
+        .map(|r| {
+            let n: i64 = column(r, 2, what)?;
+            Ok((column(r, 0, what)?, column(r, 1, what)?, n.max(0) as u64))
+        })
+        .collect()
+}
+
 impl HistoryAnalytics for PostgresStore {
     async fn funnel(&self, query: &Funnel) -> Result<FunnelReport, Error> {
         let sql = with_schema(
@@ -72,14 +89,12 @@ impl HistoryAnalytics for PostgresStore {
                 ],
             )
             .await?;
-        let counts: Vec<i64> = rows
-            .first()
-            .map(|r| {
-                (0..query.steps().len())
-                    .map(|i| r.get::<_, i64>(i))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let counts = match rows.first() {
+            Some(r) => (0..query.steps().len())
+                .map(|i| column(r, i, "funnel"))
+                .collect::<Result<Vec<i64>, Error>>()?,
+            None => Vec::new(),
+        };
         Ok(funnel_report(query, counts))
     }
 
@@ -101,11 +116,7 @@ impl HistoryAnalytics for PostgresStore {
                 ],
             )
             .await?;
-        let rows: Vec<(i64, i64, u64)> = rows
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2).max(0) as u64))
-            .collect();
-        Ok(cohort_report(query.period(), &rows))
+        Ok(cohort_report(query.period(), &counted(&rows, "cohorts")?))
     }
 
     async fn event_counts(&self, query: &EventCounts) -> Result<EventCountReport, Error> {
@@ -127,10 +138,7 @@ impl HistoryAnalytics for PostgresStore {
                 ],
             )
             .await?;
-        let rows = rows
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2).max(0) as u64))
-            .collect();
+        let rows = counted(&rows, "event counts")?;
         Ok(event_count_report(query.period(), rows))
     }
 }

@@ -505,7 +505,7 @@ impl PostgresStore {
         timeout: Duration,
         cached: bool,
     ) -> Result<Vec<Row>, Error> {
-        let in_use = InUse(Some(self.client(what).await?));
+        let in_use = InUse::new(self.client(what).await?, self.inner.statement_timeout);
         let client = in_use.client();
         let run = async {
             let stmt = if cached {
@@ -520,8 +520,10 @@ impl PostgresStore {
                 in_use.release();
                 result.map_err(|e| self.pg_error(e, what))
             }
-            // Dropped unreleased, `in_use` cancels the statement.
-            Err(_) => Err(self.timed_out(what, timeout)),
+            Err(_) => {
+                in_use.cancel();
+                Err(self.timed_out(what, timeout))
+            }
         }
     }
 
@@ -533,7 +535,7 @@ impl PostgresStore {
         params: &[&(dyn ToSql + Sync)],
         timeout: Duration,
     ) -> Result<u64, Error> {
-        let in_use = InUse(Some(self.client(what).await?));
+        let in_use = InUse::new(self.client(what).await?, self.inner.statement_timeout);
         let client = in_use.client();
         let run = async {
             let stmt = client.prepare_cached(sql).await?;
@@ -544,8 +546,10 @@ impl PostgresStore {
                 in_use.release();
                 result.map_err(|e| self.pg_error(e, what))
             }
-            // Dropped unreleased, `in_use` cancels the statement.
-            Err(_) => Err(self.timed_out(what, timeout)),
+            Err(_) => {
+                in_use.cancel();
+                Err(self.timed_out(what, timeout))
+            }
         }
     }
 
@@ -633,39 +637,90 @@ impl PostgresStore {
     }
 }
 
-/// A pooled connection with a statement running on it. Released, it goes
-/// back to the pool; dropped before (the store's statement timeout, or the
-/// caller gave up: the history writer's attempt timeout, a dropped
-/// request), it leaves the pool and its statement is cancelled on the
-/// server, so no later caller queues behind a statement nobody waits for.
-struct InUse(Option<deadpool_postgres::Object>);
+/// A pooled connection with a statement running on it.
+///
+/// - Released, it goes back to the pool.
+/// - Cancelled (the store's own timeout ran out), its statement is
+///   cancelled on the server and the connection closed, so no later caller
+///   queues behind a statement nobody waits for.
+/// - Dropped before either (the caller gave up: the history writer's
+///   attempt timeout, a dropped request), it stays out of the pool until
+///   its statement has ended (a task waits, at most `settle`), then goes
+///   back: a client that disconnects costs no connection. A statement
+///   still running after `settle` is cancelled and its connection closed.
+///
+/// Cancel requests go over plain TCP (`NoTls`): with a pool whose
+/// connections use TLS and a server that refuses plain connections, the
+/// cancel fails and the statement runs until it ends; the connection is
+/// closed all the same.
+struct InUse {
+    client: Option<deadpool_postgres::Object>,
+    settle: Duration,
+}
 
 impl InUse {
+    fn new(client: deadpool_postgres::Object, settle: Duration) -> Self {
+        Self {
+            client: Some(client),
+            settle,
+        }
+    }
+
     fn client(&self) -> &deadpool_postgres::Object {
-        self.0.as_ref().expect("a connection in use until released")
+        self.client
+            .as_ref()
+            .expect("a connection in use until released")
     }
 
     fn client_mut(&mut self) -> &mut deadpool_postgres::Object {
-        self.0.as_mut().expect("a connection in use until released")
+        self.client
+            .as_mut()
+            .expect("a connection in use until released")
     }
 
     /// The statement ended: the connection goes back to the pool.
     fn release(mut self) {
-        drop(self.0.take());
+        drop(self.client.take());
+    }
+
+    /// The store gave up on the statement: cancel it, close the
+    /// connection.
+    fn cancel(mut self) {
+        if let Some(client) = self.client.take() {
+            cancel_and_close(client);
+        }
     }
 }
 
 impl Drop for InUse {
     fn drop(&mut self) {
-        let Some(client) = self.0.take() else { return };
-        let cancel = client.cancel_token();
-        // Out of the pool: dropped, the connection closes.
-        drop(deadpool_postgres::Object::take(client));
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
-            });
-        }
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            cancel_and_close(client);
+            return;
+        };
+        let settle = self.settle;
+        runtime.spawn(async move {
+            // Answered once the statement before it has ended.
+            match tokio::time::timeout(settle, client.simple_query("")).await {
+                Ok(Ok(_)) => drop(client),
+                _ => cancel_and_close(client),
+            }
+        });
+    }
+}
+
+/// Cancels what runs on `client` (best effort) and closes it: it leaves
+/// the pool.
+fn cancel_and_close(client: deadpool_postgres::Object) {
+    let cancel = client.cancel_token();
+    drop(deadpool_postgres::Object::take(client));
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+        });
     }
 }
 

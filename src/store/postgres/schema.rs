@@ -105,23 +105,25 @@ pub(super) async fn migrate(store: &PostgresStore, timeout: Duration) -> Result<
         .get()
         .await
         .map_err(|e| store.pool_error(e, what))?;
-    let mut in_use = InUse(Some(client));
+    let mut in_use = InUse::new(client, store.inner.statement_timeout);
     let outcome = tokio::time::timeout(timeout, migrate_now(store, in_use.client_mut())).await;
     match outcome {
         Ok(result) => {
             in_use.release();
             result
         }
-        // Dropped unreleased, `in_use` cancels the statement.
-        Err(_) => Err(Error::new(
-            ErrorKind::Unavailable,
-            format!(
-                "PostgreSQL at {}: migrate: not done within {timeout:?}; cancelled (what it had \
+        Err(_) => {
+            in_use.cancel();
+            Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "PostgreSQL at {}: migrate: not done within {timeout:?}; cancelled (what it had \
                  not committed rolled back: migrate again to finish; \
                  PostgresStore::migrate_within gives it more time)",
-                store.inner.target
-            ),
-        )),
+                    store.inner.target
+                ),
+            ))
+        }
     }
 }
 

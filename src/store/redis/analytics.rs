@@ -44,10 +44,11 @@ impl RedisStore {
             Conn::Cluster(_) => self.primaries().await?.into_iter().map(Some).collect(),
             _ => vec![None],
         };
-        // The sessions read so far, by id (16 bytes each).
-        let mut seen: HashSet<[u8; 16]> = HashSet::new();
         let mut foreign = 0u64;
         for node in nodes {
+            // The sessions of this node read so far, by id (the nodes'
+            // keys are apart: a set per node).
+            let mut seen: HashSet<[u8; 16]> = HashSet::new();
             let mut cursor: u64 = 0;
             loop {
                 let (next, keys) = self.scan_page(node.as_ref(), cursor, &pattern).await?;

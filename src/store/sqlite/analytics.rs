@@ -42,7 +42,7 @@ impl SqliteStore {
             .map_err(|_| Error::new(ErrorKind::Closed, "SQLite store: analytics closed"))?;
         let stopped = Arc::clone(&stop.0);
         let busy = self.inner.busy_timeout;
-        let file = path.clone();
+        let file = self.inner.file.clone();
         let run = move || {
             let _turn = turn;
             let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;

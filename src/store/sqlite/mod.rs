@@ -236,6 +236,10 @@ struct Inner {
     /// Closes when the store's threads have closed the file.
     closed: tokio::sync::oneshot::Receiver<()>,
     path: PathBuf,
+    /// The file the store opened (`path`, with `./` before a name that
+    /// starts with `file:`), absolute.
+    #[cfg_attr(not(feature = "analytics"), allow(dead_code))]
+    file: PathBuf,
     keep: usize,
     ttl: Duration,
     /// `keep` and `ttl` as the statements take them.
@@ -531,6 +535,7 @@ impl SqliteStoreBuilder {
         } else {
             self.path.clone()
         };
+        let opened = path.clone();
         let settings = Settings {
             path,
             synchronous: self.synchronous,
@@ -540,11 +545,15 @@ impl SqliteStoreBuilder {
             maintenance_batch: i64::try_from(self.maintenance_batch).unwrap_or(i64::MAX),
         };
         let (jobs, closed) = worker::start(settings).await?;
+        // The file as opened, made absolute: other connections (analytics)
+        // open the same file whatever the working directory is then.
+        let file = std::fs::canonicalize(&opened).unwrap_or(opened);
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 jobs,
                 closed,
                 path: self.path,
+                file,
                 keep: self.keep,
                 ttl: self.ttl,
                 ms: RetentionMs::new(self.keep, self.ttl),

@@ -7,7 +7,7 @@ SELECT x.name,
     count(*)
 FROM {schema}.session_trail_history x
 JOIN {schema}.session_trail_history_heads h ON h.sid = x.sid
-WHERE x.kind = 'event' AND x.ts >= $3 AND x.ts < $4
+WHERE x.kind = 'event' AND x.name IS NOT NULL AND x.ts >= $3 AND x.ts < $4
     AND ($5::text[] IS NULL OR x.name = ANY ($5))
     AND h.head IS NOT NULL AND h.expires_at > $6
     AND x.seq > h.last_seq - $7 AND x.seq <= h.last_seq
