@@ -1233,7 +1233,7 @@ impl PostgresStore {
         let (sql, until);
         match link {
             Some(link) => {
-                until = self.link_until(link.session_ends);
+                until = self.inner.ms.link_until(link.session_ends);
                 params.push(&link.user);
                 params.push(&until);
                 sql = &self.inner.sql.create_linked;
@@ -1250,12 +1250,6 @@ impl PostgresStore {
                     e
                 }
             })
-    }
-
-    /// Until when a user's history link lives: the latest the session can
-    /// end, plus the history TTL.
-    fn link_until(&self, session_ends: i64) -> i64 {
-        self.inner.ms.link_until(session_ends)
     }
 
     /// One compare-and-append call for distinct sessions; the outcomes
@@ -1693,7 +1687,7 @@ impl HistoryStore for PostgresStore {
         session_ends: i64,
     ) -> Result<(), Error> {
         let sid = session.as_bytes().as_slice();
-        let until = self.link_until(session_ends);
+        let until = self.inner.ms.link_until(session_ends);
         self.execute(
             &self.inner.sql.link_user,
             "link a user's history",
