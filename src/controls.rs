@@ -290,6 +290,7 @@ impl Session {
         writer.forget(&sessions, mark).await;
         for sid in &sessions {
             let n = store.delete(sid).await?;
+            writer.erased(std::slice::from_ref(sid));
             if n > 0 {
                 erased += 1;
             }

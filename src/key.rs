@@ -1,6 +1,6 @@
 //! Secrets: the master key, the keys derived from it, and the key ring.
 //!
-//! One master secret per key generation. Three purpose keys are derived from
+//! One master secret per key generation. The purpose keys are derived from
 //! it with HKDF-SHA256 under distinct labels, so a key used for one purpose
 //! never signs anything of another:
 //!
@@ -9,6 +9,8 @@
 //! | cookie key | the session credential carried by the client |
 //! | history key | history entries (the chain tags) |
 //! | pseudonym key | keyed pseudonyms of users in history entries |
+//! | CSRF key | the CSRF tokens bound to a session |
+//! | checkpoint key | the history writer's signed checkpoints |
 //!
 //! A [`KeyRing`] holds the current key (it signs) and any number of older
 //! ones (they still verify), so keys can be rotated without logging every
@@ -31,6 +33,7 @@ const LABEL_COOKIE: &[u8] = b"session-trail v1 cookie key";
 const LABEL_HISTORY: &[u8] = b"session-trail v1 history key";
 const LABEL_PSEUDONYM: &[u8] = b"session-trail v1 pseudonym key";
 const LABEL_CSRF: &[u8] = b"session-trail v1 csrf key";
+const LABEL_CHECKPOINT: &[u8] = b"session-trail v1 checkpoint key";
 const LABEL_ID: &[u8] = b"session-trail v1 key id";
 
 /// A master secret of at least [`MIN_KEY_LEN`] bytes.
@@ -61,6 +64,7 @@ pub(crate) struct Derived {
     pub(crate) history: HmacSha256,
     pub(crate) pseudonym: HmacSha256,
     pub(crate) csrf: HmacSha256,
+    pub(crate) checkpoint: HmacSha256,
 }
 
 impl Key {
@@ -110,6 +114,7 @@ impl Key {
                 history: mac(derive(LABEL_HISTORY)),
                 pseudonym: mac(derive(LABEL_PSEUDONYM)),
                 csrf: mac(derive(LABEL_CSRF)),
+                checkpoint: mac(derive(LABEL_CHECKPOINT)),
             }),
         })
     }

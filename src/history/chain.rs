@@ -28,8 +28,9 @@
 //! start of the chain.
 //!
 //! Limit: a chain alone cannot show that its *newest* entries were cut off
-//! (every remaining entry is still valid); compare the head with one kept
-//! elsewhere for that.
+//! (every remaining entry is still valid), or that a whole history was
+//! deleted: [`verify_checkpointed`](super::verify_checkpointed) checks the
+//! chain against the writer's signed checkpoints for that.
 
 use std::collections::HashMap;
 
@@ -63,6 +64,23 @@ pub enum BreakKind {
     /// The entry follows its predecessor by `seq` but was chained to
     /// another one (a fork).
     BrokenLink,
+    /// A checkpoint attests entries up to `to`, and the newest here is
+    /// `from - 1`: the tail was cut (see
+    /// [`verify_checkpointed`](super::verify_checkpointed)).
+    TruncatedTail {
+        /// The first absent `seq`.
+        from: u64,
+        /// The attested head's `seq`.
+        to: u64,
+    },
+    /// A checkpoint attests a head (`seq` `through`) and the history is
+    /// gone, though neither its TTL nor an erasure explains it.
+    MissingHistory {
+        /// The attested head's `seq`.
+        through: u64,
+    },
+    /// The entry at an attested `seq` is not the attested one.
+    Replaced,
 }
 
 impl BreakKind {
@@ -76,7 +94,18 @@ impl BreakKind {
             Self::OutOfOrder => "out_of_order",
             Self::Duplicate => "duplicate",
             Self::BrokenLink => "broken_link",
+            Self::TruncatedTail { .. } => "truncated_tail",
+            Self::MissingHistory { .. } => "missing_history",
+            Self::Replaced => "replaced",
         }
+    }
+
+    /// Whether the break was found against checkpoints.
+    pub fn is_checkpoint(&self) -> bool {
+        matches!(
+            self,
+            Self::TruncatedTail { .. } | Self::MissingHistory { .. } | Self::Replaced
+        )
     }
 }
 
@@ -108,6 +137,14 @@ impl std::fmt::Display for Break {
                     self.position
                 )
             }
+            BreakKind::TruncatedTail { from, to } => write!(
+                f,
+                "entries seq {from}..={to} cut off the tail (a checkpoint attests seq {to})"
+            ),
+            BreakKind::MissingHistory { through } => write!(
+                f,
+                "history missing (a checkpoint attests entries through seq {through})"
+            ),
             k => {
                 write!(f, "{} at position {}", k.as_str(), self.position)?;
                 if let Some(seq) = self.seq {
@@ -129,6 +166,9 @@ pub struct Verification {
     /// `Some(seq)` when the chain starts at `seq` > 1 because retention
     /// removed older entries.
     pub trimmed_before: Option<u64>,
+    /// `Some(seq)` when checkpoints attest the chain up to `seq` and it
+    /// holds there ([`verify_checkpointed`](super::verify_checkpointed)).
+    pub checkpointed: Option<u64>,
 }
 
 impl Verification {
@@ -334,6 +374,7 @@ pub fn verify<E: AsRef<[u8]>>(
         entries: entries.len(),
         breaks,
         trimmed_before,
+        checkpointed: None,
     }
 }
 

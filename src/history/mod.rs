@@ -9,8 +9,12 @@
 //! See [`entry`] for the format and [`verify`] for what verification
 //! reports.
 
+mod audit;
 mod chain;
+pub mod checkpoint;
+mod checkpointer;
 pub mod entry;
+mod sink;
 mod worker;
 mod writer;
 
@@ -19,8 +23,13 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+pub use audit::{Attestation, CheckpointLog, CheckpointProblem, EXPIRY_SLACK, verify_checkpointed};
 pub use chain::{Break, BreakKind, Options, Verification, verify};
+pub use checkpoint::{
+    Checkpoint, CheckpointDecodeError, Digest, Erasure, Head, InclusionProof, WriterId, merkle_root,
+};
 pub use entry::{Body, DecodeError, Draft, Entry, EntryKind};
+pub use sink::{CheckpointSink, FileSink, SinkFuture, TracingSink};
 pub(crate) use writer::MIN_DEAD_SIGNAL_EVERY;
 pub use writer::{HistoryWriter, WriterConfig, WriterStats};
 
@@ -42,10 +51,12 @@ pub struct HistoryPage {
 impl HistoryPage {
     /// The page as JSON: `{"session", "entries": [...], "chain": {"ok",
     /// "error", "breaks": [{"position", "seq", "kind", "text"}],
-    /// "trimmed_before"}}`, each entry as [`Entry::to_json`] gives it.
-    /// `error` is the first break as text or `null`; `trimmed_before` is
-    /// [`Verification::trimmed_before`] (`null` unless retention removed
-    /// older entries). Its [`Serialize`](serde::Serialize) output is the
+    /// "trimmed_before", "checkpointed"}}`, each entry as [`Entry::to_json`]
+    /// gives it. `error` is the first break as text or `null`;
+    /// `trimmed_before` is [`Verification::trimmed_before`] (`null` unless
+    /// retention removed older entries); `checkpointed` is
+    /// [`Verification::checkpointed`] (`null` unless this writer's
+    /// checkpoints attest the chain). Its [`Serialize`](serde::Serialize) output is the
     /// same.
     pub fn to_json(&self) -> Value {
         json!({
@@ -122,6 +133,7 @@ pub(crate) fn chain_json(v: &Verification) -> Value {
             "text": b.to_string(),
         })).collect::<Vec<_>>(),
         "trimmed_before": v.trimmed_before,
+        "checkpointed": v.checkpointed,
     })
 }
 
@@ -157,7 +169,10 @@ pub(crate) async fn read_page(
         keep: writer.store().retention().keep,
         window: read >= limit,
     };
-    let verification = verify(writer.ring(), &session, &all, options);
+    let verification = match writer.own_checkpoints(&session) {
+        Some(log) => verify_checkpointed(writer.ring(), &session, &all, options, &log),
+        None => verify(writer.ring(), &session, &all, options),
+    };
     let skip = all.len().saturating_sub(limit);
     let entries = all[skip..]
         .iter()

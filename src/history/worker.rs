@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::Erasure;
+use super::checkpointer::Advance;
 use super::entry::{Draft, EntryKind, TAG_LEN, parse};
 use super::writer::{Incoming, MAX_DROP_SESSIONS, Shared};
 use crate::SessionId;
@@ -38,6 +40,12 @@ pub(crate) enum Msg {
         /// (so none of them can land after the caller deletes the history).
         reply: oneshot::Sender<()>,
     },
+    /// Hand the advanced heads to the checkpointer now; answered once it
+    /// kept them.
+    Checkpoint { reply: oneshot::Sender<()> },
+    /// These histories were erased at `at`: receipts for the next
+    /// checkpoint.
+    Erased { sessions: Vec<SessionId>, at: i64 },
 }
 
 struct Item {
@@ -122,6 +130,9 @@ struct Part {
 }
 
 struct InFlight {
+    /// When it was formed (Unix milliseconds): none of its appends was sent
+    /// before.
+    formed_ms: i64,
     appends: Vec<Append>,
     parts: Vec<Part>,
     attempts: u32,
@@ -168,10 +179,36 @@ pub(crate) struct Worker {
     failing_logged: Option<Instant>,
     /// Erasures waiting for a session's append in flight to finish.
     forget_waits: Vec<(SessionId, oneshot::Sender<()>)>,
+    checkpoints: Option<Checkpoints>,
+}
+
+/// The heads advanced since the last checkpoint, and when to hand them on.
+struct Checkpoints {
+    interval: Duration,
+    tx: mpsc::UnboundedSender<Advance>,
+    advance: Advance,
+    due: Option<Instant>,
+}
+
+impl Checkpoints {
+    fn touched(&mut self, now: Instant) {
+        if self.due.is_none() {
+            self.due = Some(now + self.interval);
+        }
+    }
+
+    fn hand_over(&mut self) {
+        self.due = None;
+        let _ = self.tx.send(std::mem::take(&mut self.advance));
+    }
 }
 
 impl Worker {
-    pub(crate) fn new(shared: Arc<Shared>, rx: mpsc::UnboundedReceiver<Msg>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: mpsc::UnboundedReceiver<Msg>,
+        checkpoints: Option<(Duration, mpsc::UnboundedSender<Advance>)>,
+    ) -> Self {
         Self {
             shared,
             rx,
@@ -191,6 +228,12 @@ impl Worker {
             outage: None,
             failing_logged: None,
             forget_waits: Vec::new(),
+            checkpoints: checkpoints.map(|(interval, tx)| Checkpoints {
+                interval,
+                tx,
+                advance: Advance::default(),
+                due: None,
+            }),
         }
     }
 
@@ -244,10 +287,21 @@ impl Worker {
                 self.form_batch();
                 self.attempt().await;
             }
+            if let Some(c) = &mut self.checkpoints
+                && c.due.is_some_and(|d| d <= Instant::now())
+            {
+                c.hand_over();
+            }
             // Publish the counters before answering flushes, so a caller
             // whose flush resolved reads current figures.
             self.publish();
             self.resolve_flushes();
+        }
+        // The last checkpoint covers everything written.
+        if let Some(c) = &mut self.checkpoints
+            && !c.advance.is_empty()
+        {
+            c.hand_over();
         }
         // Anything handed over after the last look is dropped, and counted.
         let left: Vec<Incoming> = {
@@ -336,6 +390,9 @@ impl Worker {
         if let Some((until, _)) = &self.shutdown {
             wake = Some(wake.map_or(*until, |w| w.min(*until)));
         }
+        if let Some(due) = self.checkpoints.as_ref().and_then(|c| c.due) {
+            wake = Some(wake.map_or(due, |w| w.min(due)));
+        }
         wake
     }
 
@@ -399,6 +456,24 @@ impl Worker {
                     self.forget_waits.push((session, reply));
                 } else {
                     let _ = reply.send(());
+                }
+            }
+            Msg::Checkpoint { reply } => match &mut self.checkpoints {
+                Some(c) => {
+                    c.advance.replies.push(reply);
+                    c.hand_over();
+                }
+                None => drop(reply),
+            },
+            Msg::Erased { sessions, at } => {
+                if let Some(c) = &mut self.checkpoints {
+                    for session in sessions {
+                        // An append of the erased history that was in
+                        // flight may have advanced it: that head is gone.
+                        c.advance.heads.remove(&session);
+                        c.advance.erasures.push(Erasure { session, at });
+                    }
+                    c.touched(Instant::now());
                 }
             }
         }
@@ -664,6 +739,7 @@ impl Worker {
         }
         if !appends.is_empty() {
             self.in_flight = Some(InFlight {
+                formed_ms: crate::util::now_ms(),
                 appends,
                 parts,
                 attempts: 0,
@@ -796,6 +872,10 @@ impl Worker {
                 AppendOutcome::Appended | AppendOutcome::AlreadyApplied => {
                     let last_seq = part.first_seq + part.items.len() as u64 - 1;
                     let last_tag = append.last_tag().unwrap_or([0; TAG_LEN]);
+                    if let Some(c) = &mut self.checkpoints {
+                        c.advance.add(part.session, last_seq, last_tag, f.formed_ms);
+                        c.touched(now);
+                    }
                     s.head = Some((last_seq, last_tag));
                     s.acked_seq = last_seq;
                     s.maybe_applied = false;
@@ -1190,7 +1270,7 @@ fn session_backoff(failures: u32, max: Duration) -> Duration {
 }
 
 /// Exponential from 10 ms, capped, with jitter in the upper half.
-fn backoff(attempt: u32, max: Duration) -> Duration {
+pub(crate) fn backoff(attempt: u32, max: Duration) -> Duration {
     let base = Duration::from_millis(10).saturating_mul(1 << attempt.min(16));
     let capped = base.min(max);
     let mut r = [0u8; 4];

@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::audit::CheckpointLog;
+use super::checkpoint::{Checkpoint, WriterId};
+use super::checkpointer::{CheckpointShared, Checkpointer};
 use super::entry::Draft;
+use super::sink::{CheckpointSink, TracingSink};
 use super::worker::{Msg, Worker};
 use crate::SessionId;
 use crate::credential::TokenHash;
@@ -55,6 +59,20 @@ pub struct WriterConfig {
     /// timeout, so a credential token gets one such entry in its life, and a
     /// hostile page cannot push the session's history out through keep-N.
     pub(crate) csrf_signal_every: Duration,
+    /// `None`: no checkpoints.
+    pub(crate) checkpoint_interval: Option<Duration>,
+    /// `None`: the [`TracingSink`].
+    pub(crate) checkpoint_sink: Option<SinkHandle>,
+}
+
+/// A checkpoint sink in the writer's settings.
+#[derive(Clone)]
+pub(crate) struct SinkHandle(pub(crate) Arc<dyn CheckpointSink>);
+
+impl fmt::Debug for SinkHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CheckpointSink")
+    }
 }
 
 impl Default for WriterConfig {
@@ -71,6 +89,8 @@ impl Default for WriterConfig {
             dead_token_window: Duration::from_secs(10),
             dead_signal_every: Duration::from_secs(10),
             csrf_signal_every: Duration::from_secs(12 * 3600),
+            checkpoint_interval: Some(Duration::from_secs(30)),
+            checkpoint_sink: None,
         }
     }
 }
@@ -131,13 +151,38 @@ impl WriterConfig {
         self
     }
 
+    /// How often the writer signs a checkpoint of the sessions it advanced
+    /// (see [`checkpoint`](crate::history::checkpoint)): one per interval
+    /// at most, and only after something was written or erased. Default
+    /// 30 s: a cut made later than that after an entry was written is
+    /// caught.
+    pub fn checkpoint_interval(mut self, d: Duration) -> Self {
+        self.checkpoint_interval = Some(d);
+        self
+    }
+
+    /// Signs no checkpoints: cut-off tails and deleted histories go
+    /// unnoticed.
+    pub fn no_checkpoints(mut self) -> Self {
+        self.checkpoint_interval = None;
+        self
+    }
+
+    /// Where each checkpoint is copied besides the store. Default
+    /// [`TracingSink`]; a [`FileSink`](crate::history::FileSink) keeps the
+    /// heads too.
+    pub fn checkpoint_sink(mut self, sink: impl CheckpointSink) -> Self {
+        self.checkpoint_sink = Some(SinkHandle(Arc::new(sink)));
+        self
+    }
+
     /// Checks the settings.
     ///
     /// # Errors
     ///
     /// Names the first setting that is zero.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&'static str, bool); 7] = [
+        let checks: [(&'static str, bool); 8] = [
             ("queue_entries", self.queue_entries == 0),
             ("queue_bytes", self.queue_bytes == 0),
             ("batch_entries", self.batch_entries == 0),
@@ -145,6 +190,10 @@ impl WriterConfig {
             ("attempt_timeout", self.attempt_timeout.is_zero()),
             ("backoff_max", self.backoff_max.is_zero()),
             ("flush_timeout", self.flush_timeout.is_zero()),
+            (
+                "checkpoint_interval",
+                self.checkpoint_interval.is_some_and(|d| d.is_zero()),
+            ),
         ];
         for (name, bad) in checks {
             if bad {
@@ -188,6 +237,10 @@ pub struct WriterStats {
     pub queue_depth: u64,
     /// Age of the oldest entry not yet acknowledged, in milliseconds.
     pub oldest_pending_ms: u64,
+    /// Checkpoints signed.
+    pub checkpoints_formed: u64,
+    /// Checkpoints kept by both the store and the sink.
+    pub checkpoints_kept: u64,
 }
 
 #[derive(Default)]
@@ -286,6 +339,7 @@ pub(crate) struct Shared {
     pub(crate) epoch: Instant,
     pub(crate) store: Arc<dyn DynHistoryStore>,
     pub(crate) ring: KeyRing,
+    pub(crate) checkpoints: Option<Arc<CheckpointShared>>,
 }
 
 /// A handle to the background task that chains, signs and writes history
@@ -348,6 +402,21 @@ impl HistoryWriter {
             )
         })?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let checkpointer = config.checkpoint_interval.map(|interval| {
+            let sink = config.checkpoint_sink.as_ref().map_or_else(
+                || Arc::new(TracingSink) as Arc<dyn CheckpointSink>,
+                |s| Arc::clone(&s.0),
+            );
+            let (task, tx, shared) = Checkpointer::new(
+                Arc::clone(&store),
+                ring.clone(),
+                Some(sink),
+                config.attempt_timeout,
+                config.backoff_max,
+            );
+            handle.spawn(task.run());
+            (interval, tx, shared)
+        });
         let shared = Arc::new(Shared {
             queue: Mutex::default(),
             notify: tokio::sync::Notify::new(),
@@ -363,8 +432,10 @@ impl HistoryWriter {
             epoch: Instant::now(),
             store,
             ring,
+            checkpoints: checkpointer.as_ref().map(|c| Arc::clone(&c.2)),
         });
-        handle.spawn(Worker::new(Arc::clone(&shared), rx).run());
+        let checkpoints = checkpointer.map(|(interval, tx, _)| (interval, tx));
+        handle.spawn(Worker::new(Arc::clone(&shared), rx, checkpoints).run());
         Ok(Self { shared, tx })
     }
 
@@ -498,13 +569,23 @@ impl HistoryWriter {
     /// [`ErrorKind::Closed`] when the writer had already stopped.
     pub async fn shutdown(&self, deadline: Duration) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
+        let until = Instant::now() + deadline;
         self.tx
-            .send(Msg::Shutdown {
-                until: Instant::now() + deadline,
-                reply: tx,
-            })
+            .send(Msg::Shutdown { until, reply: tx })
             .map_err(|_| closed())?;
-        match rx.await {
+        let left = rx.await;
+        if let (Ok(0), Some(cp)) = (&left, &self.shared.checkpoints) {
+            // The last checkpoint covers what was written up to the end.
+            let mut done = cp.done.clone();
+            let kept = tokio::time::timeout_at(until.into(), done.wait_for(|d| *d)).await;
+            if !matches!(kept, Ok(Ok(_))) {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    "the last history checkpoint was not kept before the shutdown deadline",
+                ));
+            }
+        }
+        match left {
             Ok(0) => Ok(()),
             Ok(left) => Err(Error::new(
                 ErrorKind::Timeout,
@@ -539,6 +620,117 @@ impl HistoryWriter {
             sessions_backing_off: c.backing_off.load(Ordering::Relaxed),
             queue_depth: depth as u64,
             oldest_pending_ms,
+            checkpoints_formed: self
+                .shared
+                .checkpoints
+                .as_ref()
+                .map_or(0, |c| c.formed.load(Ordering::Relaxed)),
+            checkpoints_kept: self
+                .shared
+                .checkpoints
+                .as_ref()
+                .map_or(0, |c| c.kept.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Writes what is queued, then signs a checkpoint of every session
+    /// advanced since the last one (if any was), and waits until the store
+    /// and the sink keep it. For tests, and for an application that wants
+    /// a checkpoint at a moment of its choosing (before a deploy).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] when the writes or the checkpoint took longer
+    /// than the [flush timeout](WriterConfig::flush_timeout);
+    /// [`ErrorKind::Closed`] when the writer has stopped or signs no
+    /// checkpoints.
+    pub async fn checkpoint(&self) -> Result<(), Error> {
+        if self.shared.checkpoints.is_none() {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                "this history writer signs no checkpoints",
+            ));
+        }
+        self.flush().await?;
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Checkpoint { reply: tx })
+            .map_err(|_| closed())?;
+        match tokio::time::timeout(self.shared.config.flush_timeout, rx).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(closed()),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                "the history checkpoint was not kept within the flush timeout",
+            )),
+        }
+    }
+
+    /// The id of this writer's checkpoint chain; `None` when it signs no
+    /// checkpoints.
+    pub fn writer_id(&self) -> Option<WriterId> {
+        self.shared.checkpoints.as_ref().map(|c| c.writer)
+    }
+
+    /// Reads every checkpoint the store keeps and checks them, with
+    /// `outside`, a copy kept elsewhere (a [`FileSink`](super::FileSink)'s
+    /// file, read with [`FileSink::read`](super::FileSink::read)), against
+    /// which what the store lost or altered is reported.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer.
+    pub async fn checkpoint_log(&self, outside: &[Checkpoint]) -> Result<CheckpointLog, Error> {
+        let stored = self.shared.store.checkpoints().await?;
+        Ok(CheckpointLog::new(
+            &self.shared.ring,
+            &stored,
+            outside,
+            self.shared.store.retention(),
+            crate::util::now_ms(),
+        ))
+    }
+
+    /// Reads every stored entry of a session and verifies them against
+    /// `log` ([`verify_checkpointed`](super::verify_checkpointed)).
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer.
+    pub async fn audit(
+        &self,
+        session: &SessionId,
+        log: &CheckpointLog,
+    ) -> Result<super::Verification, Error> {
+        let entries = self.shared.store.read_all(session).await?;
+        let options = super::Options {
+            keep: self.shared.store.retention().keep,
+            window: false,
+        };
+        Ok(super::verify_checkpointed(
+            &self.shared.ring,
+            session,
+            &entries,
+            options,
+            log,
+        ))
+    }
+
+    /// This writer's own attestations of a session, for the read path.
+    pub(crate) fn own_checkpoints(&self, session: &SessionId) -> Option<CheckpointLog> {
+        let cp = self.shared.checkpoints.as_ref()?;
+        let log = cp.log.lock().unwrap_or_else(|p| p.into_inner());
+        Some(log.for_session(session, crate::util::now_ms()))
+    }
+
+    /// Records signed receipts of erased histories in the next checkpoint.
+    pub(crate) fn erased(&self, sessions: &[SessionId]) {
+        if self.shared.checkpoints.is_some() {
+            let at = crate::util::now_ms();
+            let _ = self.tx.send(Msg::Erased {
+                sessions: sessions.to_vec(),
+                at,
+            });
         }
     }
 

@@ -82,6 +82,8 @@ struct Histories {
     erased: BTreeMap<SessionId, i64>,
     /// Sessions whose appends fail (fault injection).
     poisoned: BTreeSet<SessionId>,
+    /// Checkpoints by writer and counter: (at, encoded).
+    checkpoints: BTreeMap<([u8; 16], u64), (i64, Bytes)>,
 }
 
 /// A user's history index: the linked sessions with their link order,
@@ -627,6 +629,23 @@ impl HistoryStore for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    async fn put_checkpoint(&self, cp: &crate::history::Checkpoint) -> Result<(), Error> {
+        self.inner.history_faults.before().await?;
+        let bytes = Bytes::from(cp.encode());
+        let cutoff = now_ms().saturating_sub(self.inner.ttl_ms);
+        let mut h = lock(&self.inner.history);
+        h.checkpoints.retain(|_, (at, _)| *at > cutoff);
+        h.checkpoints
+            .insert((*cp.writer.as_bytes(), cp.counter), (cp.at, bytes));
+        Ok(())
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Bytes>, Error> {
+        self.inner.history_faults.before().await?;
+        let h = lock(&self.inner.history);
+        Ok(h.checkpoints.values().map(|(_, b)| b.clone()).collect())
     }
 }
 

@@ -808,6 +808,40 @@ pub trait HistoryStore: Send + Sync + 'static {
         user: &str,
         sessions: &[SessionId],
     ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Keeps a signed checkpoint of the history writer (see
+    /// [`history::checkpoint`](crate::history::checkpoint)), as
+    /// [`Checkpoint::encode`](crate::history::Checkpoint::encode) gives it,
+    /// for at least the retention TTL after its
+    /// [`at`](crate::history::Checkpoint::at). Keeping one a second time
+    /// (same writer and counter) is not an error. Every store of this crate
+    /// keeps them; the default answers [`ErrorKind::Misconfigured`], and the
+    /// writer then relies on its sink alone.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer, or keeps no checkpoints.
+    fn put_checkpoint(
+        &self,
+        checkpoint: &crate::history::Checkpoint,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = checkpoint;
+        std::future::ready(Err(Error::new(
+            crate::ErrorKind::Misconfigured,
+            "this history store keeps no checkpoints",
+        )))
+    }
+
+    /// Every checkpoint kept, encoded, of every writer, in no particular
+    /// order (see [`CheckpointLog`](crate::history::CheckpointLog)). The
+    /// default answers none.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer.
+    fn checkpoints(&self) -> impl Future<Output = Result<Vec<Bytes>, Error>> + Send {
+        std::future::ready(Ok(Vec::new()))
+    }
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -926,6 +960,11 @@ pub(crate) trait DynHistoryStore: Send + Sync + 'static {
         user: &'a str,
         sessions: &'a [SessionId],
     ) -> BoxFuture<'a, Result<(), Error>>;
+    fn put_checkpoint<'a>(
+        &'a self,
+        checkpoint: &'a crate::history::Checkpoint,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+    fn checkpoints(&self) -> BoxFuture<'_, Result<Vec<Bytes>, Error>>;
 }
 
 impl<T: HistoryStore> DynHistoryStore for T {
@@ -974,5 +1013,14 @@ impl<T: HistoryStore> DynHistoryStore for T {
         sessions: &'a [SessionId],
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(HistoryStore::unlink_sessions(self, user, sessions))
+    }
+    fn put_checkpoint<'a>(
+        &'a self,
+        checkpoint: &'a crate::history::Checkpoint,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(HistoryStore::put_checkpoint(self, checkpoint))
+    }
+    fn checkpoints(&self) -> BoxFuture<'_, Result<Vec<Bytes>, Error>> {
+        Box::pin(HistoryStore::checkpoints(self))
     }
 }

@@ -409,6 +409,19 @@ impl RedisStore {
         format!("{}:user-history:{{{}}}", self.inner.prefix, name_hash(user))
     }
 
+    /// The key of one history writer's checkpoints (a sorted set of
+    /// encoded checkpoints scored by their time; the writer id is the hash
+    /// tag).
+    pub fn checkpoints_key(&self, writer: &crate::history::WriterId) -> String {
+        format!("{}:checkpoints:{{{writer}}}", self.inner.prefix)
+    }
+
+    /// The key of the index of writers with checkpoints (a sorted set of
+    /// writer ids scored by their last checkpoint's time).
+    pub fn checkpoint_writers_key(&self) -> String {
+        format!("{}:checkpoint-writers", self.inner.prefix)
+    }
+
     /// A Redis error as the crate's: [`ErrorKind::Misconfigured`](crate::ErrorKind::Misconfigured)
     /// when Redis refused this client's configuration (retrying cannot
     /// help), else [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable).
@@ -821,5 +834,13 @@ impl HistoryStore for RedisStore {
 
     async fn unlink_sessions(&self, user: &str, sessions: &[SessionId]) -> Result<(), Error> {
         history::unlink_sessions(self, user, sessions).await
+    }
+
+    async fn put_checkpoint(&self, checkpoint: &crate::history::Checkpoint) -> Result<(), Error> {
+        history::put_checkpoint(self, checkpoint).await
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Bytes>, Error> {
+        history::checkpoints(self).await
     }
 }

@@ -1719,4 +1719,31 @@ impl HistoryStore for PostgresStore {
         .await
         .map(drop)
     }
+
+    async fn put_checkpoint(&self, cp: &crate::history::Checkpoint) -> Result<(), Error> {
+        let cutoff = now_ms().saturating_sub(self.inner.ttl.as_millis() as i64);
+        let writer = cp.writer.as_bytes().as_slice();
+        let counter = i64::try_from(cp.counter).unwrap_or(i64::MAX);
+        let body = cp.encode();
+        self.execute(
+            &self.inner.sql.put_checkpoint,
+            "keep a checkpoint",
+            &[&writer, &counter, &cp.at, &body, &cutoff],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Bytes>, Error> {
+        let rows = self
+            .query(&self.inner.sql.checkpoints, "read checkpoints", &[])
+            .await?;
+        rows.iter()
+            .map(|r| {
+                r.try_get::<_, Vec<u8>>(0)
+                    .map(Bytes::from)
+                    .map_err(|e| Error::with_source(ErrorKind::Corrupt, e))
+            })
+            .collect()
+    }
 }

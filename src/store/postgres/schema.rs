@@ -82,6 +82,15 @@ const TABLES: &[(&str, &[(&str, &str)])] = &[
             ("until", "bigint"),
         ],
     ),
+    (
+        "session_trail_checkpoints",
+        &[
+            ("writer", "bytea"),
+            ("counter", "bigint"),
+            ("at", "bigint"),
+            ("body", "bytea"),
+        ],
+    ),
 ];
 
 /// The functions the store calls.

@@ -23,6 +23,8 @@ pub(super) struct Statements {
     pub(super) expire_links: String,
     pub(super) expire_history: String,
     pub(super) trim_history: String,
+    pub(super) put_checkpoint: String,
+    pub(super) checkpoints: String,
 }
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
@@ -32,6 +34,7 @@ pub(super) const MIGRATIONS: &[&[&str]] = &[
         include_str!("sql/v1_functions.sql"),
     ],
     &[include_str!("sql/v2.sql")],
+    &[include_str!("sql/v3.sql")],
 ];
 
 impl Statements {
@@ -59,6 +62,8 @@ impl Statements {
             expire_links: s(include_str!("sql/expire_links.sql")),
             expire_history: s(include_str!("sql/expire_history.sql")),
             trim_history: s(include_str!("sql/trim_history.sql")),
+            put_checkpoint: s(include_str!("sql/put_checkpoint.sql")),
+            checkpoints: s(include_str!("sql/checkpoints.sql")),
         }
     }
 }

@@ -468,3 +468,82 @@ pub(super) async fn unlink_sessions(
         .await
         .map_err(|e| store.unavailable(e, "unlink sessions from a user's history"))
 }
+
+/// Keeps a checkpoint in its writer's sorted set (scored by its time, so
+/// those past the TTL are trimmed here), and the writer in the index of
+/// writers (scored by its last checkpoint).
+pub(super) async fn put_checkpoint(
+    store: &RedisStore,
+    cp: &crate::history::Checkpoint,
+) -> Result<(), Error> {
+    let ttl = store.inner.ttl.as_millis() as i64;
+    let cutoff = now_ms().saturating_sub(ttl);
+    let key = store.checkpoints_key(&cp.writer);
+    let mut pipe = ::redis::pipe();
+    pipe.atomic()
+        .cmd("ZADD")
+        .arg(&key)
+        .arg(cp.at)
+        .arg(cp.encode())
+        .ignore()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(&key)
+        .arg("-inf")
+        .arg(format!("({cutoff}"))
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(&key)
+        .arg(ttl)
+        .ignore();
+    let mut c = store.inner.conn.clone();
+    pipe.query_async::<()>(&mut c)
+        .await
+        .map_err(|e| store.unavailable(e, "keep a checkpoint"))?;
+    let index = store.checkpoint_writers_key();
+    let mut pipe = ::redis::pipe();
+    pipe.atomic()
+        .cmd("ZADD")
+        .arg(&index)
+        .arg(cp.at)
+        .arg(cp.writer.to_string())
+        .ignore()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(&index)
+        .arg("-inf")
+        .arg(format!("({cutoff}"))
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(&index)
+        .arg(ttl)
+        .ignore();
+    pipe.query_async::<()>(&mut c)
+        .await
+        .map_err(|e| store.unavailable(e, "index a checkpoint's writer"))
+}
+
+pub(super) async fn checkpoints(store: &RedisStore) -> Result<Vec<Bytes>, Error> {
+    let mut c = store.inner.conn.clone();
+    let writers: Vec<String> = ::redis::cmd("ZRANGE")
+        .arg(store.checkpoint_writers_key())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .map_err(|e| store.unavailable(e, "read the checkpoint writers"))?;
+    let mut out = Vec::new();
+    for w in writers {
+        let Some(id) = crate::util::unhex::<16>(&w) else {
+            continue;
+        };
+        let key = store.checkpoints_key(&crate::history::WriterId::from_bytes(id));
+        let kept: Vec<Vec<u8>> = ::redis::cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| store.unavailable(e, "read checkpoints"))?;
+        out.extend(kept.into_iter().map(Bytes::from));
+    }
+    Ok(out)
+}

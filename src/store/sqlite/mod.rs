@@ -71,6 +71,9 @@ mod sql {
     pub(super) const OVERFULL_HISTORIES: &str = include_str!("sql/overfull_histories.sql");
     pub(super) const TRIM_HISTORY: &str = include_str!("sql/trim_history.sql");
     pub(super) const TRIMMED_HEAD: &str = include_str!("sql/trimmed_head.sql");
+    pub(super) const PUT_CHECKPOINT: &str = include_str!("sql/put_checkpoint.sql");
+    pub(super) const TRIM_CHECKPOINTS: &str = include_str!("sql/trim_checkpoints.sql");
+    pub(super) const CHECKPOINTS: &str = include_str!("sql/checkpoints.sql");
 }
 
 /// How SQLite makes a commit durable (its `synchronous` setting; the
@@ -1212,6 +1215,41 @@ impl HistoryStore for SqliteStore {
             }
             tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn put_checkpoint(&self, cp: &crate::history::Checkpoint) -> Result<(), Error> {
+        let cutoff = now_ms().saturating_sub(self.inner.ttl.as_millis() as i64);
+        let writer = *cp.writer.as_bytes();
+        let counter = i64::try_from(cp.counter).unwrap_or(i64::MAX);
+        let at = cp.at;
+        let body = cp.encode();
+        self.call("keep a checkpoint", move |db| {
+            let tx = immediate(db.conn())?;
+            tx.prepare_cached(sql::TRIM_CHECKPOINTS)?
+                .execute(params![cutoff])?;
+            tx.prepare_cached(sql::PUT_CHECKPOINT)?.execute(params![
+                writer.as_slice(),
+                counter,
+                at,
+                body
+            ])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Bytes>, Error> {
+        self.call("read checkpoints", |db| {
+            let mut stmt = db.conn().prepare_cached(sql::CHECKPOINTS)?;
+            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(Bytes::from(row?));
+            }
+            Ok(out)
         })
         .await
     }

@@ -8,14 +8,17 @@ use crate::error::{Error, ErrorKind};
 use crate::util::now_ms;
 
 /// The schema version this build creates and expects.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The scripts that bring a file from version `n - 1` to `n`, in order.
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] =
-    [include_str!("sql/v1.sql"), include_str!("sql/v2.sql")];
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    include_str!("sql/v1.sql"),
+    include_str!("sql/v2.sql"),
+    include_str!("sql/v3.sql"),
+];
 
 /// The tables and the columns the store uses.
-const TABLES: [(&str, &[&str]); 5] = [
+const TABLES: [(&str, &[&str]); 6] = [
     (
         "session_trail_sessions",
         &[
@@ -60,6 +63,10 @@ const TABLES: [(&str, &[&str]); 5] = [
     (
         "session_trail_user_history",
         &["linked", "user_pseudonym", "sid", "until"],
+    ),
+    (
+        "session_trail_checkpoints",
+        &["writer", "counter", "at", "body"],
     ),
 ];
 

@@ -1,0 +1,440 @@
+//! Checking checkpoint chains, and sessions against them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use super::chain::{Break, BreakKind, Options, Verification, verify};
+use super::checkpoint::{Checkpoint, Digest, WriterId};
+use super::entry::{TAG_LEN, parse};
+use crate::SessionId;
+use crate::key::KeyRing;
+use crate::store::Retention;
+
+/// How far the verifier's clock, the store's and the writer's may disagree,
+/// and how long an entry may wait in the writer's queue, when telling a
+/// history that expired by its TTL from one that was deleted. A cut made
+/// within this much of the history's lawful expiry is not reported.
+pub const EXPIRY_SLACK: Duration = Duration::from_secs(600);
+
+/// What is wrong with a checkpoint chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CheckpointProblem {
+    /// A stored checkpoint does not decode (its index in the list given).
+    Malformed(usize),
+    /// Signed with a key the ring does not hold.
+    UnknownKey(WriterId, u64),
+    /// Its signature does not match: modified or forged.
+    BadSignature(WriterId, u64),
+    /// Its heads do not hash to its signed root: heads modified.
+    BadRoot(WriterId, u64),
+    /// Two different checkpoints with the writer's same counter.
+    Conflict(WriterId, u64),
+    /// Its `prev` is not the digest of the writer's checkpoint before it.
+    BrokenLink(WriterId, u64),
+    /// The writer's checkpoints with these counters are absent between
+    /// ones that are kept: removed.
+    Missing(WriterId, u64, u64),
+    /// In the outside copy but not in the store, and not old enough to have
+    /// been trimmed: removed from the store.
+    Removed(WriterId, u64),
+    /// In both copies, but they differ.
+    Altered(WriterId, u64),
+}
+
+impl CheckpointProblem {
+    /// A short name: `"bad_signature"`, `"removed"`, …
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::UnknownKey(..) => "unknown_key",
+            Self::BadSignature(..) => "bad_signature",
+            Self::BadRoot(..) => "bad_root",
+            Self::Conflict(..) => "conflict",
+            Self::BrokenLink(..) => "broken_link",
+            Self::Missing(..) => "missing",
+            Self::Removed(..) => "removed",
+            Self::Altered(..) => "altered",
+        }
+    }
+}
+
+impl fmt::Display for CheckpointProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Malformed(i) => write!(f, "stored checkpoint {i} is malformed"),
+            Self::Missing(w, a, b) => write!(f, "checkpoints {a}..={b} of writer {w} missing"),
+            Self::UnknownKey(w, c)
+            | Self::BadSignature(w, c)
+            | Self::BadRoot(w, c)
+            | Self::Conflict(w, c)
+            | Self::BrokenLink(w, c)
+            | Self::Removed(w, c)
+            | Self::Altered(w, c) => {
+                write!(f, "{} at checkpoint {c} of writer {w}", self.as_str())
+            }
+        }
+    }
+}
+
+/// One checkpoint's word on one session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attestation {
+    /// The writer of the checkpoint.
+    pub writer: WriterId,
+    /// The checkpoint's counter.
+    pub counter: u64,
+    /// The attested head's `seq`.
+    pub seq: u64,
+    /// The attested head's tag.
+    pub tag: [u8; TAG_LEN],
+    /// The checkpoint's [`since`](Checkpoint::since).
+    pub since: i64,
+}
+
+/// The checkpoints a verifier trusts, checked, and indexed by session.
+///
+/// Built from the checkpoints the store keeps, and those of a copy kept
+/// outside it (a [`FileSink`](super::FileSink)'s file): the union is used,
+/// and what the outside copy holds that the store lost or altered is
+/// reported. Checkpoints whose signature or root does not check are
+/// reported and not used.
+///
+/// Per session and writer, the newest attestation is kept: a later head
+/// of the same session comes with a later `since`, so it says all an
+/// earlier one did about a cut tail, a missing history, or a lawful
+/// expiry or erasure.
+///
+/// ```
+/// use session_trail::history::{CheckpointLog, verify_checkpointed, Options};
+/// use session_trail::store::Retention;
+/// use session_trail::{Key, KeyRing, SessionId};
+///
+/// let ring = KeyRing::new(Key::generate());
+/// let log = CheckpointLog::new(&ring, &[], &[], Retention::default(), 0);
+/// assert!(log.problems().is_empty());
+/// let none: Vec<Vec<u8>> = Vec::new();
+/// let v = verify_checkpointed(&ring, &SessionId::generate(), &none, Options::default(), &log);
+/// assert!(v.is_ok() && v.checkpointed.is_none());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointLog {
+    /// Used checkpoints' digests and times, by writer and counter.
+    chain: BTreeMap<(WriterId, u64), (Digest, i64)>,
+    attest: HashMap<SessionId, Vec<Attestation>>,
+    erased: HashMap<SessionId, i64>,
+    problems: Vec<CheckpointProblem>,
+    ttl_ms: i64,
+    now: i64,
+}
+
+impl CheckpointLog {
+    /// Checks and indexes checkpoints: `stored` as read from the store
+    /// (encoded, [`Checkpoint::encode`]), `outside` from a copy kept
+    /// elsewhere. `retention` is the store's and `now` (Unix milliseconds)
+    /// the time of the check: a checkpoint older than the TTL may have been
+    /// trimmed from the store, and a history whose TTL has passed may have
+    /// expired.
+    pub fn new<B: AsRef<[u8]>>(
+        ring: &KeyRing,
+        stored: &[B],
+        outside: &[Checkpoint],
+        retention: Retention,
+        now: i64,
+    ) -> Self {
+        let mut log = Self {
+            ttl_ms: i64::try_from(retention.ttl.as_millis()).unwrap_or(i64::MAX),
+            now,
+            ..Self::default()
+        };
+        let mut store: BTreeMap<(WriterId, u64), Checkpoint> = BTreeMap::new();
+        for (i, raw) in stored.iter().enumerate() {
+            match Checkpoint::decode(raw.as_ref()) {
+                Ok(cp) => log.admit(ring, cp, &mut store),
+                Err(_) => log.problems.push(CheckpointProblem::Malformed(i)),
+            }
+        }
+        let mut all = store.clone();
+        for cp in outside {
+            let id = (cp.writer, cp.counter);
+            match store.get(&id) {
+                Some(kept) if kept.digest() == cp.digest() => {}
+                Some(_) => log.problems.push(CheckpointProblem::Altered(id.0, id.1)),
+                None => {
+                    let before = log.problems.len();
+                    log.admit(ring, cp.clone(), &mut all);
+                    let trimmed = cp.at.saturating_add(log.ttl_ms) <= now;
+                    if log.problems.len() == before && !trimmed {
+                        log.problems.push(CheckpointProblem::Removed(id.0, id.1));
+                    }
+                }
+            }
+        }
+        log.link(&all);
+        for cp in all.values() {
+            log.index(cp);
+        }
+        log
+    }
+
+    /// Adds one checkpoint of the writer's own, already trusted (the
+    /// writer's read path).
+    pub(crate) fn add_own(&mut self, cp: &Checkpoint) {
+        self.chain
+            .insert((cp.writer, cp.counter), (cp.digest(), cp.at));
+        self.index(cp);
+    }
+
+    /// Drops what lies beyond the TTL, and the oldest half of the sessions
+    /// when more than `cap` are indexed.
+    pub(crate) fn prune(&mut self, ttl: Duration, now: i64, cap: usize) {
+        let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        self.ttl_ms = ttl;
+        self.now = now;
+        let cutoff = now.saturating_sub(ttl);
+        self.chain.retain(|_, (_, at)| *at > cutoff);
+        self.erased.retain(|_, at| *at > cutoff);
+        self.attest.retain(|_, v| {
+            v.retain(|a| a.since > cutoff.saturating_sub(EXPIRY_SLACK.as_millis() as i64));
+            !v.is_empty()
+        });
+        if self.attest.len() > cap {
+            let mut times: Vec<i64> = self
+                .attest
+                .values()
+                .map(|v| v.iter().map(|a| a.since).max().unwrap_or(0))
+                .collect();
+            let mid = times.len() / 2;
+            let (_, median, _) = times.select_nth_unstable(mid);
+            let median = *median;
+            self.attest
+                .retain(|_, v| v.iter().any(|a| a.since > median));
+        }
+    }
+
+    /// A log of this one session's attestations and erasure, checked as of
+    /// `now`.
+    pub(crate) fn for_session(&self, session: &SessionId, now: i64) -> Self {
+        let mut one = Self {
+            ttl_ms: self.ttl_ms,
+            now,
+            ..Self::default()
+        };
+        if let Some(a) = self.attest.get(session) {
+            one.attest.insert(*session, a.clone());
+        }
+        if let Some(&at) = self.erased.get(session) {
+            one.erased.insert(*session, at);
+        }
+        one
+    }
+
+    fn admit(
+        &mut self,
+        ring: &KeyRing,
+        cp: Checkpoint,
+        into: &mut BTreeMap<(WriterId, u64), Checkpoint>,
+    ) {
+        let id = (cp.writer, cp.counter);
+        if let Err(p) = cp.check_signature(ring) {
+            self.problems.push(p);
+            return;
+        }
+        if !cp.heads_match_root() {
+            self.problems.push(CheckpointProblem::BadRoot(id.0, id.1));
+            return;
+        }
+        match into.get(&id) {
+            Some(kept) if kept.digest() == cp.digest() => {
+                // The same checkpoint twice: keep the copy with heads.
+                if !kept.has_heads() {
+                    into.insert(id, cp);
+                }
+            }
+            Some(_) => self.problems.push(CheckpointProblem::Conflict(id.0, id.1)),
+            None => {
+                into.insert(id, cp);
+            }
+        }
+    }
+
+    fn link(&mut self, all: &BTreeMap<(WriterId, u64), Checkpoint>) {
+        let mut last: Option<&Checkpoint> = None;
+        for cp in all.values() {
+            match last {
+                Some(p) if p.writer == cp.writer => {
+                    if cp.counter == p.counter + 1 {
+                        if cp.prev != p.digest() {
+                            self.problems
+                                .push(CheckpointProblem::BrokenLink(cp.writer, cp.counter));
+                        }
+                    } else {
+                        self.problems.push(CheckpointProblem::Missing(
+                            cp.writer,
+                            p.counter + 1,
+                            cp.counter - 1,
+                        ));
+                    }
+                }
+                // A writer's first: older ones may have been trimmed.
+                _ if cp.counter == 1 && cp.prev != [0; 32] => {
+                    self.problems
+                        .push(CheckpointProblem::BrokenLink(cp.writer, cp.counter));
+                }
+                _ => {}
+            }
+            last = Some(cp);
+        }
+    }
+
+    fn index(&mut self, cp: &Checkpoint) {
+        self.chain
+            .insert((cp.writer, cp.counter), (cp.digest(), cp.at));
+        for e in &cp.erasures {
+            let at = self.erased.entry(e.session).or_insert(e.at);
+            *at = (*at).max(e.at);
+        }
+        for h in &cp.heads {
+            let a = Attestation {
+                writer: cp.writer,
+                counter: cp.counter,
+                seq: h.seq,
+                tag: h.tag,
+                since: cp.since,
+            };
+            let list = self.attest.entry(h.session).or_default();
+            match list.iter_mut().find(|x| x.writer == cp.writer) {
+                Some(x) if x.counter < a.counter => *x = a,
+                Some(_) => {}
+                None => list.push(a),
+            }
+        }
+    }
+
+    /// What is wrong with the checkpoints, if anything.
+    pub fn problems(&self) -> &[CheckpointProblem] {
+        &self.problems
+    }
+
+    /// How many checkpoints are used.
+    pub fn len(&self) -> usize {
+        self.chain.len()
+    }
+
+    /// Whether no checkpoint is used.
+    pub fn is_empty(&self) -> bool {
+        self.chain.is_empty()
+    }
+
+    /// The newest attestation of each writer for a session.
+    pub fn attestations(&self, session: &SessionId) -> &[Attestation] {
+        self.attest.get(session).map_or(&[], Vec::as_slice)
+    }
+
+    /// When the session's history was last erased, by the receipts.
+    pub fn erased_at(&self, session: &SessionId) -> Option<i64> {
+        self.erased.get(session).copied()
+    }
+}
+
+/// [`verify`] against checkpoints: besides the chain's own breaks,
+///
+/// - [`BreakKind::TruncatedTail`]: the newest entry is older than a head a
+///   checkpoint attests (reported after the last position);
+/// - [`BreakKind::MissingHistory`]: no entry at all where a checkpoint
+///   attests a head, and the history's TTL cannot have passed;
+/// - [`BreakKind::Replaced`]: the entry at an attested `seq` is not the one
+///   attested (the tail was rewritten from there).
+///
+/// Not reported: a history erased after the attestation (by a signed
+/// [`Erasure`](super::Erasure) in any checkpoint); a history that started
+/// afresh, or is gone, after its TTL could have passed since the
+/// attestation's [`since`](Checkpoint::since) (with [`EXPIRY_SLACK`]);
+/// entries trimmed from the front by keep-*N* (the head stays).
+/// [`Verification::checkpointed`] is the highest `seq` that held.
+pub fn verify_checkpointed<E: AsRef<[u8]>>(
+    ring: &KeyRing,
+    session: &SessionId,
+    entries: &[E],
+    options: Options,
+    log: &CheckpointLog,
+) -> Verification {
+    let mut v = verify(ring, session, entries, options);
+    let attested = log.attestations(session);
+    if attested.is_empty() {
+        return v;
+    }
+    let broken: Vec<usize> = v
+        .breaks
+        .iter()
+        .filter(|b| {
+            matches!(
+                b.kind,
+                BreakKind::Malformed | BreakKind::UnknownKey | BreakKind::BadTag
+            )
+        })
+        .map(|b| b.position)
+        .collect();
+    // (position, seq, tag, ts) of entries with good tags.
+    let good: Vec<(usize, u64, [u8; TAG_LEN], i64)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !broken.contains(i))
+        .filter_map(|(i, e)| parse(e.as_ref()).ok().map(|p| (i, p.seq, p.tag, p.ts)))
+        .collect();
+    let slack = EXPIRY_SLACK.as_millis() as i64;
+    let lawful_after = |a: &Attestation| a.since.saturating_add(log.ttl_ms).saturating_sub(slack);
+    let erased = log.erased_at(session);
+    let oldest_ts = good.iter().map(|g| g.3).min();
+    let live: Vec<&Attestation> = attested
+        .iter()
+        .filter(|a| erased.is_none_or(|e| e < a.since))
+        // A history written entirely after the attested one could expire
+        // is a new one.
+        .filter(|a| oldest_ts.is_none_or(|ts| ts < lawful_after(a)))
+        .collect();
+    let Some(top) = live.iter().max_by_key(|a| (a.seq, a.since)) else {
+        return v;
+    };
+    let newest = good.iter().map(|g| g.1).max();
+    match newest {
+        None => {
+            if log.now < lawful_after(top) {
+                v.breaks.push(Break {
+                    position: 0,
+                    seq: None,
+                    kind: BreakKind::MissingHistory { through: top.seq },
+                });
+            }
+        }
+        Some(h) if h < top.seq => v.breaks.push(Break {
+            position: entries.len(),
+            seq: None,
+            kind: BreakKind::TruncatedTail {
+                from: h + 1,
+                to: top.seq,
+            },
+        }),
+        Some(_) => {}
+    }
+    let mut replaced = false;
+    for a in &live {
+        if let Some(g) = good.iter().find(|g| g.1 == a.seq)
+            && g.2 != a.tag
+        {
+            v.breaks.push(Break {
+                position: g.0,
+                seq: Some(a.seq),
+                kind: BreakKind::Replaced,
+            });
+            replaced = true;
+        }
+    }
+    if !replaced && v.breaks.iter().all(|b| !b.kind.is_checkpoint()) {
+        v.checkpointed = Some(top.seq);
+    }
+    v.breaks.sort_by_key(|b| b.position);
+    v.breaks.dedup();
+    v
+}

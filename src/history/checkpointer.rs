@@ -1,0 +1,230 @@
+//! The task that forms, signs and keeps the writer's checkpoints.
+//!
+//! The writer's task only collects the heads it advanced and hands them
+//! over at each interval; forming the Merkle tree, signing, and the round
+//! trips to the store and the sink happen here, so a checkpoint over many
+//! sessions (or a slow sink) never holds up history writes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::audit::CheckpointLog;
+use super::checkpoint::{Checkpoint, Digest, Erasure, Fields, Head, WriterId};
+use super::entry::TAG_LEN;
+use super::sink::CheckpointSink;
+use crate::key::KeyRing;
+use crate::store::DynHistoryStore;
+use crate::util::now_ms;
+use crate::{ErrorKind, SessionId};
+
+/// Most sessions the read path's index of this writer's attestations
+/// holds; beyond it the older half is dropped (their reads are then
+/// verified without checkpoints).
+const READ_INDEX_CAP: usize = 1 << 20;
+
+/// Heads of more sessions than this are hashed and signed on a blocking
+/// thread rather than on the runtime's.
+const BLOCKING_OVER: usize = 4096;
+
+/// How often a persisting failure to keep checkpoints is logged again.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// What the writer advanced since its last hand-over.
+#[derive(Default)]
+pub(crate) struct Advance {
+    pub(crate) heads: HashMap<SessionId, (u64, [u8; TAG_LEN])>,
+    /// The earliest time one of those appends was sent.
+    pub(crate) since: Option<i64>,
+    pub(crate) erasures: Vec<Erasure>,
+    /// Answered once everything handed over so far is kept.
+    pub(crate) replies: Vec<oneshot::Sender<()>>,
+}
+
+impl Advance {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.heads.is_empty() && self.erasures.is_empty()
+    }
+
+    pub(crate) fn add(&mut self, session: SessionId, seq: u64, tag: [u8; TAG_LEN], sent: i64) {
+        self.heads.insert(session, (seq, tag));
+        self.since = Some(self.since.map_or(sent, |s| s.min(sent)));
+    }
+
+    fn merge(&mut self, later: Advance) {
+        self.heads.extend(later.heads);
+        if let Some(s) = later.since {
+            self.since = Some(self.since.map_or(s, |t| t.min(s)));
+        }
+        self.erasures.extend(later.erasures);
+        self.replies.extend(later.replies);
+    }
+}
+
+/// What the writer's handles see of its checkpoints.
+pub(crate) struct CheckpointShared {
+    pub(crate) writer: WriterId,
+    /// This writer's own attestations, for the read path.
+    pub(crate) log: Mutex<CheckpointLog>,
+    pub(crate) formed: AtomicU64,
+    pub(crate) kept: AtomicU64,
+    /// Set once the task has stopped, having kept all it was handed.
+    pub(crate) done: watch::Receiver<bool>,
+}
+
+pub(crate) struct Checkpointer {
+    rx: mpsc::UnboundedReceiver<Advance>,
+    store: Arc<dyn DynHistoryStore>,
+    ring: KeyRing,
+    sink: Option<Arc<dyn CheckpointSink>>,
+    shared: Arc<CheckpointShared>,
+    done: watch::Sender<bool>,
+    counter: u64,
+    prev: Digest,
+    attempt_timeout: Duration,
+    backoff_max: Duration,
+}
+
+impl Checkpointer {
+    pub(crate) fn new(
+        store: Arc<dyn DynHistoryStore>,
+        ring: KeyRing,
+        sink: Option<Arc<dyn CheckpointSink>>,
+        attempt_timeout: Duration,
+        backoff_max: Duration,
+    ) -> (Self, mpsc::UnboundedSender<Advance>, Arc<CheckpointShared>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done, done_rx) = watch::channel(false);
+        let shared = Arc::new(CheckpointShared {
+            writer: WriterId::generate(),
+            log: Mutex::default(),
+            formed: AtomicU64::new(0),
+            kept: AtomicU64::new(0),
+            done: done_rx,
+        });
+        let task = Self {
+            rx,
+            store,
+            ring,
+            sink,
+            shared: Arc::clone(&shared),
+            done,
+            counter: 0,
+            prev: [0; 32],
+            attempt_timeout,
+            backoff_max,
+        };
+        (task, tx, shared)
+    }
+
+    pub(crate) async fn run(mut self) {
+        while let Some(mut advance) = self.rx.recv().await {
+            while let Ok(later) = self.rx.try_recv() {
+                advance.merge(later);
+            }
+            if !advance.is_empty() {
+                let cp = self.form(&mut advance).await;
+                self.keep(&cp).await;
+            }
+            for reply in advance.replies {
+                let _ = reply.send(());
+            }
+        }
+        let _ = self.done.send(true);
+    }
+
+    async fn form(&mut self, advance: &mut Advance) -> Checkpoint {
+        self.counter += 1;
+        let at = now_ms();
+        let fields = Fields {
+            writer: self.shared.writer,
+            counter: self.counter,
+            at,
+            since: advance.since.unwrap_or(at).min(at),
+            prev: self.prev,
+        };
+        let heads: Vec<Head> = advance
+            .heads
+            .drain()
+            .map(|(session, (seq, tag))| Head { session, seq, tag })
+            .collect();
+        let erasures = std::mem::take(&mut advance.erasures);
+        let key = self.ring.current().clone();
+        let cp = if heads.len() > BLOCKING_OVER {
+            let fields_heads = (fields, heads, erasures);
+            tokio::task::spawn_blocking(move || {
+                let (f, h, e) = fields_heads;
+                Checkpoint::sign(&key, f, h, e)
+            })
+            .await
+            .expect("signing a checkpoint does not panic")
+        } else {
+            Checkpoint::sign(&key, fields, heads, erasures)
+        };
+        self.prev = cp.digest();
+        self.shared.formed.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut log = self.shared.log.lock().unwrap_or_else(|p| p.into_inner());
+            log.add_own(&cp);
+            log.prune(self.store.retention().ttl, at, READ_INDEX_CAP);
+        }
+        cp
+    }
+
+    /// Keeps the checkpoint in the store and the sink, retrying each until
+    /// it is kept. A store that keeps no checkpoints is passed over.
+    async fn keep(&self, cp: &Checkpoint) {
+        let mut stored = false;
+        let mut published = self.sink.is_none();
+        let mut attempt = 0u32;
+        let mut logged: Option<Instant> = None;
+        loop {
+            let mut reason = String::new();
+            if !stored {
+                match tokio::time::timeout(self.attempt_timeout, self.store.put_checkpoint(cp))
+                    .await
+                {
+                    Ok(Ok(())) => stored = true,
+                    Ok(Err(e)) if e.kind() == ErrorKind::Misconfigured => {
+                        tracing::warn!(
+                            counter = cp.counter,
+                            error = %e.report(),
+                            "the history store does not keep this checkpoint; only the sink has it"
+                        );
+                        stored = true;
+                    }
+                    Ok(Err(e)) => reason = format!("store: {}", e.report()),
+                    Err(_) => {
+                        reason = format!("store: no answer within {:?}", self.attempt_timeout)
+                    }
+                }
+            }
+            if let (false, Some(sink)) = (published, &self.sink) {
+                match tokio::time::timeout(self.attempt_timeout, sink.publish(cp)).await {
+                    Ok(Ok(())) => published = true,
+                    Ok(Err(e)) => reason = format!("sink: {}", e.report()),
+                    Err(_) => reason = format!("sink: no answer within {:?}", self.attempt_timeout),
+                }
+            }
+            if stored && published {
+                self.shared.kept.fetch_add(1, Ordering::Relaxed);
+                if logged.is_some() {
+                    tracing::info!(
+                        counter = cp.counter,
+                        "history checkpoint kept after retries"
+                    );
+                }
+                return;
+            }
+            attempt += 1;
+            if logged.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+                logged = Some(Instant::now());
+                tracing::warn!(counter = cp.counter, attempt, %reason, "keeping a history checkpoint failed; retrying");
+            }
+            tokio::time::sleep(super::worker::backoff(attempt, self.backoff_max)).await;
+        }
+    }
+}

@@ -1,0 +1,1 @@
+SELECT body FROM {schema}.session_trail_checkpoints

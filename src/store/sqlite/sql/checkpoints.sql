@@ -1,0 +1,1 @@
+SELECT body FROM session_trail_checkpoints

@@ -1,0 +1,2 @@
+-- ?1 the oldest time kept.
+DELETE FROM session_trail_checkpoints WHERE at < ?1

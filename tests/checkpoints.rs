@@ -1,0 +1,449 @@
+//! Signed checkpoints: property tests of what the verifier reports against
+//! checkpoints the real history writer formed (on the memory store), and
+//! erasure through the layer. The same through Redis and PostgreSQL is in
+//! `common::checkpoints`, run by their test binaries.
+#![cfg(feature = "memory-store")]
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use serde_json::json;
+use session_trail::history::{
+    BreakKind, Checkpoint, CheckpointLog, CheckpointProblem, Draft, Entry, FileSink, HistoryWriter,
+    Options, Verification, WriterConfig, verify_checkpointed,
+};
+use session_trail::store::{HistoryStore, MemoryStore, Retention};
+use session_trail::{Key, KeyRing, SessionId};
+
+const TTL: Duration = Duration::from_secs(3600);
+
+fn key() -> Key {
+    Key::from_bytes(&common::secret(91)).unwrap()
+}
+
+fn ring() -> KeyRing {
+    KeyRing::new(key())
+}
+
+fn sink_path() -> PathBuf {
+    std::env::temp_dir().join(format!("st-checkpoints-{}.jsonl", SessionId::generate()))
+}
+
+fn store(keep: usize) -> MemoryStore {
+    MemoryStore::new().history_retention(keep, TTL).unwrap()
+}
+
+fn writer(store: &MemoryStore, sink: &PathBuf) -> HistoryWriter {
+    HistoryWriter::start(
+        store.clone(),
+        ring(),
+        WriterConfig::default()
+            .flush_interval(Duration::from_millis(1))
+            // Checkpoints are asked for with `checkpoint()` here.
+            .checkpoint_interval(Duration::from_secs(3600))
+            .checkpoint_sink(FileSink::open(sink).unwrap()),
+    )
+    .unwrap()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn write(w: &HistoryWriter, sid: SessionId, n: usize) {
+    let drafts = (0..n)
+        .map(|i| Draft::event("step", &json!({ "i": i })).unwrap())
+        .collect();
+    assert!(w.enqueue(sid, drafts));
+    w.flush().await.unwrap();
+}
+
+async fn log_of(store: &MemoryStore, outside: &[Checkpoint], now: i64) -> CheckpointLog {
+    let stored = store.checkpoints().await.unwrap();
+    CheckpointLog::new(&ring(), &stored, outside, retention(store), now)
+}
+
+fn retention(store: &MemoryStore) -> Retention {
+    HistoryStore::retention(store)
+}
+
+fn check(
+    store: &MemoryStore,
+    sid: &SessionId,
+    entries: &[Bytes],
+    log: &CheckpointLog,
+) -> Verification {
+    let options = Options {
+        keep: retention(store).keep,
+        window: false,
+    };
+    verify_checkpointed(&ring(), sid, entries, options, log)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// `attested` entries, a checkpoint, `more` entries after it; the tail
+    /// cut to `left`: reported iff the cut reaches into what the checkpoint
+    /// attests, as `truncated_tail` after the last entry left, from the
+    /// first absent `seq` to the attested head.
+    #[test]
+    fn a_cut_tail_is_reported_exactly_where_the_checkpoint_says(
+        attested in 1usize..30,
+        more in 0usize..10,
+        left_frac in 0.0f64..1.0,
+    ) {
+        rt().block_on(async {
+            let store = store(1000);
+            let sink = sink_path();
+            let w = writer(&store, &sink);
+            let sid = SessionId::generate();
+            write(&w, sid, attested).await;
+            w.checkpoint().await.unwrap();
+            write(&w, sid, more).await;
+            let all = store.read_all(&sid).await.unwrap();
+            let total = attested + more;
+            prop_assert_eq!(all.len(), total);
+            let outside = FileSink::read(&sink).unwrap();
+            let log = log_of(&store, &outside, now_ms()).await;
+            prop_assert!(log.problems().is_empty(), "{:?}", log.problems());
+
+            let whole = check(&store, &sid, &all, &log);
+            prop_assert!(whole.is_ok(), "{:?}", whole.breaks);
+            prop_assert_eq!(whole.checkpointed, Some(attested as u64));
+
+            let left = ((total as f64) * left_frac) as usize;
+            let v = check(&store, &sid, &all[..left], &log);
+            if left == 0 {
+                prop_assert_eq!(v.breaks.len(), 1);
+                prop_assert_eq!(v.breaks[0].kind, BreakKind::MissingHistory { through: attested as u64 });
+            } else if left < attested {
+                prop_assert_eq!(v.breaks.len(), 1, "{:?}", v.breaks);
+                prop_assert_eq!(v.breaks[0].position, left);
+                prop_assert_eq!(
+                    v.breaks[0].kind,
+                    BreakKind::TruncatedTail { from: left as u64 + 1, to: attested as u64 }
+                );
+                prop_assert_eq!(v.checkpointed, None);
+            } else {
+                // Entries after the checkpoint can go unnoticed: the limit
+                // of any checkpoint interval.
+                prop_assert!(v.is_ok(), "{:?}", v.breaks);
+            }
+            let _ = std::fs::remove_file(&sink);
+            Ok(())
+        })?;
+    }
+
+    /// A checkpointed history deleted whole is `missing_history`, from the
+    /// store's checkpoints or the sink's copy alone; once its TTL could
+    /// have passed since the checkpoint, it is not.
+    #[test]
+    fn a_deleted_history_is_missing_until_its_ttl_could_have_passed(n in 1usize..20) {
+        rt().block_on(async {
+            let store = store(1000);
+            let sink = sink_path();
+            let w = writer(&store, &sink);
+            let sid = SessionId::generate();
+            write(&w, sid, n).await;
+            w.checkpoint().await.unwrap();
+            // Deleted behind the layer's back: no erasure receipt.
+            store.delete(&sid).await.unwrap();
+            let outside = FileSink::read(&sink).unwrap();
+            let none: Vec<Bytes> = Vec::new();
+            for log in [
+                log_of(&store, &[], now_ms()).await,
+                CheckpointLog::new(&ring(), &none, &outside, retention(&store), now_ms()),
+            ] {
+                let v = check(&store, &sid, &none, &log);
+                prop_assert_eq!(v.breaks.len(), 1);
+                prop_assert_eq!(v.breaks[0].kind, BreakKind::MissingHistory { through: n as u64 });
+            }
+            let later = now_ms() + TTL.as_millis() as i64 + 1;
+            let v = check(&store, &sid, &none, &log_of(&store, &outside, later).await);
+            prop_assert!(v.is_ok(), "{:?}", v.breaks);
+            let _ = std::fs::remove_file(&sink);
+            Ok(())
+        })?;
+    }
+
+    /// keep-N trims the front between checkpoints: never reported, and the
+    /// head stays attested.
+    #[test]
+    fn keep_n_trims_are_not_reported(keep in 2usize..8, rounds in prop::collection::vec(1usize..6, 1..6)) {
+        rt().block_on(async {
+            let store = store(keep);
+            let sink = sink_path();
+            let w = writer(&store, &sink);
+            let sid = SessionId::generate();
+            let mut total = 0;
+            for n in rounds {
+                write(&w, sid, n).await;
+                total += n;
+                w.checkpoint().await.unwrap();
+                let log = log_of(&store, &FileSink::read(&sink).unwrap(), now_ms()).await;
+                prop_assert!(log.problems().is_empty(), "{:?}", log.problems());
+                let all = store.read_all(&sid).await.unwrap();
+                let v = check(&store, &sid, &all, &log);
+                prop_assert!(v.is_ok(), "{:?}", v.breaks);
+                prop_assert_eq!(v.checkpointed, Some(total as u64));
+                prop_assert_eq!(v.trimmed_before.is_some(), total > keep);
+            }
+            let _ = std::fs::remove_file(&sink);
+            Ok(())
+        })?;
+    }
+
+    /// A history that expired by its TTL and started afresh is a new
+    /// history, not a cut one; one that starts afresh sooner is reported.
+    #[test]
+    fn a_history_restarted_after_its_ttl_is_not_reported(n in 2usize..20, m in 1usize..10) {
+        rt().block_on(async {
+            let store = store(1000);
+            let sink = sink_path();
+            let w = writer(&store, &sink);
+            let sid = SessionId::generate();
+            write(&w, sid, n).await;
+            w.checkpoint().await.unwrap();
+            let outside = FileSink::read(&sink).unwrap();
+            let fresh = |at: i64| {
+                let mut prev = [0; 16];
+                let mut out = Vec::new();
+                for seq in 1..=m as u64 {
+                    let bytes = Draft::event("again", &json!({})).unwrap().at(at).sign(&key(), &sid, seq, &prev);
+                    prev = Entry::decode(&bytes).unwrap().tag;
+                    out.push(bytes);
+                }
+                out
+            };
+            let after_ttl = now_ms() + TTL.as_millis() as i64;
+            let log = log_of(&store, &outside, after_ttl + 1000).await;
+            let v = check(&store, &sid, &fresh(after_ttl), &log);
+            prop_assert!(v.is_ok(), "{:?}", v.breaks);
+            // Afresh within the TTL: the old history was cut.
+            let log = log_of(&store, &outside, now_ms()).await;
+            let v = check(&store, &sid, &fresh(now_ms()), &log);
+            prop_assert!(!v.is_ok());
+            prop_assert!(v.breaks.iter().all(|b| b.kind.is_checkpoint()), "{:?}", v.breaks);
+            let _ = std::fs::remove_file(&sink);
+            Ok(())
+        })?;
+    }
+
+    /// Two writers (two app servers) append to one session in turns and
+    /// each checkpoints what it advanced: the whole chain holds, and a cut
+    /// is reported against the newest head either attests.
+    #[test]
+    fn two_writers_interleaving_on_one_session(turns in prop::collection::vec((any::<bool>(), 1usize..5, any::<bool>()), 1..8), cut in 1usize..5) {
+        rt().block_on(async {
+            let store = store(1000);
+            let (sa, sb) = (sink_path(), sink_path());
+            let (a, b) = (writer(&store, &sa), writer(&store, &sb));
+            let sid = SessionId::generate();
+            let mut total = 0u64;
+            let mut attested = 0u64;
+            for (use_a, n, checkpoint) in turns {
+                let w = if use_a { &a } else { &b };
+                write(w, sid, n).await;
+                total += n as u64;
+                if checkpoint {
+                    w.checkpoint().await.unwrap();
+                    attested = total;
+                }
+            }
+            let outside: Vec<Checkpoint> = [&sa, &sb].iter().flat_map(|p| FileSink::read(p).unwrap()).collect();
+            let log = log_of(&store, &outside, now_ms()).await;
+            prop_assert!(log.problems().is_empty(), "{:?}", log.problems());
+            let all = store.read_all(&sid).await.unwrap();
+            prop_assert_eq!(all.len() as u64, total);
+            let v = check(&store, &sid, &all, &log);
+            prop_assert!(v.is_ok(), "{:?}", v.breaks);
+            prop_assert_eq!(v.checkpointed, (attested > 0).then_some(attested));
+            let left = (total as usize).saturating_sub(cut);
+            let v = check(&store, &sid, &all[..left], &log);
+            if attested > left as u64 && left > 0 {
+                prop_assert_eq!(v.breaks.len(), 1, "{:?}", v.breaks);
+                prop_assert_eq!(v.breaks[0].kind, BreakKind::TruncatedTail { from: left as u64 + 1, to: attested });
+            } else if attested > 0 && left == 0 {
+                prop_assert_eq!(v.breaks[0].kind, BreakKind::MissingHistory { through: attested });
+            } else {
+                prop_assert!(v.is_ok(), "{:?}", v.breaks);
+            }
+            for p in [sa, sb] {
+                let _ = std::fs::remove_file(p);
+            }
+            Ok(())
+        })?;
+    }
+
+    /// A checkpoint removed from the store, or modified there, is reported:
+    /// against the sink's copy, or by the chain itself.
+    #[test]
+    fn a_modified_or_removed_checkpoint_is_reported(rounds in 3usize..7, pick in any::<prop::sample::Index>(), byte in any::<prop::sample::Index>()) {
+        rt().block_on(async {
+            let store = store(1000);
+            let sink = sink_path();
+            let w = writer(&store, &sink);
+            for _ in 0..rounds {
+                write(&w, SessionId::generate(), 2).await;
+                w.checkpoint().await.unwrap();
+            }
+            let outside = FileSink::read(&sink).unwrap();
+            let stored = store.checkpoints().await.unwrap();
+            prop_assert_eq!(stored.len(), rounds);
+            let mut sorted: Vec<(u64, Bytes)> = stored
+                .iter()
+                .map(|b| (Checkpoint::decode(b).unwrap().counter, b.clone()))
+                .collect();
+            sorted.sort_by_key(|(c, _)| *c);
+            let i = pick.index(rounds);
+            let counter = sorted[i].0;
+            let writer_id = w.writer_id().unwrap();
+
+            // Removed: against the outside copy it is `removed`; in the
+            // middle of the chain the store alone shows it as `missing`.
+            let without: Vec<Bytes> = sorted.iter().filter(|(c, _)| *c != counter).map(|(_, b)| b.clone()).collect();
+            let log = CheckpointLog::new(&ring(), &without, &outside, retention(&store), now_ms());
+            prop_assert_eq!(log.problems(), &[CheckpointProblem::Removed(writer_id, counter)]);
+            let alone = CheckpointLog::new(&ring(), &without, &[], retention(&store), now_ms());
+            if i > 0 && i + 1 < rounds {
+                prop_assert_eq!(alone.problems(), &[CheckpointProblem::Missing(writer_id, counter, counter)]);
+            }
+
+            // Modified: one byte anywhere.
+            let mut bytes = sorted[i].1.to_vec();
+            let at = byte.index(bytes.len());
+            bytes[at] ^= 0x01;
+            let mut modified: Vec<Bytes> = without.clone();
+            modified.push(Bytes::from(bytes));
+            let log = CheckpointLog::new(&ring(), &modified, &outside, retention(&store), now_ms());
+            prop_assert!(!log.problems().is_empty(), "a flipped byte at {} went unnoticed", at);
+            let alone = CheckpointLog::new(&ring(), &modified, &[], retention(&store), now_ms());
+            prop_assert!(!alone.problems().is_empty(), "a flipped byte at {} went unnoticed without the outside copy", at);
+            let _ = std::fs::remove_file(&sink);
+            Ok(())
+        })?;
+    }
+}
+
+/// A user's erasure through the layer is signed into the checkpoint chain:
+/// the erased, checkpointed history is not reported as missing, while the
+/// same history deleted behind the layer's back is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_is_receipted_and_not_reported() {
+    let store = store(1000);
+    let sink = sink_path();
+    let layer = session_trail::SessionLayer::builder(store.clone(), key())
+        .history_writer(
+            WriterConfig::default()
+                .flush_interval(Duration::from_millis(1))
+                .checkpoint_interval(Duration::from_secs(3600))
+                .checkpoint_sink(FileSink::open(&sink).unwrap()),
+        )
+        .build()
+        .unwrap();
+    let w = layer.history_writer().unwrap().clone();
+    let app = common::app::router(layer);
+    let mut erased = common::app::Client::new(app.clone());
+    let mut deleted = common::app::Client::new(app.clone());
+    let mut sids = Vec::new();
+    for c in [&mut erased, &mut deleted] {
+        c.send("POST", &format!("/login/{}", SessionId::generate()))
+            .await;
+        for _ in 0..3 {
+            c.send("GET", "/visits").await;
+        }
+        let page = c.json("GET", "/history").await;
+        sids.push(
+            page["session"]
+                .as_str()
+                .unwrap()
+                .parse::<SessionId>()
+                .unwrap(),
+        );
+    }
+    w.checkpoint().await.unwrap();
+    let page = erased.json("GET", "/history").await;
+    assert_eq!(page["chain"]["ok"], true, "{page}");
+    assert!(
+        page["chain"]["checkpointed"].as_u64().unwrap() >= 4,
+        "{page}"
+    );
+
+    let receipt = erased.json("DELETE", "/history").await;
+    assert_eq!(receipt["sessions"], 1, "{receipt}");
+    store.delete(&sids[1]).await.unwrap();
+    w.checkpoint().await.unwrap();
+
+    let outside = FileSink::read(&sink).unwrap();
+    assert!(
+        outside
+            .iter()
+            .any(|c| c.erasures.iter().any(|e| e.session == sids[0]))
+    );
+    let log = w.checkpoint_log(&outside).await.unwrap();
+    assert!(log.problems().is_empty(), "{:?}", log.problems());
+    assert!(log.erased_at(&sids[0]).is_some());
+    let v = w.audit(&sids[0], &log).await.unwrap();
+    assert!(
+        v.breaks.iter().all(|b| !b.kind.is_checkpoint()),
+        "{:?}",
+        v.breaks
+    );
+    let v = w.audit(&sids[1], &log).await.unwrap();
+    assert!(
+        matches!(v.breaks[..], [b] if matches!(b.kind, BreakKind::MissingHistory { .. })),
+        "{:?}",
+        v.breaks
+    );
+    let _ = std::fs::remove_file(&sink);
+}
+
+/// The layer's own history read checks against this writer's checkpoints:
+/// `checkpointed` names the attested head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_say_how_far_they_are_checkpointed() {
+    let store = store(1000);
+    let layer = session_trail::SessionLayer::builder(store.clone(), key())
+        .history_writer(
+            WriterConfig::default()
+                .flush_interval(Duration::from_millis(1))
+                .checkpoint_interval(Duration::from_millis(50)),
+        )
+        .build()
+        .unwrap();
+    let w = layer.history_writer().unwrap().clone();
+    let mut c = common::app::Client::new(common::app::router(layer));
+    c.send("GET", "/visits").await;
+    let page = c.json("GET", "/history").await;
+    assert_eq!(
+        page["chain"]["checkpointed"],
+        serde_json::Value::Null,
+        "{page}"
+    );
+    // The interval's own checkpoint, without asking for one.
+    let page = common::app::eventually(10, "a checkpoint by interval", || {
+        let mut c = c.fork();
+        async move {
+            let page = c.json("GET", "/history").await;
+            page["chain"]["checkpointed"].as_u64().map(|_| page)
+        }
+    })
+    .await;
+    assert_eq!(page["chain"]["ok"], true, "{page}");
+    assert!(w.stats().checkpoints_kept >= 1);
+}
