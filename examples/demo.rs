@@ -21,6 +21,7 @@
 //! | `DEMO_INSECURE_COOKIE=1` | no `Secure` attribute |
 //! | `DEMO_ISSUE_ON_FIRST_VISIT=1` | a session on every first visit |
 //! | `DEMO_HEADER=NAME` | the credential also travels in header `NAME` |
+//! | `DEMO_CHECKPOINT_SECONDS=N` | the history writer signs a checkpoint every N seconds (default 30); `/api/history`'s verdict checks against them |
 //! | `DEMO_SEED=N` | writes N synthetic sessions of the last eight weeks through the history writer at start-up, for `/insights` |
 //! | `RUST_LOG` | log filter, default `info` |
 //!

@@ -91,7 +91,7 @@
 //! - **No live credentials at rest.** Stores keep SHA-256 of the token, never
 //!   the token; history and logs name the public id only.
 //! - **Keys.** One master secret per [`Key`]; HKDF-SHA256 derives separate
-//!   cookie, history and pseudonym keys, so the credential key never signs
+//!   cookie, history, pseudonym, CSRF and checkpoint keys, so the credential key never signs
 //!   history. A [`KeyRing`] lets the newest key sign while older ones verify.
 //! - **Fixation is impossible by construction.** When a request changes the
 //!   user or the privilege, the layer issues a new token (same public id)
@@ -125,6 +125,18 @@
 //!   expired) adds no request entries; each use adds at most one rate-limited
 //!   `suspicious` entry per session per grace window, so an old cookie cannot
 //!   fill a victim's history or push its real entries out through keep-*N*.
+//! - **Cuts are caught by signed checkpoints.** Every 30 s (when something
+//!   was written) the history writer signs a Merkle root over the heads
+//!   `(session, seq, tag)` it advanced, chained to its previous checkpoint
+//!   under a key derived for checkpoints alone, keeps it in the store and
+//!   hands it to a [`CheckpointSink`](history::CheckpointSink) outside it.
+//!   [`history::verify_checkpointed`] then reports a cut-off tail
+//!   (`truncated_tail`), a deleted history (`missing_history`) and a
+//!   rewritten tail (`replaced`); [`history::CheckpointLog`] reports
+//!   checkpoints that were altered, forged, or removed from the store but
+//!   kept outside. An erasure is signed into the chain as a receipt and
+//!   retention (keep-*N*, the TTL) is taken into account, so neither is
+//!   reported. See [`history::checkpoint`].
 //! - **One session, one user.** When the user changes, the request moves to
 //!   a new session with a new public id: one user's export or erasure never
 //!   reaches another's entries.
@@ -142,7 +154,24 @@
 //!   [`HistoryWriter::shutdown`](history::HistoryWriter::shutdown) loses
 //!   nothing.
 //! - A chain alone cannot show that its newest entries were cut off or that
-//!   a whole history was deleted by someone with write access to the store.
+//!   a whole history was deleted by someone with write access to the store;
+//!   checkpoints can, within these limits:
+//!   - entries written after the last checkpoint (up to its interval, 30 s
+//!     by default) can be cut unnoticed, and a `kill -9` loses the
+//!     advances not yet checkpointed;
+//!   - checkpoints kept only in the store can be cut with the history:
+//!     only a sink where the store's operators cannot rewrite them makes
+//!     the newest ones evidence;
+//!   - a history gone, or started afresh, once its TTL could have passed
+//!     since the checkpoint (less [`history::EXPIRY_SLACK`], 10 minutes for
+//!     clocks and queues) is taken for an expiry;
+//!   - checkpoints are kept in the store for the history TTL; the reads of
+//!     [`Session::history`] check against this writer's own checkpoints
+//!     (held in memory, up to about a million sessions), not other app
+//!     servers'; an audit reads them all ([`history::HistoryWriter::checkpoint_log`]);
+//!   - the signature is an HMAC: whoever verifies holds the key and could
+//!     sign (as with entries), so the sink's copy must be out of their reach
+//!     too.
 //! - A store that loses acknowledged writes (Redis without persistence
 //!   restarting, a failover to a lagging replica) loses entries; the writer
 //!   that had them acknowledged records a `gap{store_lost}` when it next
@@ -232,6 +261,7 @@
 //! | an erasure marker (tells other app servers a history was erased, not lost) | the history TTL | — | the store |
 //! | history TTL (sliding: from the last entry) | 30 days | `history_retention` on [`store::MemoryStore`] and the other stores' builders | the store |
 //! | history entries kept per session (newest *N*) | 1,000 | the same | the store |
+//! | the history writer's signed checkpoints | the history TTL after each was made | the same TTL; interval: [`history::WriterConfig::checkpoint_interval`] | the store (when it keeps the next one); the sink's copy is the application's |
 //! | a user's history index (for export and erase) | the history TTL after the user's latest session can end | — | the store |
 //! | a record in the Redis store's local cache (off by default) | until Redis reports a change, at most 5 s | `local_cache` on `store::RedisStoreBuilder` | the store |
 //! | PostgreSQL and SQLite rows past their deadline, TTL or keep-*N* (never read) | until the next maintenance round, every 60 s | `maintenance_interval` on `store::PostgresStoreBuilder` and [`store::SqliteStoreBuilder`] | the store's maintenance task (SQLite: its thread, between operations) |
@@ -299,6 +329,8 @@
 //! | `session_trail::suspicious` | `WARN` | a suspicious use of a session (signal and the response chosen) |
 //! | `session_trail::history::worker` | `WARN` | history writes failing (the first failure, then a summary every 30 s), `INFO` when they recover; one session's appends failing (first, then every 30 s); a store that lost acknowledged entries |
 //! | `session_trail::history::writer` | `WARN` | entries dropped at a full queue (once per burst; `gap` entries record the counts) |
+//! | `session_trail::checkpoint` | `INFO` | a signed checkpoint's header, from the default [`TracingSink`](history::TracingSink) |
+//! | `session_trail::history::checkpointer` | `WARN`, `INFO` | a checkpoint the store or the sink could not keep (retried with backoff; every 30 s while it fails), and when it was kept after all |
 //! | `session_trail::erasure` | `INFO` | a history erased: the user's pseudonym and the counts (the receipt) |
 //! | `session_trail::anonymous` | `INFO` | an event of a visitor without a session ([`Session::record_if_session`]) |
 //! | `session_trail::session` | `WARN`, `DEBUG` | a session's history could not be indexed under its user; concurrent changes not applied |

@@ -428,7 +428,8 @@ fn postgres_to_version_1(schema: &str) {
         &format!(
             "DROP INDEX {schema}.session_trail_history_events; \
              DROP INDEX {schema}.session_trail_history_users; \
-             DELETE FROM {schema}.session_trail_schema WHERE version = 2;"
+             DROP TABLE {schema}.session_trail_checkpoints; \
+             DELETE FROM {schema}.session_trail_schema WHERE version >= 2;"
         ),
     );
 }
@@ -553,7 +554,7 @@ async fn sqlite_version_1_files_get_the_analytics_indexes() {
     common::sqlite::exec(
         &path,
         "DROP INDEX session_trail_history_events; DROP INDEX session_trail_history_users; \
-         DELETE FROM session_trail_schema WHERE version = 2;",
+         DROP TABLE session_trail_checkpoints; DELETE FROM session_trail_schema WHERE version >= 2;",
     );
     let indexes = "SELECT count(*) FROM sqlite_master WHERE type = 'index' \
                    AND name IN ('session_trail_history_events', 'session_trail_history_users')";

@@ -300,6 +300,23 @@ async fn flow(driver: &Driver, demo: &Demo) {
              return b.dataset.ok === 'true' && b.textContent.startsWith('Chain verified');",
         )
         .await;
+    // A signed checkpoint (the demo's interval is 30 s: asked for here):
+    // the badge says how far it attests the history.
+    demo.writer.checkpoint().await.unwrap();
+    driver.click("[data-action=refresh]").await;
+    driver.settled().await;
+    let badge = driver
+        .wait(
+            "the checkpointed badge",
+            "const b = document.querySelector('[data-testid=chain]');\
+             return b.dataset.ok === 'true' && b.textContent.includes('checkpointed up to #')\
+               && b.textContent;",
+        )
+        .await;
+    assert!(
+        badge.as_str().unwrap().starts_with("Chain verified"),
+        "{badge}"
+    );
     let lifecycle = driver
         .script(
             "return [...document.querySelectorAll('#timeline li.lifecycle')]\

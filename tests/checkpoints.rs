@@ -386,6 +386,9 @@ async fn an_erasure_is_receipted_and_not_reported() {
 
     let receipt = erased.json("DELETE", "/history").await;
     assert_eq!(receipt["sessions"], 1, "{receipt}");
+    // The writer's own reads know of the erasure before any checkpoint.
+    let page = erased.json("GET", "/history").await;
+    assert_eq!(page["chain"]["ok"], true, "{page}");
     store.delete(&sids[1]).await.unwrap();
     w.checkpoint().await.unwrap();
 

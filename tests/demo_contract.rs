@@ -207,6 +207,14 @@ fn settings_default_to_loopback_memory_secure_cookie_and_a_random_key_with_a_war
     assert!(!s.options.issue_on_first_visit);
     assert!(s.options.header.is_none());
     assert_eq!(s.seed, 0, "no synthetic history unless asked");
+    assert_eq!(s.options.checkpoint_seconds, 30);
+    assert_eq!(
+        app::Settings::from_env(env(&[("DEMO_CHECKPOINT_SECONDS", "2")]))
+            .unwrap()
+            .options
+            .checkpoint_seconds,
+        2
+    );
     assert_eq!(
         app::Settings::from_env(env(&[("DEMO_SEED", "2000")]))
             .unwrap()
@@ -271,6 +279,9 @@ fn settings_refuse_short_or_malformed_keys_and_bad_flags() {
         &[("DEMO_SEED", "many")],
         &[("DEMO_SEED", "-1")],
         &[("DEMO_SEED", "1000001")],
+        &[("DEMO_CHECKPOINT_SECONDS", "0")],
+        &[("DEMO_CHECKPOINT_SECONDS", "soon")],
+        &[("DEMO_CHECKPOINT_SECONDS", "86401")],
     ] {
         let err = app::Settings::from_env(env(vars)).unwrap_err();
         let name = vars.last().unwrap().0;

@@ -59,9 +59,14 @@ struct Demo {
 
 impl Demo {
     fn start(db: &Path) -> Demo {
+        Self::start_with(db, &[])
+    }
+
+    fn start_with(db: &Path, vars: &[(&str, &str)]) -> Demo {
         let port = common::postgres::free_port();
         let child = Command::new(demo_binary())
             .env_clear()
+            .envs(vars.iter().copied())
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DATABASE_URL", format!("sqlite://{}", db.display()))
             .env("DEMO_ADDR", format!("127.0.0.1:{port}"))
@@ -310,4 +315,62 @@ async fn sqlite_urls_the_demo_cannot_use_are_refused_clearly() {
         };
         assert!(err.contains(says), "{url}: {err}");
     }
+}
+
+/// `DEMO_CHECKPOINT_SECONDS`: once a checkpoint attests a session's
+/// history, entries cut off its tail in the file make `chain.ok` false,
+/// with a break found against the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_cut_off_after_a_checkpoint_break_the_chain() {
+    let db = common::sqlite::temp_db("demo-cp");
+    let http = reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    let mut demo = Demo::start_with(&db, &[("DEMO_CHECKPOINT_SECONDS", "1")]);
+    demo.ready(&http).await;
+    post(
+        &http,
+        &demo,
+        "/api/login",
+        json!({"user": "alice", "password": "alice-pw"}),
+    )
+    .await;
+    post(&http, &demo, "/api/cart", json!({"item": "book"})).await;
+    get(&http, &demo, "/api/visits").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (sid, attested) = loop {
+        let page = get(&http, &demo, "/api/history").await;
+        assert_eq!(page["chain"]["ok"], true, "{page}");
+        if let Some(n) = page["chain"]["checkpointed"].as_u64()
+            && n >= 3
+        {
+            break (page["session"].as_str().unwrap().to_owned(), n);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint within 30 s: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let keep = attested - 2;
+    common::sqlite::exec(
+        &db,
+        &format!("DELETE FROM session_trail_history WHERE session = '{sid}' AND seq > {keep}"),
+    );
+    let page = get(&http, &demo, "/api/history").await;
+    assert_eq!(page["chain"]["ok"], false, "{page}");
+    let kinds: Vec<&str> = page["chain"]["breaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds
+            .iter()
+            .any(|k| ["truncated_tail", "replaced"].contains(k)),
+        "{page}"
+    );
+    demo.stop();
 }

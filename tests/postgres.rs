@@ -799,3 +799,30 @@ async fn a_caller_that_gives_up_costs_no_connection() {
     store.read_all(&sid).await.unwrap();
     assert_eq!(backends(), before);
 }
+
+/// A cut tail, a deleted history and a removed checkpoint, made in
+/// PostgreSQL itself, are reported against the sink's file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_report_cuts_made_in_postgresql() {
+    let schema = test_schema("cp");
+    let s = store_in(&schema, 1000).await;
+    let cut = |sid: SessionId, keep: u64| {
+        let sql = format!(
+            "DELETE FROM \"{schema}\".session_trail_history WHERE sid = {} AND seq > {keep}",
+            common::postgres::bytea(&sid)
+        );
+        async move {
+            server().psql("postgres", &sql);
+        }
+    };
+    let drop_checkpoint = |writer: session_trail::history::WriterId, counter: u64| {
+        let sql = format!(
+            "DELETE FROM \"{schema}\".session_trail_checkpoints WHERE writer = {} AND counter = {counter}",
+            common::postgres::bytea_of(writer.as_bytes())
+        );
+        async move {
+            server().psql("postgres", &sql);
+        }
+    };
+    common::checkpoints::cuts_in_the_store_are_reported(s.clone(), cut, drop_checkpoint).await;
+}

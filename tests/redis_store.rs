@@ -482,3 +482,46 @@ async fn a_linked_create_writes_record_and_both_indexes_in_one_call_or_nothing()
     );
     assert!(s.sessions_of_user("bob").await.unwrap().is_empty());
 }
+
+/// A cut tail, a deleted history and a removed checkpoint, made in Redis
+/// itself, are reported against the sink's file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_report_cuts_made_in_redis() {
+    let s = store(1000).await;
+    let cut = |sid: SessionId, keep: u64| {
+        let key = s.history_key(&sid);
+        async move {
+            let last = (keep - 1).to_string();
+            assert_eq!(server().cli(&["LTRIM", &key, "0", &last]).trim(), "OK");
+        }
+    };
+    let drop_checkpoint = |writer: session_trail::history::WriterId, counter: u64| {
+        let key = s.checkpoints_key(&writer);
+        async move {
+            let client = session_trail::redis::Client::open(server().url()).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            let members: Vec<Vec<u8>> = session_trail::redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            let member = members
+                .into_iter()
+                .find(|m| {
+                    session_trail::history::Checkpoint::decode(m)
+                        .is_ok_and(|cp| cp.counter == counter)
+                })
+                .expect("the checkpoint is in Redis");
+            let removed: i64 = session_trail::redis::cmd("ZREM")
+                .arg(&key)
+                .arg(member)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            assert_eq!(removed, 1);
+        }
+    };
+    common::checkpoints::cuts_in_the_store_are_reported(s.clone(), cut, drop_checkpoint).await;
+}

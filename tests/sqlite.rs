@@ -131,6 +131,7 @@ async fn open_creates_the_file_in_wal_mode_with_a_versioned_schema_and_only_its_
         tables,
         [
             "app_orders",
+            "session_trail_checkpoints",
             "session_trail_claims",
             "session_trail_history",
             "session_trail_history_heads",
@@ -874,4 +875,37 @@ async fn rows_without_a_heads_row_fail_no_append() {
     let out = store.append(&batch).await.unwrap();
     assert_eq!(out, vec![AppendOutcome::Appended, AppendOutcome::Appended]);
     assert_eq!(store.read_all(&a).await.unwrap(), batch[0].entries);
+}
+
+/// A cut tail, a deleted history and a removed checkpoint, made in the
+/// SQLite file itself, are reported against the sink's file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_report_cuts_made_in_the_file() {
+    let path = temp_db("cp");
+    let s = SqliteStore::builder(&path)
+        .history_retention(1000, Duration::from_secs(3600))
+        .open()
+        .await
+        .unwrap();
+    let cut = |sid: SessionId, keep: u64| {
+        let sql = format!(
+            "DELETE FROM session_trail_history WHERE sid = {} AND seq > {keep}",
+            common::sqlite::blob(&sid)
+        );
+        let path = path.clone();
+        async move { common::sqlite::exec(&path, &sql) }
+    };
+    let drop_checkpoint = |writer: session_trail::history::WriterId, counter: u64| {
+        let hex: String = writer
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let sql = format!(
+            "DELETE FROM session_trail_checkpoints WHERE writer = x'{hex}' AND counter = {counter}"
+        );
+        let path = path.clone();
+        async move { common::sqlite::exec(&path, &sql) }
+    };
+    common::checkpoints::cuts_in_the_store_are_reported(s.clone(), cut, drop_checkpoint).await;
 }

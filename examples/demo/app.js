@@ -24,6 +24,9 @@ const BREAKS = {
   out_of_order: 'out of order',
   duplicate: 'a duplicate of another entry',
   broken_link: 'it does not link to the entry before it',
+  truncated_tail: 'newer entries that a signed checkpoint attests were cut off',
+  missing_history: 'a signed checkpoint attests a history that is gone',
+  replaced: 'not the entry a signed checkpoint attests at this place',
 };
 // Fields every entry has; anything else is shown as a detail.
 const COMMON = new Set(['seq', 'ts', 'kind', 'id', 'key', 'prev', 'mac']);
@@ -181,12 +184,17 @@ function renderChain() {
   if (ok) {
     badge.className = 'badge ok';
     const n = h.entries.length;
-    badge.textContent = `Chain verified · ${n} entr${n === 1 ? 'y' : 'ies'}`;
-    badge.title = 'Every entry\'s HMAC, its link to the previous entry and its sequence number check out.';
+    const cp = h.chain.checkpointed;
+    badge.textContent = `Chain verified · ${n} entr${n === 1 ? 'y' : 'ies'}`
+      + (cp ? ` · checkpointed up to #${cp}` : '');
+    badge.title = 'Every entry\'s HMAC, its link to the previous entry and its sequence number check out.'
+      + (cp ? ` A signed checkpoint attests the history up to #${cp}: nothing up to there was cut off.` : '');
   } else {
     badge.className = 'badge bad';
     const first = (h.chain && h.chain.breaks && h.chain.breaks[0]) || null;
-    const where = first && first.seq ? ` at #${first.seq}` : '';
+    let where = first && first.seq ? ` at #${first.seq}` : '';
+    if (first && first.kind === 'truncated_tail') where = ': its newest entries were cut off';
+    if (first && first.kind === 'missing_history') where = ': the history was deleted';
     badge.textContent = `Chain broken${where}`;
     badge.title = (h.chain && h.chain.error) || 'the chain does not verify';
   }

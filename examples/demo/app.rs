@@ -61,7 +61,7 @@ use serde_json::{Value, json};
 use session_trail::analytics::{
     CohortReport, Cohorts, Funnel, FunnelReport, HistoryAnalytics, Period,
 };
-use session_trail::history::{Draft, EntryKind, HistoryWriter};
+use session_trail::history::{Draft, EntryKind, HistoryWriter, WriterConfig};
 use session_trail::store::{HistoryStore, MemoryStore, SessionStore};
 use session_trail::{
     ConfigError, Csrf, Error, ErrorKind, Key, Session, SessionId, SessionInfo, SessionLayer,
@@ -86,6 +86,10 @@ const MAX_SEED: usize = 1_000_000;
 
 /// The demo users and their passwords.
 const USERS: [(&str, &str); 2] = [("alice", "alice-pw"), ("bob", "bob-pw")];
+
+/// `DEMO_CHECKPOINT_SECONDS`'s default and largest value.
+const DEFAULT_CHECKPOINT_SECONDS: u64 = 30;
+const MAX_CHECKPOINT_SECONDS: u64 = 86_400;
 
 /// `/api/history`'s default and largest `limit`.
 const HISTORY_DEFAULT: usize = 50;
@@ -116,7 +120,7 @@ pub(crate) struct Settings {
 }
 
 /// How the session layer is set up.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct Options {
     /// `DEMO_INSECURE_COOKIE=1`: no `Secure` attribute.
     pub(crate) insecure_cookie: bool,
@@ -127,6 +131,21 @@ pub(crate) struct Options {
     /// `DEMO_CSRF=strict`: the CSRF token is required on every unsafe
     /// request of a session (otherwise checked whenever one is sent).
     pub(crate) csrf_strict: bool,
+    /// `DEMO_CHECKPOINT_SECONDS=N`: the history writer's checkpoint
+    /// interval (default 30).
+    pub(crate) checkpoint_seconds: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            insecure_cookie: false,
+            issue_on_first_visit: false,
+            header: None,
+            csrf_strict: false,
+            checkpoint_seconds: DEFAULT_CHECKPOINT_SECONDS,
+        }
+    }
 }
 
 impl Settings {
@@ -166,6 +185,18 @@ impl Settings {
                         "DEMO_CSRF must be strict or lenient, not {other:?}"
                     ));
                 }
+            },
+            checkpoint_seconds: match var("DEMO_CHECKPOINT_SECONDS") {
+                None => DEFAULT_CHECKPOINT_SECONDS,
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if (1..=MAX_CHECKPOINT_SECONDS).contains(&n) => n,
+                    _ => {
+                        return Err(format!(
+                            "DEMO_CHECKPOINT_SECONDS must be a number of seconds from 1 to \
+                             {MAX_CHECKPOINT_SECONDS}, not {v:?}"
+                        ));
+                    }
+                },
             },
         };
         if options.insecure_cookie {
@@ -296,7 +327,10 @@ where
     // The demo serves plain HTTP itself (no TLS), so that is its scheme:
     // an `Origin` of https://the-same-host is another origin.
     let csrf = Csrf::new().scheme("http").strict(options.csrf_strict);
+    let writer = WriterConfig::default()
+        .checkpoint_interval(Duration::from_secs(options.checkpoint_seconds));
     let mut builder = SessionLayer::builder(store, key)
+        .history_writer(writer)
         .cookie_secure(!options.insecure_cookie)
         .issue_on_first_visit(options.issue_on_first_visit)
         .csrf(csrf);
@@ -859,7 +893,9 @@ async fn history(session: Session, Query(params): Query<HistoryParams>) -> ApiRe
         return Ok(Json(json!({
             "session": null,
             "entries": [],
-            "chain": { "ok": true, "error": null, "breaks": [], "trimmed_before": null },
+            "chain": {
+                "ok": true, "error": null, "breaks": [], "trimmed_before": null, "checkpointed": null,
+            },
         })));
     }
     Ok(Json(session.history(limit).await?.to_json()))

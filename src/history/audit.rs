@@ -213,6 +213,12 @@ impl CheckpointLog {
         }
     }
 
+    /// Records an erasure this writer made (the read path's own log).
+    pub(crate) fn note_erasure(&mut self, session: SessionId, at: i64) {
+        let e = self.erased.entry(session).or_insert(at);
+        *e = (*e).max(at);
+    }
+
     /// A log of this one session's attestations and erasure, checked as of
     /// `now`.
     pub(crate) fn for_session(&self, session: &SessionId, now: i64) -> Self {
@@ -292,8 +298,7 @@ impl CheckpointLog {
         self.chain
             .insert((cp.writer, cp.counter), (cp.digest(), cp.at));
         for e in &cp.erasures {
-            let at = self.erased.entry(e.session).or_insert(e.at);
-            *at = (*at).max(e.at);
+            self.note_erasure(e.session, e.at);
         }
         for h in &cp.heads {
             let a = Attestation {
@@ -400,11 +405,17 @@ pub fn verify_checkpointed<E: AsRef<[u8]>>(
     let newest = good.iter().map(|g| g.1).max();
     match newest {
         None => {
-            if log.now < lawful_after(top) {
+            // Any attestation whose history cannot have expired yet (an
+            // older, higher head may have expired before a newer start).
+            if let Some(a) = live
+                .iter()
+                .filter(|a| log.now < lawful_after(a))
+                .max_by_key(|a| a.seq)
+            {
                 v.breaks.push(Break {
                     position: 0,
                     seq: None,
-                    kind: BreakKind::MissingHistory { through: top.seq },
+                    kind: BreakKind::MissingHistory { through: a.seq },
                 });
             }
         }

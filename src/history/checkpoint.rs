@@ -22,6 +22,38 @@
 //! the master key for checkpoints alone: anyone who verifies checkpoints
 //! holds the key, as with history entries.
 //!
+//! ```
+//! use serde_json::json;
+//! use session_trail::history::{Checkpoint, Draft, HistoryWriter, WriterConfig};
+//! use session_trail::store::{HistoryStore, MemoryStore};
+//! use session_trail::{Key, KeyRing, SessionId};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let store = MemoryStore::new();
+//! let ring = KeyRing::new(Key::generate());
+//! let writer = HistoryWriter::start(store.clone(), ring.clone(), WriterConfig::default()).unwrap();
+//! let session = SessionId::generate();
+//! writer.enqueue(session, vec![Draft::event("checkout", &json!({})).unwrap()]);
+//! writer.checkpoint().await.unwrap(); // or wait for the interval
+//!
+//! // An audit of every session against the store's checkpoints.
+//! let log = writer.checkpoint_log(&[]).await.unwrap();
+//! assert!(log.problems().is_empty());
+//! let v = writer.audit(&session, &log).await.unwrap();
+//! assert_eq!(v.checkpointed, Some(1));
+//!
+//! // An auditor who holds only the root checks this one session.
+//! let stored = store.checkpoints().await.unwrap();
+//! let cp = Checkpoint::decode(&stored[0]).unwrap();
+//! let proof = cp.prove(&session).unwrap();
+//! assert!(proof.verify(&cp.root));
+//! assert_eq!(proof.head.seq, 1);
+//! # });
+//! ```
+//!
+//! What checkpoints do not catch, and why, is in the crate's
+//! [security model](crate#security-model).
+//!
 //! [`WriterConfig::checkpoint_interval`]: super::WriterConfig::checkpoint_interval
 //! [`HistoryWriter`]: super::HistoryWriter
 
@@ -296,17 +328,8 @@ impl Checkpoint {
     }
 
     /// The proof that a session's head is in this checkpoint's root, for
-    /// an auditor who holds only the root. `None` when the session is not
-    /// in it, or this copy is header-only.
-    ///
-    /// ```
-    /// # use session_trail::history::{Checkpoint, merkle_root};
-    /// # fn check(cp: &Checkpoint, trusted_root: &[u8; 32]) {
-    /// let head = cp.heads[0];
-    /// let proof = cp.prove(&head.session).unwrap();
-    /// assert!(proof.verify(trusted_root));
-    /// # }
-    /// ```
+    /// an auditor who holds only the root (see the [module docs](self)).
+    /// `None` when the session is not in it, or this copy is header-only.
     pub fn prove(&self, session: &SessionId) -> Option<InclusionProof> {
         let index = self
             .heads

@@ -257,6 +257,12 @@ impl Worker {
                 }
                 q.idle = true;
             }
+            // A checkpoint due wakes the task too, but leaves it idle: an
+            // entry handed over meanwhile still wakes it at once.
+            let wake = match (wake, self.checkpoints.as_ref().and_then(|c| c.due)) {
+                (Some(w), Some(d)) => Some(w.min(d)),
+                (w, d) => w.or(d),
+            };
             let listening = !self.closed;
             let shared = Arc::clone(&self.shared);
             tokio::select! {
@@ -389,9 +395,6 @@ impl Worker {
         }
         if let Some((until, _)) = &self.shutdown {
             wake = Some(wake.map_or(*until, |w| w.min(*until)));
-        }
-        if let Some(due) = self.checkpoints.as_ref().and_then(|c| c.due) {
-            wake = Some(wake.map_or(due, |w| w.min(due)));
         }
         wake
     }

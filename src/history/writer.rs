@@ -725,8 +725,16 @@ impl HistoryWriter {
 
     /// Records signed receipts of erased histories in the next checkpoint.
     pub(crate) fn erased(&self, sessions: &[SessionId]) {
-        if self.shared.checkpoints.is_some() {
+        if let Some(cp) = &self.shared.checkpoints {
             let at = crate::util::now_ms();
+            // This writer's reads know at once; others learn it from the
+            // receipt in the next checkpoint.
+            {
+                let mut log = cp.log.lock().unwrap_or_else(|p| p.into_inner());
+                for s in sessions {
+                    log.note_erasure(*s, at);
+                }
+            }
             let _ = self.tx.send(Msg::Erased {
                 sessions: sessions.to_vec(),
                 at,

@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod app;
+pub mod checkpoints;
 pub mod conformance;
 pub mod faults;
 pub mod hardening;

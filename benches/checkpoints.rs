@@ -1,0 +1,171 @@
+//! What signed checkpoints cost.
+//!
+//! ```text
+//! cargo bench --bench checkpoints
+//! ROUNDS=7 cargo bench --bench checkpoints
+//! ```
+//!
+//! Cases:
+//! - checkpoint: the real writer (memory store, `FileSink` to a temporary
+//!   file) has advanced 10,000 and 100,000 sessions; `checkpoint()` is
+//!   timed: the hand-over, the Merkle tree, the signature, the store's copy
+//!   and the sink's line (written and synced). The Merkle root alone is
+//!   timed too.
+//! - throughput: 10,000 sessions × 20 entries, one entry per session per
+//!   batch, through the real writer into the memory store (no I/O: the
+//!   writer's own cost is all there is), with checkpoints off and with one
+//!   every second (30 times the default rate), in alternating rounds;
+//!   entries per second, median of the rounds. Also into a `redis-server`
+//!   the bench starts (no persistence) on a free loopback port.
+//!
+//! Target: throughput with checkpoints on within 2% of off.
+
+#[path = "../tests/common/redis.rs"]
+#[allow(dead_code, unreachable_pub, missing_docs)]
+mod harness;
+
+#[path = "common/entries.rs"]
+mod entries;
+
+use std::time::{Duration, Instant};
+
+use entries::request_entry;
+use session_trail::history::{FileSink, Head, HistoryWriter, WriterConfig, merkle_root};
+use session_trail::store::{HistoryStore, MemoryStore, RedisStore};
+use session_trail::{Key, KeyRing, SessionId};
+
+const SESSIONS: usize = 10_000;
+const ROUNDS_PER_RUN: usize = 20;
+
+fn ring() -> KeyRing {
+    KeyRing::new(Key::generate())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn rounds() -> usize {
+    std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
+
+/// Advances `n` sessions by one entry each, then times `checkpoint()`.
+async fn checkpoint_cost(n: usize) -> Duration {
+    let sink = std::env::temp_dir().join(format!("bench-cp-{}.jsonl", SessionId::generate()));
+    let w = HistoryWriter::start(
+        MemoryStore::new(),
+        ring(),
+        WriterConfig::default()
+            .queue_entries(n * 2)
+            .checkpoint_interval(Duration::from_secs(3600))
+            .checkpoint_sink(FileSink::open(&sink).unwrap()),
+    )
+    .unwrap();
+    for i in 0..n {
+        w.enqueue(SessionId::generate(), vec![request_entry(i)]);
+    }
+    w.flush().await.unwrap();
+    let start = Instant::now();
+    w.checkpoint().await.unwrap();
+    let took = start.elapsed();
+    assert_eq!(w.stats().checkpoints_kept, 1);
+    let _ = std::fs::remove_file(&sink);
+    took
+}
+
+/// Entries per second through the writer: `SESSIONS` × `ROUNDS_PER_RUN`.
+async fn throughput<H: HistoryStore>(store: H, checkpoints: bool) -> f64 {
+    let mut config = WriterConfig::default().queue_entries(SESSIONS * 2);
+    config = if checkpoints {
+        config.checkpoint_interval(Duration::from_secs(1))
+    } else {
+        config.no_checkpoints()
+    };
+    let w = HistoryWriter::start(store, ring(), config).unwrap();
+    let sessions: Vec<SessionId> = (0..SESSIONS).map(|_| SessionId::generate()).collect();
+    let start = Instant::now();
+    for round in 0..ROUNDS_PER_RUN {
+        for (i, sid) in sessions.iter().enumerate() {
+            w.enqueue(*sid, vec![request_entry(round * SESSIONS + i)]);
+        }
+        w.flush().await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let formed = w.stats().checkpoints_formed;
+    assert_eq!(checkpoints, formed > 0, "checkpoints formed: {formed}");
+    w.shutdown(Duration::from_secs(30)).await.unwrap();
+    (SESSIONS * ROUNDS_PER_RUN) as f64 / secs
+}
+
+async fn compare<H, F, Fut>(name: &str, make: F)
+where
+    H: HistoryStore,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = H>,
+{
+    // A warm-up run of each, not counted.
+    throughput(make().await, false).await;
+    throughput(make().await, true).await;
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..rounds() {
+        off.push(throughput(make().await, false).await);
+        on.push(throughput(make().await, true).await);
+    }
+    let (off, on) = (median(off), median(on));
+    println!(
+        "throughput/{name}: off {off:.0} entries/s, on (every 1 s) {on:.0} entries/s, {:+.2}%",
+        (on - off) / off * 100.0
+    );
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for n in [10_000usize, 100_000] {
+            let mut heads: Vec<Head> = (0..n)
+                .map(|i| Head {
+                    session: SessionId::generate(),
+                    seq: i as u64,
+                    tag: [3; 16],
+                })
+                .collect();
+            heads.sort_by(|a, b| a.session.as_bytes().cmp(b.session.as_bytes()));
+            let mut root = Vec::new();
+            let mut whole = Vec::new();
+            for _ in 0..rounds() {
+                let t = Instant::now();
+                std::hint::black_box(merkle_root(&heads));
+                root.push(t.elapsed().as_secs_f64() * 1000.0);
+                whole.push(checkpoint_cost(n).await.as_secs_f64() * 1000.0);
+            }
+            println!(
+                "checkpoint/{n} sessions: merkle root {:.1} ms; checkpoint() {:.1} ms \
+                 (form, sign, store, file line synced)",
+                median(root),
+                median(whole)
+            );
+        }
+        compare("memory", || async { MemoryStore::new() }).await;
+        let server = harness::RedisServer::start();
+        let url = server.url();
+        compare("redis", || {
+            let url = url.clone();
+            async move {
+                RedisStore::builder(url)
+                    .key_prefix(format!("bench-{}", SessionId::generate()))
+                    .connect()
+                    .await
+                    .expect("connect to Redis")
+            }
+        })
+        .await;
+    });
+}

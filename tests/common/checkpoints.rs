@@ -1,0 +1,144 @@
+//! Checkpoints through a real store: what the writer kept there, checked
+//! against the sink's file as the outside copy, after the store's data was
+//! cut behind the crate's back.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+use session_trail::history::{
+    BreakKind, Checkpoint, CheckpointLog, CheckpointProblem, Draft, FileSink, HistoryWriter,
+    WriterConfig, WriterId,
+};
+use session_trail::store::HistoryStore;
+use session_trail::{Key, KeyRing, SessionId};
+
+pub fn ring() -> KeyRing {
+    KeyRing::new(Key::from_bytes(&super::secret(93)).unwrap())
+}
+
+pub fn sink_path() -> PathBuf {
+    std::env::temp_dir().join(format!("st-checkpoints-{}.jsonl", SessionId::generate()))
+}
+
+/// A writer that checkpoints when asked, into the store and the file.
+pub fn writer<S: HistoryStore>(store: S, sink: &PathBuf) -> HistoryWriter {
+    HistoryWriter::start(
+        store,
+        ring(),
+        WriterConfig::default()
+            .flush_interval(Duration::from_millis(1))
+            .checkpoint_interval(Duration::from_secs(3600))
+            .checkpoint_sink(FileSink::open(sink).unwrap()),
+    )
+    .unwrap()
+}
+
+pub async fn write(w: &HistoryWriter, sid: SessionId, n: usize) {
+    let drafts = (0..n)
+        .map(|i| Draft::event("step", &json!({ "i": i })).unwrap())
+        .collect();
+    assert!(w.enqueue(sid, drafts));
+    w.flush().await.unwrap();
+}
+
+/// The store keeps what the writer hands it, once, and reads back the same
+/// checkpoints the sink's file holds.
+pub async fn checkpoints_are_kept_once_and_read_back<S: HistoryStore + Clone>(store: S) {
+    let sink = sink_path();
+    let w = writer(store.clone(), &sink);
+    for n in [3, 1] {
+        write(&w, SessionId::generate(), n).await;
+        w.checkpoint().await.unwrap();
+    }
+    let outside = FileSink::read(&sink).unwrap();
+    let mine = |raw: Vec<Bytes>| -> Vec<Checkpoint> {
+        let mut v: Vec<Checkpoint> = raw
+            .iter()
+            .map(|b| Checkpoint::decode(b).unwrap())
+            .filter(|c| Some(c.writer) == w.writer_id())
+            .collect();
+        v.sort_by_key(|c| c.counter);
+        v
+    };
+    let stored = mine(store.checkpoints().await.unwrap());
+    assert_eq!(stored, outside);
+    assert_eq!(stored.len(), 2);
+    // A retried keep changes nothing.
+    store.put_checkpoint(&stored[1]).await.unwrap();
+    assert_eq!(mine(store.checkpoints().await.unwrap()), outside);
+    let log = w.checkpoint_log(&outside).await.unwrap();
+    assert!(log.problems().is_empty(), "{:?}", log.problems());
+    let _ = std::fs::remove_file(&sink);
+}
+
+/// Cut a checkpointed tail, delete a checkpointed history, and remove the
+/// newest checkpoint, all in the store: each is reported, the last against
+/// the sink's file.
+pub async fn cuts_in_the_store_are_reported<S, Cut, CutF, Drop, DropF>(
+    store: S,
+    cut_tail: Cut,
+    drop_checkpoint: Drop,
+) where
+    S: HistoryStore + Clone,
+    Cut: Fn(SessionId, u64) -> CutF,
+    CutF: Future<Output = ()>,
+    Drop: Fn(WriterId, u64) -> DropF,
+    DropF: Future<Output = ()>,
+{
+    let sink = sink_path();
+    let w = writer(store.clone(), &sink);
+    let (a, b) = (SessionId::generate(), SessionId::generate());
+    write(&w, a, 5).await;
+    write(&w, b, 3).await;
+    w.checkpoint().await.unwrap();
+    write(&w, a, 2).await;
+    w.checkpoint().await.unwrap();
+    let outside = FileSink::read(&sink).unwrap();
+    assert_eq!(outside.len(), 2);
+
+    let log = w.checkpoint_log(&outside).await.unwrap();
+    assert!(log.problems().is_empty(), "{:?}", log.problems());
+    let v = w.audit(&a, &log).await.unwrap();
+    assert!(v.is_ok(), "{:?}", v.breaks);
+    assert_eq!(v.checkpointed, Some(7));
+    assert_eq!(w.audit(&b, &log).await.unwrap().checkpointed, Some(3));
+
+    // The tail of `a` cut to seq 4; `b` deleted without a receipt.
+    cut_tail(a, 4).await;
+    store.delete(&b).await.unwrap();
+    let log = w.checkpoint_log(&outside).await.unwrap();
+    let v = w.audit(&a, &log).await.unwrap();
+    assert_eq!(v.breaks.len(), 1, "{:?}", v.breaks);
+    assert_eq!(
+        v.breaks[0].kind,
+        BreakKind::TruncatedTail { from: 5, to: 7 }
+    );
+    assert_eq!(v.breaks[0].position, 4);
+    let v = w.audit(&b, &log).await.unwrap();
+    assert_eq!(v.breaks.len(), 1, "{:?}", v.breaks);
+    assert_eq!(v.breaks[0].kind, BreakKind::MissingHistory { through: 3 });
+
+    // The newest checkpoint removed from the store: the file still has it.
+    let id = w.writer_id().unwrap();
+    drop_checkpoint(id, 2).await;
+    let log = w.checkpoint_log(&outside).await.unwrap();
+    assert_eq!(log.problems(), &[CheckpointProblem::Removed(id, 2)]);
+    let v = w.audit(&a, &log).await.unwrap();
+    assert_eq!(
+        v.breaks[0].kind,
+        BreakKind::TruncatedTail { from: 5, to: 7 }
+    );
+    // Without the outside copy the store's own checkpoints still attest
+    // `a` up to 5.
+    let stored = store.checkpoints().await.unwrap();
+    let alone = CheckpointLog::new(&ring(), &stored, &[], store.retention(), outside[1].at + 1);
+    let v = w.audit(&a, &alone).await.unwrap();
+    assert_eq!(
+        v.breaks[0].kind,
+        BreakKind::TruncatedTail { from: 5, to: 5 }
+    );
+    let _ = std::fs::remove_file(&sink);
+}
