@@ -169,6 +169,11 @@
 //!     [`Session::history`] check against this writer's own checkpoints
 //!     (held in memory, up to about a million sessions), not other app
 //!     servers'; an audit reads them all ([`history::HistoryWriter::checkpoint_log`]);
+//!   - those reads take the store's erasure marker for an erasure made
+//!     through another app server (its signed receipt is in that server's
+//!     chain): whoever can write to the store can hide a deletion from the
+//!     reads' verdict that way, not from an audit, which trusts signed
+//!     receipts only;
 //!   - the signature is an HMAC: whoever verifies holds the key and could
 //!     sign (as with entries), so the sink's copy must be out of their reach
 //!     too.

@@ -450,3 +450,38 @@ async fn history_pages_say_how_far_they_are_checkpointed() {
     assert_eq!(page["chain"]["ok"], true, "{page}");
     assert!(w.stats().checkpoints_kept >= 1);
 }
+
+/// An erasure made through another app server (whose receipt this one has
+/// not seen) is not reported by this server's reads: they find the
+/// store's erasure marker. A signed audit still relies on receipts only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_through_another_server_is_not_reported_by_reads() {
+    let store = store(1000);
+    let server = || {
+        session_trail::SessionLayer::builder(store.clone(), key())
+            .history_writer(
+                WriterConfig::default()
+                    .flush_interval(Duration::from_millis(1))
+                    .checkpoint_interval(Duration::from_secs(3600)),
+            )
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (server(), server());
+    let writer_b = b.history_writer().unwrap().clone();
+    let mut on_a = common::app::Client::new(common::app::router(a));
+    on_a.send("POST", &format!("/login/{}", SessionId::generate()))
+        .await;
+    let mut on_b = on_a.fork();
+    on_b.app = common::app::router(b);
+    for _ in 0..3 {
+        on_b.send("GET", "/visits").await;
+    }
+    writer_b.checkpoint().await.unwrap();
+    let page = on_b.json("GET", "/history").await;
+    assert!(page["chain"]["checkpointed"].as_u64().is_some(), "{page}");
+
+    on_a.json("DELETE", "/history").await;
+    let page = on_b.json("GET", "/history").await;
+    assert_eq!(page["chain"]["ok"], true, "{page}");
+}

@@ -169,10 +169,7 @@ pub(crate) async fn read_page(
         keep: writer.store().retention().keep,
         window: read >= limit,
     };
-    let verification = match writer.own_checkpoints(&session) {
-        Some(log) => verify_checkpointed(writer.ring(), &session, &all, options, &log),
-        None => verify(writer.ring(), &session, &all, options),
-    };
+    let verification = writer.verify_read(&session, &all, options).await;
     let skip = all.len().saturating_sub(limit);
     let entries = all[skip..]
         .iter()

@@ -716,11 +716,38 @@ impl HistoryWriter {
         ))
     }
 
-    /// This writer's own attestations of a session, for the read path.
-    pub(crate) fn own_checkpoints(&self, session: &SessionId) -> Option<CheckpointLog> {
-        let cp = self.shared.checkpoints.as_ref()?;
-        let log = cp.log.lock().unwrap_or_else(|p| p.into_inner());
-        Some(log.for_session(session, crate::util::now_ms()))
+    /// Verifies a page read by the layer against this writer's own
+    /// checkpoints. A history shorter than they attest may have been
+    /// erased through another app server, whose receipt this one has not
+    /// seen: the store's erasure marker is asked then, and only then.
+    pub(crate) async fn verify_read(
+        &self,
+        session: &SessionId,
+        entries: &[bytes::Bytes],
+        options: super::Options,
+    ) -> super::Verification {
+        let ring = &self.shared.ring;
+        let Some(cp) = &self.shared.checkpoints else {
+            return super::verify(ring, session, entries, options);
+        };
+        let own = |cp: &CheckpointShared| {
+            let log = cp.log.lock().unwrap_or_else(|p| p.into_inner());
+            log.for_session(session, crate::util::now_ms())
+        };
+        let v = super::verify_checkpointed(ring, session, entries, options, &own(cp));
+        if !v.breaks.iter().any(|b| b.kind.is_checkpoint()) {
+            return v;
+        }
+        match self.shared.store.erased_at(session).await {
+            Ok(Some(at)) => {
+                cp.log
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .note_erasure(*session, at);
+                super::verify_checkpointed(ring, session, entries, options, &own(cp))
+            }
+            _ => v,
+        }
     }
 
     /// Records signed receipts of erased histories in the next checkpoint.

@@ -642,6 +642,16 @@ impl HistoryStore for MemoryStore {
         Ok(())
     }
 
+    async fn erased_at(&self, session: &SessionId) -> Result<Option<i64>, Error> {
+        self.inner.history_faults.before().await?;
+        let now = now_ms();
+        let h = lock(&self.inner.history);
+        Ok(h.erased
+            .get(session)
+            .filter(|until| **until > now)
+            .map(|until| until.saturating_sub(self.inner.ttl_ms)))
+    }
+
     async fn checkpoints(&self) -> Result<Vec<Bytes>, Error> {
         self.inner.history_faults.before().await?;
         let h = lock(&self.inner.history);

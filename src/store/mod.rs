@@ -832,6 +832,24 @@ pub trait HistoryStore: Send + Sync + 'static {
         )))
     }
 
+    /// When the session's history was last erased (Unix milliseconds),
+    /// while its erasure marker lasts (see [`delete`](Self::delete)). The
+    /// layer's history reads ask it only when a history is shorter than
+    /// this app server's checkpoints attest, to tell an erasure made by
+    /// another app server (whose signed receipt this one has not seen)
+    /// from a cut. The default answers `None`.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer.
+    fn erased_at(
+        &self,
+        session: &SessionId,
+    ) -> impl Future<Output = Result<Option<i64>, Error>> + Send {
+        let _ = session;
+        std::future::ready(Ok(None))
+    }
+
     /// Every checkpoint kept, encoded, of every writer, in no particular
     /// order (see [`CheckpointLog`](crate::history::CheckpointLog)). The
     /// default answers none.
@@ -965,6 +983,8 @@ pub(crate) trait DynHistoryStore: Send + Sync + 'static {
         checkpoint: &'a crate::history::Checkpoint,
     ) -> BoxFuture<'a, Result<(), Error>>;
     fn checkpoints(&self) -> BoxFuture<'_, Result<Vec<Bytes>, Error>>;
+    fn erased_at<'a>(&'a self, session: &'a SessionId)
+    -> BoxFuture<'a, Result<Option<i64>, Error>>;
 }
 
 impl<T: HistoryStore> DynHistoryStore for T {
@@ -1022,5 +1042,11 @@ impl<T: HistoryStore> DynHistoryStore for T {
     }
     fn checkpoints(&self) -> BoxFuture<'_, Result<Vec<Bytes>, Error>> {
         Box::pin(HistoryStore::checkpoints(self))
+    }
+    fn erased_at<'a>(
+        &'a self,
+        session: &'a SessionId,
+    ) -> BoxFuture<'a, Result<Option<i64>, Error>> {
+        Box::pin(HistoryStore::erased_at(self, session))
     }
 }

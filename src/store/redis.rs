@@ -843,4 +843,15 @@ impl HistoryStore for RedisStore {
     async fn checkpoints(&self) -> Result<Vec<Bytes>, Error> {
         history::checkpoints(self).await
     }
+
+    async fn erased_at(&self, session: &SessionId) -> Result<Option<i64>, Error> {
+        // The marker's value is the time of the erasure.
+        let mut c = self.inner.conn.clone();
+        let at: Option<String> = ::redis::cmd("GET")
+            .arg(self.erased_key(session))
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.unavailable(e, "read an erasure marker"))?;
+        Ok(at.and_then(|v| v.parse().ok()))
+    }
 }

@@ -142,3 +142,25 @@ pub async fn cuts_in_the_store_are_reported<S, Cut, CutF, Drop, DropF>(
     );
     let _ = std::fs::remove_file(&sink);
 }
+
+/// The erasure marker says when the history was erased; none before.
+pub async fn erased_at_answers_the_time_of_the_erasure<S: HistoryStore + Clone>(store: S) {
+    let sid = SessionId::generate();
+    let sink = sink_path();
+    let w = writer(store.clone(), &sink);
+    write(&w, sid, 2).await;
+    assert_eq!(store.erased_at(&sid).await.unwrap(), None);
+    let before = now_ms();
+    store.delete(&sid).await.unwrap();
+    let after = now_ms();
+    let at = store.erased_at(&sid).await.unwrap().expect("a marker");
+    assert!(at >= before && at <= after, "{before} <= {at} <= {after}");
+    let _ = std::fs::remove_file(&sink);
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}

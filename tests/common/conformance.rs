@@ -709,6 +709,11 @@ macro_rules! store_conformance {
             $crate::common::checkpoints::checkpoints_are_kept_once_and_read_back(store).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn erased_at_answers_the_time_of_the_erasure() {
+            let store = ($factory)(1000).await;
+            $crate::common::checkpoints::erased_at_answers_the_time_of_the_erasure(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn keep_n_trims_the_oldest_and_verifies_as_trimmed() {
             let store = ($factory)(5).await;
             $crate::common::conformance::keep_n_trims_the_oldest_and_verifies_as_trimmed(store).await;

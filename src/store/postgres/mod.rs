@@ -1734,6 +1734,24 @@ impl HistoryStore for PostgresStore {
         .map(drop)
     }
 
+    async fn erased_at(&self, session: &SessionId) -> Result<Option<i64>, Error> {
+        let sid = session.as_bytes().as_slice();
+        let rows = self
+            .query(
+                &self.inner.sql.erased_at,
+                "read an erasure marker",
+                &[&sid, &now_ms()],
+            )
+            .await?;
+        match rows.first() {
+            None => Ok(None),
+            Some(r) => r
+                .try_get::<_, i64>(0)
+                .map(|until| Some(until.saturating_sub(self.inner.ms.ttl)))
+                .map_err(|e| Error::with_source(ErrorKind::Corrupt, e)),
+        }
+    }
+
     async fn checkpoints(&self) -> Result<Vec<Bytes>, Error> {
         let rows = self
             .query(&self.inner.sql.checkpoints, "read checkpoints", &[])

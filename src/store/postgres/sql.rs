@@ -25,6 +25,7 @@ pub(super) struct Statements {
     pub(super) trim_history: String,
     pub(super) put_checkpoint: String,
     pub(super) checkpoints: String,
+    pub(super) erased_at: String,
 }
 
 /// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
@@ -64,6 +65,7 @@ impl Statements {
             trim_history: s(include_str!("sql/trim_history.sql")),
             put_checkpoint: s(include_str!("sql/put_checkpoint.sql")),
             checkpoints: s(include_str!("sql/checkpoints.sql")),
+            erased_at: s(include_str!("sql/erased_at.sql")),
         }
     }
 }

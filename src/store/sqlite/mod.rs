@@ -1241,6 +1241,24 @@ impl HistoryStore for SqliteStore {
         .await
     }
 
+    async fn erased_at(&self, session: &SessionId) -> Result<Option<i64>, Error> {
+        let sid = *session.as_bytes();
+        let ttl = self.inner.ms.ttl;
+        self.call("read an erasure marker", move |db| {
+            let until: Option<Option<i64>> = db
+                .conn()
+                .prepare_cached(sql::HEAD)?
+                .query_row([sid.as_slice()], |r| r.get(2))
+                .optional()?;
+            let now = now_ms();
+            Ok(until
+                .flatten()
+                .filter(|u| *u > now)
+                .map(|u| u.saturating_sub(ttl)))
+        })
+        .await
+    }
+
     async fn checkpoints(&self) -> Result<Vec<Bytes>, Error> {
         self.call("read checkpoints", |db| {
             let mut stmt = db.conn().prepare_cached(sql::CHECKPOINTS)?;
