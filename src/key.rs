@@ -336,8 +336,12 @@ mod tests {
         assert_eq!(a.id(), b.id());
         let tag = |m: &HmacSha256| m.clone().finalize().into_bytes();
         let d = a.derived();
-        assert_ne!(tag(&d.cookie), tag(&d.history));
-        assert_ne!(tag(&d.history), tag(&d.pseudonym));
+        let all = [&d.cookie, &d.history, &d.pseudonym, &d.csrf, &d.checkpoint].map(tag);
+        for (i, x) in all.iter().enumerate() {
+            for y in &all[i + 1..] {
+                assert_ne!(x, y);
+            }
+        }
     }
 
     #[test]

@@ -107,13 +107,16 @@ pub struct Attestation {
 /// expiry or erasure.
 ///
 /// ```
-/// use session_trail::history::{CheckpointLog, verify_checkpointed, Options};
+/// use session_trail::history::{CheckpointLog, CheckpointProblem, Options, verify_checkpointed};
 /// use session_trail::store::Retention;
 /// use session_trail::{Key, KeyRing, SessionId};
 ///
 /// let ring = KeyRing::new(Key::generate());
-/// let log = CheckpointLog::new(&ring, &[], &[], Retention::default(), 0);
-/// assert!(log.problems().is_empty());
+/// // What a store answered: one element that is not a checkpoint.
+/// let stored = vec![b"not a checkpoint".to_vec()];
+/// let log = CheckpointLog::new(&ring, &stored, &[], Retention::default(), 0);
+/// assert_eq!(log.problems(), &[CheckpointProblem::Malformed(0)]);
+/// assert!(log.is_empty());
 /// let none: Vec<Vec<u8>> = Vec::new();
 /// let v = verify_checkpointed(&ring, &SessionId::generate(), &none, Options::default(), &log);
 /// assert!(v.is_ok() && v.checkpointed.is_none());

@@ -815,7 +815,7 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// for at least the retention TTL after its
     /// [`at`](crate::history::Checkpoint::at). Keeping one a second time
     /// (same writer and counter) is not an error. Every store of this crate
-    /// keeps them; the default answers [`ErrorKind::Misconfigured`], and the
+    /// keeps them; the default answers [`ErrorKind::Misconfigured`](crate::ErrorKind::Misconfigured), and the
     /// writer then relies on its sink alone.
     ///
     /// # Errors
