@@ -21,6 +21,10 @@
 //!   entries per second, median of the rounds. Also into a `redis-server`
 //!   the bench starts (no persistence) on a free loopback port.
 //!
+//! With `LONG_SECS=65`, also runs of 65 seconds with checkpoints off and
+//! on at the default 30 s, so that checkpoints are formed during the run
+//! (`ROUNDS` pairs of them).
+//!
 //! Target: throughput with checkpoints on within 2% of off.
 
 #[path = "../tests/common/redis.rs"]
@@ -81,8 +85,9 @@ async fn checkpoint_cost(n: usize) -> Duration {
 }
 
 /// Entries per second through the writer: `SESSIONS` × `ROUNDS_PER_RUN`.
-/// `interval`: `None` for checkpoints off.
-async fn throughput<H: HistoryStore>(store: H, interval: Option<Duration>) -> f64 {
+/// `interval`: `None` for checkpoints off. Runs `ROUNDS_PER_RUN` rounds,
+/// and more until `min_secs` have passed.
+async fn throughput<H: HistoryStore>(store: H, interval: Option<Duration>, min_secs: f64) -> f64 {
     let mut config = WriterConfig::default().queue_entries(SESSIONS * 2);
     config = match interval {
         Some(d) => config.checkpoint_interval(d),
@@ -91,11 +96,13 @@ async fn throughput<H: HistoryStore>(store: H, interval: Option<Duration>) -> f6
     let w = HistoryWriter::start(store, ring(), config).unwrap();
     let sessions: Vec<SessionId> = (0..SESSIONS).map(|_| SessionId::generate()).collect();
     let start = Instant::now();
-    for round in 0..ROUNDS_PER_RUN {
+    let mut round = 0;
+    while round < ROUNDS_PER_RUN || start.elapsed().as_secs_f64() < min_secs {
         for (i, sid) in sessions.iter().enumerate() {
             w.enqueue(*sid, vec![request_entry(round * SESSIONS + i)]);
         }
         w.flush().await.unwrap();
+        round += 1;
     }
     let secs = start.elapsed().as_secs_f64();
     let formed = w.stats().checkpoints_formed;
@@ -103,7 +110,7 @@ async fn throughput<H: HistoryStore>(store: H, interval: Option<Duration>) -> f6
         assert!(formed > 0, "no checkpoint formed in {secs:.1} s");
     }
     w.shutdown(Duration::from_secs(30)).await.unwrap();
-    (SESSIONS * ROUNDS_PER_RUN) as f64 / secs
+    (SESSIONS * round) as f64 / secs
 }
 
 async fn compare<H, F, Fut>(name: &str, make: F)
@@ -119,12 +126,12 @@ where
     ];
     // A warm-up run of each, not counted.
     for v in variants {
-        throughput(make().await, v).await;
+        throughput(make().await, v, 0.0).await;
     }
     let mut runs = vec![Vec::new(); variants.len()];
     for _ in 0..rounds() {
         for (i, v) in variants.iter().enumerate() {
-            runs[i].push(throughput(make().await, *v).await);
+            runs[i].push(throughput(make().await, *v, 0.0).await);
         }
     }
     let m: Vec<f64> = runs.into_iter().map(median).collect();
@@ -137,6 +144,21 @@ where
         pct(m[1]),
         m[2],
         pct(m[2])
+    );
+    // Runs long enough for the default interval to form checkpoints.
+    let Some(secs) = std::env::var("LONG_SECS").ok().and_then(|v| v.parse::<f64>().ok()) else {
+        return;
+    };
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..rounds() {
+        off.push(throughput(make().await, None, secs).await);
+        on.push(throughput(make().await, Some(Duration::from_secs(30)), secs).await);
+    }
+    let (off, on) = (median(off), median(on));
+    println!(
+        "throughput/{name}, {secs:.0}-second runs: off {off:.0} entries/s; on, every 30 s \
+         {on:.0} ({:+.2}%)",
+        (on - off) / off * 100.0
     );
 }
 
