@@ -146,7 +146,10 @@ where
         pct(m[2])
     );
     // Runs long enough for the default interval to form checkpoints.
-    let Some(secs) = std::env::var("LONG_SECS").ok().and_then(|v| v.parse::<f64>().ok()) else {
+    let Some(secs) = std::env::var("LONG_SECS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+    else {
         return;
     };
     let (mut off, mut on) = (Vec::new(), Vec::new());

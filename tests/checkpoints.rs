@@ -9,60 +9,31 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::checkpoints::{key, now_ms, ring, sink_path, write};
+
 use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::json;
+use session_trail::SessionId;
 use session_trail::history::{
     BreakKind, Checkpoint, CheckpointLog, CheckpointProblem, Draft, Entry, FileSink, HistoryWriter,
     Options, Verification, WriterConfig, verify_checkpointed,
 };
 use session_trail::store::{HistoryStore, MemoryStore, Retention};
-use session_trail::{Key, KeyRing, SessionId};
 
 const TTL: Duration = Duration::from_secs(3600);
-
-fn key() -> Key {
-    Key::from_bytes(&common::secret(91)).unwrap()
-}
-
-fn ring() -> KeyRing {
-    KeyRing::new(key())
-}
-
-fn sink_path() -> PathBuf {
-    std::env::temp_dir().join(format!("st-checkpoints-{}.jsonl", SessionId::generate()))
-}
 
 fn store(keep: usize) -> MemoryStore {
     MemoryStore::new().history_retention(keep, TTL).unwrap()
 }
 
-fn writer(store: &MemoryStore, sink: &PathBuf) -> HistoryWriter {
-    HistoryWriter::start(
-        store.clone(),
-        ring(),
-        WriterConfig::default()
-            .flush_interval(Duration::from_millis(1))
-            // Checkpoints are asked for with `checkpoint()` here.
-            .checkpoint_interval(Duration::from_secs(3600))
-            .checkpoint_sink(FileSink::open(sink).unwrap()),
-    )
-    .unwrap()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-async fn write(w: &HistoryWriter, sid: SessionId, n: usize) {
-    let drafts = (0..n)
-        .map(|i| Draft::event("step", &json!({ "i": i })).unwrap())
-        .collect();
-    assert!(w.enqueue(sid, drafts));
-    w.flush().await.unwrap();
+/// A memory store keeping `keep` entries per session, a sink file, and a
+/// writer on both that checkpoints when asked.
+fn rig(keep: usize) -> (MemoryStore, PathBuf, HistoryWriter) {
+    let store = store(keep);
+    let sink = sink_path();
+    let w = common::checkpoints::writer(store.clone(), &sink);
+    (store, sink, w)
 }
 
 async fn log_of(store: &MemoryStore, outside: &[Checkpoint], now: i64) -> CheckpointLog {
@@ -108,9 +79,7 @@ proptest! {
         left_frac in 0.0f64..1.0,
     ) {
         rt().block_on(async {
-            let store = store(1000);
-            let sink = sink_path();
-            let w = writer(&store, &sink);
+            let (store, sink, w) = rig(1000);
             let sid = SessionId::generate();
             write(&w, sid, attested).await;
             w.checkpoint().await.unwrap();
@@ -155,9 +124,7 @@ proptest! {
     #[test]
     fn a_deleted_history_is_missing_until_its_ttl_could_have_passed(n in 1usize..20) {
         rt().block_on(async {
-            let store = store(1000);
-            let sink = sink_path();
-            let w = writer(&store, &sink);
+            let (store, sink, w) = rig(1000);
             let sid = SessionId::generate();
             write(&w, sid, n).await;
             w.checkpoint().await.unwrap();
@@ -186,9 +153,7 @@ proptest! {
     #[test]
     fn keep_n_trims_are_not_reported(keep in 2usize..8, rounds in prop::collection::vec(1usize..6, 1..6)) {
         rt().block_on(async {
-            let store = store(keep);
-            let sink = sink_path();
-            let w = writer(&store, &sink);
+            let (store, sink, w) = rig(keep);
             let sid = SessionId::generate();
             let mut total = 0;
             for n in rounds {
@@ -213,9 +178,7 @@ proptest! {
     #[test]
     fn a_history_restarted_after_its_ttl_is_not_reported(n in 2usize..20, m in 1usize..10) {
         rt().block_on(async {
-            let store = store(1000);
-            let sink = sink_path();
-            let w = writer(&store, &sink);
+            let (store, sink, w) = rig(1000);
             let sid = SessionId::generate();
             write(&w, sid, n).await;
             w.checkpoint().await.unwrap();
@@ -252,7 +215,8 @@ proptest! {
         rt().block_on(async {
             let store = store(1000);
             let (sa, sb) = (sink_path(), sink_path());
-            let (a, b) = (writer(&store, &sa), writer(&store, &sb));
+            let a = common::checkpoints::writer(store.clone(), &sa);
+            let b = common::checkpoints::writer(store.clone(), &sb);
             let sid = SessionId::generate();
             let mut total = 0u64;
             let mut attested = 0u64;
@@ -295,9 +259,7 @@ proptest! {
     #[test]
     fn a_modified_or_removed_checkpoint_is_reported(rounds in 3usize..7, pick in any::<prop::sample::Index>(), byte in any::<prop::sample::Index>()) {
         rt().block_on(async {
-            let store = store(1000);
-            let sink = sink_path();
-            let w = writer(&store, &sink);
+            let (store, sink, w) = rig(1000);
             for _ in 0..rounds {
                 write(&w, SessionId::generate(), 2).await;
                 w.checkpoint().await.unwrap();

@@ -152,6 +152,18 @@ async fn post(http: &reqwest::Client, demo: &Demo, path: &str, body: Value) -> V
     res.json().await.unwrap_or(Value::Null)
 }
 
+/// Alice logs in and adds a book to her cart.
+async fn alice_adds_a_book(http: &reqwest::Client, demo: &Demo) {
+    post(
+        http,
+        demo,
+        "/api/login",
+        json!({"user": "alice", "password": "alice-pw"}),
+    )
+    .await;
+    post(http, demo, "/api/cart", json!({"item": "book"})).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_process_stopped_and_started_keeps_everyone_logged_in_with_verified_history() {
     let db = common::sqlite::temp_db("demo");
@@ -166,14 +178,7 @@ async fn the_demo_process_stopped_and_started_keeps_everyone_logged_in_with_veri
 
     let mut demo = Demo::start(&db);
     demo.ready(&http).await;
-    post(
-        &http,
-        &demo,
-        "/api/login",
-        json!({"user": "alice", "password": "alice-pw"}),
-    )
-    .await;
-    post(&http, &demo, "/api/cart", json!({"item": "book"})).await;
+    alice_adds_a_book(&http, &demo).await;
     assert_eq!(get(&http, &demo, "/api/visits").await["visits"], 1);
     post(
         &bob,
@@ -329,14 +334,7 @@ async fn entries_cut_off_after_a_checkpoint_break_the_chain() {
         .unwrap();
     let mut demo = Demo::start_with(&db, &[("DEMO_CHECKPOINT_SECONDS", "1")]);
     demo.ready(&http).await;
-    post(
-        &http,
-        &demo,
-        "/api/login",
-        json!({"user": "alice", "password": "alice-pw"}),
-    )
-    .await;
-    post(&http, &demo, "/api/cart", json!({"item": "book"})).await;
+    alice_adds_a_book(&http, &demo).await;
     get(&http, &demo, "/api/visits").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let (sid, attested) = loop {

@@ -661,7 +661,7 @@ mod tests {
         v
     }
 
-    fn signed(n: usize) -> Checkpoint {
+    fn signed(key: &Key, n: usize) -> Checkpoint {
         let fields = Fields {
             writer: WriterId::generate(),
             counter: 3,
@@ -673,13 +673,13 @@ mod tests {
             session: SessionId::generate(),
             at: 5,
         }];
-        Checkpoint::sign(&Key::generate(), fields, heads(n), erasures)
+        Checkpoint::sign(key, fields, heads(n), erasures)
     }
 
     #[test]
     fn every_leaf_proves_against_the_root_and_nothing_else_does() {
         for n in [1, 2, 3, 5, 8, 13, 64, 100] {
-            let cp = signed(n);
+            let cp = signed(&Key::generate(), n);
             for h in &cp.heads {
                 let proof = cp.prove(&h.session).unwrap();
                 assert!(proof.verify(&cp.root), "n={n} index={}", proof.index);
@@ -711,14 +711,7 @@ mod tests {
     fn encodings_round_trip_and_tampering_fails_the_signature() {
         let key = Key::generate();
         let ring = KeyRing::new(key.clone());
-        let fields = Fields {
-            writer: WriterId::generate(),
-            counter: 1,
-            at: 10,
-            since: 5,
-            prev: [0; 32],
-        };
-        let cp = Checkpoint::sign(&key, fields, heads(9), Vec::new());
+        let cp = signed(&key, 9);
         assert!(cp.check_signature(&ring).is_ok());
         assert!(cp.heads_match_root());
         assert_eq!(Checkpoint::decode(&cp.encode()).unwrap(), cp);

@@ -15,8 +15,12 @@ use session_trail::history::{
 use session_trail::store::HistoryStore;
 use session_trail::{Key, KeyRing, SessionId};
 
+pub fn key() -> Key {
+    Key::from_bytes(&super::secret(93)).unwrap()
+}
+
 pub fn ring() -> KeyRing {
-    KeyRing::new(Key::from_bytes(&super::secret(93)).unwrap())
+    KeyRing::new(key())
 }
 
 pub fn sink_path() -> PathBuf {
@@ -158,7 +162,7 @@ pub async fn erased_at_answers_the_time_of_the_erasure<S: HistoryStore + Clone>(
     let _ = std::fs::remove_file(&sink);
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
