@@ -447,3 +447,265 @@ async fn an_erasure_through_another_server_is_not_reported_by_reads() {
     let page = on_b.json("GET", "/history").await;
     assert_eq!(page["chain"]["ok"], true, "{page}");
 }
+
+/// A store of the application's own: the memory store, except that it may
+/// keep no checkpoints (the trait's defaults), or fail to keep them while
+/// `down` is set.
+#[derive(Clone)]
+struct Wrapped {
+    inner: MemoryStore,
+    keeps: bool,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Wrapped {
+    fn new(keeps: bool) -> Self {
+        Self {
+            inner: store(1000),
+            keeps,
+            down: std::sync::Arc::default(),
+        }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl HistoryStore for Wrapped {
+    fn retention(&self) -> Retention {
+        HistoryStore::retention(&self.inner)
+    }
+    async fn append(
+        &self,
+        batch: &[session_trail::store::Append],
+    ) -> Result<Vec<session_trail::store::AppendOutcome>, session_trail::Error> {
+        self.inner.append(batch).await
+    }
+    async fn read_newest(
+        &self,
+        s: &SessionId,
+        n: usize,
+    ) -> Result<Vec<Bytes>, session_trail::Error> {
+        self.inner.read_newest(s, n).await
+    }
+    async fn read_all(&self, s: &SessionId) -> Result<Vec<Bytes>, session_trail::Error> {
+        self.inner.read_all(s).await
+    }
+    async fn delete(&self, s: &SessionId) -> Result<u64, session_trail::Error> {
+        HistoryStore::delete(&self.inner, s).await
+    }
+    async fn link_user(&self, u: &str, s: &SessionId, e: i64) -> Result<(), session_trail::Error> {
+        self.inner.link_user(u, s, e).await
+    }
+    async fn user_sessions(&self, u: &str) -> Result<Vec<SessionId>, session_trail::Error> {
+        self.inner.user_sessions(u).await
+    }
+    async fn unlink_sessions(&self, u: &str, s: &[SessionId]) -> Result<(), session_trail::Error> {
+        self.inner.unlink_sessions(u, s).await
+    }
+    fn keeps_checkpoints(&self) -> bool {
+        self.keeps
+    }
+    async fn put_checkpoint(&self, cp: &Checkpoint) -> Result<(), session_trail::Error> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(session_trail::Error::new(
+                session_trail::ErrorKind::Unavailable,
+                "down",
+            ));
+        }
+        self.inner.put_checkpoint(cp).await
+    }
+    async fn checkpoints(&self) -> Result<Vec<Bytes>, session_trail::Error> {
+        self.inner.checkpoints().await
+    }
+}
+
+/// Checkpoints whose heads were stripped in the store (no key needed: the
+/// MAC covers the root, not the heads) are reported, and the sink's copy
+/// still catches the cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripped_heads_in_the_store_are_reported() {
+    let (store, sink, w) = rig(1000);
+    let (cut, gone) = (SessionId::generate(), SessionId::generate());
+    write(&w, cut, 5).await;
+    write(&w, gone, 3).await;
+    w.checkpoint().await.unwrap();
+    for raw in store.checkpoints().await.unwrap() {
+        let cp = Checkpoint::decode(&raw).unwrap();
+        store.put_checkpoint(&cp.header()).await.unwrap();
+    }
+    let entries = store.read_all(&cut).await.unwrap();
+    let outside = FileSink::read(&sink).unwrap();
+    let id = w.writer_id().unwrap();
+    for (log, removed) in [
+        (log_of(&store, &outside, now_ms()).await, true),
+        (log_of(&store, &[], now_ms()).await, false),
+    ] {
+        assert!(
+            log.problems().contains(&CheckpointProblem::BadRoot(id, 1)),
+            "{:?}",
+            log.problems()
+        );
+        assert_eq!(
+            log.problems().contains(&CheckpointProblem::Removed(id, 1)),
+            removed
+        );
+        let v = check(&store, &cut, &entries[..2], &log);
+        assert_eq!(!v.is_ok(), removed, "{:?}", v.breaks);
+    }
+    let _ = std::fs::remove_file(&sink);
+}
+
+/// A store that keeps no checkpoints: the sink's copy is the only one,
+/// and nothing in it is reported as removed; cuts are still caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_keeps_no_checkpoints_relies_on_the_sink() {
+    let store = Wrapped::new(false);
+    let sink = sink_path();
+    let w = common::checkpoints::writer(store.clone(), &sink);
+    let sid = SessionId::generate();
+    write(&w, sid, 4).await;
+    w.checkpoint().await.unwrap();
+    assert!(store.checkpoints().await.unwrap().is_empty());
+    let outside = FileSink::read(&sink).unwrap();
+    assert_eq!(outside.len(), 1);
+    let log = w.checkpoint_log(&outside).await.unwrap();
+    assert!(log.problems().is_empty(), "{:?}", log.problems());
+    let entries = store.read_all(&sid).await.unwrap();
+    let v = verify_checkpointed(&ring(), &sid, &entries[..2], Options::default(), &log);
+    assert_eq!(
+        v.breaks[0].kind,
+        BreakKind::TruncatedTail { from: 3, to: 4 }
+    );
+    let _ = std::fs::remove_file(&sink);
+}
+
+/// While the store cannot keep a checkpoint, the sink gets nothing (so a
+/// copy in the sink is one the store had: one missing there was removed),
+/// what the writer hands over meanwhile is merged into one checkpoint, and
+/// a shutdown gives up at its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_holds_checkpoints_back_and_merges_them() {
+    let store = Wrapped::new(true);
+    let sink = sink_path();
+    let w = HistoryWriter::start(
+        store.clone(),
+        ring(),
+        WriterConfig::default()
+            .flush_interval(Duration::from_millis(1))
+            .backoff_max(Duration::from_millis(20))
+            .checkpoint_interval(Duration::from_millis(20))
+            .checkpoint_sink(FileSink::open(&sink).unwrap()),
+    )
+    .unwrap();
+    store.set_down(true);
+    let first = SessionId::generate();
+    write(&w, first, 1).await;
+    common::app::eventually(10, "the first checkpoint formed", || {
+        let formed = w.stats().checkpoints_formed;
+        async move { (formed == 1).then_some(()) }
+    })
+    .await;
+    let later: Vec<SessionId> = (0..8).map(|_| SessionId::generate()).collect();
+    for sid in &later {
+        write(&w, *sid, 1).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(w.stats().checkpoints_formed, 1, "the others wait, merged");
+    assert!(
+        FileSink::read(&sink).unwrap().is_empty(),
+        "nothing in the sink the store lacks"
+    );
+
+    store.set_down(false);
+    common::app::eventually(10, "both checkpoints kept", || {
+        let kept = w.stats().checkpoints_kept;
+        async move { (kept == 2).then_some(()) }
+    })
+    .await;
+    let outside = FileSink::read(&sink).unwrap();
+    assert_eq!(outside.len(), 2);
+    assert!(later.iter().all(|s| outside[1].head_of(s).is_some()));
+    let log = w.checkpoint_log(&outside).await.unwrap();
+    assert!(log.problems().is_empty(), "{:?}", log.problems());
+
+    // Down again at shutdown: the last checkpoint is given up at the
+    // deadline, and is in neither copy.
+    store.set_down(true);
+    write(&w, SessionId::generate(), 1).await;
+    let err = w.shutdown(Duration::from_millis(300)).await.unwrap_err();
+    assert_eq!(err.kind(), session_trail::ErrorKind::Timeout, "{err}");
+    store.set_down(false);
+    let outside = FileSink::read(&sink).unwrap();
+    let log = CheckpointLog::new(
+        &ring(),
+        &store.checkpoints().await.unwrap(),
+        &outside,
+        HistoryStore::retention(&store),
+        now_ms(),
+    );
+    assert!(log.problems().is_empty(), "{:?}", log.problems());
+    let _ = std::fs::remove_file(&sink);
+}
+
+/// The store trims checkpoints by another app server's clock: one trimmed
+/// a little early by the verifier's clock is not reported as removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lawful_trim_is_not_removed_under_clock_skew() {
+    let (store, sink, w) = rig(1000);
+    write(&w, SessionId::generate(), 1).await;
+    w.checkpoint().await.unwrap();
+    let outside = FileSink::read(&sink).unwrap();
+    let none: Vec<Bytes> = Vec::new();
+    let ttl = TTL.as_millis() as i64;
+    let id = w.writer_id().unwrap();
+    for (now, removed) in [
+        (outside[0].at + 1000, true),
+        (outside[0].at + ttl - 1000, false),
+        (outside[0].at + ttl, false),
+    ] {
+        let log = CheckpointLog::new(
+            &ring(),
+            &none,
+            &outside,
+            HistoryStore::retention(&store),
+            now,
+        );
+        assert_eq!(
+            log.problems() == [CheckpointProblem::Removed(id, 1)],
+            removed,
+            "{:?}",
+            log.problems()
+        );
+    }
+    let _ = std::fs::remove_file(&sink);
+}
+
+/// A line cut short by a crash before a restart: the next process's sink
+/// starts a line of its own, and the file reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_torn_before_a_restart_is_passed_over() {
+    let (_store, sink, w) = rig(1000);
+    write(&w, SessionId::generate(), 1).await;
+    w.checkpoint().await.unwrap();
+    drop(w);
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&sink)
+            .unwrap();
+        f.write_all(br#"{"writer":"0011"#).unwrap();
+    }
+    let (_store, _, w) = {
+        let store = store(1000);
+        let w = common::checkpoints::writer(store.clone(), &sink);
+        (store, (), w)
+    };
+    write(&w, SessionId::generate(), 1).await;
+    w.checkpoint().await.unwrap();
+    let read = FileSink::read(&sink).unwrap();
+    assert_eq!(read.len(), 2);
+    let _ = std::fs::remove_file(&sink);
+}

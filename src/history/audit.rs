@@ -102,9 +102,9 @@ pub struct Attestation {
 /// reported and not used.
 ///
 /// Per session and writer, the newest attestation is kept: a later head
-/// of the same session comes with a later `since`, so it says all an
-/// earlier one did about a cut tail, a missing history, or a lawful
-/// expiry or erasure.
+/// of the same session comes with a later `since`, so it covers what an
+/// earlier one did about a cut tail or a missing history (an erasure or
+/// an expiry that voids the later one voids the earlier too).
 ///
 /// ```
 /// use session_trail::history::{CheckpointLog, CheckpointProblem, Options, verify_checkpointed};
@@ -146,6 +146,30 @@ impl CheckpointLog {
         retention: Retention,
         now: i64,
     ) -> Self {
+        Self::build(ring, stored, outside, retention, now, true)
+    }
+
+    /// Checks and indexes the checkpoints of an outside copy alone, for a
+    /// history store that keeps none
+    /// ([`HistoryStore::keeps_checkpoints`](crate::store::HistoryStore::keeps_checkpoints)):
+    /// nothing is reported as removed.
+    pub fn outside_only(
+        ring: &KeyRing,
+        outside: &[Checkpoint],
+        retention: Retention,
+        now: i64,
+    ) -> Self {
+        Self::build::<&[u8]>(ring, &[], outside, retention, now, false)
+    }
+
+    fn build<B: AsRef<[u8]>>(
+        ring: &KeyRing,
+        stored: &[B],
+        outside: &[Checkpoint],
+        retention: Retention,
+        now: i64,
+        store_keeps: bool,
+    ) -> Self {
         let mut log = Self {
             ttl_ms: i64::try_from(retention.ttl.as_millis()).unwrap_or(i64::MAX),
             now,
@@ -154,11 +178,18 @@ impl CheckpointLog {
         let mut store: BTreeMap<(WriterId, u64), Checkpoint> = BTreeMap::new();
         for (i, raw) in stored.iter().enumerate() {
             match Checkpoint::decode(raw.as_ref()) {
+                // Stores keep the heads: a stored copy without them was
+                // stripped, and attests nothing.
+                Ok(cp) if !cp.has_heads() => {
+                    log.problems
+                        .push(CheckpointProblem::BadRoot(cp.writer, cp.counter));
+                }
                 Ok(cp) => log.admit(ring, cp, &mut store),
                 Err(_) => log.problems.push(CheckpointProblem::Malformed(i)),
             }
         }
         let mut all = store.clone();
+        let slack = EXPIRY_SLACK.as_millis() as i64;
         for cp in outside {
             let id = (cp.writer, cp.counter);
             match store.get(&id) {
@@ -167,8 +198,10 @@ impl CheckpointLog {
                 None => {
                     let before = log.problems.len();
                     log.admit(ring, cp.clone(), &mut all);
-                    let trimmed = cp.at.saturating_add(log.ttl_ms) <= now;
-                    if log.problems.len() == before && !trimmed {
+                    // The store trims by the clock of whichever app server
+                    // keeps the next checkpoint.
+                    let trimmed = cp.at.saturating_add(log.ttl_ms).saturating_sub(slack) <= now;
+                    if log.problems.len() == before && !trimmed && store_keeps {
                         log.problems.push(CheckpointProblem::Removed(id.0, id.1));
                     }
                 }
@@ -203,16 +236,16 @@ impl CheckpointLog {
             !v.is_empty()
         });
         if self.attest.len() > cap {
-            let mut times: Vec<i64> = self
+            // The sessions attested longest ago go first, half of them.
+            let mut by_age: Vec<(i64, SessionId)> = self
                 .attest
-                .values()
-                .map(|v| v.iter().map(|a| a.since).max().unwrap_or(0))
+                .iter()
+                .map(|(s, v)| (v.iter().map(|a| a.since).max().unwrap_or(0), *s))
                 .collect();
-            let mid = times.len() / 2;
-            let (_, median, _) = times.select_nth_unstable(mid);
-            let median = *median;
-            self.attest
-                .retain(|_, v| v.iter().any(|a| a.since > median));
+            by_age.sort_unstable_by_key(|(since, _)| *since);
+            for (_, s) in &by_age[..by_age.len() / 2] {
+                self.attest.remove(s);
+            }
         }
     }
 
@@ -397,7 +430,8 @@ pub fn verify_checkpointed<E: AsRef<[u8]>>(
     let oldest_ts = good.iter().map(|g| g.3).min();
     let live: Vec<&Attestation> = attested
         .iter()
-        .filter(|a| erased.is_none_or(|e| e < a.since))
+        // The erasure and `since` may come from two app servers' clocks.
+        .filter(|a| erased.is_none_or(|e| e < a.since.saturating_sub(slack)))
         // A history written entirely after the attested one could expire
         // is a new one.
         .filter(|a| oldest_ts.is_none_or(|ts| ts < lawful_after(a)))

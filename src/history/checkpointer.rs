@@ -16,10 +16,10 @@ use super::audit::CheckpointLog;
 use super::checkpoint::{Checkpoint, Digest, Erasure, Fields, Head, WriterId};
 use super::entry::TAG_LEN;
 use super::sink::CheckpointSink;
+use crate::SessionId;
 use crate::key::KeyRing;
 use crate::store::DynHistoryStore;
 use crate::util::now_ms;
-use crate::{ErrorKind, SessionId};
 
 /// Most sessions the read path's index of this writer's attestations
 /// holds; beyond it the older half is dropped (their reads are then
@@ -116,15 +116,20 @@ pub(crate) struct CheckpointShared {
     pub(crate) log: Mutex<CheckpointLog>,
     pub(crate) formed: AtomicU64,
     pub(crate) kept: AtomicU64,
-    /// Set once the task has stopped, having kept all it was handed.
+    /// Set once the task has stopped: having kept all it was handed, or
+    /// at the stop time.
     pub(crate) done: watch::Receiver<bool>,
+    /// When to give up retrying a checkpoint: set by the writer's shutdown
+    /// (its deadline), or when its task ends without one (then the flush
+    /// timeout after), so the task never outlives the writer for long.
+    pub(crate) stop: Mutex<Option<Instant>>,
 }
 
 pub(crate) struct Checkpointer {
     rx: mpsc::UnboundedReceiver<Advance>,
     store: Arc<dyn DynHistoryStore>,
     ring: KeyRing,
-    sink: Option<Arc<dyn CheckpointSink>>,
+    sink: Arc<dyn CheckpointSink>,
     shared: Arc<CheckpointShared>,
     done: watch::Sender<bool>,
     counter: u64,
@@ -137,7 +142,7 @@ impl Checkpointer {
     pub(crate) fn new(
         store: Arc<dyn DynHistoryStore>,
         ring: KeyRing,
-        sink: Option<Arc<dyn CheckpointSink>>,
+        sink: Arc<dyn CheckpointSink>,
         attempt_timeout: Duration,
         backoff_max: Duration,
     ) -> (Self, mpsc::UnboundedSender<Advance>, Arc<CheckpointShared>) {
@@ -149,6 +154,7 @@ impl Checkpointer {
             formed: AtomicU64::new(0),
             kept: AtomicU64::new(0),
             done: done_rx,
+            stop: Mutex::new(None),
         });
         let task = Self {
             rx,
@@ -166,13 +172,23 @@ impl Checkpointer {
     }
 
     pub(crate) async fn run(mut self) {
-        while let Some(mut advance) = self.rx.recv().await {
+        let mut pending: Option<Advance> = None;
+        loop {
+            let mut advance = match pending.take() {
+                Some(a) => a,
+                None => match self.rx.recv().await {
+                    Some(a) => a,
+                    None => break,
+                },
+            };
             while let Ok(later) = self.rx.try_recv() {
                 advance.merge(later);
             }
             if !advance.is_empty() {
                 let cp = self.form(&mut advance).await;
-                self.keep(&cp).await;
+                if !self.keep(&cp, &mut pending).await {
+                    break;
+                }
             }
             for reply in advance.replies {
                 let _ = reply.send(());
@@ -219,11 +235,15 @@ impl Checkpointer {
         cp
     }
 
-    /// Keeps the checkpoint in the store and the sink, retrying each until
-    /// it is kept. A store that keeps no checkpoints is passed over.
-    async fn keep(&self, cp: &Checkpoint) {
-        let mut stored = false;
-        let mut published = self.sink.is_none();
+    /// Keeps the checkpoint in the store, then hands it to the sink, each
+    /// retried with backoff until it succeeds: a copy in the sink is one
+    /// the store had too, so one missing from the store was removed. What
+    /// the writer hands over meanwhile is merged into `pending`, so memory
+    /// stays bounded by the sessions advanced. Answers `false` when it gave
+    /// up at the stop time ([`CheckpointShared::stop`]).
+    async fn keep(&mut self, cp: &Checkpoint, pending: &mut Option<Advance>) -> bool {
+        let mut stored = !self.store.keeps_checkpoints();
+        let mut published = false;
         let mut attempt = 0u32;
         let mut logged: Option<Instant> = None;
         loop {
@@ -233,28 +253,20 @@ impl Checkpointer {
                     .await
                 {
                     Ok(Ok(())) => stored = true,
-                    Ok(Err(e)) if e.kind() == ErrorKind::Misconfigured => {
-                        tracing::warn!(
-                            counter = cp.counter,
-                            error = %e.report(),
-                            "the history store does not keep this checkpoint; only the sink has it"
-                        );
-                        stored = true;
-                    }
                     Ok(Err(e)) => reason = format!("store: {}", e.report()),
                     Err(_) => {
                         reason = format!("store: no answer within {:?}", self.attempt_timeout)
                     }
                 }
             }
-            if let (false, Some(sink)) = (published, &self.sink) {
-                match tokio::time::timeout(self.attempt_timeout, sink.publish(cp)).await {
+            if stored && !published {
+                match tokio::time::timeout(self.attempt_timeout, self.sink.publish(cp)).await {
                     Ok(Ok(())) => published = true,
                     Ok(Err(e)) => reason = format!("sink: {}", e.report()),
                     Err(_) => reason = format!("sink: no answer within {:?}", self.attempt_timeout),
                 }
             }
-            if stored && published {
+            if published {
                 self.shared.kept.fetch_add(1, Ordering::Relaxed);
                 if logged.is_some() {
                     tracing::info!(
@@ -262,7 +274,19 @@ impl Checkpointer {
                         "history checkpoint kept after retries"
                     );
                 }
-                return;
+                return true;
+            }
+            while let Ok(later) = self.rx.try_recv() {
+                pending.get_or_insert_with(Advance::default).merge(later);
+            }
+            let stop = *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner());
+            if stop.is_some_and(|t| Instant::now() >= t) {
+                tracing::error!(
+                    counter = cp.counter,
+                    %reason,
+                    "the writer stopped before this history checkpoint was kept; the heads it covers are not checkpointed"
+                );
+                return false;
             }
             attempt += 1;
             if logged.is_none_or(|t| t.elapsed() >= LOG_EVERY) {

@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -58,10 +58,14 @@ pub trait CheckpointSink: Send + Sync + 'static {
 }
 
 /// Logs each checkpoint's header as an `info` event with target
-/// `session_trail::checkpoint`: `writer`, `counter`, `at`, `since`,
-/// `leaves`, `erasures`, `root`, `prev`, `digest` (hex). The heads are not
-/// logged (a checkpoint may cover 100,000 sessions); an auditor with these
-/// roots checks one session with an
+/// `session_trail::checkpoint`: `writer`, `counter`, `leaves`, `root` and
+/// `digest` (hex) for people, and `checkpoint`, the header as one line of
+/// JSON ([`Checkpoint::to_json`] without the heads), which
+/// [`Checkpoint::from_json`] reads back as an outside copy for
+/// [`CheckpointLog::new`](super::CheckpointLog::new): against it, a
+/// checkpoint removed or altered in the store is reported. The heads are
+/// not logged (a checkpoint may cover 100,000 sessions): with these roots
+/// an auditor checks one session with an
 /// [`InclusionProof`](super::InclusionProof) from the store's copy.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TracingSink;
@@ -72,13 +76,10 @@ impl CheckpointSink for TracingSink {
             target: "session_trail::checkpoint",
             writer = %cp.writer,
             counter = cp.counter,
-            at = cp.at,
-            since = cp.since,
             leaves = cp.leaves,
-            erasures = cp.erasures.len(),
             root = %crate::util::hex(&cp.root),
-            prev = %crate::util::hex(&cp.prev),
             digest = %crate::util::hex(&cp.digest()),
+            checkpoint = %cp.header().to_json(),
             "history checkpoint"
         );
         Box::pin(std::future::ready(Ok(())))
@@ -102,24 +103,37 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    /// Opens (or creates) the file for appending.
+    /// Opens (or creates) the file for appending. A file whose last line
+    /// was cut short (a crash while it was written) gets the next line on
+    /// a line of its own.
     ///
     /// # Errors
     ///
     /// When the file cannot be opened for appending.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref().to_path_buf();
-        let file = OpenOptions::new()
+        let failed = |e: std::io::Error| {
+            Error::with_source(ErrorKind::Misconfigured, e)
+                .context(format!("opening the checkpoint file {}", path.display()))
+        };
+        let mut file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&path)
-            .map_err(|e| {
-                Error::with_source(ErrorKind::Misconfigured, e)
-                    .context(format!("opening the checkpoint file {}", path.display()))
-            })?;
+            .map_err(failed)?;
+        let torn = match file.metadata().map_err(failed)?.len() {
+            0 => false,
+            len => {
+                let mut last = [0u8; 1];
+                file.seek(SeekFrom::Start(len - 1)).map_err(failed)?;
+                file.read_exact(&mut last).map_err(failed)?;
+                last[0] != b'\n'
+            }
+        };
         Ok(Self {
             path,
-            file: Arc::new(Mutex::new((file, false))),
+            file: Arc::new(Mutex::new((file, torn))),
         })
     }
 
@@ -128,12 +142,13 @@ impl FileSink {
         &self.path
     }
 
-    /// Reads the checkpoints of a file written by a `FileSink`. A line cut
-    /// short (a crash or a failed write in the middle of it) is passed over.
+    /// Reads the checkpoints of a file written by a `FileSink`. A line that
+    /// is not JSON (cut short by a crash or a failed write) is passed over
+    /// with a warning; the last line, when it has no newline yet, too.
     ///
     /// # Errors
     ///
-    /// When the file cannot be read, or a complete line is not a checkpoint
+    /// When the file cannot be read, or a line of JSON is not a checkpoint
     /// (the error names the line).
     pub fn read(path: impl AsRef<Path>) -> Result<Vec<Checkpoint>, Error> {
         let path = path.as_ref();
@@ -153,8 +168,15 @@ impl FileSink {
                 break;
             }
             let parsed = match serde_json::from_slice::<serde_json::Value>(&line) {
-                Err(e) if e.is_eof() => continue,
-                Err(e) => Err(e.to_string()),
+                Err(e) => {
+                    tracing::warn!(
+                        file = %path.display(),
+                        line = n,
+                        error = %e,
+                        "passing over a checkpoint line that is not JSON (cut short by a crash?)"
+                    );
+                    continue;
+                }
                 Ok(v) => Checkpoint::from_json(&v).map_err(|e| e.to_string()),
             };
             match parsed {

@@ -303,11 +303,16 @@ impl Worker {
             self.publish();
             self.resolve_flushes();
         }
-        // The last checkpoint covers everything written.
-        if let Some(c) = &mut self.checkpoints
-            && !c.advance.is_empty()
-        {
-            c.hand_over();
+        // The last checkpoint covers everything written. Without a
+        // shutdown's deadline, keeping it may take the flush timeout.
+        if let Some(c) = &mut self.checkpoints {
+            if !c.advance.is_empty() {
+                c.hand_over();
+            }
+            if let Some(cp) = &self.shared.checkpoints {
+                let mut stop = cp.stop.lock().unwrap_or_else(|p| p.into_inner());
+                stop.get_or_insert(Instant::now() + self.shared.config.flush_timeout);
+            }
         }
         // Anything handed over after the last look is dropped, and counted.
         let left: Vec<Incoming> = {

@@ -162,7 +162,9 @@ impl WriterConfig {
     }
 
     /// Signs no checkpoints: cut-off tails and deleted histories go
-    /// unnoticed.
+    /// unnoticed, and erasures made through this writer leave no signed
+    /// receipt (other app servers' checkpoints of an erased session then
+    /// report it as missing in an audit, until its TTL has passed).
     pub fn no_checkpoints(mut self) -> Self {
         self.checkpoint_interval = None;
         self
@@ -410,7 +412,7 @@ impl HistoryWriter {
             let (task, tx, shared) = Checkpointer::new(
                 Arc::clone(&store),
                 ring.clone(),
-                Some(sink),
+                sink,
                 config.attempt_timeout,
                 config.backoff_max,
             );
@@ -573,6 +575,9 @@ impl HistoryWriter {
         self.tx
             .send(Msg::Shutdown { until, reply: tx })
             .map_err(|_| closed())?;
+        if let Some(cp) = &self.shared.checkpoints {
+            *cp.stop.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+        }
         let left = rx.await;
         if let (Ok(0), Some(cp)) = (&left, &self.shared.checkpoints) {
             // The last checkpoint covers what was written up to the end.
@@ -681,13 +686,23 @@ impl HistoryWriter {
     ///
     /// When the store cannot answer.
     pub async fn checkpoint_log(&self, outside: &[Checkpoint]) -> Result<CheckpointLog, Error> {
-        let stored = self.shared.store.checkpoints().await?;
+        let store = &self.shared.store;
+        let (retention, now) = (store.retention(), crate::util::now_ms());
+        if !store.keeps_checkpoints() {
+            return Ok(CheckpointLog::outside_only(
+                &self.shared.ring,
+                outside,
+                retention,
+                now,
+            ));
+        }
+        let stored = store.checkpoints().await?;
         Ok(CheckpointLog::new(
             &self.shared.ring,
             &stored,
             outside,
-            self.shared.store.retention(),
-            crate::util::now_ms(),
+            retention,
+            now,
         ))
     }
 

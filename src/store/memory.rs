@@ -631,6 +631,10 @@ impl HistoryStore for MemoryStore {
         Ok(())
     }
 
+    fn keeps_checkpoints(&self) -> bool {
+        true
+    }
+
     async fn put_checkpoint(&self, cp: &crate::history::Checkpoint) -> Result<(), Error> {
         self.inner.history_faults.before().await?;
         let bytes = Bytes::from(cp.encode());

@@ -809,18 +809,27 @@ pub trait HistoryStore: Send + Sync + 'static {
         sessions: &[SessionId],
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// Whether this store keeps the history writer's checkpoints
+    /// ([`put_checkpoint`](Self::put_checkpoint)). Every store of this
+    /// crate answers `true`; the default `false` makes the writer hand its
+    /// checkpoints to its sink alone, and an audit read them from there
+    /// ([`CheckpointLog::outside_only`](crate::history::CheckpointLog::outside_only)).
+    fn keeps_checkpoints(&self) -> bool {
+        false
+    }
+
     /// Keeps a signed checkpoint of the history writer (see
     /// [`history::checkpoint`](crate::history::checkpoint)), as
     /// [`Checkpoint::encode`](crate::history::Checkpoint::encode) gives it,
-    /// for at least the retention TTL after its
+    /// heads included, for at least the retention TTL after its
     /// [`at`](crate::history::Checkpoint::at). Keeping one a second time
-    /// (same writer and counter) is not an error. Every store of this crate
-    /// keeps them; the default answers [`ErrorKind::Misconfigured`](crate::ErrorKind::Misconfigured), and the
-    /// writer then relies on its sink alone.
+    /// (same writer and counter) is not an error. Called only when
+    /// [`keeps_checkpoints`](Self::keeps_checkpoints) answers `true`; the
+    /// default answers [`ErrorKind::Misconfigured`](crate::ErrorKind::Misconfigured).
     ///
     /// # Errors
     ///
-    /// When the store cannot answer, or keeps no checkpoints.
+    /// When the store cannot answer (the writer retries with backoff).
     fn put_checkpoint(
         &self,
         checkpoint: &crate::history::Checkpoint,
@@ -978,6 +987,7 @@ pub(crate) trait DynHistoryStore: Send + Sync + 'static {
         user: &'a str,
         sessions: &'a [SessionId],
     ) -> BoxFuture<'a, Result<(), Error>>;
+    fn keeps_checkpoints(&self) -> bool;
     fn put_checkpoint<'a>(
         &'a self,
         checkpoint: &'a crate::history::Checkpoint,
@@ -1033,6 +1043,9 @@ impl<T: HistoryStore> DynHistoryStore for T {
         sessions: &'a [SessionId],
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(HistoryStore::unlink_sessions(self, user, sessions))
+    }
+    fn keeps_checkpoints(&self) -> bool {
+        HistoryStore::keeps_checkpoints(self)
     }
     fn put_checkpoint<'a>(
         &'a self,

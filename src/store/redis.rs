@@ -836,6 +836,10 @@ impl HistoryStore for RedisStore {
         history::unlink_sessions(self, user, sessions).await
     }
 
+    fn keeps_checkpoints(&self) -> bool {
+        true
+    }
+
     async fn put_checkpoint(&self, checkpoint: &crate::history::Checkpoint) -> Result<(), Error> {
         history::put_checkpoint(self, checkpoint).await
     }

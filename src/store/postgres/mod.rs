@@ -1720,6 +1720,10 @@ impl HistoryStore for PostgresStore {
         .map(drop)
     }
 
+    fn keeps_checkpoints(&self) -> bool {
+        true
+    }
+
     async fn put_checkpoint(&self, cp: &crate::history::Checkpoint) -> Result<(), Error> {
         let cutoff = now_ms().saturating_sub(self.inner.ttl.as_millis() as i64);
         let writer = cp.writer.as_bytes().as_slice();
