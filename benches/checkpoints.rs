@@ -178,6 +178,7 @@ fn main() {
                     session: SessionId::generate(),
                     seq: i as u64,
                     tag: [3; 16],
+                    sent: 1_700_000_000_000,
                 })
                 .collect();
             heads.sort_by(|a, b| a.session.as_bytes().cmp(b.session.as_bytes()));

@@ -290,9 +290,14 @@ impl Session {
         writer.forget(&sessions, mark).await;
         for sid in &sessions {
             let deleted = store.delete(sid).await;
-            // Also when the answer was lost: the delete may have been
-            // applied, and a receipt too many is not a cut.
-            writer.erased(std::slice::from_ref(sid));
+            // Also when the answer was lost (the delete may have been
+            // applied), but not when the store refused it.
+            let unclear = deleted
+                .as_ref()
+                .is_err_and(|e| matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable));
+            if deleted.is_ok() || unclear {
+                writer.erased(std::slice::from_ref(sid));
+            }
             let n = deleted?;
             if n > 0 {
                 erased += 1;

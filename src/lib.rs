@@ -169,6 +169,11 @@
 //!     [`Session::history`] check against this writer's own checkpoints
 //!     (held in memory, up to about a million sessions), not other app
 //!     servers'; an audit reads them all ([`history::HistoryWriter::checkpoint_log`]);
+//!   - an erasure through one app server voids the other servers'
+//!     attestations of the session from [`history::EXPIRY_SLACK`] before
+//!     it (their clocks differ): what another server wrote that soon after
+//!     the erasure waits for a later checkpoint of it to be protected;
+//!   - a sink's file line cut short by a crash is passed over when read;
 //!   - those reads take the store's erasure marker for an erasure made
 //!     through another app server (its signed receipt is in that server's
 //!     chain): whoever can write to the store can hide a deletion from the

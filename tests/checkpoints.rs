@@ -709,3 +709,79 @@ async fn a_line_torn_before_a_restart_is_passed_over() {
     assert_eq!(read.len(), 2);
     let _ = std::fs::remove_file(&sink);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasures_and_trims_in_memory_are_lawful() {
+    common::checkpoints::erasure_and_trims_through_the_store_are_not_reported(store(3)).await;
+}
+
+/// What a user records after erasing their history, through the same app
+/// server, is protected by that server's next checkpoint: its receipt and
+/// its heads share one clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_written_after_an_erasure_is_protected() {
+    let store = store(1000);
+    let sink = sink_path();
+    let layer = session_trail::SessionLayer::builder(store.clone(), key())
+        .history_writer(
+            WriterConfig::default()
+                .flush_interval(Duration::from_millis(1))
+                .checkpoint_interval(Duration::from_secs(3600))
+                .checkpoint_sink(FileSink::open(&sink).unwrap()),
+        )
+        .build()
+        .unwrap();
+    let w = layer.history_writer().unwrap().clone();
+    let mut c = common::app::Client::new(common::app::router(layer));
+    c.send("POST", &format!("/login/{}", SessionId::generate()))
+        .await;
+    for _ in 0..3 {
+        c.send("GET", "/visits").await;
+    }
+    w.checkpoint().await.unwrap();
+    let page = c.json("GET", "/history").await;
+    let sid: SessionId = page["session"].as_str().unwrap().parse().unwrap();
+    c.json("DELETE", "/history").await;
+    for _ in 0..5 {
+        c.send("GET", "/visits").await;
+    }
+    w.checkpoint().await.unwrap();
+    let log = w
+        .checkpoint_log(&FileSink::read(&sink).unwrap())
+        .await
+        .unwrap();
+    assert!(log.problems().is_empty(), "{:?}", log.problems());
+    let entries = store.read_all(&sid).await.unwrap();
+    assert!(w.audit(&sid, &log).await.unwrap().is_ok());
+    let v = verify_checkpointed(&ring(), &sid, &entries[..1], Options::default(), &log);
+    assert!(
+        matches!(v.breaks[..], [b] if matches!(b.kind, BreakKind::TruncatedTail { .. })),
+        "{:?}",
+        v.breaks
+    );
+    let _ = std::fs::remove_file(&sink);
+}
+
+/// Two lines run together (a fragment appended to the file, then the
+/// sink's next line) make the file fail to read, loudly: only a line cut
+/// short is passed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_run_together_are_an_error_not_skipped() {
+    let (_store, sink, w) = rig(1000);
+    write(&w, SessionId::generate(), 1).await;
+    w.checkpoint().await.unwrap();
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&sink)
+            .unwrap();
+        f.write_all(br#"{"note":""#).unwrap();
+    }
+    write(&w, SessionId::generate(), 1).await;
+    w.checkpoint().await.unwrap();
+    let err = FileSink::read(&sink).unwrap_err();
+    assert_eq!(err.kind(), session_trail::ErrorKind::Corrupt, "{err}");
+    assert!(err.to_string().contains("line 2"), "{err}");
+    let _ = std::fs::remove_file(&sink);
+}

@@ -826,3 +826,8 @@ async fn checkpoints_report_cuts_made_in_postgresql() {
     };
     common::checkpoints::cuts_in_the_store_are_reported(s.clone(), cut, drop_checkpoint).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_take_erasures_and_trims_in_postgresql_for_lawful() {
+    common::checkpoints::erasure_and_trims_through_the_store_are_not_reported(store(3).await).await;
+}

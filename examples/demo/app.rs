@@ -11,6 +11,11 @@
 //!   `DELETE /api/history` answer 401 without one.
 //! - `/api/history` is about the session, not the user: without a session
 //!   it answers an empty page (`"session": null`, no entries, chain ok).
+//!   Its `chain` verdict checks the history writer's signed checkpoints
+//!   (every `DEMO_CHECKPOINT_SECONDS`): `"checkpointed": N` when one attests
+//!   the history up to entry N, and a tail cut off after a checkpoint makes
+//!   `ok` false (`truncated_tail`, or `replaced` once newer entries were
+//!   chained onto the cut).
 //! - `limit` is clamped to 1..=1000; a `limit` that is not a number is 400.
 //! - Login always rotates the token (also when the same user logs in
 //!   again) and sets the privilege to `user`; elevate always rotates too.

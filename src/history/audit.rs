@@ -89,7 +89,7 @@ pub struct Attestation {
     pub seq: u64,
     /// The attested head's tag.
     pub tag: [u8; TAG_LEN],
-    /// The checkpoint's [`since`](Checkpoint::since).
+    /// The head's [`sent`](super::Head::sent): no earlier was it written.
     pub since: i64,
 }
 
@@ -126,7 +126,9 @@ pub struct CheckpointLog {
     /// Used checkpoints' digests and times, by writer and counter.
     chain: BTreeMap<(WriterId, u64), (Digest, i64)>,
     attest: HashMap<SessionId, Vec<Attestation>>,
-    erased: HashMap<SessionId, i64>,
+    /// Per session, the latest erasure by each writer (`None`: known from
+    /// the store's marker, writer unknown).
+    erased: HashMap<SessionId, Vec<(Option<WriterId>, i64)>>,
     problems: Vec<CheckpointProblem>,
     ttl_ms: i64,
     now: i64,
@@ -230,7 +232,10 @@ impl CheckpointLog {
         self.now = now;
         let cutoff = now.saturating_sub(ttl);
         self.chain.retain(|_, (_, at)| *at > cutoff);
-        self.erased.retain(|_, at| *at > cutoff);
+        self.erased.retain(|_, list| {
+            list.retain(|(_, at)| *at > cutoff);
+            !list.is_empty()
+        });
         self.attest.retain(|_, v| {
             v.retain(|a| a.since > cutoff.saturating_sub(EXPIRY_SLACK.as_millis() as i64));
             !v.is_empty()
@@ -250,9 +255,28 @@ impl CheckpointLog {
     }
 
     /// Records an erasure this writer made (the read path's own log).
-    pub(crate) fn note_erasure(&mut self, session: SessionId, at: i64) {
-        let e = self.erased.entry(session).or_insert(at);
-        *e = (*e).max(at);
+    pub(crate) fn note_erasure(&mut self, session: SessionId, writer: Option<WriterId>, at: i64) {
+        let list = self.erased.entry(session).or_default();
+        match list.iter_mut().find(|(w, _)| *w == writer) {
+            Some((_, t)) => *t = (*t).max(at),
+            None => list.push((writer, at)),
+        }
+    }
+
+    /// Whether an erasure voids an attestation: one the same writer made
+    /// after the attested appends were sent (one clock), or one of another
+    /// writer, or of the store's marker, up to [`EXPIRY_SLACK`] before.
+    fn erased_after(&self, session: &SessionId, a: &Attestation) -> bool {
+        let slack = EXPIRY_SLACK.as_millis() as i64;
+        self.erased.get(session).is_some_and(|list| {
+            list.iter().any(|(w, at)| {
+                if *w == Some(a.writer) {
+                    *at >= a.since
+                } else {
+                    *at >= a.since.saturating_sub(slack)
+                }
+            })
+        })
     }
 
     /// A log of this one session's attestations and erasure, checked as of
@@ -266,8 +290,8 @@ impl CheckpointLog {
         if let Some(a) = self.attest.get(session) {
             one.attest.insert(*session, a.clone());
         }
-        if let Some(&at) = self.erased.get(session) {
-            one.erased.insert(*session, at);
+        if let Some(list) = self.erased.get(session) {
+            one.erased.insert(*session, list.clone());
         }
         one
     }
@@ -334,7 +358,7 @@ impl CheckpointLog {
         self.chain
             .insert((cp.writer, cp.counter), (cp.digest(), cp.at));
         for e in &cp.erasures {
-            self.note_erasure(e.session, e.at);
+            self.note_erasure(e.session, Some(cp.writer), e.at);
         }
         for h in &cp.heads {
             let a = Attestation {
@@ -342,7 +366,7 @@ impl CheckpointLog {
                 counter: cp.counter,
                 seq: h.seq,
                 tag: h.tag,
-                since: cp.since,
+                since: h.sent,
             };
             let list = self.attest.entry(h.session).or_default();
             match list.iter_mut().find(|x| x.writer == cp.writer) {
@@ -375,7 +399,7 @@ impl CheckpointLog {
 
     /// When the session's history was last erased, by the receipts.
     pub fn erased_at(&self, session: &SessionId) -> Option<i64> {
-        self.erased.get(session).copied()
+        self.erased.get(session)?.iter().map(|(_, at)| *at).max()
     }
 }
 
@@ -389,9 +413,13 @@ impl CheckpointLog {
 ///   attested (the tail was rewritten from there).
 ///
 /// Not reported: a history erased after the attestation (by a signed
-/// [`Erasure`](super::Erasure) in any checkpoint); a history that started
+/// [`Erasure`](super::Erasure) in any checkpoint: the writer's own, to the
+/// millisecond by its clock; another writer's, from [`EXPIRY_SLACK`] before
+/// the attested appends were sent, for the two clocks, so a history written
+/// within that much after an erasure through another app server is not
+/// protected until a later checkpoint of it); a history that started
 /// afresh, or is gone, after its TTL could have passed since the
-/// attestation's [`since`](Checkpoint::since) (with [`EXPIRY_SLACK`]);
+/// head's [`sent`](super::Head::sent) time (with [`EXPIRY_SLACK`]);
 /// entries trimmed from the front by keep-*N* (the head stays).
 /// [`Verification::checkpointed`] is the highest `seq` that held.
 pub fn verify_checkpointed<E: AsRef<[u8]>>(
@@ -426,12 +454,10 @@ pub fn verify_checkpointed<E: AsRef<[u8]>>(
         .collect();
     let slack = EXPIRY_SLACK.as_millis() as i64;
     let lawful_after = |a: &Attestation| a.since.saturating_add(log.ttl_ms).saturating_sub(slack);
-    let erased = log.erased_at(session);
     let oldest_ts = good.iter().map(|g| g.3).min();
     let live: Vec<&Attestation> = attested
         .iter()
-        // The erasure and `since` may come from two app servers' clocks.
-        .filter(|a| erased.is_none_or(|e| e < a.since.saturating_sub(slack)))
+        .filter(|a| !log.erased_after(session, a))
         // A history written entirely after the attested one could expire
         // is a new one.
         .filter(|a| oldest_ts.is_none_or(|ts| ts < lawful_after(a)))

@@ -5,7 +5,7 @@
 //! deleted: what is left still verifies. A checkpoint answers that. At an
 //! interval (see [`WriterConfig::checkpoint_interval`]), the history writer
 //! takes the head `(session, seq, tag)` of every session it advanced since
-//! its last checkpoint, hashes them into a Merkle tree (RFC 6962's shape,
+//! its last checkpoint (with the time the append that wrote it was sent), hashes them into a Merkle tree (RFC 6962's shape,
 //! SHA-256), and signs the root with its writer id, a counter, the times it
 //! covers, the erasures it made, and the digest of its previous
 //! checkpoint. Each writer (each [`HistoryWriter`] started, usually one per
@@ -74,7 +74,7 @@ pub type Digest = [u8; 32];
 
 const DOMAIN: &[u8] = b"session-trail checkpoint v1\0";
 const MAGIC: &[u8; 5] = b"STCP1";
-const HEAD_LEN: usize = 16 + 8 + TAG_LEN;
+const HEAD_LEN: usize = 16 + 8 + TAG_LEN + 8;
 const ERASURE_LEN: usize = 16 + 8;
 
 /// The id of one history writer's checkpoint chain: random, made when the
@@ -114,7 +114,8 @@ impl fmt::Debug for WriterId {
 }
 
 /// A session's head as a checkpoint attests it: its newest entry's `seq`
-/// and tag when the checkpoint was formed.
+/// and tag when the checkpoint was formed, and when the append that wrote
+/// it was sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Head {
     /// The session.
@@ -123,6 +124,11 @@ pub struct Head {
     pub seq: u64,
     /// The newest entry's tag.
     pub tag: [u8; TAG_LEN],
+    /// The append that wrote it was sent no earlier than this (Unix
+    /// milliseconds, the writer's clock): what tells a head written after
+    /// an erasure from one the erasure removed, and when its history can
+    /// expire at the earliest.
+    pub sent: i64,
 }
 
 impl Head {
@@ -130,7 +136,8 @@ impl Head {
         let mut b = [0u8; HEAD_LEN];
         b[..16].copy_from_slice(self.session.as_bytes());
         b[16..24].copy_from_slice(&self.seq.to_be_bytes());
-        b[24..].copy_from_slice(&self.tag);
+        b[24..24 + TAG_LEN].copy_from_slice(&self.tag);
+        b[24 + TAG_LEN..].copy_from_slice(&self.sent.to_be_bytes());
         b
     }
 
@@ -138,16 +145,17 @@ impl Head {
         let mut sid = [0u8; 16];
         sid.copy_from_slice(&b[..16]);
         let mut tag = [0u8; TAG_LEN];
-        tag.copy_from_slice(&b[24..HEAD_LEN]);
+        tag.copy_from_slice(&b[24..24 + TAG_LEN]);
         Self {
             session: SessionId::from_bytes(sid),
             seq: u64::from_be_bytes(b[16..24].try_into().expect("8 bytes")),
             tag,
+            sent: i64::from_be_bytes(b[24 + TAG_LEN..HEAD_LEN].try_into().expect("8 bytes")),
         }
     }
 
     /// The Merkle leaf hash of this head: `SHA-256(0x00 ‖ session ‖ seq ‖
-    /// tag)`, `seq` as 8 big-endian bytes.
+    /// tag ‖ sent)`, `seq` and `sent` as 8 big-endian bytes.
     pub fn leaf_hash(&self) -> Digest {
         let mut h = Sha256::new();
         h.update([0u8]);
@@ -180,8 +188,7 @@ pub struct Checkpoint {
     pub counter: u64,
     /// When it was formed, Unix milliseconds.
     pub at: i64,
-    /// No head it attests was written before this (Unix milliseconds): the
-    /// earliest time an append it covers was sent.
+    /// The earliest [`Head::sent`] of its heads (Unix milliseconds).
     pub since: i64,
     /// The [`digest`](Self::digest) of the writer's previous checkpoint;
     /// zeros for its first.
@@ -426,7 +433,7 @@ impl Checkpoint {
 
     /// The checkpoint as JSON, one object: `{"writer", "counter", "at",
     /// "since", "prev", "root", "leaves", "erasures": [{"session", "at"}],
-    /// "key_id", "mac", "digest", "heads": [[session, seq, tag], ...]}`, the
+    /// "key_id", "mac", "digest", "heads": [[session, seq, tag, sent], ...]}`, the
     /// digests and tags in hex, `heads` left out of a header-only copy.
     pub fn to_json(&self) -> Value {
         let mut v = json!({
@@ -446,7 +453,7 @@ impl Checkpoint {
             v["heads"] = self
                 .heads
                 .iter()
-                .map(|h| json!([h.session, h.seq, hex(&h.tag)]))
+                .map(|h| json!([h.session, h.seq, hex(&h.tag), h.sent]))
                 .collect();
         }
         v
@@ -485,6 +492,7 @@ impl Checkpoint {
                         session: sid(&h[0])?,
                         seq: h[1].as_u64()?,
                         tag: h[2].as_str().and_then(unhex::<TAG_LEN>)?,
+                        sent: h[3].as_i64()?,
                     })
                 })
                 .collect::<Option<Vec<_>>>()
@@ -655,6 +663,7 @@ mod tests {
                 session: SessionId::generate(),
                 seq: i as u64 + 1,
                 tag: [i as u8; TAG_LEN],
+                sent: 1_700_000_000_000 + i as i64,
             })
             .collect();
         v.sort_unstable_by(|a, b| a.session.as_bytes().cmp(b.session.as_bytes()));

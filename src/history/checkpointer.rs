@@ -81,7 +81,8 @@ impl std::hash::BuildHasher for SidHash {
 /// What the writer advanced since its last hand-over.
 #[derive(Default)]
 pub(crate) struct Advance {
-    pub(crate) heads: HashMap<SessionId, (u64, [u8; TAG_LEN]), SidHash>,
+    /// Per session: `seq`, tag, and when the append that wrote it was sent.
+    pub(crate) heads: HashMap<SessionId, (u64, [u8; TAG_LEN], i64), SidHash>,
     /// The earliest time one of those appends was sent.
     pub(crate) since: Option<i64>,
     pub(crate) erasures: Vec<Erasure>,
@@ -95,11 +96,15 @@ impl Advance {
     }
 
     pub(crate) fn add(&mut self, session: SessionId, seq: u64, tag: [u8; TAG_LEN], sent: i64) {
-        self.heads.insert(session, (seq, tag));
+        self.heads.insert(session, (seq, tag, sent));
         self.since = Some(self.since.map_or(sent, |s| s.min(sent)));
     }
 
     fn merge(&mut self, later: Advance) {
+        // A head from before a later erasure is gone with its history.
+        for e in &later.erasures {
+            self.heads.remove(&e.session);
+        }
         self.heads.extend(later.heads);
         if let Some(s) = later.since {
             self.since = Some(self.since.map_or(s, |t| t.min(s)));
@@ -123,6 +128,8 @@ pub(crate) struct CheckpointShared {
     /// (its deadline), or when its task ends without one (then the flush
     /// timeout after), so the task never outlives the writer for long.
     pub(crate) stop: Mutex<Option<Instant>>,
+    /// Set before `done` when a checkpoint was given up at the stop time.
+    pub(crate) gave_up: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) struct Checkpointer {
@@ -155,6 +162,7 @@ impl Checkpointer {
             kept: AtomicU64::new(0),
             done: done_rx,
             stop: Mutex::new(None),
+            gave_up: std::sync::atomic::AtomicBool::new(false),
         });
         let task = Self {
             rx,
@@ -187,6 +195,7 @@ impl Checkpointer {
             if !advance.is_empty() {
                 let cp = self.form(&mut advance).await;
                 if !self.keep(&cp, &mut pending).await {
+                    self.shared.gave_up.store(true, Ordering::SeqCst);
                     break;
                 }
             }
@@ -210,7 +219,12 @@ impl Checkpointer {
         let heads: Vec<Head> = advance
             .heads
             .drain()
-            .map(|(session, (seq, tag))| Head { session, seq, tag })
+            .map(|(session, (seq, tag, sent))| Head {
+                session,
+                seq,
+                tag,
+                sent,
+            })
             .collect();
         let erasures = std::mem::take(&mut advance.erasures);
         let key = self.ring.current().clone();

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use super::checkpoint::Checkpoint;
-use crate::{Error, ErrorKind};
+use crate::{ConfigError, Error, ErrorKind};
 
 /// The future a [`CheckpointSink`] answers.
 pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
@@ -19,8 +19,11 @@ pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send 
 /// it; a copy where the store's operators cannot rewrite it is what lets
 /// [`CheckpointLog`](super::CheckpointLog) show that histories were cut.
 /// The writer hands each checkpoint over once, in counter order, and
-/// retries (with backoff) until `publish` answers `Ok`; later checkpoints
-/// wait, and the heads they cover are merged into one. A sink should
+/// retries (with backoff) until `publish` answers `Ok` or the writer's
+/// shutdown deadline passes; later checkpoints wait, and the heads they
+/// cover are merged into one. It is handed only checkpoints the history
+/// store has kept (when the store keeps checkpoints), so one the sink has
+/// and the store lacks was removed. A sink should
 /// therefore answer `Ok` only once the copy is durable, and answer quickly.
 ///
 /// Two sinks come with the crate: [`TracingSink`] (a `tracing` event with
@@ -105,31 +108,51 @@ pub struct FileSink {
 impl FileSink {
     /// Opens (or creates) the file for appending. A file whose last line
     /// was cut short (a crash while it was written) gets the next line on
-    /// a line of its own.
+    /// a line of its own; so does a file this process may append to but
+    /// not read (a write-only audit file), to be safe.
     ///
     /// # Errors
     ///
-    /// When the file cannot be opened for appending.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+    /// A [`ConfigError`] naming `checkpoint_sink` when the file cannot be
+    /// opened for appending.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref().to_path_buf();
         let failed = |e: std::io::Error| {
-            Error::with_source(ErrorKind::Misconfigured, e)
-                .context(format!("opening the checkpoint file {}", path.display()))
+            ConfigError::new(
+                "checkpoint_sink",
+                format!(
+                    "cannot open the checkpoint file {} for appending: {e}",
+                    path.display()
+                ),
+            )
         };
-        let mut file = OpenOptions::new()
+        let readable = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
-            .open(&path)
-            .map_err(failed)?;
-        let torn = match file.metadata().map_err(failed)?.len() {
-            0 => false,
-            len => {
-                let mut last = [0u8; 1];
-                file.seek(SeekFrom::Start(len - 1)).map_err(failed)?;
-                file.read_exact(&mut last).map_err(failed)?;
-                last[0] != b'\n'
+            .open(&path);
+        let (file, torn) = match readable {
+            Ok(mut file) => {
+                let torn = match file.metadata().map_err(failed)?.len() {
+                    0 => false,
+                    len => {
+                        let mut last = [0u8; 1];
+                        file.seek(SeekFrom::Start(len - 1)).map_err(failed)?;
+                        file.read_exact(&mut last).map_err(failed)?;
+                        last[0] != b'\n'
+                    }
+                };
+                (file, torn)
             }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(failed)?;
+                (file, true)
+            }
+            Err(e) => return Err(failed(e)),
         };
         Ok(Self {
             path,
@@ -143,13 +166,15 @@ impl FileSink {
     }
 
     /// Reads the checkpoints of a file written by a `FileSink`. A line that
-    /// is not JSON (cut short by a crash or a failed write) is passed over
-    /// with a warning; the last line, when it has no newline yet, too.
+    /// is the beginning of one, cut short (by a crash or a failed write),
+    /// is passed over with a warning, and so is an empty line or a last
+    /// line without its newline yet.
     ///
     /// # Errors
     ///
-    /// When the file cannot be read, or a line of JSON is not a checkpoint
-    /// (the error names the line).
+    /// When the file cannot be read, or a line is not a checkpoint nor the
+    /// beginning of one (the error names the line): two lines run together,
+    /// text that is not a checkpoint's JSON.
     pub fn read(path: impl AsRef<Path>) -> Result<Vec<Checkpoint>, Error> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| {
@@ -167,13 +192,15 @@ impl FileSink {
             if read == 0 || line.last() != Some(&b'\n') {
                 break;
             }
-            let parsed = match serde_json::from_slice::<serde_json::Value>(&line) {
+            let parsed = match serde_json::from_slice::<serde_json::Value>(&line[..line.len() - 1])
+            {
+                Err(e) if !e.is_eof() => Err(e.to_string()),
                 Err(e) => {
                     tracing::warn!(
                         file = %path.display(),
                         line = n,
                         error = %e,
-                        "passing over a checkpoint line that is not JSON (cut short by a crash?)"
+                        "passing over a checkpoint line cut short (a crash while it was written?)"
                     );
                     continue;
                 }

@@ -561,14 +561,17 @@ impl HistoryWriter {
         }
     }
 
-    /// Writes everything queued and stops the writer, waiting at most
-    /// `deadline`. Entries enqueued afterwards are dropped and counted.
+    /// Writes everything queued, signs a last checkpoint of it, and stops
+    /// the writer, waiting at most `deadline`. Entries enqueued afterwards
+    /// are dropped and counted.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Timeout`] when entries were still unwritten at the
-    /// deadline (they are counted in [`WriterStats::queue_depth`]);
-    /// [`ErrorKind::Closed`] when the writer had already stopped.
+    /// deadline (they are counted in [`WriterStats::queue_depth`]), or the
+    /// last checkpoint was not kept by then (the heads it covered are not
+    /// checkpointed); [`ErrorKind::Closed`] when the writer had already
+    /// stopped.
     pub async fn shutdown(&self, deadline: Duration) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         let until = Instant::now() + deadline;
@@ -583,7 +586,7 @@ impl HistoryWriter {
             // The last checkpoint covers what was written up to the end.
             let mut done = cp.done.clone();
             let kept = tokio::time::timeout_at(until.into(), done.wait_for(|d| *d)).await;
-            if !matches!(kept, Ok(Ok(_))) {
+            if !matches!(kept, Ok(Ok(_))) || cp.gave_up.load(Ordering::SeqCst) {
                 return Err(Error::new(
                     ErrorKind::Timeout,
                     "the last history checkpoint was not kept before the shutdown deadline",
@@ -758,7 +761,7 @@ impl HistoryWriter {
                 cp.log
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .note_erasure(*session, at);
+                    .note_erasure(*session, None, at);
                 super::verify_checkpointed(ring, session, entries, options, &own(cp))
             }
             _ => v,
@@ -774,7 +777,7 @@ impl HistoryWriter {
             {
                 let mut log = cp.log.lock().unwrap_or_else(|p| p.into_inner());
                 for s in sessions {
-                    log.note_erasure(*s, at);
+                    log.note_erasure(*s, Some(cp.writer), at);
                 }
             }
             let _ = self.tx.send(Msg::Erased {

@@ -168,3 +168,62 @@ pub fn now_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// Through the layer on a store keeping 3 entries per session: an erasure
+/// (receipted) and keep-*N* trims are not reported, by an audit against
+/// the sink's file or by the layer's own history pages.
+pub async fn erasure_and_trims_through_the_store_are_not_reported<S>(store: S)
+where
+    S: session_trail::store::SessionStore + HistoryStore + Clone,
+{
+    let sink = sink_path();
+    let layer = session_trail::SessionLayer::builder(store.clone(), key())
+        .history_writer(
+            WriterConfig::default()
+                .flush_interval(Duration::from_millis(1))
+                .checkpoint_interval(Duration::from_secs(3600))
+                .checkpoint_sink(FileSink::open(&sink).unwrap()),
+        )
+        .build()
+        .unwrap();
+    let w = layer.history_writer().unwrap().clone();
+    let mut c = super::app::Client::new(super::app::router(layer));
+    c.send("POST", &format!("/login/{}", SessionId::generate()))
+        .await;
+    let mut sid = None;
+    for _ in 0..4 {
+        for _ in 0..3 {
+            c.send("GET", "/visits").await;
+        }
+        w.checkpoint().await.unwrap();
+        let page = c.json("GET", "/history").await;
+        assert_eq!(page["chain"]["ok"], true, "{page}");
+        assert!(page["chain"]["trimmed_before"].as_u64().is_some(), "{page}");
+        sid = page["session"]
+            .as_str()
+            .map(|s| s.parse::<SessionId>().unwrap());
+    }
+    let sid = sid.unwrap();
+    let log = w
+        .checkpoint_log(&FileSink::read(&sink).unwrap())
+        .await
+        .unwrap();
+    assert!(log.problems().is_empty(), "{:?}", log.problems());
+    let v = w.audit(&sid, &log).await.unwrap();
+    assert!(v.is_ok(), "{:?}", v.breaks);
+    assert!(v.checkpointed.is_some());
+
+    c.json("DELETE", "/history").await;
+    w.checkpoint().await.unwrap();
+    let page = c.json("GET", "/history").await;
+    assert_eq!(page["chain"]["ok"], true, "{page}");
+    let log = w
+        .checkpoint_log(&FileSink::read(&sink).unwrap())
+        .await
+        .unwrap();
+    assert!(log.problems().is_empty(), "{:?}", log.problems());
+    assert!(log.erased_at(&sid).is_some());
+    let v = w.audit(&sid, &log).await.unwrap();
+    assert!(v.is_ok(), "{:?}", v.breaks);
+    let _ = std::fs::remove_file(&sink);
+}
