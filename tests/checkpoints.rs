@@ -449,13 +449,17 @@ async fn an_erasure_through_another_server_is_not_reported_by_reads() {
 }
 
 /// A store of the application's own: the memory store, except that it may
-/// keep no checkpoints (the trait's defaults), or fail to keep them while
-/// `down` is set.
+/// keep no checkpoints (the trait's defaults), fail to keep them while
+/// `down` is set, or, with `flaky`, apply an append and answer `Failed`
+/// (1), then answer `Failed` (2), counting the answers in `failed`.
 #[derive(Clone)]
 struct Wrapped {
     inner: MemoryStore,
     keeps: bool,
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    flaky: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    applied_at: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Wrapped {
@@ -464,6 +468,9 @@ impl Wrapped {
             inner: store(1000),
             keeps,
             down: std::sync::Arc::default(),
+            flaky: std::sync::Arc::default(),
+            failed: std::sync::Arc::default(),
+            applied_at: std::sync::Arc::default(),
         }
     }
 
@@ -480,7 +487,26 @@ impl HistoryStore for Wrapped {
         &self,
         batch: &[session_trail::store::Append],
     ) -> Result<Vec<session_trail::store::AppendOutcome>, session_trail::Error> {
-        self.inner.append(batch).await
+        use session_trail::store::AppendOutcome;
+        use std::sync::atomic::Ordering::SeqCst;
+        let failed = |n: usize| {
+            self.failed.fetch_add(1, SeqCst);
+            (0..n)
+                .map(|_| AppendOutcome::Failed {
+                    reason: "flaky".into(),
+                })
+                .collect()
+        };
+        match self.flaky.load(SeqCst) {
+            1 => {
+                self.inner.append(batch).await?;
+                self.applied_at.store(now_ms(), SeqCst);
+                self.flaky.store(2, SeqCst);
+                Ok(failed(batch.len()))
+            }
+            2 => Ok(failed(batch.len())),
+            _ => self.inner.append(batch).await,
+        }
     }
     async fn read_newest(
         &self,
@@ -783,5 +809,43 @@ async fn lines_run_together_are_an_error_not_skipped() {
     let err = FileSink::read(&sink).unwrap_err();
     assert_eq!(err.kind(), session_trail::ErrorKind::Corrupt, "{err}");
     assert!(err.to_string().contains("line 2"), "{err}");
+    let _ = std::fs::remove_file(&sink);
+}
+
+/// An append the store applied but answered `Failed` for is sent again
+/// later and answered `AlreadyApplied`: its head is attested as sent no
+/// later than the first attempt, not the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_applied_at_an_earlier_attempt_is_dated_by_it() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let store = Wrapped::new(true);
+    let sink = sink_path();
+    let w = HistoryWriter::start(
+        store.clone(),
+        ring(),
+        WriterConfig::default()
+            .flush_interval(Duration::from_millis(1))
+            .backoff_max(Duration::from_millis(50))
+            .checkpoint_interval(Duration::from_secs(3600))
+            .checkpoint_sink(FileSink::open(&sink).unwrap()),
+    )
+    .unwrap();
+    let sid = SessionId::generate();
+    store.flaky.store(1, SeqCst);
+    assert!(w.enqueue(sid, vec![Draft::event("step", &json!({})).unwrap()]));
+    common::app::eventually(10, "three answers of Failed", || {
+        let n = store.failed.load(SeqCst);
+        async move { (n >= 3).then_some(()) }
+    })
+    .await;
+    store.flaky.store(0, SeqCst);
+    w.checkpoint().await.unwrap();
+    let log = w
+        .checkpoint_log(&FileSink::read(&sink).unwrap())
+        .await
+        .unwrap();
+    let applied = store.applied_at.load(SeqCst);
+    let a = log.attestations(&sid)[0];
+    assert!(a.since <= applied, "sent {} > applied {applied}", a.since);
     let _ = std::fs::remove_file(&sink);
 }

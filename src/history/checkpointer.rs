@@ -6,7 +6,7 @@
 //! sessions (or a slow sink) never holds up history writes.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -100,10 +100,17 @@ impl Advance {
         self.since = Some(self.since.map_or(sent, |s| s.min(sent)));
     }
 
+    /// Drops the session's head if it was written before `at`.
+    pub(crate) fn forget_before(&mut self, session: SessionId, at: i64) {
+        if self.heads.get(&session).is_some_and(|h| h.2 < at) {
+            self.heads.remove(&session);
+        }
+    }
+
     fn merge(&mut self, later: Advance) {
         // A head from before a later erasure is gone with its history.
         for e in &later.erasures {
-            self.heads.remove(&e.session);
+            self.forget_before(e.session, e.at);
         }
         self.heads.extend(later.heads);
         if let Some(s) = later.since {
@@ -128,8 +135,21 @@ pub(crate) struct CheckpointShared {
     /// (its deadline), or when its task ends without one (then the flush
     /// timeout after), so the task never outlives the writer for long.
     pub(crate) stop: Mutex<Option<Instant>>,
+    /// The latest time the writer's clock gave (see [`now_ms`](Self::now_ms)).
+    clock: AtomicI64,
     /// Set before `done` when a checkpoint was given up at the stop time.
     pub(crate) gave_up: std::sync::atomic::AtomicBool,
+}
+
+impl CheckpointShared {
+    /// The wall clock (Unix milliseconds), never going back: the times a
+    /// writer signs (heads' `sent`, erasures, checkpoints) are compared
+    /// with each other exactly, so a clock stepped back must not reorder
+    /// them.
+    pub(crate) fn now_ms(&self) -> i64 {
+        let t = now_ms();
+        self.clock.fetch_max(t, Ordering::AcqRel).max(t)
+    }
 }
 
 pub(crate) struct Checkpointer {
@@ -162,6 +182,7 @@ impl Checkpointer {
             kept: AtomicU64::new(0),
             done: done_rx,
             stop: Mutex::new(None),
+            clock: AtomicI64::new(i64::MIN),
             gave_up: std::sync::atomic::AtomicBool::new(false),
         });
         let task = Self {
@@ -208,7 +229,7 @@ impl Checkpointer {
 
     async fn form(&mut self, advance: &mut Advance) -> Checkpoint {
         self.counter += 1;
-        let at = now_ms();
+        let at = self.shared.now_ms();
         let fields = Fields {
             writer: self.shared.writer,
             counter: self.counter,

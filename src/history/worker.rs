@@ -113,6 +113,10 @@ struct Sess {
     /// The session's history was erased: entries with ordinals up to this
     /// were enqueued before, and are dropped rather than written.
     erased_upto: u64,
+    /// When the first batch holding entries of this session not yet
+    /// acknowledged was formed (the writer's clock): none of them was
+    /// written before, whichever attempt the store applied.
+    first_sent: Option<i64>,
 }
 
 impl Sess {
@@ -331,6 +335,15 @@ impl Worker {
         self.publish();
     }
 
+    /// The writer's clock: the checkpoints' (which never goes back) when it
+    /// signs them.
+    fn now_ms(&self) -> i64 {
+        self.shared
+            .checkpoints
+            .as_ref()
+            .map_or_else(crate::util::now_ms, |c| c.now_ms())
+    }
+
     /// Takes the entries the request path handed over.
     fn take_buffer(&mut self) {
         let incoming: Vec<Incoming> = {
@@ -476,9 +489,8 @@ impl Worker {
             Msg::Erased { sessions, at } => {
                 if let Some(c) = &mut self.checkpoints {
                     for session in sessions {
-                        // An append of the erased history that was in
-                        // flight may have advanced it: that head is gone.
-                        c.advance.heads.remove(&session);
+                        // A head written before the erasure is gone.
+                        c.advance.forget_before(session, at);
                         c.advance.erasures.push(Erasure { session, at });
                     }
                     c.touched(Instant::now());
@@ -673,6 +685,7 @@ impl Worker {
         let mut appends = Vec::new();
         let mut parts = Vec::new();
         let mut skipped = Vec::new();
+        let formed_ms = self.now_ms();
         while taken < limit {
             let Some(session) = self.order.pop_front() else {
                 break;
@@ -724,6 +737,7 @@ impl Worker {
                 entries.push(bytes);
             }
             s.in_flight = true;
+            s.first_sent.get_or_insert(formed_ms);
             appends.push(Append {
                 session,
                 expected_head: s.head.map(|h| h.1),
@@ -747,7 +761,7 @@ impl Worker {
         }
         if !appends.is_empty() {
             self.in_flight = Some(InFlight {
-                formed_ms: crate::util::now_ms(),
+                formed_ms,
                 appends,
                 parts,
                 attempts: 0,
@@ -880,8 +894,9 @@ impl Worker {
                 AppendOutcome::Appended | AppendOutcome::AlreadyApplied => {
                     let last_seq = part.first_seq + part.items.len() as u64 - 1;
                     let last_tag = append.last_tag().unwrap_or([0; TAG_LEN]);
+                    let sent = s.first_sent.take().unwrap_or(f.formed_ms).min(f.formed_ms);
                     if let Some(c) = &mut self.checkpoints {
-                        c.advance.add(part.session, last_seq, last_tag, f.formed_ms);
+                        c.advance.add(part.session, last_seq, last_tag, sent);
                         c.touched(now);
                     }
                     s.head = Some((last_seq, last_tag));

@@ -758,6 +758,8 @@ impl HistoryWriter {
         }
         match self.shared.store.erased_at(session).await {
             Ok(Some(at)) => {
+                // An unsigned value from the store: never in the future.
+                let at = at.min(crate::util::now_ms());
                 cp.log
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -771,7 +773,7 @@ impl HistoryWriter {
     /// Records signed receipts of erased histories in the next checkpoint.
     pub(crate) fn erased(&self, sessions: &[SessionId]) {
         if let Some(cp) = &self.shared.checkpoints {
-            let at = crate::util::now_ms();
+            let at = cp.now_ms();
             // This writer's reads know at once; others learn it from the
             // receipt in the next checkpoint.
             {
