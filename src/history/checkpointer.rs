@@ -214,7 +214,11 @@ impl Checkpointer {
                 advance.merge(later);
             }
             if !advance.is_empty() {
-                let cp = self.form(&mut advance).await;
+                // `None`: the runtime is shutting down.
+                let Some(cp) = self.form(&mut advance).await else {
+                    self.shared.gave_up.store(true, Ordering::SeqCst);
+                    break;
+                };
                 if !self.keep(&cp, &mut pending).await {
                     self.shared.gave_up.store(true, Ordering::SeqCst);
                     break;
@@ -227,7 +231,7 @@ impl Checkpointer {
         let _ = self.done.send(true);
     }
 
-    async fn form(&mut self, advance: &mut Advance) -> Checkpoint {
+    async fn form(&mut self, advance: &mut Advance) -> Option<Checkpoint> {
         self.counter += 1;
         let at = self.shared.now_ms();
         let fields = Fields {
@@ -256,7 +260,7 @@ impl Checkpointer {
                 Checkpoint::sign(&key, f, h, e)
             })
             .await
-            .expect("signing a checkpoint does not panic")
+            .ok()?
         } else {
             Checkpoint::sign(&key, fields, heads, erasures)
         };
@@ -267,7 +271,7 @@ impl Checkpointer {
             log.add_own(&cp);
             log.prune(self.store.retention().ttl, at, READ_INDEX_CAP);
         }
-        cp
+        Some(cp)
     }
 
     /// Keeps the checkpoint in the store, then hands it to the sink, each
