@@ -21,6 +21,7 @@
 //!   entries per second, median of the rounds. Also into a `redis-server`
 //!   the bench starts (no persistence) on a free loopback port.
 //!
+//! `ONLY=memory` or `ONLY=redis` runs that store's throughput alone.
 //! With `LONG_SECS=65`, also runs of 65 seconds with checkpoints off and
 //! on at the default 30 s, so that checkpoints are formed during the run
 //! (`ROUNDS` pairs of them).
@@ -153,9 +154,15 @@ where
         return;
     };
     let (mut off, mut on) = (Vec::new(), Vec::new());
-    for _ in 0..rounds() {
-        off.push(throughput(make().await, None, secs).await);
-        on.push(throughput(make().await, Some(Duration::from_secs(30)), secs).await);
+    for round in 0..rounds() {
+        // Each order in turn, so neither always runs second.
+        for first in [round % 2 == 0, round % 2 == 1] {
+            if first {
+                off.push(throughput(make().await, None, secs).await);
+            } else {
+                on.push(throughput(make().await, Some(Duration::from_secs(30)), secs).await);
+            }
+        }
     }
     let (off, on) = (median(off), median(on));
     println!(
@@ -172,7 +179,10 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        for n in [10_000usize, 100_000] {
+        for n in [10_000usize, 100_000]
+            .into_iter()
+            .filter(|_| std::env::var("ONLY").is_err())
+        {
             let mut heads: Vec<Head> = (0..n)
                 .map(|i| Head {
                     session: SessionId::generate(),
@@ -197,11 +207,21 @@ fn main() {
                 median(whole)
             );
         }
-        compare("memory", || async { MemoryStore::new() }).await;
+        let only = std::env::var("ONLY").ok();
+        let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+        if wanted("memory") {
+            compare("memory", || async { MemoryStore::new() }).await;
+        }
+        if !wanted("redis") {
+            return;
+        }
         let server = harness::RedisServer::start();
         let url = server.url();
+        let port = server.port;
         compare("redis", || {
             let url = url.clone();
+            // Each run starts on an empty server: a fuller one is slower.
+            harness::cli(port, &["FLUSHALL"]);
             async move {
                 RedisStore::builder(url)
                     .key_prefix(format!("bench-{}", SessionId::generate()))

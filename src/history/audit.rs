@@ -132,6 +132,8 @@ pub struct CheckpointLog {
     problems: Vec<CheckpointProblem>,
     ttl_ms: i64,
     now: i64,
+    /// When [`prune`](Self::prune) last went through the index.
+    pruned_at: i64,
 }
 
 impl CheckpointLog {
@@ -224,12 +226,19 @@ impl CheckpointLog {
         self.index(cp);
     }
 
-    /// Drops what lies beyond the TTL, and the oldest half of the sessions
-    /// when more than `cap` are indexed.
+    /// Drops what lies beyond the TTL (a pass over the index every ten
+    /// minutes at most: it runs under the lock the layer's history reads
+    /// take), and the oldest half of the sessions when more than `cap` are
+    /// indexed.
     pub(crate) fn prune(&mut self, ttl: Duration, now: i64, cap: usize) {
+        const EVERY_MS: i64 = 600_000;
         let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         self.ttl_ms = ttl;
         self.now = now;
+        if now.saturating_sub(self.pruned_at) < EVERY_MS && self.attest.len() <= cap {
+            return;
+        }
+        self.pruned_at = now;
         let cutoff = now.saturating_sub(ttl);
         self.chain.retain(|_, (_, at)| *at > cutoff);
         self.erased.retain(|_, list| {

@@ -93,7 +93,7 @@ impl CheckpointSink for TracingSink {
 /// ([`Checkpoint::to_json`], heads included) to a file opened for
 /// appending only, and syncs it to disk before answering.
 ///
-/// Each line holds about 90 bytes per session advanced in its interval.
+/// Each line holds about 100 bytes per session advanced in its interval.
 /// Ship the file where it cannot be rewritten (a WORM volume, a log
 /// shipper to another host); [`FileSink::read`] reads it back for
 /// [`CheckpointLog::new`](super::CheckpointLog::new).
