@@ -309,15 +309,7 @@ proptest! {
 async fn an_erasure_is_receipted_and_not_reported() {
     let store = store(1000);
     let sink = sink_path();
-    let layer = session_trail::SessionLayer::builder(store.clone(), key())
-        .history_writer(
-            WriterConfig::default()
-                .flush_interval(Duration::from_millis(1))
-                .checkpoint_interval(Duration::from_secs(3600))
-                .checkpoint_sink(FileSink::open(&sink).unwrap()),
-        )
-        .build()
-        .unwrap();
+    let layer = common::checkpoints::layer(&store, &sink);
     let w = layer.history_writer().unwrap().clone();
     let app = common::app::router(layer);
     let mut erased = common::app::Client::new(app.clone());
@@ -615,16 +607,10 @@ async fn a_store_that_keeps_no_checkpoints_relies_on_the_sink() {
 async fn a_store_outage_holds_checkpoints_back_and_merges_them() {
     let store = Wrapped::new(true);
     let sink = sink_path();
-    let w = HistoryWriter::start(
-        store.clone(),
-        ring(),
-        WriterConfig::default()
-            .flush_interval(Duration::from_millis(1))
-            .backoff_max(Duration::from_millis(20))
-            .checkpoint_interval(Duration::from_millis(20))
-            .checkpoint_sink(FileSink::open(&sink).unwrap()),
-    )
-    .unwrap();
+    let config = common::checkpoints::config(&sink)
+        .backoff_max(Duration::from_millis(20))
+        .checkpoint_interval(Duration::from_millis(20));
+    let w = HistoryWriter::start(store.clone(), ring(), config).unwrap();
     store.set_down(true);
     let first = SessionId::generate();
     write(&w, first, 1).await;
@@ -748,15 +734,7 @@ async fn erasures_and_trims_in_memory_are_lawful() {
 async fn history_written_after_an_erasure_is_protected() {
     let store = store(1000);
     let sink = sink_path();
-    let layer = session_trail::SessionLayer::builder(store.clone(), key())
-        .history_writer(
-            WriterConfig::default()
-                .flush_interval(Duration::from_millis(1))
-                .checkpoint_interval(Duration::from_secs(3600))
-                .checkpoint_sink(FileSink::open(&sink).unwrap()),
-        )
-        .build()
-        .unwrap();
+    let layer = common::checkpoints::layer(&store, &sink);
     let w = layer.history_writer().unwrap().clone();
     let mut c = common::app::Client::new(common::app::router(layer));
     c.send("POST", &format!("/login/{}", SessionId::generate()))
@@ -820,16 +798,8 @@ async fn a_head_applied_at_an_earlier_attempt_is_dated_by_it() {
     use std::sync::atomic::Ordering::SeqCst;
     let store = Wrapped::new(true);
     let sink = sink_path();
-    let w = HistoryWriter::start(
-        store.clone(),
-        ring(),
-        WriterConfig::default()
-            .flush_interval(Duration::from_millis(1))
-            .backoff_max(Duration::from_millis(50))
-            .checkpoint_interval(Duration::from_secs(3600))
-            .checkpoint_sink(FileSink::open(&sink).unwrap()),
-    )
-    .unwrap();
+    let config = common::checkpoints::config(&sink).backoff_max(Duration::from_millis(50));
+    let w = HistoryWriter::start(store.clone(), ring(), config).unwrap();
     let sid = SessionId::generate();
     store.flaky.store(1, SeqCst);
     assert!(w.enqueue(sid, vec![Draft::event("step", &json!({})).unwrap()]));

@@ -27,17 +27,29 @@ pub fn sink_path() -> PathBuf {
     std::env::temp_dir().join(format!("st-checkpoints-{}.jsonl", SessionId::generate()))
 }
 
-/// A writer that checkpoints when asked, into the store and the file.
+/// Writer settings that checkpoint when asked (or an hour on), into the
+/// store and the file.
+pub fn config(sink: &PathBuf) -> WriterConfig {
+    WriterConfig::default()
+        .flush_interval(Duration::from_millis(1))
+        .checkpoint_interval(Duration::from_secs(3600))
+        .checkpoint_sink(FileSink::open(sink).unwrap())
+}
+
+/// A writer with [`config`].
 pub fn writer<S: HistoryStore>(store: S, sink: &PathBuf) -> HistoryWriter {
-    HistoryWriter::start(
-        store,
-        ring(),
-        WriterConfig::default()
-            .flush_interval(Duration::from_millis(1))
-            .checkpoint_interval(Duration::from_secs(3600))
-            .checkpoint_sink(FileSink::open(sink).unwrap()),
-    )
-    .unwrap()
+    HistoryWriter::start(store, ring(), config(sink)).unwrap()
+}
+
+/// A layer on `store` whose writer has [`config`].
+pub fn layer<S>(store: &S, sink: &PathBuf) -> session_trail::SessionLayer
+where
+    S: session_trail::store::SessionStore + HistoryStore + Clone,
+{
+    session_trail::SessionLayer::builder(store.clone(), key())
+        .history_writer(config(sink))
+        .build()
+        .unwrap()
 }
 
 pub async fn write(w: &HistoryWriter, sid: SessionId, n: usize) {
@@ -177,15 +189,7 @@ where
     S: session_trail::store::SessionStore + HistoryStore + Clone,
 {
     let sink = sink_path();
-    let layer = session_trail::SessionLayer::builder(store.clone(), key())
-        .history_writer(
-            WriterConfig::default()
-                .flush_interval(Duration::from_millis(1))
-                .checkpoint_interval(Duration::from_secs(3600))
-                .checkpoint_sink(FileSink::open(&sink).unwrap()),
-        )
-        .build()
-        .unwrap();
+    let layer = layer(&store, &sink);
     let w = layer.history_writer().unwrap().clone();
     let mut c = super::app::Client::new(super::app::router(layer));
     c.send("POST", &format!("/login/{}", SessionId::generate()))
