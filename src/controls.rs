@@ -296,7 +296,7 @@ impl Session {
                 .as_ref()
                 .is_err_and(|e| matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable));
             if deleted.is_ok() || unclear {
-                writer.erased(std::slice::from_ref(sid));
+                writer.erased(*sid);
             }
             let n = deleted?;
             if n > 0 {

@@ -12,13 +12,27 @@ store_conformance!(|keep: usize| async move {
         .unwrap()
 });
 
+/// An append without a token.
+fn append_to(
+    session: session_trail::SessionId,
+    expected_head: Option<[u8; 16]>,
+    entries: Vec<bytes::Bytes>,
+) -> session_trail::store::Append {
+    session_trail::store::Append {
+        session,
+        expected_head,
+        entries,
+        token: None,
+    }
+}
+
 /// A history past its TTL is gone, as in the other stores, also before
 /// eviction has reached it: an append chained to its old head is a
 /// conflict, one that starts a new list is taken, and a read answers the
 /// new entries only.
 #[tokio::test]
 async fn an_expired_history_starts_afresh_before_eviction() {
-    use session_trail::store::{Append, AppendOutcome, HistoryStore};
+    use session_trail::store::{AppendOutcome, HistoryStore};
     use session_trail::{Key, SessionId};
     let store = MemoryStore::new()
         .history_retention(100, Duration::from_secs(1))
@@ -26,12 +40,7 @@ async fn an_expired_history_starts_afresh_before_eviction() {
     let key = Key::generate();
     let sid = SessionId::generate();
     let old = common::conformance::chain(&key, &sid, 1, [0; 16], 2);
-    let append = |expected_head, entries: Vec<bytes::Bytes>| Append {
-        session: sid,
-        expected_head,
-        entries,
-        token: None,
-    };
+    let append = |head, entries| append_to(sid, head, entries);
     let out = store.append(&[append(None, old.clone())]).await.unwrap();
     assert_eq!(out, vec![AppendOutcome::Appended]);
     common::app::eventually(5, "the history to expire", || async {
@@ -53,7 +62,7 @@ async fn an_expired_history_starts_afresh_before_eviction() {
 /// all three entries.
 #[tokio::test]
 async fn a_history_in_use_outlives_its_ttl() {
-    use session_trail::store::{Append, AppendOutcome, HistoryStore, tag_of};
+    use session_trail::store::{AppendOutcome, HistoryStore, tag_of};
     use session_trail::{Key, SessionId};
     let store = MemoryStore::new()
         .history_retention(100, Duration::from_secs(2))
@@ -67,12 +76,7 @@ async fn a_history_in_use_outlives_its_ttl() {
     for (i, entry) in all.iter().enumerate() {
         let head = i.checked_sub(1).and_then(|p| tag_of(&all[p]));
         let out = store
-            .append(&[Append {
-                session: sid,
-                expected_head: head,
-                entries: vec![entry.clone()],
-                token: None,
-            }])
+            .append(&[append_to(sid, head, vec![entry.clone()])])
             .await
             .unwrap();
         assert_eq!(out, vec![AppendOutcome::Appended], "append {i}");

@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::chain::{Break, BreakKind, Options, Verification, verify};
-use super::checkpoint::{Checkpoint, Digest, WriterId};
+use super::checkpoint::{Checkpoint, WriterId};
 use super::entry::{TAG_LEN, parse};
 use crate::SessionId;
 use crate::key::KeyRing;
@@ -123,8 +123,8 @@ pub struct Attestation {
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct CheckpointLog {
-    /// Used checkpoints' digests and times, by writer and counter.
-    chain: BTreeMap<(WriterId, u64), (Digest, i64)>,
+    /// The times of the checkpoints used, by writer and counter.
+    chain: BTreeMap<(WriterId, u64), i64>,
     attest: HashMap<SessionId, Vec<Attestation>>,
     /// Per session, the latest erasure by each writer (`None`: known from
     /// the store's marker, writer unknown).
@@ -221,8 +221,6 @@ impl CheckpointLog {
     /// Adds one checkpoint of the writer's own, already trusted (the
     /// writer's read path).
     pub(crate) fn add_own(&mut self, cp: &Checkpoint) {
-        self.chain
-            .insert((cp.writer, cp.counter), (cp.digest(), cp.at));
         self.index(cp);
     }
 
@@ -240,7 +238,7 @@ impl CheckpointLog {
         }
         self.pruned_at = now;
         let cutoff = now.saturating_sub(ttl);
-        self.chain.retain(|_, (_, at)| *at > cutoff);
+        self.chain.retain(|_, at| *at > cutoff);
         self.erased.retain(|_, list| {
             list.retain(|(_, at)| *at > cutoff);
             !list.is_empty()
@@ -364,8 +362,7 @@ impl CheckpointLog {
     }
 
     fn index(&mut self, cp: &Checkpoint) {
-        self.chain
-            .insert((cp.writer, cp.counter), (cp.digest(), cp.at));
+        self.chain.insert((cp.writer, cp.counter), cp.at);
         for e in &cp.erasures {
             self.note_erasure(e.session, Some(cp.writer), e.at);
         }

@@ -188,7 +188,8 @@ pub struct Checkpoint {
     pub counter: u64,
     /// When it was formed, Unix milliseconds.
     pub at: i64,
-    /// The earliest [`Head::sent`] of its heads (Unix milliseconds).
+    /// The earliest [`Head::sent`] of its heads (Unix milliseconds; `at`
+    /// when it has none).
     pub since: i64,
     /// The [`digest`](Self::digest) of the writer's previous checkpoint;
     /// zeros for its first.
@@ -237,11 +238,12 @@ impl Checkpoint {
     ) -> Self {
         heads.sort_unstable_by(|a, b| a.session.as_bytes().cmp(b.session.as_bytes()));
         let root = merkle_root(&heads);
+        let since = heads.iter().map(|h| h.sent).min().unwrap_or(fields.at);
         let mut cp = Self {
             writer: fields.writer,
             counter: fields.counter,
             at: fields.at,
-            since: fields.since,
+            since,
             prev: fields.prev,
             root,
             leaves: heads.len() as u64,
@@ -525,7 +527,6 @@ pub(crate) struct Fields {
     pub(crate) writer: WriterId,
     pub(crate) counter: u64,
     pub(crate) at: i64,
-    pub(crate) since: i64,
     pub(crate) prev: Digest,
 }
 
@@ -675,7 +676,6 @@ mod tests {
             writer: WriterId::generate(),
             counter: 3,
             at: 1_700_000_000_000,
-            since: 1_699_999_990_000,
             prev: [7; 32],
         };
         let erasures = vec![Erasure {

@@ -83,8 +83,6 @@ impl std::hash::BuildHasher for SidHash {
 pub(crate) struct Advance {
     /// Per session: `seq`, tag, and when the append that wrote it was sent.
     pub(crate) heads: HashMap<SessionId, (u64, [u8; TAG_LEN], i64), SidHash>,
-    /// The earliest time one of those appends was sent.
-    pub(crate) since: Option<i64>,
     pub(crate) erasures: Vec<Erasure>,
     /// Answered once everything handed over so far is kept.
     pub(crate) replies: Vec<oneshot::Sender<()>>,
@@ -97,7 +95,6 @@ impl Advance {
 
     pub(crate) fn add(&mut self, session: SessionId, seq: u64, tag: [u8; TAG_LEN], sent: i64) {
         self.heads.insert(session, (seq, tag, sent));
-        self.since = Some(self.since.map_or(sent, |s| s.min(sent)));
     }
 
     /// Drops the session's head if it was written before `at`.
@@ -113,9 +110,6 @@ impl Advance {
             self.forget_before(e.session, e.at);
         }
         self.heads.extend(later.heads);
-        if let Some(s) = later.since {
-            self.since = Some(self.since.map_or(s, |t| t.min(s)));
-        }
         self.erasures.extend(later.erasures);
         self.replies.extend(later.replies);
     }
@@ -238,7 +232,6 @@ impl Checkpointer {
             writer: self.shared.writer,
             counter: self.counter,
             at,
-            since: advance.since.unwrap_or(at).min(at),
             prev: self.prev,
         };
         let heads: Vec<Head> = advance

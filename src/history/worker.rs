@@ -43,9 +43,8 @@ pub(crate) enum Msg {
     /// Hand the advanced heads to the checkpointer now; answered once it
     /// kept them.
     Checkpoint { reply: oneshot::Sender<()> },
-    /// These histories were erased at `at`: receipts for the next
-    /// checkpoint.
-    Erased { sessions: Vec<SessionId>, at: i64 },
+    /// This history was erased at `at`: a receipt for the next checkpoint.
+    Erased { session: SessionId, at: i64 },
 }
 
 struct Item {
@@ -486,13 +485,11 @@ impl Worker {
                 }
                 None => drop(reply),
             },
-            Msg::Erased { sessions, at } => {
+            Msg::Erased { session, at } => {
                 if let Some(c) = &mut self.checkpoints {
-                    for session in sessions {
-                        // A head written before the erasure is gone.
-                        c.advance.forget_before(session, at);
-                        c.advance.erasures.push(Erasure { session, at });
-                    }
+                    // A head written before the erasure is gone.
+                    c.advance.forget_before(session, at);
+                    c.advance.erasures.push(Erasure { session, at });
                     c.touched(Instant::now());
                 }
             }

@@ -770,22 +770,18 @@ impl HistoryWriter {
         }
     }
 
-    /// Records signed receipts of erased histories in the next checkpoint.
-    pub(crate) fn erased(&self, sessions: &[SessionId]) {
+    /// Records a signed receipt of an erased history in the next
+    /// checkpoint.
+    pub(crate) fn erased(&self, session: SessionId) {
         if let Some(cp) = &self.shared.checkpoints {
             let at = cp.now_ms();
             // This writer's reads know at once; others learn it from the
             // receipt in the next checkpoint.
-            {
-                let mut log = cp.log.lock().unwrap_or_else(|p| p.into_inner());
-                for s in sessions {
-                    log.note_erasure(*s, Some(cp.writer), at);
-                }
-            }
-            let _ = self.tx.send(Msg::Erased {
-                sessions: sessions.to_vec(),
-                at,
-            });
+            cp.log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .note_erasure(session, Some(cp.writer), at);
+            let _ = self.tx.send(Msg::Erased { session, at });
         }
     }
 
