@@ -819,3 +819,76 @@ async fn a_head_applied_at_an_earlier_attempt_is_dated_by_it() {
     assert!(a.since <= applied, "sent {} > applied {applied}", a.since);
     let _ = std::fs::remove_file(&sink);
 }
+
+/// A session whose append failed before its user erased the history:
+/// what it records after the erasure is dated by its own batches, not by
+/// the failed one, so the writer's receipt does not void it and a cut is
+/// reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_append_before_an_erasure_leaves_the_new_history_protected() {
+    let store = store(1000);
+    let sink = sink_path();
+    let config = common::checkpoints::config(&sink)
+        .flush_timeout(Duration::from_millis(500))
+        .backoff_max(Duration::from_millis(20));
+    let layer = session_trail::SessionLayer::builder(store.clone(), key())
+        .history_writer(config)
+        .build()
+        .unwrap();
+    let w = layer.history_writer().unwrap().clone();
+    let mut c = common::app::Client::new(common::app::router(layer));
+    c.send("POST", &format!("/login/{}", SessionId::generate()))
+        .await;
+    let page = c.json("GET", "/history").await;
+    let sid: SessionId = page["session"].as_str().unwrap().parse().unwrap();
+    w.checkpoint().await.unwrap();
+    store.poison_history(sid, true);
+    c.send("GET", "/visits").await;
+    common::app::eventually(10, "the append to fail", || {
+        let failures = w.stats().session_failures;
+        async move { (failures >= 1).then_some(()) }
+    })
+    .await;
+    c.json("DELETE", "/history").await;
+    store.poison_history(sid, false);
+    for _ in 0..5 {
+        c.send("GET", "/visits").await;
+    }
+    w.checkpoint().await.unwrap();
+    let log = w
+        .checkpoint_log(&FileSink::read(&sink).unwrap())
+        .await
+        .unwrap();
+    let entries = store.read_all(&sid).await.unwrap();
+    let v = verify_checkpointed(&ring(), &sid, &entries[..1], Options::default(), &log);
+    assert!(
+        matches!(v.breaks[..], [b] if matches!(b.kind, BreakKind::TruncatedTail { .. })),
+        "{:?}",
+        v.breaks
+    );
+    let _ = std::fs::remove_file(&sink);
+}
+
+/// A user who erases again and again adds one receipt per checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_erasures_add_one_receipt() {
+    let store = store(1000);
+    let sink = sink_path();
+    let layer = common::checkpoints::layer(&store, &sink);
+    let w = layer.history_writer().unwrap().clone();
+    let mut c = common::app::Client::new(common::app::router(layer));
+    c.send("POST", &format!("/login/{}", SessionId::generate()))
+        .await;
+    c.send("GET", "/visits").await;
+    for _ in 0..50 {
+        c.json("DELETE", "/history").await;
+    }
+    w.checkpoint().await.unwrap();
+    let receipts: usize = FileSink::read(&sink)
+        .unwrap()
+        .iter()
+        .map(|c| c.erasures.len())
+        .sum();
+    assert_eq!(receipts, 1);
+    let _ = std::fs::remove_file(&sink);
+}

@@ -219,9 +219,13 @@ impl CheckpointLog {
     }
 
     /// Adds one checkpoint of the writer's own, already trusted (the
-    /// writer's read path).
-    pub(crate) fn add_own(&mut self, cp: &Checkpoint) {
-        self.index(cp);
+    /// writer's read path), without its heads: see
+    /// [`index_heads`](Self::index_heads).
+    pub(crate) fn add_own_header(&mut self, cp: &Checkpoint) {
+        self.chain.insert((cp.writer, cp.counter), cp.at);
+        for e in &cp.erasures {
+            self.note_erasure(e.session, Some(cp.writer), e.at);
+        }
     }
 
     /// Drops what lies beyond the TTL (a pass over the index every ten
@@ -362,11 +366,15 @@ impl CheckpointLog {
     }
 
     fn index(&mut self, cp: &Checkpoint) {
-        self.chain.insert((cp.writer, cp.counter), cp.at);
-        for e in &cp.erasures {
-            self.note_erasure(e.session, Some(cp.writer), e.at);
-        }
-        for h in &cp.heads {
+        self.add_own_header(cp);
+        self.index_heads(cp, &cp.heads);
+    }
+
+    /// Indexes some of a checkpoint's heads (the writer's read path takes
+    /// them a slice at a time, so history reads never wait long for the
+    /// lock).
+    pub(crate) fn index_heads(&mut self, cp: &Checkpoint, heads: &[super::Head]) {
+        for h in heads {
             let a = Attestation {
                 writer: cp.writer,
                 counter: cp.counter,

@@ -26,6 +26,9 @@ use crate::util::now_ms;
 /// verified without checkpoints).
 const READ_INDEX_CAP: usize = 1 << 20;
 
+/// Heads indexed for the read path per hold of its lock.
+const INDEX_SLICE: usize = 2048;
+
 /// Heads of more sessions than this are hashed and signed on a blocking
 /// thread rather than on the runtime's.
 const BLOCKING_OVER: usize = 4096;
@@ -83,7 +86,9 @@ impl std::hash::BuildHasher for SidHash {
 pub(crate) struct Advance {
     /// Per session: `seq`, tag, and when the append that wrote it was sent.
     pub(crate) heads: HashMap<SessionId, (u64, [u8; TAG_LEN], i64), SidHash>,
-    pub(crate) erasures: Vec<Erasure>,
+    /// Per session, the latest erasure: a user who erases again and again
+    /// adds one receipt.
+    pub(crate) erasures: HashMap<SessionId, i64, SidHash>,
     /// Answered once everything handed over so far is kept.
     pub(crate) replies: Vec<oneshot::Sender<()>>,
 }
@@ -97,6 +102,13 @@ impl Advance {
         self.heads.insert(session, (seq, tag, sent));
     }
 
+    /// Records an erasure: the receipt, and the head it removed.
+    pub(crate) fn erased(&mut self, session: SessionId, at: i64) {
+        self.forget_before(session, at);
+        let e = self.erasures.entry(session).or_insert(at);
+        *e = (*e).max(at);
+    }
+
     /// Drops the session's head if it was written before `at`.
     pub(crate) fn forget_before(&mut self, session: SessionId, at: i64) {
         if self.heads.get(&session).is_some_and(|h| h.2 < at) {
@@ -106,11 +118,15 @@ impl Advance {
 
     fn merge(&mut self, later: Advance) {
         // A head from before a later erasure is gone with its history.
-        for e in &later.erasures {
-            self.forget_before(e.session, e.at);
+        for (&session, &at) in &later.erasures {
+            self.forget_before(session, at);
         }
         self.heads.extend(later.heads);
-        self.erasures.extend(later.erasures);
+        for (session, at) in later.erasures {
+            self.erased(session, at);
+        }
+        // A caller of `checkpoint()` that gave up is answered by no one.
+        self.replies.retain(|r| !r.is_closed());
         self.replies.extend(later.replies);
     }
 }
@@ -244,7 +260,11 @@ impl Checkpointer {
                 sent,
             })
             .collect();
-        let erasures = std::mem::take(&mut advance.erasures);
+        let erasures = advance
+            .erasures
+            .drain()
+            .map(|(session, at)| Erasure { session, at })
+            .collect();
         let key = self.ring.current().clone();
         let cp = if heads.len() > BLOCKING_OVER {
             let fields_heads = (fields, heads, erasures);
@@ -259,11 +279,15 @@ impl Checkpointer {
         };
         self.prev = cp.digest();
         self.shared.formed.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut log = self.shared.log.lock().unwrap_or_else(|p| p.into_inner());
-            log.add_own(&cp);
-            log.prune(self.store.retention().ttl, at, READ_INDEX_CAP);
+        // Into the read path's index a slice at a time: history reads take
+        // the same lock.
+        let log = || self.shared.log.lock().unwrap_or_else(|p| p.into_inner());
+        log().add_own_header(&cp);
+        for heads in cp.heads.chunks(INDEX_SLICE) {
+            log().index_heads(&cp, heads);
+            tokio::task::yield_now().await;
         }
+        log().prune(self.store.retention().ttl, at, READ_INDEX_CAP);
         Some(cp)
     }
 

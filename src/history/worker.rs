@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::checkpoint::Erasure;
 use super::checkpointer::Advance;
 use super::entry::{Draft, EntryKind, TAG_LEN, parse};
 use super::writer::{Incoming, MAX_DROP_SESSIONS, Shared};
@@ -487,9 +486,7 @@ impl Worker {
             },
             Msg::Erased { session, at } => {
                 if let Some(c) = &mut self.checkpoints {
-                    // A head written before the erasure is gone.
-                    c.advance.forget_before(session, at);
-                    c.advance.erasures.push(Erasure { session, at });
+                    c.advance.erased(session, at);
                     c.touched(Instant::now());
                 }
             }
@@ -523,6 +520,9 @@ impl Worker {
             s.head = None;
             s.acked_seq = 0;
             s.maybe_applied = false;
+            // What is written next belongs to the new history: it is dated
+            // by its own batch, not by an attempt from before the erasure.
+            s.first_sent = None;
         }
         self.pending_total -= old.len();
         if parked {

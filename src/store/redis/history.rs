@@ -476,49 +476,40 @@ pub(super) async fn put_checkpoint(
     store: &RedisStore,
     cp: &crate::history::Checkpoint,
 ) -> Result<(), Error> {
-    let ttl = store.inner.ttl.as_millis() as i64;
+    let ttl = ttl_ms(store.inner.ttl);
     let cutoff = now_ms().saturating_sub(ttl);
-    let key = store.checkpoints_key(&cp.writer);
-    let mut pipe = ::redis::pipe();
-    pipe.atomic()
-        .cmd("ZADD")
-        .arg(&key)
-        .arg(cp.at)
-        .arg(cp.encode())
-        .ignore()
-        .cmd("ZREMRANGEBYSCORE")
-        .arg(&key)
-        .arg("-inf")
-        .arg(format!("({cutoff}"))
-        .ignore()
-        .cmd("PEXPIRE")
-        .arg(&key)
-        .arg(ttl)
-        .ignore();
+    // One key per pipeline: the two keys may live on two cluster nodes.
+    let keep = |key: String, member: Vec<u8>| {
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .cmd("ZADD")
+            .arg(&key)
+            .arg(cp.at)
+            .arg(member)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(format!("({cutoff}"))
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl)
+            .ignore();
+        pipe
+    };
     let mut c = store.inner.conn.clone();
-    pipe.query_async::<()>(&mut c)
+    keep(store.checkpoints_key(&cp.writer), cp.encode())
+        .query_async::<()>(&mut c)
         .await
         .map_err(|e| store.unavailable(e, "keep a checkpoint"))?;
-    let index = store.checkpoint_writers_key();
-    let mut pipe = ::redis::pipe();
-    pipe.atomic()
-        .cmd("ZADD")
-        .arg(&index)
-        .arg(cp.at)
-        .arg(cp.writer.to_string())
-        .ignore()
-        .cmd("ZREMRANGEBYSCORE")
-        .arg(&index)
-        .arg("-inf")
-        .arg(format!("({cutoff}"))
-        .ignore()
-        .cmd("PEXPIRE")
-        .arg(&index)
-        .arg(ttl)
-        .ignore();
-    pipe.query_async::<()>(&mut c)
-        .await
-        .map_err(|e| store.unavailable(e, "index a checkpoint's writer"))
+    keep(
+        store.checkpoint_writers_key(),
+        cp.writer.to_string().into_bytes(),
+    )
+    .query_async::<()>(&mut c)
+    .await
+    .map_err(|e| store.unavailable(e, "index a checkpoint's writer"))
 }
 
 pub(super) async fn checkpoints(store: &RedisStore) -> Result<Vec<Bytes>, Error> {

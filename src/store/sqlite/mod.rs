@@ -401,6 +401,11 @@ impl SqliteStore {
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |db| {
+            // A caller that gave up while the job waited (a timed-out
+            // writer attempt is retried) does not hold up the ones behind.
+            if tx.is_closed() {
+                return;
+            }
             let _ = tx.send(f(db).map_err(|e| db.error(e, what)));
         });
         let fail = |why: &str| {
